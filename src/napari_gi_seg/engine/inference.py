@@ -1,0 +1,228 @@
+"""GUI-free 2.5D slice-by-slice inference.
+
+:func:`iter_segment` is a generator: it yields one :class:`BatchResult` per batch
+of slices, so callers (napari workers, the CLI's progress bar, the trainer's
+validation) get per-slice progress, can show partial results, and can cancel
+between batches simply by not asking for the next one (or via ``cancel``).
+:func:`segment_volume` drives it to completion and assembles the label volume.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ..io.volume import Volume
+from ..models.spec import ModelSpec
+from .preprocess import context_batch, normalise_intensity, resize_images
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` -> cuda if available, then mps, then cpu; other strings as given.
+
+    Raises ``ValueError`` when an explicitly requested cuda/mps device is absent.
+    """
+    device = str(device)
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but no CUDA GPU is available")
+    if device == "mps" and not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
+        raise ValueError("device 'mps' requested but MPS is not available")
+    return torch.device(device)
+
+
+def normalise_slices(spec: ModelSpec, slices: Sequence[int] | range | None, depth: int) -> list[int]:
+    """Target slice indices: all (``None``), or the given ones, validated and sorted.
+
+    Raises ``IndexError`` for indices outside ``0..depth-1``.
+    """
+    if slices is None:
+        return list(range(depth))
+    out = sorted({int(s) for s in slices})
+    bad = [s for s in out if s < 0 or s >= depth]
+    if bad:
+        raise IndexError(f"slice indices {bad[:5]} outside 0..{depth - 1}")
+    return out
+
+
+@dataclass
+class BatchResult:
+    """Output for one batch of slices.
+
+    ``z``: ``(n,)`` slice indices; ``labels``: ``(n, y, x)`` uint8 at the input's
+    grid; ``probs``: ``(n, C, y, x)`` float16 class probabilities (C = spec.out_channels)
+    or ``None``; ``done``/``total``: slices finished so far / requested.
+    """
+
+    z: np.ndarray
+    labels: np.ndarray
+    probs: np.ndarray | None
+    done: int
+    total: int
+
+
+@dataclass
+class SegmentationResult:
+    """A finished (or cancelled) run. ``labels``: ``(z, y, x)`` uint8 at the input's
+    grid (0 for slices not segmented); ``probs``: ``(C, z, y, x)`` float16 or None;
+    ``segmented``: indices of the slices that were predicted; ``seconds``: wall time."""
+
+    labels: np.ndarray
+    probs: np.ndarray | None
+    segmented: list[int] = field(default_factory=list)
+    cancelled: bool = False
+    seconds: float = 0.0
+    device: str = "cpu"
+
+
+def probabilities_to_labels(probs: torch.Tensor, spec: ModelSpec, threshold: float = 0.5) -> torch.Tensor:
+    """``(n, C, y, x)`` probabilities -> ``(n, y, x)`` uint8 labels.
+
+    softmax: argmax. sigmoid (multi-label): each class above ``threshold`` paints its
+    index, in the order of ``spec.classes`` (later classes win where organs overlap).
+    """
+    if spec.activation == "softmax":
+        return probs.argmax(1).to(torch.uint8)
+    out = torch.zeros(probs.shape[0], *probs.shape[2:], dtype=torch.uint8, device=probs.device)
+    for c in spec.classes:
+        out[probs[:, c.index - 1] > threshold] = c.index
+    return out
+
+
+def _forward(net: torch.nn.Module, x: torch.Tensor, spec: ModelSpec, tta: bool, out_size) -> torch.Tensor:
+    """Probabilities ``(n, C, *out_size)`` for a ``(n, ch, H, W)`` input batch."""
+    use_amp = x.device.type == "cuda"
+    with torch.autocast(device_type=x.device.type, enabled=use_amp):
+        logits = net(x).float()
+        if tta:
+            # Left-right flip (x axis). A flip turns the left kidney into a right one,
+            # so the flipped prediction's channels are permuted back before averaging.
+            lf = net(torch.flip(x, dims=(-1,))).float()
+            lf = torch.flip(lf, dims=(-1,))[:, spec.mirror_permutation()]
+    act = (lambda t: torch.softmax(t, 1)) if spec.activation == "softmax" else torch.sigmoid
+    p = act(logits)
+    if tta:
+        p = 0.5 * (p + act(lf))
+    return resize_images(p, out_size)
+
+
+def iter_segment(
+    volume: Volume | np.ndarray,
+    spec: ModelSpec,
+    net: torch.nn.Module,
+    slices: Sequence[int] | range | None = None,
+    batch_size: int = 8,
+    device: str | torch.device = "auto",
+    tta: bool = False,
+    return_probs: bool = False,
+    cancel: Callable[[], bool] | None = None,
+) -> Iterator[BatchResult]:
+    """Segment ``volume`` batch by batch, yielding a :class:`BatchResult` per batch.
+
+    ``volume``: a :class:`Volume` or a ``(z, y, x)`` array (raw intensities; the
+    spec's per-volume normalisation is applied here). Each target slice is fed with
+    its 2.5D neighbours (``spec.context_offsets``, clamped at the first and last
+    slice), resized to ``spec.input_size`` and the probabilities resized back to the
+    input's ``(y, x)``. ``cancel()`` is polled before each batch: when it returns
+    True the generator stops (slices already yielded stay valid).
+
+    On CUDA, an out-of-memory error halves the batch and retries; at batch size 1 it
+    falls back to the CPU with a ``RuntimeWarning``.
+
+    Raises ``ValueError`` for a non-3D volume or NaN voxels, ``IndexError`` for
+    slice indices out of range.
+    """
+    data = volume.data if isinstance(volume, Volume) else np.asarray(volume)
+    if data.ndim != 3:
+        raise ValueError(f"expected a 3D (z, y, x) volume, got shape {data.shape}")
+    dev = resolve_device(device)
+    norm = normalise_intensity(data, spec.normalisation, spec.percentiles)
+    targets = normalise_slices(spec, slices, data.shape[0])
+    net = net.to(dev).eval()
+    out_size = data.shape[1:]
+    bs = max(1, int(batch_size))
+    done, i = 0, 0
+    with torch.inference_mode():
+        while i < len(targets):
+            if cancel is not None and cancel():
+                return
+            z = targets[i : i + bs]
+            x = torch.from_numpy(context_batch(norm, z, spec.context_offsets)).to(dev)
+            x = resize_images(x, spec.input_size)
+            try:
+                p = _forward(net, x, spec, tta, out_size)
+            except torch.cuda.OutOfMemoryError:
+                if dev.type != "cuda":
+                    raise
+                torch.cuda.empty_cache()
+                if bs > 1:
+                    bs = max(1, bs // 2)
+                    warnings.warn(f"CUDA out of memory: batch size reduced to {bs}", RuntimeWarning, stacklevel=2)
+                else:
+                    warnings.warn("CUDA out of memory at batch size 1: continuing on the CPU", RuntimeWarning, stacklevel=2)
+                    dev = torch.device("cpu")
+                    net = net.to(dev)
+                continue
+            lab = probabilities_to_labels(p, spec)
+            done += len(z)
+            i += len(z)
+            yield BatchResult(
+                z=np.asarray(z),
+                labels=lab.cpu().numpy(),
+                probs=p.to(torch.float16).cpu().numpy() if return_probs else None,
+                done=done,
+                total=len(targets),
+            )
+
+
+def segment_volume(
+    volume: Volume | np.ndarray,
+    spec: ModelSpec,
+    net: torch.nn.Module,
+    slices: Sequence[int] | range | None = None,
+    batch_size: int = 8,
+    device: str | torch.device = "auto",
+    tta: bool = False,
+    return_probs: bool = False,
+    progress: Callable[[BatchResult], None] | None = None,
+    cancel: Callable[[], bool] | None = None,
+) -> SegmentationResult:
+    """Run :func:`iter_segment` to the end and assemble the ``(z, y, x)`` uint8
+    label volume (and ``(C, z, y, x)`` float16 probabilities if asked).
+
+    ``progress(batch)`` is called after each batch. If ``cancel()`` turns True the
+    run stops between batches and the result has ``cancelled=True`` with the
+    finished slices filled in.
+    """
+    t0 = time.perf_counter()
+    data = volume.data if isinstance(volume, Volume) else np.asarray(volume)
+    labels = np.zeros(data.shape, dtype=np.uint8)
+    probs = np.zeros((spec.out_channels, *data.shape), dtype=np.float16) if return_probs else None
+    dev = resolve_device(device)
+    seg: list[int] = []
+    total = len(normalise_slices(spec, slices, data.shape[0]))
+    for b in iter_segment(volume, spec, net, slices, batch_size, dev, tta, return_probs, cancel):
+        labels[b.z] = b.labels
+        if probs is not None and b.probs is not None:
+            probs[:, b.z] = np.moveaxis(b.probs, 1, 0)
+        seg.extend(int(z) for z in b.z)
+        if progress is not None:
+            progress(b)
+    return SegmentationResult(
+        labels=labels,
+        probs=probs,
+        segmented=seg,
+        cancelled=len(seg) < total,
+        seconds=time.perf_counter() - t0,
+        device=str(dev),
+    )

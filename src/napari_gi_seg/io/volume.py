@@ -1,0 +1,160 @@
+"""The one volume type of the project.
+
+Every reader returns a :class:`Volume`; the engine, the trainer, the exporter and the
+writers take one. Axis order is always ``(z, y, x)``: ``z`` is the slice axis (axial
+for the abdominal MRI this project targets), ``y`` rows, ``x`` columns.
+
+Geometry convention
+-------------------
+``affine`` is the 4x4 matrix of the *source file* that maps voxel indices in the
+source's own axis order to world coordinates in mm (NIfTI/RAS+ for NIfTI, LPS for
+DICOM as in the DICOM standard, PS3.3 C.7.6.2.1.1). Because readers transpose the
+source array into ``(z, y, x)``, :attr:`Volume.index_order` records how: the source
+voxel index ``i_src[k] = i_zyx[index_order[k]]``.  Writers use it to put an array
+back into the source's axis order so that labels line up with the image in 3D
+Slicer, ITK-SNAP or a planning system. For NIfTI the source order is ``(i, j, k)``
+= ``(x, y, z)``, so ``index_order = (2, 1, 0)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# Metadata keys that may be copied from a source file. Anything else (notably every
+# DICOM patient-module attribute) is dropped. See PS3.15 Annex E for the DICOM
+# de-identification profile this list is meant to respect.
+SAFE_METADATA_KEYS = (
+    "source_path",
+    "format",
+    "modality",
+    "series_description",
+    "series_instance_uid_hash",
+    "case_id",
+    "day",
+    "is_labels",
+    "synthetic",
+    "class_names",
+    "index_order",
+)
+
+
+class InvalidInputError(ValueError):
+    """A file or folder of a supported format that cannot be read.
+
+    The message always names the file and the problem, e.g.
+    ``"scan.nii.gz: 4D NIfTI (256, 256, 30, 5) is not supported; ..."``.
+    """
+
+    def __init__(self, path: str | Path, problem: str):
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
+
+
+@dataclass
+class Volume:
+    """An image or label stack with its geometry.
+
+    Attributes
+    ----------
+    data:
+        ``(z, y, x)`` array. Images are float32 (or the source's integer type);
+        label volumes are small unsigned integers (uint8/uint16).
+    spacing_mm:
+        Voxel size ``(z, y, x)`` in mm. ``z`` is the distance between slice centres.
+    affine:
+        4x4 float64 voxel-to-world matrix of the source file, in the source's own
+        axis order (see module docstring). Identity scaled by spacing when the
+        source has none (TIFF, PNG).
+    index_order:
+        Permutation that maps ``(z, y, x)`` axes to the source's voxel axes.
+    metadata:
+        Safe, non-identifying metadata only (keys in :data:`SAFE_METADATA_KEYS`).
+    """
+
+    data: np.ndarray
+    spacing_mm: tuple[float, float, float]
+    affine: np.ndarray = field(default_factory=lambda: np.eye(4))
+    index_order: tuple[int, int, int] = (2, 1, 0)
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.data.ndim != 3:
+            raise ValueError(f"Volume data must be 3D (z, y, x), got shape {self.data.shape}")
+        self.spacing_mm = tuple(float(s) for s in self.spacing_mm)  # type: ignore[assignment]
+        if len(self.spacing_mm) != 3 or not all(np.isfinite(self.spacing_mm)) or min(self.spacing_mm) <= 0:
+            raise ValueError(f"spacing_mm must be 3 positive numbers (z, y, x), got {self.spacing_mm}")
+        self.affine = np.asarray(self.affine, dtype=np.float64)
+        if self.affine.shape != (4, 4):
+            raise ValueError(f"affine must be 4x4, got {self.affine.shape}")
+        self.index_order = tuple(int(i) for i in self.index_order)  # type: ignore[assignment]
+        self.metadata = {k: v for k, v in self.metadata.items() if k in SAFE_METADATA_KEYS}
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """``(z, y, x)`` shape in voxels."""
+        return tuple(self.data.shape)  # type: ignore[return-value]
+
+    @property
+    def name(self) -> str:
+        """A display name from the source file name (no patient data)."""
+        src = self.metadata.get("source_path")
+        if not src:
+            return "volume"
+        n = Path(src).name
+        for suf in (".nii.gz", ".nii", ".tif", ".tiff", ".csv", ".png"):
+            if n.lower().endswith(suf):
+                return n[: -len(suf)]
+        return n
+
+    def with_data(self, data: np.ndarray, **metadata: Any) -> "Volume":
+        """A copy sharing the geometry with new ``(z, y, x)`` data of the same shape.
+
+        Raises
+        ------
+        ValueError
+            If ``data.shape`` differs from :attr:`shape`.
+        """
+        if tuple(data.shape) != self.shape:
+            raise ValueError(f"shape {data.shape} differs from the volume's {self.shape}")
+        md = dict(self.metadata)
+        md.update(metadata)
+        return dataclasses.replace(self, data=data, metadata=md)
+
+    def to_source_order(self, data: np.ndarray | None = None) -> np.ndarray:
+        """``data`` (default :attr:`data`) transposed from ``(z, y, x)`` to the source's axis order."""
+        arr = self.data if data is None else data
+        # i_src[k] = i_zyx[index_order[k]]  ->  src = zyx.transpose(index_order)
+        return np.transpose(arr, self.index_order)
+
+    def layer_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for a napari layer: ``scale`` = spacing (mm), name, metadata."""
+        return {
+            "scale": self.spacing_mm,
+            "name": self.name,
+            "metadata": {
+                **self.metadata,
+                "affine": self.affine.tolist(),
+                "index_order": list(self.index_order),
+                "spacing_mm": list(self.spacing_mm),
+            },
+        }
+
+
+def volume_from_layer_metadata(data: np.ndarray, metadata: dict[str, Any], scale=None) -> Volume:
+    """Rebuild a :class:`Volume` from a napari layer's ``data`` and ``metadata``.
+
+    Used by writers and widgets: the affine and axis order stored by
+    :meth:`Volume.layer_kwargs` survive a round trip through napari.
+    ``scale`` (the layer's scale, mm) is used when the metadata has no spacing.
+    """
+    spacing = metadata.get("spacing_mm") or (list(scale) if scale is not None else [1.0, 1.0, 1.0])
+    spacing = [float(s) for s in spacing][-3:]
+    affine = np.asarray(metadata.get("affine", np.diag([spacing[2], spacing[1], spacing[0], 1.0])))
+    index_order = tuple(metadata.get("index_order", (2, 1, 0)))
+    return Volume(np.asarray(data), tuple(spacing), affine, index_order, dict(metadata))

@@ -1,0 +1,202 @@
+"""The model format: a JSON spec that fully describes how to use a safetensors file.
+
+A model is a folder ``<name>/<version>/`` holding ``spec.json``, ``model.safetensors``
+and optionally ``MODEL_CARD.md``, ``metrics.csv`` and ``training_curve.png``.
+Weights are never unpickled: ``.pt``/``.pth`` files are refused
+(:func:`napari_gi_seg.models.network.load_weights`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+SPEC_FORMAT_VERSION = 1
+ARCHITECTURES = ("Unet", "UnetPlusPlus", "DeepLabV3Plus", "FPN")
+NORMALISATIONS = ("percentile", "zscore")
+ACTIVATIONS = ("softmax", "sigmoid")
+
+# Distinct colours (RGB hex) used when a spec gives none; index 0 is background.
+DEFAULT_COLOURS = (
+    "#000000", "#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4",
+    "#42d4f4", "#f032e6", "#bfef45", "#fabed4", "#469990", "#dcbeff",
+)
+
+
+@dataclass
+class ClassInfo:
+    """One output class.
+
+    ``index`` is the label value in the label volume (0 is background and is not
+    listed for softmax models). ``laterality`` is ``"left"``, ``"right"`` or ``None``;
+    ``mirror`` names the class a left-right flip turns this one into (used by flip
+    TTA and to forbid flip augmentation).
+    """
+
+    index: int
+    name: str
+    colour: str = ""
+    mirror: str | None = None
+
+
+@dataclass
+class ModelSpec:
+    """How to build, feed and read a segmentation network.
+
+    Attributes
+    ----------
+    name, version:
+        Registry key; ``version`` is an integer >= 1.
+    architecture, encoder:
+        segmentation-models-pytorch class name (one of :data:`ARCHITECTURES`) and
+        encoder name (any smp encoder). Weights always come from the safetensors file.
+    context_offsets:
+        2.5D input: slice offsets relative to the target slice, e.g. ``(-1, 0, 1)``;
+        neighbours beyond the first/last slice are clamped to the edge slice.
+        The number of input channels is ``len(context_offsets)``.
+    input_size:
+        ``(height, width)`` in pixels the network sees; each slice is resized to it
+        (bilinear for images, nearest for labels) and the output is resized back.
+    normalisation:
+        ``"percentile"``: per-volume clip to the ``percentiles`` (low, high) and scale
+        to [0, 1]; ``"zscore"``: per-volume (x - mean) / std over voxels above the
+        low percentile.
+    classes:
+        Foreground classes, ``index`` 1..K for softmax models (label = argmax).
+        For sigmoid (multi-label) models ``index`` is the channel + 1 and overlapping
+        organs are flattened into one label volume by the order of ``classes``
+        (later classes win).
+    activation:
+        ``"softmax"`` (K+1 channels incl. background) or ``"sigmoid"`` (K channels).
+    parent:
+        ``"name:version"`` of the model this one was fine-tuned from, or ``None``.
+    data_fingerprint:
+        sha256 over the training cases' ids and label voxels (see training.datasets).
+    metrics:
+        Free-form validation metrics, e.g. ``{"mean_dice": 0.91, "per_class": {...}}``.
+    """
+
+    name: str
+    version: int = 1
+    architecture: str = "Unet"
+    encoder: str = "efficientnet-b0"
+    context_offsets: tuple[int, ...] = (-1, 0, 1)
+    input_size: tuple[int, int] = (256, 256)
+    normalisation: str = "percentile"
+    percentiles: tuple[float, float] = (0.5, 99.5)
+    classes: list[ClassInfo] = field(default_factory=list)
+    activation: str = "softmax"
+    parent: str | None = None
+    data_fingerprint: str | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+    created: str = ""
+    software_version: str = ""
+    training: dict[str, Any] = field(default_factory=dict)
+    format_version: int = SPEC_FORMAT_VERSION
+
+    def __post_init__(self) -> None:
+        self.context_offsets = tuple(int(o) for o in self.context_offsets)
+        self.input_size = tuple(int(s) for s in self.input_size)  # type: ignore[assignment]
+        self.percentiles = tuple(float(p) for p in self.percentiles)  # type: ignore[assignment]
+        self.classes = [c if isinstance(c, ClassInfo) else ClassInfo(**c) for c in self.classes]
+        for i, c in enumerate(self.classes):
+            if not c.colour:
+                c.colour = DEFAULT_COLOURS[c.index % len(DEFAULT_COLOURS)] if c.index else DEFAULT_COLOURS[1]
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the field when the spec is inconsistent."""
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(f"architecture {self.architecture!r} is not one of {ARCHITECTURES}")
+        if self.normalisation not in NORMALISATIONS:
+            raise ValueError(f"normalisation {self.normalisation!r} is not one of {NORMALISATIONS}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation {self.activation!r} is not one of {ACTIVATIONS}")
+        if 0 not in self.context_offsets:
+            raise ValueError(f"context_offsets {self.context_offsets} must contain 0 (the target slice)")
+        if not self.classes:
+            raise ValueError("a model needs at least one class")
+        idx = [c.index for c in self.classes]
+        if sorted(idx) != list(range(1, len(idx) + 1)):
+            raise ValueError(f"class indices must be 1..K, got {idx}")
+        names = [c.name for c in self.classes]
+        if len(set(names)) != len(names):
+            raise ValueError(f"class names must be unique, got {names}")
+        for c in self.classes:
+            if c.mirror is not None and c.mirror not in names:
+                raise ValueError(f"class {c.name!r} mirrors unknown class {c.mirror!r}")
+        if int(self.version) < 1:
+            raise ValueError(f"version must be >= 1, got {self.version}")
+
+    # ------------------------------------------------------------------ derived
+    @property
+    def in_channels(self) -> int:
+        """Number of network input channels (= number of 2.5D context slices)."""
+        return len(self.context_offsets)
+
+    @property
+    def out_channels(self) -> int:
+        """Network output channels: K+1 for softmax, K for sigmoid."""
+        return len(self.classes) + (1 if self.activation == "softmax" else 0)
+
+    @property
+    def class_names(self) -> dict[int, str]:
+        """``{label value: name}`` including ``0: "background"``."""
+        return {0: "background", **{c.index: c.name for c in self.classes}}
+
+    @property
+    def key(self) -> str:
+        """``"name:version"``."""
+        return f"{self.name}:{self.version}"
+
+    def mirror_permutation(self) -> list[int]:
+        """Output-channel permutation that undoes a left-right flip.
+
+        ``perm[c]`` is the channel whose prediction on the flipped image belongs to
+        channel ``c`` of the unflipped one. Identity for classes without ``mirror``.
+        """
+        offset = 1 if self.activation == "softmax" else 0
+        by_name = {c.name: c.index for c in self.classes}
+        perm = list(range(self.out_channels))
+        for c in self.classes:
+            if c.mirror:
+                perm[c.index - 1 + offset] = by_name[c.mirror] - 1 + offset
+        return perm
+
+    @property
+    def has_lateral_classes(self) -> bool:
+        """True when any class has a left/right mirror (flip augmentation then needs care)."""
+        return any(c.mirror for c in self.classes)
+
+    # ------------------------------------------------------------------ JSON
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["context_offsets"] = list(self.context_offsets)
+        d["input_size"] = list(self.input_size)
+        d["percentiles"] = list(self.percentiles)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelSpec":
+        """Build a spec from parsed JSON; unknown keys raise ``ValueError``."""
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown spec fields: {sorted(unknown)}")
+        return cls(**d)
+
+    def save(self, path: str | Path) -> None:
+        """Write the spec as indented JSON to ``path``."""
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "ModelSpec":
+        """Read ``spec.json``; raises ``ValueError`` naming the file when it is invalid."""
+        path = Path(path)
+        try:
+            return cls.from_dict(json.loads(path.read_text()))
+        except (json.JSONDecodeError, TypeError, ValueError) as e:
+            raise ValueError(f"{path}: invalid model spec: {e}") from e
