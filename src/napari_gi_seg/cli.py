@@ -49,6 +49,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--exclude", type=_names, default=[], help="case-days/cases to leave out, comma-separated (UW-Madison: known faulty ones)")
     p.add_argument("--description", default="")
     p.add_argument("--num-workers", type=int, default=0)
+    p.add_argument("--single-component", type=_names, default=[],
+                   help="classes that are one connected organ (e.g. liver,spleen): inference keeps their largest 3D component")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -60,6 +62,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         val_fraction=args.val_fraction, fold=args.fold, seed=args.seed, device=args.device, resume=args.resume,
         patience=args.patience, max_minutes=args.max_minutes, max_steps_per_epoch=args.max_steps_per_epoch,
         work_dir=args.work_dir, exclude=args.exclude, description=args.description, num_workers=args.num_workers,
+        single_component=args.single_component,
     )
     res = train(cfg)
     if res.entry is not None:
@@ -67,12 +70,311 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------- segment
+#: Output suffixes ``segment`` can write (decided by the OUTPUT file name).
+LABEL_SUFFIXES = (".nii.gz", ".nii", ".tif", ".tiff", ".csv")
+
+
+def _slice_range(s: str) -> tuple[int | None, int | None]:
+    """``"A:B"`` -> (A, B): 0-based, B exclusive, either side may be empty (Python slice)."""
+    parts = s.split(":")
+    try:
+        if len(parts) != 2:
+            raise ValueError
+        a, b = (int(v) if v.strip() else None for v in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"slices must be A:B (0-based, B exclusive, e.g. 10:20 or :5), got {s!r}")
+    return a, b
+
+
+def _add_segment_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("input", help="image: NIfTI, TIFF stack, DICOM series folder, ... (anything the readers take)")
+    p.add_argument("-o", "--output", required=True, help="label file to write; the format follows the extension: "
+                   ".nii.gz/.nii (the input's affine), .tif/.tiff, .csv (UW-Madison RLE)")
+    p.add_argument("--model", default=None, help="registered model NAME or NAME:VERSION (default: the bundled default model, newest version)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument("--batch-size", type=int, default=8, help="slices per forward pass (default 8)")
+    p.add_argument("--tta", action="store_true", help="average with a left-right flipped pass (left/right classes swapped back)")
+    p.add_argument("--slices", type=_slice_range, default=None, metavar="A:B",
+                   help="segment only slices A..B-1 (0-based z index; others stay 0)")
+    p.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists (default: refuse)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _label_suffix(path: str) -> str | None:
+    low = path.lower()
+    return next((s for s in LABEL_SUFFIXES if low.endswith(s)), None)
+
+
+def read_input_volumes(path: str):
+    """Read ``path`` with :func:`napari_gi_seg.io.read_image` (all formats) -> list of
+    image :class:`~napari_gi_seg.io.volume.Volume`.
+
+    Raises :class:`CLIError` for a missing path or an unsupported format and
+    ``InvalidInputError`` (a ``ValueError`` naming the file) for unreadable files.
+    """
+    from pathlib import Path
+
+    if not Path(path).exists():
+        raise CLIError(f"{path}: file not found")
+    try:
+        from .io import read_image
+    except ImportError:  # the multi-format reader is optional; NIfTI always works
+        read_image = None
+    if read_image is not None:
+        vols = read_image(path)
+    else:
+        from .io.nifti import is_nifti, read_nifti
+
+        if not is_nifti(path):
+            raise CLIError(f"{path}: unsupported input format (expected .nii or .nii.gz)")
+        vols = [read_nifti(path, as_labels=False)]
+    vols = list(vols) if isinstance(vols, (list, tuple)) else [vols]
+    if not vols:
+        raise CLIError(f"{path}: no image found")
+    return vols
+
+
+def write_output_labels(path: str, labels, volume, class_names: dict[int, str]) -> None:
+    """Write ``labels`` (``(z, y, x)`` uint8) to ``path`` in the format of its
+    extension via :func:`napari_gi_seg.io.write_labels` (atomic: temp file + rename)."""
+    try:
+        from .io import write_labels
+    except ImportError:
+        write_labels = None
+    if write_labels is not None:
+        write_labels(path, labels, like=volume, class_names=class_names)
+        return
+    from .io.nifti import is_nifti, write_nifti
+
+    if not is_nifti(path):
+        raise CLIError(f"{path}: this installation can only write NIfTI labels")
+    write_nifti(volume, path, labels)
+
+
+def _output_paths(output: str, vols) -> list[str]:
+    """One output per volume: OUTPUT itself, or ``<stem>_<volume name><suffix>`` when
+    the input holds several volumes (e.g. a folder of series)."""
+    if len(vols) == 1:
+        return [output]
+    suf = _label_suffix(output) or ""
+    stem = output[: len(output) - len(suf)]
+    return [f"{stem}_{v.name}{suf}" for v in vols]
+
+
+def cmd_segment(args: argparse.Namespace) -> int:
+    """``napari-gi-seg segment INPUT -o OUTPUT``: segment every slice (or ``--slices``)
+    of INPUT with a registered model and write the label volume."""
+    import os
+
+    from tqdm import tqdm
+
+    from .engine.inference import resolve_device, segment_volume
+    from .models import registry
+
+    if _label_suffix(args.output) is None:
+        raise CLIError(f"{args.output}: unknown output format; use one of {', '.join(LABEL_SUFFIXES)}")
+    if args.batch_size < 1:
+        raise CLIError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if not os.path.exists(args.input):
+        raise CLIError(f"{args.input}: file not found")
+    device = resolve_device(args.device)
+    entry = registry.get_entry(args.model)  # ModelNotFoundError lists the known models
+    vols = read_input_volumes(args.input)
+    outs = _output_paths(args.output, vols)
+    if not args.overwrite:
+        for o in outs:
+            if os.path.exists(o):
+                raise CLIError(f"{o}: already exists (pass --overwrite to replace it)")
+    spec = entry.spec()
+    from .models.network import load_network
+
+    net = load_network(spec, entry.weights_path, device)
+    for vol, out in zip(vols, outs):
+        if vol.metadata.get("is_labels"):
+            raise CLIError(f"{args.input}: looks like a label volume, not an image")
+        depth = vol.shape[0]
+        slices = None
+        if args.slices is not None:
+            a, b = args.slices
+            a = 0 if a is None else (a + depth if a < 0 else a)
+            b = depth if b is None else (b + depth if b < 0 else b)
+            if not (0 <= a < b <= depth):
+                raise CLIError(f"--slices {args.slices[0] if args.slices[0] is not None else ''}:"
+                               f"{args.slices[1] if args.slices[1] is not None else ''} is empty or outside 0..{depth} "
+                               f"for {args.input} ({depth} slices)")
+            slices = range(a, b)
+        total = depth if slices is None else len(slices)
+        with tqdm(total=total, unit="slice", desc=vol.name, file=sys.stderr, disable=args.quiet, leave=False) as bar:
+            res = segment_volume(vol, spec, net, slices=slices, batch_size=args.batch_size, device=device,
+                                 tta=args.tta, progress=lambda b: bar.update(len(b.z)))
+        write_output_labels(out, res.labels, vol, spec.class_names)
+        print(f"{out}: {len(res.segmented)} slices segmented with {spec.key} on {res.device} in {res.seconds:.1f} s")
+    return 0
+
+
+# ----------------------------------------------------------------- models
+def _add_models_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
+
+
+def _mean_dice(metrics: dict) -> float | None:
+    """Validation mean Dice from ``spec.metrics`` (``{"validation": {"mean_dice"}}``
+    as the trainer writes it, or a top-level ``mean_dice``)."""
+    v = (metrics.get("validation") or {}).get("mean_dice") if isinstance(metrics.get("validation"), dict) else None
+    v = metrics.get("mean_dice") if v is None else v
+    return float(v) if isinstance(v, (int, float)) else None
+
+
+def model_rows() -> list[dict]:
+    """One dict per registered model version (see ``napari-gi-seg models --json``)."""
+    from .models import registry
+
+    rows = []
+    for e in registry.list_models():
+        row = {"name": e.name, "version": e.version, "key": e.key, "source": "bundled" if e.bundled else "user",
+               "folder": str(e.folder)}
+        try:
+            s = e.spec()
+        except ValueError as err:
+            row["error"] = str(err)
+        else:
+            row.update(classes=[c.name for c in s.classes], architecture=s.architecture, encoder=s.encoder,
+                       input_size=list(s.input_size), context_offsets=list(s.context_offsets),
+                       parent=s.parent, mean_dice=_mean_dice(s.metrics), created=s.created)
+        rows.append(row)
+    return rows
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    """``napari-gi-seg models [--json]``: list the registered models."""
+    import json
+
+    from .models import registry
+
+    rows = model_rows()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print(f"no models registered (user folder: {registry.user_models_root()})")
+        return 0
+    head = ("model", "source", "architecture", "classes", "parent", "val. Dice")
+    table = [head]
+    for r in rows:
+        if "error" in r:
+            table.append((r["key"], r["source"], "INVALID", r["error"], "", ""))
+            continue
+        table.append((r["key"], r["source"], f"{r['architecture']}/{r['encoder']}", ",".join(r["classes"]),
+                      r["parent"] or "-", "-" if r["mean_dice"] is None else f"{r['mean_dice']:.3f}"))
+    widths = [max(len(str(row[i])) for row in table) for i in range(len(head))]
+    for row in table:
+        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip())
+    return 0
+
+
+# ----------------------------------------------------------------- finetune / evaluate
+def _add_finetune_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("dataset", help="labelled dataset folder (nnU-Net v2 export of corrections, UW-Madison, NIfTI pairs)")
+    p.add_argument("--model", required=True, dest="base", metavar="BASE", help="registered base model NAME or NAME:VERSION")
+    p.add_argument("--name", required=True, help="registry name of the fine-tuned model (next free version)")
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--lr", type=float, default=5e-4, help="peak learning rate of the one-cycle schedule (default 5e-4)")
+    p.add_argument("--freeze-encoder", action="store_true", help="train only the decoder and segmentation head")
+    p.add_argument("--val-fraction", type=float, default=0.25,
+                   help="share of patients held back (a single patient: share of its labelled slices)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument("--max-minutes", type=float, default=None, help="time budget (best weights so far are registered)")
+    p.add_argument("--classes", type=_names, default=None, help="the dataset's class names in label order (NIfTI pairs without classes.json; default: the base's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--work-dir", default=None, help="run folder (default <user folder>/runs/NAME-vN)")
+    p.add_argument("--jsonl", action="store_true", help="print one JSON object per line on stdout (start, each epoch, done)")
+    p.add_argument("--max-steps-per-epoch", type=int, default=None, help=argparse.SUPPRESS)
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    """``napari-gi-seg finetune DATASET --model BASE --name NEW``: fine-tune and register NEW (parent BASE)."""
+    import json
+    import math
+
+    from .training.finetune import finetune
+
+    def clean(o):
+        if isinstance(o, float) and not math.isfinite(o):
+            return None
+        if isinstance(o, dict):
+            return {str(k): clean(v) for k, v in o.items()}
+        if isinstance(o, (list, tuple)):
+            return [clean(v) for v in o]
+        return o
+
+    def emit(obj: dict) -> None:
+        if args.jsonl:
+            print(json.dumps(clean(obj)), flush=True)
+
+    res = finetune(
+        args.dataset, args.base, args.name, epochs=args.epochs, lr=args.lr, freeze_encoder=args.freeze_encoder,
+        val_fraction=args.val_fraction, batch_size=args.batch_size, device=args.device, max_minutes=args.max_minutes,
+        class_names=args.classes, seed=args.seed, max_steps_per_epoch=args.max_steps_per_epoch, work_dir=args.work_dir,
+        on_epoch=lambda row: emit({"event": "epoch", **row}), on_event=emit,
+    )
+    if not args.jsonl:
+        print(f"registered {res.spec.key} (parent {res.spec.parent}); held-back ({res.split}-level) mean Dice "
+              f"{res.dice_before:.4f} -> {res.dice_after:.4f}  ({res.entry.folder})")
+    return 0
+
+
+def _add_evaluate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("dataset", help="labelled dataset folder (any layout the trainer reads)")
+    p.add_argument("--model", default=None, help="registered model NAME or NAME:VERSION (default: the default model)")
+    p.add_argument("--json", default=None, metavar="PATH", help="write all metrics as JSON")
+    p.add_argument("--report", default=None, metavar="PATH", help="write a Markdown report (images in PATH_files/)")
+    p.add_argument("--classes", type=_names, default=None,
+                   help="score only these classes (comma-separated names shared by model and dataset)")
+    p.add_argument("--dataset-classes", type=_names, default=None,
+                   help="the dataset's class names in label order (NIfTI pairs without classes.json; default: the model's)")
+    p.add_argument("--cases", type=_names, default=None, help="only these case or patient ids, comma-separated")
+    p.add_argument("--tta", action="store_true", help="left-right flip test-time augmentation")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument("--batch-size", type=int, default=8)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """``napari-gi-seg evaluate DATASET``: segment every case and print/write Dice, IoU, precision,
+    recall, HD95 (mm) and the UW-Madison Kaggle terms."""
+    from .evaluate import evaluate_dataset, format_table, write_json, write_report
+
+    ev = evaluate_dataset(args.dataset, model=args.model, cases=args.cases, classes=args.classes,
+                          dataset_classes=args.dataset_classes, tta=args.tta, device=args.device,
+                          batch_size=args.batch_size,
+                          progress=lambda cid, i, n: print(f"[{i + 1}/{n}] {cid}", file=sys.stderr, flush=True))
+    print(format_table(ev.summary))
+    if args.json:
+        print(f"metrics: {write_json(ev.summary, args.json)}")
+    if args.report:
+        print(f"report: {write_report(ev, args.report)}")
+    return 0
+
+
+# ----------------------------------------------------------------- parser
+#: ``(name, help, add_arguments, command)`` per sub-command; add new commands here.
+COMMANDS: list[tuple[str, str, object, object]] = [
+    ("segment", "segment an MRI volume with a registered model and write the labels", _add_segment_args, cmd_segment),
+    ("models", "list the registered models", _add_models_args, cmd_models),
+    ("train", "train a new model and register it", _add_train_args, cmd_train),
+    ("finetune", "fine-tune a registered model on new labelled data and register it", _add_finetune_args, cmd_finetune),
+    ("evaluate", "score a model on a labelled dataset (Dice, IoU, HD95, Kaggle score)", _add_evaluate_args, cmd_evaluate),
+]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="napari-gi-seg", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("train", help="train a new model and register it")
-    _add_train_args(p)
-    p.set_defaults(func=cmd_train)
+    for name, help_, add_args, func in COMMANDS:
+        p = sub.add_parser(name, help=help_, description=help_)
+        add_args(p)
+        p.set_defaults(func=func)
     return parser
 
 

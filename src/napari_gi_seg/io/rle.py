@@ -58,13 +58,20 @@ def rle_encode(mask: np.ndarray) -> str:
     mask = np.asarray(mask)
     if mask.ndim != 2:
         raise ValueError(f"rle_encode expects a 2D (H, W) mask, got shape {mask.shape}")
-    flat = mask.ravel(order="C") != 0
-    if not flat.any():
+    flat = (mask.ravel(order="C") != 0).view(np.int8)
+    if flat.size == 0:
         return ""
-    padded = np.zeros(flat.size + 2, dtype=np.int8)
-    padded[1:-1] = flat
-    runs = np.flatnonzero(padded[1:] != padded[:-1]) + 1
-    runs[1::2] -= runs[::2]
+    # Indices where the value changes; +1 = 1-based start of a run / 1-based end + 1.
+    edges = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+    if flat[0]:
+        edges = np.concatenate(([0], edges))
+    if flat[-1]:
+        edges = np.concatenate((edges, [flat.size]))
+    if edges.size == 0:
+        return ""
+    runs = edges + 0
+    runs[0::2] += 1  # 0-based start -> 1-based
+    runs[1::2] = edges[1::2] - edges[0::2]
     return " ".join(map(str, runs.tolist()))
 
 
@@ -90,7 +97,7 @@ def rle_runs(rle: str) -> tuple[np.ndarray, np.ndarray]:
     if len(parts) % 2:
         raise ValueError(f"RLE has an odd number of values ({len(parts)}); expected start/length pairs")
     try:
-        vals = np.array(parts, dtype=np.int64)
+        vals = np.fromiter(map(int, parts), dtype=np.int64, count=len(parts))
     except ValueError as e:
         raise ValueError(f"RLE has a non-integer value: {e}") from e
     starts, lengths = vals[0::2], vals[1::2]
@@ -125,11 +132,14 @@ def rle_decode(rle: str, shape: tuple[int, int]) -> np.ndarray:
     ends = starts + lengths
     if int(ends.max()) > n:
         raise ValueError(f"RLE run ends at pixel {int(ends.max())} beyond the {h}x{w} mask ({n} pixels)")
-    # +1 at every start, -1 at every end, cumulative sum -> coverage count per pixel.
-    delta = np.zeros(n + 1, dtype=np.int32)
-    np.add.at(delta, starts, 1)
-    np.add.at(delta, ends, -1)
-    out[:] = np.cumsum(delta[:-1]) > 0
+    if starts.size <= 4096:
+        for a, b in zip(starts.tolist(), ends.tolist()):
+            out[a:b] = 1
+    else:  # many runs: +1 at every start, -1 at every end, cumulative sum = coverage
+        delta = np.zeros(n + 1, dtype=np.int32)
+        np.add.at(delta, starts, 1)
+        np.add.at(delta, ends, -1)
+        out[:] = np.cumsum(delta[:-1]) > 0
     return out.reshape(h, w)
 
 

@@ -40,6 +40,11 @@ SAFE_METADATA_KEYS = (
     "synthetic",
     "class_names",
     "index_order",
+    # added by the I/O readers (io/tiff.py, io/uwmgi.py, io/dicom.py):
+    "spacing_source",  # where spacing_mm came from, e.g. "imagej", "ome", "file names"
+    "spacing_assumed",  # True when the file had no spacing and 1 mm was assumed
+    "slice_numbers",  # UW-Madison: slice number (from the file name) of each z index
+    "coordinate_system",  # world frame of `affine`: "RAS" (NIfTI), "LPS" (DICOM), "none"
 )
 
 

@@ -32,13 +32,16 @@ class ClassInfo:
     ``index`` is the label value in the label volume (0 is background and is not
     listed for softmax models). ``laterality`` is ``"left"``, ``"right"`` or ``None``;
     ``mirror`` names the class a left-right flip turns this one into (used by flip
-    TTA and to forbid flip augmentation).
+    TTA and to forbid flip augmentation). ``single_component``: the organ is one
+    connected object (liver, kidney, spleen; not bowel), so post-processing keeps only
+    its largest 3D connected component (nnU-Net's post-processing, Isensee et al. 2021).
     """
 
     index: int
     name: str
     colour: str = ""
     mirror: str | None = None
+    single_component: bool = False
 
 
 @dataclass

@@ -90,6 +90,8 @@ class TrainConfig:
     freeze_encoder: bool = False
     exclude: list[str] = field(default_factory=list)
     register: bool = True
+    # classes that are one connected organ (post-processing keeps the largest 3D component)
+    single_component: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -254,7 +256,11 @@ def _log(msg: str, rank: int = 0) -> None:
 def make_spec(cfg: TrainConfig, ds: SegDataset) -> ModelSpec:
     """The spec of a new model trained with ``cfg`` on ``ds`` (version left to the registry)."""
     mirrors = mirror_pairs(ds.class_names)
-    classes = [ClassInfo(i + 1, n, mirror=mirrors.get(n)) for i, n in enumerate(ds.class_names)]
+    unknown = set(cfg.single_component) - set(ds.class_names)
+    if unknown:
+        raise ValueError(f"--single-component names {sorted(unknown)} are not classes of {ds.root} ({ds.class_names})")
+    classes = [ClassInfo(i + 1, n, mirror=mirrors.get(n), single_component=n in cfg.single_component)
+               for i, n in enumerate(ds.class_names)]
     return ModelSpec(
         name=cfg.name,
         version=cfg.version or 1,
@@ -274,12 +280,20 @@ def train(
     on_epoch: Callable[[dict], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     init: tuple[ModelSpec, dict] | None = None,
+    dataset: SegDataset | None = None,
+    held_out: list[Case] | None = None,
 ) -> TrainResult:
     """Train (or fine-tune, with ``init=(base_spec, state_dict)``) and register a model.
 
     ``on_epoch(row)`` gets each epoch's metrics row (also appended to
     ``metrics.csv`` in the run folder); ``should_stop()`` is polled between steps and
     ends the run early (the best checkpoint so far is kept and registered).
+
+    ``dataset`` (optional) is an already opened :class:`SegDataset` used instead of
+    opening ``cfg.dataset`` (which is then only recorded). ``held_out`` (optional) is a
+    list of loaded validation cases given by the caller (e.g. the fine-tune hold-back,
+    possibly slice-level with the ignore label): then every case of the dataset is
+    trained on and ``cfg.val_fraction``/``cfg.fold`` are not used.
 
     Raises ``DatasetFormatError`` for a bad dataset, ``VersionExistsError`` when the
     requested version exists.
@@ -306,7 +320,7 @@ def train(
         device = resolve_device(cfg.device)
 
     t_start = time.time()
-    ds = open_dataset(cfg.dataset, cfg.class_names, **({"exclude": cfg.exclude} if cfg.exclude else {}))
+    ds = dataset if dataset is not None else open_dataset(cfg.dataset, cfg.class_names, **({"exclude": cfg.exclude} if cfg.exclude else {}))
     if init is not None:
         base_spec, base_sd = init
         if [c.name for c in base_spec.classes] != ds.class_names:
@@ -318,12 +332,22 @@ def train(
         spec = make_spec(cfg, ds)
     if cfg.register and rank == 0 and cfg.version is None:
         spec.version = registry.next_version(spec.name)
+    if distributed and cfg.version is None:
+        # every rank must use rank 0's version (run folder, checkpoint for --resume)
+        import torch.distributed as dist
 
-    train_groups, val_groups = split_groups(ds.groups, cfg.val_fraction, cfg.fold, cfg.seed)
+        vt = torch.tensor([spec.version], dtype=torch.int64, device=device)
+        dist.broadcast(vt, 0)
+        spec.version = int(vt.item())
+
+    if held_out is None:
+        train_groups, val_groups = split_groups(ds.groups, cfg.val_fraction, cfg.fold, cfg.seed)
+    else:
+        train_groups, val_groups = list(ds.groups), sorted({c.group for c in held_out})
     _log(f"dataset {ds.root} ({ds.layout}): {len(ds.groups)} patients, classes {ds.class_names}; "
          f"train {len(train_groups)} / validate {len(val_groups)} patients", rank)
     train_cases = [c.load() for c in ds.subset(train_groups).cases]
-    val_cases = [c.load() for c in ds.subset(val_groups).cases]
+    val_cases = list(held_out) if held_out is not None else [c.load() for c in ds.subset(val_groups).cases]
     spec.data_fingerprint = fingerprint(train_cases)
 
     allow_flip = not any(c.mirror for c in spec.classes)
@@ -362,7 +386,14 @@ def train(
         st = torch.load(ckpt_path, map_location="cpu", weights_only=True)  # never unpickles objects
         net.load_state_dict(st["model"])
         opt.load_state_dict(st["optimizer"])
-        sched.load_state_dict(st["scheduler"])
+        if int(st["scheduler"].get("total_steps", -1)) == sched.total_steps:
+            sched.load_state_dict(st["scheduler"])
+        else:
+            # --epochs (or steps per epoch) changed: keep the new one-cycle schedule and
+            # continue it from the number of steps already taken (loading the old state
+            # would end its cosine decay early and then raise past total_steps).
+            sched.last_epoch = min(int(st["scheduler"].get("last_epoch", 0)), sched.total_steps - 1)
+            _log(f"--resume: schedule changed to {sched.total_steps} steps; continuing at step {sched.last_epoch}", rank)
         start_epoch, best, bad_epochs = int(st["epoch"]) + 1, float(st["best"]), int(st["bad_epochs"])
         best_metrics = json.loads(st["best_metrics_json"])
         history = json.loads(st["history_json"])

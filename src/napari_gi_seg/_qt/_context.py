@@ -1,0 +1,296 @@
+"""State shared by the dock widgets of one viewer (Qt-free apart from napari layers).
+
+A *case* is one image layer with the editable Labels layer made for it. Its
+:class:`CaseContext` keeps what the widgets need beside the layers: the model's
+class names and colours (from the model spec, never hard-coded), the model's own
+prediction (a hidden Labels layer), the per-class probabilities ``(C, z, y, x)``
+float16, and the per-slice review state (:class:`napari_gi_seg.review.ReviewTracker`).
+
+Plain facts (class names, model key, geometry) also go into the Labels layer's
+``metadata`` so that writers and the session store see them; runtime objects
+(probabilities, tracker) live only here, keyed weakly by the Labels layer.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any
+
+import numpy as np
+from psygnal import Signal
+
+#: Layer-name suffixes of the layers a case owns.
+LABELS_SUFFIX = " segmentation"
+PREDICTION_SUFFIX = " prediction"
+#: Metadata key, on both Labels layers, naming the image layer they belong to.
+IMAGE_KEY = "gi_seg_image_layer"
+
+_CONTEXTS: "weakref.WeakKeyDictionary[Any, CaseContext]" = weakref.WeakKeyDictionary()
+_WIDGETS: dict[int, list[weakref.ref]] = {}
+
+
+class CaseContext:
+    """Runtime state of one case (one image + its editable labels).
+
+    Attributes
+    ----------
+    image_layer, labels_layer, prediction_layer:
+        napari layers; ``prediction_layer`` is hidden and may be ``None`` before the
+        first segmentation.
+    class_names:
+        ``{label value: name}`` including ``0: "background"``.
+    colours:
+        ``{label value: "#rrggbb"}`` for the foreground classes.
+    model_key:
+        ``"name:version"`` of the model that produced the prediction, or ``None``.
+    probs:
+        ``(C, z, y, x)`` float16 probabilities of the last run, or ``None``.
+    tracker:
+        :class:`~napari_gi_seg.review.ReviewTracker` with one state per slice.
+
+    ``changed`` is emitted (no arguments) after a segmentation batch, a correction,
+    a review mark or a restore, so widgets can refresh their read-outs.
+    """
+
+    changed = Signal()
+
+    def __init__(self, image_layer, labels_layer, class_names: dict[int, str], colours: dict[int, str] | None = None, model_key: str | None = None):
+        from ..review import ReviewTracker
+
+        self._image_ref = weakref.ref(image_layer)
+        self._labels_ref = weakref.ref(labels_layer)
+        self._prediction_ref: weakref.ref | None = None
+        self.class_names = {int(k): str(v) for k, v in class_names.items()}
+        self.class_names.setdefault(0, "background")
+        self.colours = dict(colours or {})
+        self.model_key = model_key
+        self.probs: np.ndarray | None = None
+        self.tracker = ReviewTracker(int(labels_layer.data.shape[0]))
+
+    # ------------------------------------------------------------------ layers
+    @property
+    def image_layer(self):
+        return self._image_ref()
+
+    @property
+    def labels_layer(self):
+        return self._labels_ref()
+
+    @property
+    def prediction_layer(self):
+        return self._prediction_ref() if self._prediction_ref is not None else None
+
+    @prediction_layer.setter
+    def prediction_layer(self, layer) -> None:
+        self._prediction_ref = weakref.ref(layer) if layer is not None else None
+
+    @property
+    def prediction(self) -> np.ndarray | None:
+        """``(z, y, x)`` uint8 model prediction, or ``None``."""
+        layer = self.prediction_layer
+        return None if layer is None else np.asarray(layer.data)
+
+    @property
+    def foreground_names(self) -> dict[int, str]:
+        """``{index: name}`` without background (what the exporter wants)."""
+        return {k: v for k, v in sorted(self.class_names.items()) if k != 0}
+
+    def fingerprint(self) -> str:
+        """Session key of the image (:func:`napari_gi_seg.session.image_fingerprint`)."""
+        from ..session import image_fingerprint
+
+        return image_fingerprint(np.asarray(self.image_layer.data))
+
+    def uncertainty(self) -> np.ndarray | None:
+        """``(z,)`` float32 per-slice uncertainty from :attr:`probs`, or ``None``."""
+        if self.probs is None:
+            return None
+        from ..review import slice_uncertainty
+
+        return slice_uncertainty(self.probs)
+
+    def uncertainty_at(self, z: int) -> float | None:
+        """Uncertainty of slice ``z`` only (cheap enough for every slice change)."""
+        if self.probs is None:
+            return None
+        from ..review import slice_uncertainty
+
+        return float(slice_uncertainty(self.probs[:, int(z) : int(z) + 1])[0])
+
+
+def get_context(labels_layer) -> CaseContext | None:
+    """The context of a Labels layer made by the widgets, or ``None``."""
+    if labels_layer is None:
+        return None
+    return _CONTEXTS.get(labels_layer)
+
+
+def set_context(labels_layer, ctx: CaseContext) -> None:
+    _CONTEXTS[labels_layer] = ctx
+
+
+def class_names_from_layer(layer) -> dict[int, str]:
+    """``{value: name}`` from a layer's ``metadata['class_names']`` (keys may be
+    strings after a JSON round trip) or its ``features`` (``index``/``class_name``)."""
+    md = getattr(layer, "metadata", {}) or {}
+    names = md.get("class_names")
+    if isinstance(names, dict) and names:
+        return {int(k): str(v) for k, v in names.items()}
+    if isinstance(names, (list, tuple)) and names:
+        return {0: "background", **{i + 1: str(n) for i, n in enumerate(names)}}
+    feats = getattr(layer, "features", None)
+    if feats is not None and "index" in feats and "class_name" in feats:
+        return {int(i): str(n) for i, n in zip(feats["index"], feats["class_name"])}
+    return {}
+
+
+def labels_colormap(colours: dict[int, str]):
+    """A napari ``DirectLabelColormap`` painting each class in its spec colour;
+    background (0) and unknown values are transparent."""
+    from napari.utils.colormaps import DirectLabelColormap
+
+    cd: dict[int | None, Any] = {None: (0.0, 0.0, 0.0, 0.0), 0: (0.0, 0.0, 0.0, 0.0)}
+    cd.update({int(k): v for k, v in colours.items() if int(k) != 0})
+    return DirectLabelColormap(color_dict=cd)
+
+
+def style_labels_layer(layer, class_names: dict[int, str], colours: dict[int, str]) -> None:
+    """Give a Labels layer the classes' colours, a ``class_name`` feature (shown in
+    the status bar under the cursor) and ``metadata['class_names']``."""
+    import pandas as pd
+
+    idx = sorted(class_names)
+    layer.colormap = labels_colormap(colours)
+    layer.features = pd.DataFrame({"index": idx, "class_name": [class_names[i] for i in idx]})
+    layer.metadata["class_names"] = {int(i): class_names[i] for i in idx}
+
+
+def image_layers(viewer) -> list:
+    """The viewer's 3D Image layers (candidates for segmentation)."""
+    from napari.layers import Image
+
+    return [lyr for lyr in viewer.layers if isinstance(lyr, Image) and lyr.ndim == 3 and not lyr.rgb]
+
+
+def find_case(viewer, image_layer=None, labels_layer=None) -> CaseContext | None:
+    """The context for ``image_layer`` (or ``labels_layer``) in ``viewer``, if any."""
+    if labels_layer is not None:
+        return get_context(labels_layer)
+    for lyr in viewer.layers:
+        ctx = _CONTEXTS.get(lyr)
+        if ctx is not None and ctx.image_layer is image_layer:
+            return ctx
+    return None
+
+
+def ensure_case(viewer, image_layer, class_names: dict[int, str], colours: dict[int, str], model_key: str | None = None) -> CaseContext:
+    """The case for ``image_layer``, creating its editable Labels layer
+    (``"<image> labels"``, same shape, scale, translate and geometry metadata) when
+    there is none. An existing case adopts the new classes when they differ."""
+    ctx = find_case(viewer, image_layer)
+    if ctx is None:
+        shape = tuple(image_layer.data.shape)
+        md = {k: v for k, v in dict(image_layer.metadata).items() if k not in ("is_labels",)}
+        md[IMAGE_KEY] = image_layer.name
+        md["is_labels"] = True
+        labels = viewer.add_labels(
+            np.zeros(shape, dtype=np.uint8),
+            name=image_layer.name + LABELS_SUFFIX,
+            scale=image_layer.scale,
+            translate=image_layer.translate,
+            metadata=md,
+            opacity=0.6,
+        )
+        ctx = CaseContext(image_layer, labels, class_names, colours, model_key)
+        set_context(labels, ctx)
+    else:
+        ctx.class_names = {int(k): str(v) for k, v in class_names.items()}
+        ctx.class_names.setdefault(0, "background")
+        ctx.colours = dict(colours)
+        ctx.model_key = model_key
+    style_labels_layer(ctx.labels_layer, ctx.class_names, ctx.colours)
+    if model_key is not None:
+        ctx.labels_layer.metadata["model_key"] = model_key
+    return ctx
+
+
+def ensure_prediction_layer(viewer, ctx: CaseContext):
+    """The hidden ``"<image> prediction"`` Labels layer of a case (created on demand)."""
+    layer = ctx.prediction_layer
+    if layer is None or layer not in viewer.layers:
+        img = ctx.image_layer
+        layer = viewer.add_labels(
+            np.zeros(ctx.labels_layer.data.shape, dtype=np.uint8),
+            name=img.name + PREDICTION_SUFFIX,
+            scale=img.scale,
+            translate=img.translate,
+            metadata={IMAGE_KEY: img.name, "is_labels": True},
+            visible=False,
+            opacity=0.5,
+        )
+        ctx.prediction_layer = layer
+    style_labels_layer(layer, ctx.class_names, ctx.colours)
+    if ctx.model_key:
+        layer.metadata["model_key"] = ctx.model_key
+    return layer
+
+
+def adopt_labels_layer(viewer, labels_layer) -> CaseContext | None:
+    """Make a context for a Labels layer the widgets did not create (e.g. opened
+    from a file): its image is the layer named in its metadata, else the first 3D
+    image of the same shape. ``None`` when no image matches."""
+    ctx = get_context(labels_layer)
+    if ctx is not None:
+        return ctx
+    want = (labels_layer.metadata or {}).get(IMAGE_KEY)
+    imgs = image_layers(viewer)
+    match = [i for i in imgs if i.name == want] or [i for i in imgs if tuple(i.data.shape) == tuple(labels_layer.data.shape)]
+    if not match:
+        return None
+    names = class_names_from_layer(labels_layer)
+    if not names:
+        present = [int(v) for v in np.unique(np.asarray(labels_layer.data)) if v != 0]
+        names = {0: "background", **{v: f"label {v}" for v in present}}
+    from ..models.spec import DEFAULT_COLOURS
+
+    colours = {k: DEFAULT_COLOURS[k % len(DEFAULT_COLOURS)] for k in names if k}
+    ctx = CaseContext(match[0], labels_layer, names, colours, labels_layer.metadata.get("model_key"))
+    set_context(labels_layer, ctx)
+    return ctx
+
+
+def current_slice(viewer, layer) -> int:
+    """Index (z) of the slice shown for ``layer``, clipped to its range."""
+    coords = layer.world_to_data(viewer.dims.point[-layer.ndim :] if len(viewer.dims.point) >= layer.ndim else viewer.dims.point)
+    z = int(round(float(coords[0])))
+    return int(np.clip(z, 0, layer.data.shape[0] - 1))
+
+
+def set_current_slice(viewer, layer, z: int) -> None:
+    """Show slice ``z`` of ``layer`` (converts the data index to world units)."""
+    axis = viewer.dims.ndim - layer.ndim
+    world_z = float(layer.data_to_world([z] + [0] * (layer.ndim - 1))[0])
+    pt = list(viewer.dims.point)
+    pt[axis] = world_z
+    viewer.dims.point = pt
+
+
+# ---------------------------------------------------------------- widget registry
+def register_widget(viewer, widget) -> None:
+    """Remember a dock widget of ``viewer`` so sibling widgets can find it."""
+    refs = [r for r in _WIDGETS.get(id(viewer), []) if r() is not None]
+    refs.append(weakref.ref(widget))
+    _WIDGETS[id(viewer)] = refs
+
+
+def find_widget(viewer, cls):
+    """The most recently created live widget of class ``cls`` in ``viewer``, or ``None``."""
+    for r in reversed(_WIDGETS.get(id(viewer), [])):
+        w = r()
+        if w is not None and isinstance(w, cls):
+            try:
+                w.objectName()  # raises RuntimeError once the C++ object is deleted
+            except RuntimeError:
+                continue
+            return w
+    return None

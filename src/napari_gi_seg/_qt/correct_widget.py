@@ -1,0 +1,555 @@
+"""Correct-and-review dock widget.
+
+Thin over :mod:`napari_gi_seg.corrections` (every tool returns a ``Correction`` that
+is applied with ``layer.data_setitem`` so napari's undo/redo covers it),
+:mod:`napari_gi_seg.review` (per-slice state, least-confident slice) and
+:mod:`napari_gi_seg.session` (autosave every 30 s and on close, restore when the
+same image is opened again).
+
+Keyboard shortcuts (bound on the viewer; none of them is a napari default):
+
+=========  ==============================================================
+Shift-R    mark the current slice reviewed and go to the next unreviewed
+Shift-N    go to the next unreviewed slice
+Shift-U    go to the least confident unreviewed slice (model entropy)
+=========  ==============================================================
+
+``NAPARI_GI_SEG_RESTORE=yes|no`` answers the "restore the saved session?" question
+without a dialog (tests, scripted use).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from qtpy.QtCore import QTimer
+from qtpy.QtWidgets import (
+    QComboBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QMessageBox,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from . import _context as C
+
+RESTORE_ENV = "NAPARI_GI_SEG_RESTORE"
+AUTOSAVE_MS = 30_000
+SHORTCUTS = {
+    "Shift-R": "mark the current slice reviewed and go to the next unreviewed",
+    "Shift-N": "go to the next unreviewed slice",
+    "Shift-U": "go to the least confident unreviewed slice",
+}
+_STATE_NAMES = ("unseen", "predicted", "edited", "reviewed")
+
+
+def _slices_from_paint(item, n_slices: int) -> set[int]:
+    """Slice indices (z) touched by one napari paint history item (list of atoms:
+    ``_MaskedPaintAtom`` with a ``slice_key`` bounding box, or the
+    ``(indices, before, after)`` tuples of ``data_setitem``)."""
+    zs: set[int] = set()
+    for atom in item or []:
+        key = getattr(atom, "slice_key", None)
+        if key is not None:
+            s = key[0]
+            if isinstance(s, slice):
+                zs.update(range(*s.indices(n_slices)))
+            else:
+                zs.add(int(s))
+            continue
+        try:
+            idx = atom[0]
+            zs.update(int(v) for v in np.unique(np.asarray(idx[0])))
+        except (TypeError, IndexError):
+            continue
+    return {z for z in zs if 0 <= z < n_slices}
+
+
+def _flush_autosavers(autosavers: list) -> None:
+    """Save every dirty case (called on close; must not reference the widget)."""
+    for a in list(autosavers):
+        try:
+            if a.dirty:
+                a.save_now()
+        except Exception:  # noqa: BLE001 - closing must never crash
+            pass
+
+
+class CorrectWidget(QWidget):
+    """Dock widget: correction tools on the selected class, review state, autosave."""
+
+    def __init__(self, napari_viewer, parent=None):
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self._ctx: C.CaseContext | None = None
+        self._paint_layer = None
+        self._autosavers: dict[int, object] = {}  # id(ctx) -> Autosaver
+        self._autosaver_list: list = []  # same objects, for the close hook
+        self._asked: set[str] = set()  # fingerprints already offered for restore
+
+        self.labels_combo = QComboBox()
+        self.class_combo = QComboBox()
+        self.z_from = QSpinBox()
+        self.z_to = QSpinBox()
+        self.from_here = QPushButton("here")
+        self.to_here = QPushButton("here")
+        rng = QHBoxLayout()
+        for w in (QLabel("from"), self.z_from, self.from_here, QLabel("to"), self.z_to, self.to_here):
+            rng.addWidget(w)
+        self.scope_combo = QComboBox()
+        self.scope_combo.addItems(["current slice", "range"])
+        self.area_spin = QDoubleSpinBox()
+        self.area_spin.setRange(0.0, 10000.0)
+        self.area_spin.setValue(50.0)
+        self.area_spin.setSuffix(" mm²")
+        self.sigma_spin = QDoubleSpinBox()
+        self.sigma_spin.setRange(0.1, 20.0)
+        self.sigma_spin.setValue(1.5)
+        self.sigma_spin.setSuffix(" mm")
+
+        self.interp_button = QPushButton("Interpolate class between 'from' and 'to'")
+        self.fill_button = QPushButton("Fill holes")
+        self.islands_button = QPushButton("Remove islands <")
+        self.smooth_button = QPushButton("Smooth, sigma")
+
+        tools = QFormLayout()
+        tools.addRow("labels", self.labels_combo)
+        tools.addRow("class", self.class_combo)
+        tools.addRow("slices", rng)
+        tools.addRow(self.interp_button)
+        tools.addRow("scope", self.scope_combo)
+        tools.addRow(self.fill_button)
+        tools.addRow(self.islands_button, self.area_spin)
+        tools.addRow(self.smooth_button, self.sigma_spin)
+        tools_box = QGroupBox("Correct")
+        tools_box.setLayout(tools)
+
+        self.state_label = QLabel("")
+        self.counts_label = QLabel("")
+        self.review_button = QPushButton("Reviewed, next (Shift-R)")
+        self.next_button = QPushButton("Next unreviewed (Shift-N)")
+        self.least_button = QPushButton("Least confident (Shift-U)")
+        rev = QVBoxLayout()
+        rev.addWidget(self.state_label)
+        rev.addWidget(self.counts_label)
+        for b in (self.review_button, self.next_button, self.least_button):
+            rev.addWidget(b)
+        review_box = QGroupBox("Review")
+        review_box.setLayout(rev)
+
+        self.session_label = QLabel("")
+        self.session_label.setWordWrap(True)
+        self.save_button = QPushButton("Save session now")
+        ses = QVBoxLayout()
+        ses.addWidget(self.session_label)
+        ses.addWidget(self.save_button)
+        session_box = QGroupBox("Session (autosaved every 30 s)")
+        session_box.setLayout(ses)
+
+        lay = QVBoxLayout(self)
+        lay.addWidget(tools_box)
+        lay.addWidget(review_box)
+        lay.addWidget(session_box)
+        lay.addStretch(1)
+
+        self.labels_combo.currentIndexChanged.connect(self._labels_changed)
+        self.from_here.clicked.connect(lambda: self.z_from.setValue(self.current_z()))
+        self.to_here.clicked.connect(lambda: self.z_to.setValue(self.current_z()))
+        self.interp_button.clicked.connect(lambda: self.interpolate())
+        self.fill_button.clicked.connect(lambda: self.fill_holes())
+        self.islands_button.clicked.connect(lambda: self.remove_islands())
+        self.smooth_button.clicked.connect(lambda: self.smooth())
+        self.review_button.clicked.connect(lambda: self.mark_reviewed_and_next())
+        self.next_button.clicked.connect(lambda: self.go_next_unreviewed())
+        self.least_button.clicked.connect(lambda: self.go_least_confident())
+        self.save_button.clicked.connect(lambda: self.autosave_now(force=True))
+
+        self.viewer.layers.events.inserted.connect(self._layers_changed)
+        self.viewer.layers.events.removed.connect(self._layers_changed)
+        self.viewer.dims.events.current_step.connect(self._update_state)
+        for key, fn in (("Shift-R", self.mark_reviewed_and_next), ("Shift-N", self.go_next_unreviewed), ("Shift-U", self.go_least_confident)):
+            self.viewer.bind_key(key, lambda v, fn=fn: fn(), overwrite=True)
+
+        self._timer = QTimer(self)
+        self._timer.setInterval(AUTOSAVE_MS)
+        self._timer.timeout.connect(self.autosave_now)
+        self._timer.start()
+        self.destroyed.connect(lambda *a, lst=self._autosaver_list: _flush_autosavers(lst))
+        from qtpy.QtWidgets import QApplication
+
+        app = QApplication.instance()
+        if app is not None:
+            app.aboutToQuit.connect(lambda lst=self._autosaver_list: _flush_autosavers(lst))
+
+        self._layers_changed()
+        for img in C.image_layers(self.viewer):
+            self.offer_restore(img)
+        C.register_widget(self.viewer, self)
+
+    # ------------------------------------------------------------------ case
+    @property
+    def context(self) -> C.CaseContext | None:
+        """The case of the selected Labels layer."""
+        return self._ctx
+
+    def _editable_labels(self) -> list:
+        from napari.layers import Labels
+
+        return [lyr for lyr in self.viewer.layers if isinstance(lyr, Labels) and lyr.ndim == 3 and not lyr.name.endswith(C.PREDICTION_SUFFIX)]
+
+    def _layers_changed(self, event=None) -> None:
+        from napari.layers import Image
+
+        current = self.labels_combo.currentText()
+        names = [lyr.name for lyr in self._editable_labels()]
+        self.labels_combo.blockSignals(True)
+        self.labels_combo.clear()
+        self.labels_combo.addItems(names)
+        # prefer a case made by the Segment widget, else keep the selection
+        made = [n for n in names if C.get_context(self.viewer.layers[n]) is not None]
+        if current in names:
+            self.labels_combo.setCurrentText(current)
+        elif made:
+            self.labels_combo.setCurrentText(made[-1])
+        self.labels_combo.blockSignals(False)
+        self._labels_changed()
+        if event is not None and getattr(event, "type", "") == "inserted" and isinstance(event.value, Image):
+            self.offer_restore(event.value)
+
+    def select_labels(self, layer) -> None:
+        """Work on ``layer`` (a Labels layer of the viewer)."""
+        self.labels_combo.setCurrentText(layer.name)
+        self._labels_changed()
+
+    def _labels_changed(self, *args) -> None:
+        name = self.labels_combo.currentText()
+        layer = self.viewer.layers[name] if name and name in self.viewer.layers else None
+        ctx = C.adopt_labels_layer(self.viewer, layer) if layer is not None else None
+        if ctx is not self._ctx:
+            if self._ctx is not None:
+                try:
+                    self._ctx.changed.disconnect(self._on_ctx_changed)
+                except (TypeError, ValueError, RuntimeError):
+                    pass
+            self._ctx = ctx
+            if ctx is not None:
+                ctx.changed.connect(self._on_ctx_changed)
+        if self._paint_layer is not None and self._paint_layer is not layer:
+            try:
+                self._paint_layer.events.paint.disconnect(self._on_paint)
+            except (TypeError, ValueError, RuntimeError):
+                pass
+            self._paint_layer = None
+        if layer is not None and ctx is not None and self._paint_layer is None:
+            layer.events.paint.connect(self._on_paint)
+            self._paint_layer = layer
+        self._refresh_classes()
+        self._update_state()
+
+    def _refresh_classes(self) -> None:
+        current = self.class_combo.currentData()
+        self.class_combo.clear()
+        ctx = self._ctx
+        if ctx is None:
+            return
+        for idx, name in ctx.foreground_names.items():
+            self.class_combo.addItem(f"{idx}: {name}", idx)
+        n = ctx.labels_layer.data.shape[0]
+        for sb in (self.z_from, self.z_to):
+            sb.setRange(0, n - 1)
+        if current is not None:
+            i = self.class_combo.findData(current)
+            if i >= 0:
+                self.class_combo.setCurrentIndex(i)
+
+    def select_class(self, class_index: int) -> None:
+        """Select the class with label value ``class_index``."""
+        i = self.class_combo.findData(int(class_index))
+        if i < 0:
+            raise LookupError(f"class {class_index} is not one of {self._ctx.foreground_names if self._ctx else {}}")
+        self.class_combo.setCurrentIndex(i)
+
+    def current_z(self) -> int:
+        """The slice shown (z index of the selected Labels layer)."""
+        ctx = self._ctx
+        if ctx is None:
+            return 0
+        return C.current_slice(self.viewer, ctx.labels_layer)
+
+    def go_to(self, z: int) -> None:
+        """Show slice ``z``."""
+        if self._ctx is not None:
+            C.set_current_slice(self.viewer, self._ctx.labels_layer, int(z))
+            self._update_state()
+
+    # ------------------------------------------------------------------ edits
+    def _on_paint(self, event) -> None:
+        ctx = self._ctx
+        if ctx is None:
+            return
+        zs = _slices_from_paint(getattr(event, "value", None), ctx.tracker.n_slices)
+        if zs:
+            ctx.tracker.mark_edited(sorted(zs))
+            self._mark_dirty(ctx)
+            ctx.changed.emit()
+
+    def _scope_slices(self) -> list[int]:
+        if self.scope_combo.currentText() == "range":
+            a, b = sorted((self.z_from.value(), self.z_to.value()))
+            return list(range(a, b + 1))
+        return [self.current_z()]
+
+    def _apply(self, make) -> object | None:
+        """Run a correction function and apply its result through the undo history."""
+        from napari.utils.notifications import show_error, show_info
+
+        ctx = self._ctx
+        if ctx is None:
+            show_error("No labels layer: run Segment first or open a label file.")
+            return None
+        layer = ctx.labels_layer
+        try:
+            corr = make(np.asarray(layer.data), ctx)
+        except (ValueError, IndexError) as e:
+            show_error(str(e))
+            return None
+        if corr.is_empty:
+            show_info(f"{corr.description or 'correction'}: nothing to change")
+            return corr
+        layer.data_setitem(corr.changed_coords(), corr.changed_values())  # -> paint event -> EDITED
+        return corr
+
+    def _spacing(self, ctx) -> tuple[float, float, float]:
+        return tuple(float(s) for s in ctx.labels_layer.scale[-3:])
+
+    def _class(self, class_index):
+        return self.class_combo.currentData() if class_index is None else int(class_index)
+
+    def interpolate(self, class_index: int | None = None, z0: int | None = None, z1: int | None = None):
+        """Shape-based interpolation of the class between slices ``z0`` and ``z1``
+        (default: the 'from'/'to' boxes). Returns the applied ``Correction``."""
+        from ..corrections import interpolate_class
+
+        c = self._class(class_index)
+        a = self.z_from.value() if z0 is None else int(z0)
+        b = self.z_to.value() if z1 is None else int(z1)
+        return self._apply(lambda lab, ctx: interpolate_class(lab, c, a, b, spacing_mm=self._spacing(ctx)))
+
+    def fill_holes(self, class_index: int | None = None, slices=None):
+        """Fill holes of the class (all classes when the picker is empty) on the scope."""
+        from ..corrections import fill_holes
+
+        c = self._class(class_index)
+        zs = self._scope_slices() if slices is None else list(slices)
+        return self._apply(lambda lab, ctx: fill_holes(lab, zs, c))
+
+    def remove_islands(self, class_index: int | None = None, slices=None, min_area_mm2: float | None = None):
+        """Remove 2D islands of the class smaller than the area (mm²) on the scope."""
+        from ..corrections import remove_islands
+
+        c = self._class(class_index)
+        zs = self._scope_slices() if slices is None else list(slices)
+        area = self.area_spin.value() if min_area_mm2 is None else float(min_area_mm2)
+        return self._apply(lambda lab, ctx: remove_islands(lab, zs, area, self._spacing(ctx), c))
+
+    def smooth(self, class_index: int | None = None, slices=None, sigma_mm: float | None = None):
+        """Gaussian-smooth the class contour (sigma in mm) on the scope."""
+        from ..corrections import smooth_contour
+
+        c = self._class(class_index)
+        zs = self._scope_slices() if slices is None else list(slices)
+        sigma = self.sigma_spin.value() if sigma_mm is None else float(sigma_mm)
+        return self._apply(lambda lab, ctx: smooth_contour(lab, zs, sigma, self._spacing(ctx), c))
+
+    # ------------------------------------------------------------------ review
+    def mark_reviewed_and_next(self) -> int | None:
+        """Mark the current slice REVIEWED and show the next unreviewed one
+        (``None`` when every slice is reviewed)."""
+        ctx = self._ctx
+        if ctx is None:
+            return None
+        z = self.current_z()
+        ctx.tracker.mark_reviewed(z)
+        self._mark_dirty(ctx)
+        nxt = ctx.tracker.next_unreviewed(z)
+        if nxt is not None:
+            self.go_to(nxt)
+        ctx.changed.emit()
+        return nxt
+
+    def go_next_unreviewed(self) -> int | None:
+        """Show the next slice that is not reviewed."""
+        ctx = self._ctx
+        if ctx is None:
+            return None
+        nxt = ctx.tracker.next_unreviewed(self.current_z())
+        if nxt is not None:
+            self.go_to(nxt)
+        return nxt
+
+    def go_least_confident(self) -> int | None:
+        """Show the unreviewed slice where the model is least sure (highest mean
+        normalised entropy, :func:`napari_gi_seg.review.slice_uncertainty`)."""
+        from napari.utils.notifications import show_info
+
+        ctx = self._ctx
+        if ctx is None:
+            return None
+        u = ctx.uncertainty()
+        if u is None:
+            show_info("No model probabilities for this case: run Segment first.")
+            return self.go_next_unreviewed()
+        z = ctx.tracker.least_confident_unreviewed(u)
+        if z is not None:
+            self.go_to(z)
+        return z
+
+    def _on_ctx_changed(self) -> None:
+        if self._ctx is not None and self._ctx.image_layer is not None:
+            self._mark_dirty(self._ctx)
+        self._update_state()
+
+    def _update_state(self, *args) -> None:
+        ctx = self._ctx
+        if ctx is None or ctx.labels_layer is None:
+            self.state_label.setText("No case: run Segment or open labels.")
+            self.counts_label.setText("")
+            return
+        z = self.current_z()
+        state = _STATE_NAMES[int(ctx.tracker.states[z])]
+        u = ctx.uncertainty_at(z)
+        extra = f", uncertainty {u:.2f}" if u is not None else ""
+        self.state_label.setText(f"slice {z} / {ctx.tracker.n_slices - 1}: <b>{state}</b>{extra}")
+        counts = ctx.tracker.counts()
+        self.counts_label.setText("  ".join(f"{k} {counts[k]}" for k in ("reviewed", "edited", "predicted", "unseen")))
+
+    # ------------------------------------------------------------------ sessions
+    def _store(self):
+        from ..session import SessionStore
+
+        return SessionStore()
+
+    def _state_of(self, ctx):
+        """Everything a session holds for ``ctx`` (called by the Autosaver)."""
+        info = {
+            "image_name": ctx.image_layer.name if ctx.image_layer is not None else None,
+            "class_names": {str(k): v for k, v in ctx.class_names.items()},
+            "colours": {str(k): v for k, v in ctx.colours.items()},
+            "model_key": ctx.model_key,
+        }
+        return {
+            "labels": np.asarray(ctx.labels_layer.data),
+            "prediction": ctx.prediction,
+            "review": ctx.tracker,
+            "info": info,
+        }
+
+    def _autosaver(self, ctx):
+        from ..session import Autosaver
+
+        a = self._autosavers.get(id(ctx))
+        if a is None:
+            a = Autosaver(self._store(), ctx.fingerprint(), lambda ctx=ctx: self._state_of(ctx))
+            self._autosavers[id(ctx)] = a
+            self._autosaver_list.append(a)
+        return a
+
+    def _mark_dirty(self, ctx) -> None:
+        try:
+            self._autosaver(ctx).mark_dirty()
+        except Exception as e:  # noqa: BLE001 - bookkeeping must not break editing
+            self.session_label.setText(f"autosave unavailable: {e}")
+
+    def autosave_now(self, force: bool = False):
+        """Save the selected case if it changed since the last save (``force``:
+        always). Returns the session folder or ``None``."""
+        ctx = self._ctx
+        if ctx is None or ctx.labels_layer is None or ctx.image_layer is None:
+            return None
+        a = self._autosaver(ctx)
+        if not (force or a.dirty):
+            return None
+        try:
+            path = a.save_now()
+        except OSError as e:
+            from napari.utils.notifications import show_error
+
+            show_error(f"Autosave failed: {e}")
+            return None
+        from datetime import datetime
+
+        self.session_label.setText(f"saved {datetime.now():%H:%M:%S}")
+        return path
+
+    def offer_restore(self, image_layer) -> bool:
+        """If a saved session exists for ``image_layer``'s pixels, ask whether to
+        restore it (``NAPARI_GI_SEG_RESTORE=yes|no`` answers without asking).
+        Returns True when restored."""
+        if image_layer is None or getattr(image_layer, "ndim", 0) != 3:
+            return False
+        try:
+            from ..session import image_fingerprint
+
+            fp = image_fingerprint(np.asarray(image_layer.data))
+            if fp in self._asked or self._store().find(fp) is None:
+                return False
+        except Exception:  # noqa: BLE001 - a broken store must not block opening images
+            return False
+        self._asked.add(fp)
+        answer = os.environ.get(RESTORE_ENV, "").strip().lower()
+        if answer in ("no", "0", "false"):
+            return False
+        if answer not in ("yes", "1", "true"):
+            btn = QMessageBox.question(
+                self,
+                "Restore session",
+                f"A saved correction session exists for {image_layer.name}. Restore it?",
+                QMessageBox.Yes | QMessageBox.No,
+                QMessageBox.Yes,
+            )
+            if btn != QMessageBox.Yes:
+                return False
+        return self.restore_session(image_layer) is not None
+
+    def restore_session(self, image_layer):
+        """Restore the saved session of ``image_layer`` (labels, prediction, review
+        state, classes) into ``"<image> labels"``. Returns the case or ``None``."""
+        from napari.utils.notifications import show_error, show_info
+
+        from ..session import image_fingerprint
+
+        try:
+            data = self._store().load(image_fingerprint(np.asarray(image_layer.data)))
+        except (OSError, ValueError, LookupError) as e:
+            show_error(f"Could not restore the session of {image_layer.name}: {e}")
+            return None
+        if tuple(data.labels.shape) != tuple(image_layer.data.shape):
+            show_error(f"Session for {image_layer.name} has shape {data.labels.shape}, the image {image_layer.data.shape}; not restored")
+            return None
+        info = data.info or {}
+        names = {int(k): v for k, v in (info.get("class_names") or {}).items()}
+        if not names:
+            names = {0: "background", **{int(v): f"label {v}" for v in np.unique(data.labels) if v}}
+        colours = {int(k): v for k, v in (info.get("colours") or {}).items()}
+        ctx = C.ensure_case(self.viewer, image_layer, names, colours, info.get("model_key"))
+        ctx.labels_layer.data = np.asarray(data.labels, dtype=np.uint8)
+        if data.prediction is not None:
+            pred = C.ensure_prediction_layer(self.viewer, ctx)
+            pred.data = np.asarray(data.prediction, dtype=np.uint8)
+        ctx.tracker = data.review
+        self.select_labels(ctx.labels_layer)
+        a = self._autosaver(ctx)
+        show_info(f"Restored the session of {image_layer.name} ({ctx.tracker.counts()['reviewed']} reviewed slices)")
+        ctx.changed.emit()
+        return ctx
+
+    def closeEvent(self, event) -> None:  # noqa: N802 - Qt name
+        _flush_autosavers(self._autosaver_list)
+        super().closeEvent(event)

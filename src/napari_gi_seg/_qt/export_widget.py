@@ -1,0 +1,161 @@
+"""Export dock widget: write the reviewed case into an nnU-Net v2 training dataset.
+
+Thin over :func:`napari_gi_seg.export.export_case`: only REVIEWED slices carry
+labels, every other slice becomes the ignore label; the model key and the
+per-slice correction Dice go to ``provenance.json``. Errors are shown as napari
+notifications, never raised into the event loop.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from qtpy.QtWidgets import (
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from . import _context as C
+
+
+def default_dataset_dir() -> Path:
+    """``<user_dir>/datasets/corrections`` (where exports go unless a folder is chosen)."""
+    from ..paths import user_dir
+
+    return user_dir() / "datasets" / "corrections"
+
+
+class ExportWidget(QWidget):
+    """Dock widget: labels layer, dataset folder (line edit + Browse), optional case
+    id and patient/group, Export button and a read-out of what was written."""
+
+    def __init__(self, napari_viewer, parent=None):
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.labels_combo = QComboBox()
+        self.folder_edit = QLineEdit(str(default_dataset_dir()))
+        self.browse_button = QPushButton("Browse...")
+        row = QHBoxLayout()
+        row.addWidget(self.folder_edit)
+        row.addWidget(self.browse_button)
+        self.case_edit = QLineEdit()
+        self.case_edit.setPlaceholderText("automatic (from the image name)")
+        self.group_edit = QLineEdit()
+        self.group_edit.setPlaceholderText("patient / group for splits (optional)")
+        self.summary_label = QLabel("")
+        self.summary_label.setWordWrap(True)
+        self.export_button = QPushButton("Export reviewed slices")
+        self.result_label = QLabel("")
+        self.result_label.setWordWrap(True)
+
+        form = QFormLayout()
+        form.addRow("labels", self.labels_combo)
+        form.addRow("dataset", row)
+        form.addRow("case id", self.case_edit)
+        form.addRow("group", self.group_edit)
+        lay = QVBoxLayout(self)
+        lay.addLayout(form)
+        lay.addWidget(self.summary_label)
+        lay.addWidget(self.export_button)
+        lay.addWidget(self.result_label)
+        lay.addStretch(1)
+
+        self.browse_button.clicked.connect(self._browse)
+        self.export_button.clicked.connect(lambda: self.export())
+        self.labels_combo.currentIndexChanged.connect(self._update_summary)
+        self.viewer.layers.events.inserted.connect(self._refresh)
+        self.viewer.layers.events.removed.connect(self._refresh)
+        self._refresh()
+        C.register_widget(self.viewer, self)
+
+    def _refresh(self, event=None) -> None:
+        from napari.layers import Labels
+
+        current = self.labels_combo.currentText()
+        names = [lyr.name for lyr in self.viewer.layers if isinstance(lyr, Labels) and lyr.ndim == 3 and not lyr.name.endswith(C.PREDICTION_SUFFIX)]
+        self.labels_combo.blockSignals(True)
+        self.labels_combo.clear()
+        self.labels_combo.addItems(names)
+        made = [n for n in names if C.get_context(self.viewer.layers[n]) is not None]
+        if current in names:
+            self.labels_combo.setCurrentText(current)
+        elif made:
+            self.labels_combo.setCurrentText(made[-1])
+        self.labels_combo.blockSignals(False)
+        self._update_summary()
+
+    def _browse(self) -> None:
+        d = QFileDialog.getExistingDirectory(self, "Dataset folder (nnU-Net v2 raw layout)", self.folder_edit.text())
+        if d:
+            self.folder_edit.setText(d)
+
+    def context(self) -> C.CaseContext | None:
+        """The case of the selected Labels layer (adopting a layer opened from a file)."""
+        name = self.labels_combo.currentText()
+        if not name or name not in self.viewer.layers:
+            return None
+        return C.adopt_labels_layer(self.viewer, self.viewer.layers[name])
+
+    def _update_summary(self, *args) -> None:
+        ctx = self.context()
+        if ctx is None:
+            self.summary_label.setText("No case: run Segment or open labels beside their image.")
+            return
+        n = len(ctx.tracker.reviewed_slices())
+        self.summary_label.setText(
+            f"{n} of {ctx.tracker.n_slices} slices reviewed; unreviewed slices are exported as the ignore label."
+            + (f"<br>model: {ctx.model_key}" if ctx.model_key else "")
+        )
+
+    def export(self, dataset_dir: str | Path | None = None) -> Path | None:
+        """Export the selected case; returns the dataset folder, or ``None`` after
+        showing an error notification (nothing reviewed, class names that differ
+        from the dataset's, unwritable folder, ...)."""
+        from napari.utils.notifications import show_error, show_info
+
+        from ..io.volume import volume_from_layer_metadata
+
+        ctx = self.context()
+        if ctx is None or ctx.image_layer is None:
+            show_error("Nothing to export: no labels layer with its image in the viewer.")
+            return None
+        folder = Path(dataset_dir if dataset_dir is not None else self.folder_edit.text().strip()).expanduser()
+        if not str(folder).strip() or str(folder) == ".":
+            show_error("Choose a dataset folder first.")
+            return None
+        reviewed = ctx.tracker.reviewed_slices()
+        if not reviewed:
+            show_error("No slice is marked reviewed (Shift-R in Correct and review); only reviewed slices are exported.")
+            return None
+        img = ctx.image_layer
+        try:
+            from ..export import export_case
+
+            image = volume_from_layer_metadata(np.asarray(img.data), dict(img.metadata), scale=img.scale)
+            out = export_case(
+                folder,
+                image,
+                np.asarray(ctx.labels_layer.data, dtype=np.uint8),
+                reviewed,
+                ctx.foreground_names,
+                case_id=self.case_edit.text().strip() or None,
+                group=self.group_edit.text().strip() or None,
+                prediction=ctx.prediction,
+                model_key=ctx.model_key,
+            )
+        except (OSError, ValueError, LookupError) as e:
+            show_error(f"Export failed: {e}")
+            self.result_label.setText(f"<span style='color:#e6194b'>Export failed: {e}</span>")
+            return None
+        msg = f"Exported {len(reviewed)} reviewed slices of {img.name} to {out}"
+        show_info(msg)
+        self.result_label.setText(msg)
+        return Path(out)

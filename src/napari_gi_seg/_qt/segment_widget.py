@@ -1,0 +1,396 @@
+"""Segment dock widget: run a registered model on an image layer.
+
+Thin over :func:`napari_gi_seg.engine.inference.iter_segment`: the generator runs in
+a napari ``thread_worker``; every yielded batch is written into the case's Labels
+layers on the main thread (``yielded`` signal), so slices appear as they finish and
+the viewer stays responsive. Cancel stops the run between batches; finished slices
+stay.
+
+Set ``NAPARI_GI_SEG_SYNC=1`` to run in the calling thread (tests, scripts); the
+same batch handler is used either way.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+from qtpy.QtCore import Signal
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from . import _context as C
+
+SYNC_ENV = "NAPARI_GI_SEG_SYNC"
+SCOPES = ("current slice", "range", "whole stack")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+def _run_model(data: np.ndarray, model_key: str, slices: Sequence[int], device: str, tta: bool, batch_size: int, cancel) -> Iterator:
+    """Load the model and yield :class:`~napari_gi_seg.engine.inference.BatchResult`
+    batches (runs in the worker thread)."""
+    from ..engine.inference import iter_segment, resolve_device
+    from ..models.registry import load_model
+
+    dev = resolve_device(device)
+    spec, net = load_model(model_key, device=dev)
+    yield from iter_segment(data, spec, net, slices=slices, batch_size=batch_size, device=dev, tta=tta, return_probs=True, cancel=cancel)
+
+
+class SegmentWidget(QWidget):
+    """Dock widget: image layer, model (with its classes), device, scope, TTA, Run/Cancel.
+
+    Results go to ``"<image> labels"`` (editable, the model's class names and
+    colours, the image's scale) and to the hidden ``"<image> prediction"`` layer;
+    the ``(C, z, y, x)`` float16 probabilities are kept in the case context for
+    the uncertainty read-out of the Correct widget. Slices the clinician has
+    already edited or reviewed are not overwritten unless *Overwrite edited
+    slices* is ticked.
+
+    Signals: ``run_finished(dict)`` with ``{"model": key, "slices": [...],
+    "cancelled": bool}``.
+    """
+
+    run_finished = Signal(object)
+
+    def __init__(self, napari_viewer, parent=None):
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self._worker = None
+        self._progress = None
+        self._ctx: C.CaseContext | None = None
+        self._pending: list[int] = []
+        self._done: list[int] = []
+        self._cancel_requested = False
+        self._run_key: str | None = None
+
+        self.image_combo = QComboBox()
+        self.model_combo = QComboBox()
+        self.classes_label = QLabel()
+        self.classes_label.setWordWrap(True)
+        self.device_combo = QComboBox()
+        self.device_combo.addItems(DEVICES)
+        self.scope_combo = QComboBox()
+        self.scope_combo.addItems(SCOPES)
+        self.scope_combo.setCurrentText("whole stack")
+        self.z_from = QSpinBox()
+        self.z_to = QSpinBox()
+        rng = QHBoxLayout()
+        rng.addWidget(QLabel("from"))
+        rng.addWidget(self.z_from)
+        rng.addWidget(QLabel("to"))
+        rng.addWidget(self.z_to)
+        self.range_row = QWidget()
+        self.range_row.setLayout(rng)
+        self.tta_check = QCheckBox("left-right flip TTA")
+        self.overwrite_check = QCheckBox("overwrite edited/reviewed slices")
+        self.batch_spin = QSpinBox()
+        self.batch_spin.setRange(1, 128)
+        self.batch_spin.setValue(8)
+        self.run_button = QPushButton("Segment")
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.status_label = QLabel("")
+        self.status_label.setWordWrap(True)
+
+        form = QFormLayout()
+        form.addRow("image", self.image_combo)
+        form.addRow("model", self.model_combo)
+        form.addRow("classes", self.classes_label)
+        form.addRow("device", self.device_combo)
+        form.addRow("scope", self.scope_combo)
+        form.addRow("slices", self.range_row)
+        form.addRow("batch", self.batch_spin)
+        form.addRow(self.tta_check)
+        form.addRow(self.overwrite_check)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.run_button)
+        buttons.addWidget(self.cancel_button)
+        lay = QVBoxLayout(self)
+        lay.addLayout(form)
+        lay.addLayout(buttons)
+        lay.addWidget(self.status_label)
+        lay.addStretch(1)
+
+        self.model_combo.currentIndexChanged.connect(self._show_classes)
+        self.scope_combo.currentTextChanged.connect(self._scope_changed)
+        self.image_combo.currentIndexChanged.connect(self._image_changed)
+        self.run_button.clicked.connect(self.run)
+        self.cancel_button.clicked.connect(self.cancel)
+        self.viewer.layers.events.inserted.connect(self._refresh_images)
+        self.viewer.layers.events.removed.connect(self._refresh_images)
+        self.viewer.layers.events.changed.connect(self._refresh_images)
+
+        self._refresh_images()
+        self.refresh_models()
+        self._scope_changed(self.scope_combo.currentText())
+        C.register_widget(self.viewer, self)
+
+    # ------------------------------------------------------------------ choices
+    def _refresh_images(self, event=None) -> None:
+        current = self.image_combo.currentText()
+        names = [lyr.name for lyr in C.image_layers(self.viewer)]
+        self.image_combo.blockSignals(True)
+        self.image_combo.clear()
+        self.image_combo.addItems(names)
+        if current in names:
+            self.image_combo.setCurrentText(current)
+        self.image_combo.blockSignals(False)
+        self._image_changed()
+
+    def _image_changed(self, *args) -> None:
+        layer = self.image_layer()
+        n = int(layer.data.shape[0]) if layer is not None else 1
+        for sb in (self.z_from, self.z_to):
+            sb.setRange(0, max(0, n - 1))
+        if self.z_to.value() == 0:
+            self.z_to.setValue(max(0, n - 1))
+
+    def image_layer(self):
+        """The selected image layer, or ``None``."""
+        name = self.image_combo.currentText()
+        return self.viewer.layers[name] if name and name in self.viewer.layers else None
+
+    def refresh_models(self) -> list[str]:
+        """Re-read the model registry (bundled + user models); keeps the selection
+        when it still exists, else selects the default model. Returns the keys."""
+        from ..models.registry import DEFAULT_MODEL, list_models
+
+        current = self.model_key()
+        entries = list_models()
+        self.model_combo.blockSignals(True)
+        self.model_combo.clear()
+        for e in entries:
+            try:
+                spec = e.spec()
+            except ValueError:
+                continue
+            tip = ", ".join(c.name for c in spec.classes)
+            self.model_combo.addItem(e.key + ("" if e.bundled else "  (user)"), e.key)
+            self.model_combo.setItemData(self.model_combo.count() - 1, tip, 3)  # Qt.ToolTipRole
+        keys = [self.model_combo.itemData(i) for i in range(self.model_combo.count())]
+        self.model_combo.blockSignals(False)
+        if current in keys:
+            self.select_model(current)
+        else:
+            defaults = [k for k in keys if k.split(":")[0] == DEFAULT_MODEL]
+            if defaults:
+                self.select_model(defaults[-1])
+        self._show_classes()
+        self.run_button.setEnabled(bool(keys))
+        if not keys:
+            self.status_label.setText("No model registered: train one (napari-gi-seg train) or install the bundled model.")
+        return keys
+
+    def select_model(self, key: str) -> None:
+        """Select the model ``"name:version"`` (``"name"``: its newest version).
+
+        Raises ``LookupError`` when it is not in the list (call
+        :meth:`refresh_models` after registering a new model)."""
+        keys = [self.model_combo.itemData(i) for i in range(self.model_combo.count())]
+        if key not in keys:
+            same = sorted((k for k in keys if k.split(":")[0] == key), key=lambda k: int(k.split(":")[1]))
+            if not same:
+                raise LookupError(f"model {key!r} is not registered; known: {', '.join(keys) or 'none'}")
+            key = same[-1]
+        self.model_combo.setCurrentIndex(keys.index(key))
+        self._show_classes()
+
+    def model_key(self) -> str | None:
+        """``"name:version"`` of the selected model, or ``None``."""
+        return self.model_combo.currentData()
+
+    def _spec(self):
+        from ..models.registry import get_entry
+
+        key = self.model_key()
+        return None if key is None else get_entry(key).spec()
+
+    def _show_classes(self, *args) -> None:
+        try:
+            spec = self._spec()
+        except (LookupError, ValueError) as e:
+            self.classes_label.setText(str(e))
+            return
+        if spec is None:
+            self.classes_label.setText("")
+            return
+        html = " ".join(f'<span style="color:{c.colour}">&#9632;</span>&nbsp;{c.name}' for c in spec.classes)
+        self.classes_label.setText(html + f"<br><small>{spec.architecture}/{spec.encoder}, {spec.input_size[0]} px, 2.5D {list(spec.context_offsets)}</small>")
+
+    def _scope_changed(self, text: str) -> None:
+        self.range_row.setVisible(text == "range")
+
+    def target_slices(self) -> list[int]:
+        """Slice indices (z) of the chosen scope for the selected image."""
+        layer = self.image_layer()
+        if layer is None:
+            return []
+        n = int(layer.data.shape[0])
+        scope = self.scope_combo.currentText()
+        if scope == "current slice":
+            return [C.current_slice(self.viewer, layer)]
+        if scope == "range":
+            a, b = sorted((self.z_from.value(), self.z_to.value()))
+            return list(range(a, min(b, n - 1) + 1))
+        return list(range(n))
+
+    # ------------------------------------------------------------------ running
+    @property
+    def is_running(self) -> bool:
+        return self._worker is not None
+
+    @property
+    def context(self) -> C.CaseContext | None:
+        """The case of the last run."""
+        return self._ctx
+
+    def _prepare(self):
+        """Validate the choices and create the case layers; returns the generator
+        arguments or ``None`` (after a notification) when something is missing."""
+        from napari.utils.notifications import show_error
+
+        if self.is_running:
+            show_error("A segmentation is already running; cancel it first.")
+            return None
+        layer = self.image_layer()
+        if layer is None:
+            show_error("Open an image first (File > Open, or the CHAOS sample).")
+            return None
+        if layer.data.ndim != 3:
+            show_error(f"{layer.name}: expected a 3D (z, y, x) stack, got shape {tuple(layer.data.shape)}")
+            return None
+        key = self.model_key()
+        if key is None:
+            show_error("No model selected.")
+            return None
+        try:
+            from ..engine.inference import resolve_device
+
+            resolve_device(self.device_combo.currentText())
+            spec = self._spec()
+        except (LookupError, ValueError) as e:
+            show_error(str(e))
+            return None
+        slices = self.target_slices()
+        colours = {c.index: c.colour for c in spec.classes}
+        ctx = C.ensure_case(self.viewer, layer, spec.class_names, colours, model_key=key)
+        C.ensure_prediction_layer(self.viewer, ctx)
+        shape = (spec.out_channels, *layer.data.shape)
+        if ctx.probs is None or ctx.probs.shape != shape:
+            ctx.probs = np.zeros(shape, dtype=np.float16)
+        self.viewer.layers.selection.active = ctx.labels_layer
+        self._ctx = ctx
+        self._run_key = key
+        self._pending = list(slices)
+        self._done = []
+        self._cancel_requested = False
+        data = np.asarray(layer.data)
+        return data, key, slices, self.device_combo.currentText(), self.tta_check.isChecked(), self.batch_spin.value()
+
+    def run(self) -> None:
+        """Start segmenting (in a worker thread unless ``NAPARI_GI_SEG_SYNC=1``)."""
+        if os.environ.get(SYNC_ENV, "") not in ("", "0"):
+            self.run_sync()
+            return
+        args = self._prepare()
+        if args is None:
+            return
+        from napari.qt.threading import create_worker
+        from napari.utils import progress
+
+        self._progress = progress(total=len(args[2]), desc=f"Segmenting {self._ctx.image_layer.name}")
+        worker = create_worker(_run_model, *args, cancel=lambda: self._cancel_requested, _start_thread=False)
+        worker.yielded.connect(self._on_batch)
+        worker.errored.connect(self._on_error)
+        worker.finished.connect(self._on_finished)
+        self._worker = worker
+        self._set_running(True)
+        worker.start()
+
+    def run_sync(self) -> None:
+        """Segment in the calling thread (same batch handler as the worker path)."""
+        args = self._prepare()
+        if args is None:
+            return
+        self._set_running(True)
+        self._worker = "sync"
+        try:
+            for batch in _run_model(*args, cancel=lambda: self._cancel_requested):
+                self._on_batch(batch)
+        except Exception as e:  # noqa: BLE001 - reported, never a crash
+            self._on_error(e)
+        self._on_finished()
+
+    def cancel(self) -> None:
+        """Stop after the batch in progress; finished slices stay."""
+        self._cancel_requested = True
+        if self._worker is not None and self._worker != "sync":
+            self._worker.quit()
+        self.status_label.setText("Cancelling after the current batch...")
+
+    def _set_running(self, running: bool) -> None:
+        self.run_button.setEnabled(not running)
+        self.cancel_button.setEnabled(running)
+        for w in (self.image_combo, self.model_combo, self.device_combo, self.scope_combo):
+            w.setEnabled(not running)
+
+    def _on_batch(self, batch) -> None:
+        """Write one batch into the layers (main thread)."""
+        ctx = self._ctx
+        if ctx is None or ctx.labels_layer is None:
+            return
+        from ..review import SliceState
+
+        z = [int(v) for v in batch.z]
+        pred = ctx.prediction_layer
+        if pred is not None:
+            pred.data[z] = batch.labels
+            pred.refresh()
+        if batch.probs is not None and ctx.probs is not None:
+            ctx.probs[:, z] = np.moveaxis(batch.probs, 1, 0)
+        keep = set() if self.overwrite_check.isChecked() else {
+            i for i in z if ctx.tracker.states[i] in (SliceState.EDITED, SliceState.REVIEWED)
+        }
+        labels = ctx.labels_layer
+        for k, i in enumerate(z):
+            if i not in keep:
+                labels.data[i] = batch.labels[k]
+        labels.refresh()
+        ctx.tracker.mark_predicted([i for i in z if i not in keep])
+        self._done.extend(z)
+        if self._progress is not None:
+            self._progress.update(len(z))
+        self.status_label.setText(f"{batch.done}/{batch.total} slices segmented")
+        ctx.changed.emit()
+
+    def _on_error(self, exc) -> None:
+        from napari.utils.notifications import show_error
+
+        show_error(f"Segmentation failed: {exc}")
+        self.status_label.setText(f"Failed: {exc}")
+
+    def _on_finished(self) -> None:
+        cancelled = len(self._done) < len(self._pending)
+        if self._progress is not None:
+            self._progress.close()
+            self._progress = None
+        self._worker = None
+        self._set_running(False)
+        if cancelled:
+            self.status_label.setText(f"Cancelled: {len(self._done)}/{len(self._pending)} slices segmented (kept).")
+        elif self._done:
+            self.status_label.setText(f"Done: {len(self._done)} slices with {self._run_key}.")
+        if self._ctx is not None:
+            self._ctx.changed.emit()
+        self.run_finished.emit({"model": self._run_key, "slices": sorted(self._done), "cancelled": cancelled})

@@ -1,0 +1,205 @@
+"""DICOM series (a folder of single-frame image files) with pydicom.
+
+Reading (:func:`read_dicom_folder`):
+
+* every file under the folder (recursively) is tried; files that are not DICOM
+  (no ``DICM`` preamble), have no pixel data or no image geometry are ignored
+  (DICOMDIR, structured reports, ``README.txt``, ...);
+* images are grouped by ``SeriesInstanceUID``; each series gives one :class:`Volume`;
+* slices are sorted by their position along the slice normal,
+  ``n = row_cosine x column_cosine`` (``ImageOrientationPatient``), position
+  ``d = n . ImagePositionPatient``;
+* voxel values = stored value x ``RescaleSlope`` + ``RescaleIntercept`` (float32);
+* spacing ``(z, y, x)`` mm: ``z`` = median distance between consecutive slice
+  positions, ``y`` = ``PixelSpacing[0]`` (between rows), ``x`` = ``PixelSpacing[1]``
+  (between columns);
+* affine (PS3.3 C.7.6.2.1.1, LPS world mm), in the source voxel order
+  ``(column i, row j, slice k)`` = ``(x, y, z)`` (``index_order = (2, 1, 0)``)::
+
+      [ X * dx   Y * dy   (P_last - P_first) / (n - 1)   P_first ]
+      [   0        0                  0                     1    ]
+
+  with ``X``/``Y`` the row/column direction cosines, ``dx = PixelSpacing[1]``,
+  ``dy = PixelSpacing[0]``, ``P`` the slices' ``ImagePositionPatient``.
+  ``metadata["coordinate_system"] = "LPS"``; NIfTI writers flip x and y to RAS.
+
+Only non-identifying metadata is kept: ``modality``, ``series_description`` and a
+sha256 hash of the ``SeriesInstanceUID``. Patient-module attributes (name, id, birth
+date, ...) are never copied (see PS3.15 Annex E).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from .volume import InvalidInputError, Volume
+
+DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
+#: Slice positions closer than this (mm) count as the same position.
+POSITION_TOLERANCE_MM = 1e-3
+
+
+def looks_like_dicom(path: str | Path) -> bool:
+    """True if the file has the DICOM Part 10 preamble (``DICM`` at byte 128). Never raises."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(128)
+            return f.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def is_dicom_folder(path: str | Path, max_files: int = 200) -> bool:
+    """True if ``path`` is a folder with at least one DICOM file among the first
+    ``max_files`` files found (recursively). Never raises."""
+    try:
+        p = Path(path)
+        if not p.is_dir():
+            return False
+        for n, f in enumerate(q for q in p.rglob("*") if q.is_file()):
+            if n >= max_files:
+                break
+            if looks_like_dicom(f):
+                return True
+    except OSError:
+        pass
+    return False
+
+
+def series_uid_hash(uid: str) -> str:
+    """First 16 hex digits of the sha256 of a ``SeriesInstanceUID`` (non-identifying key)."""
+    return hashlib.sha256(str(uid).encode()).hexdigest()[:16]
+
+
+def _headers(folder: Path):
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    for f in sorted(q for q in folder.rglob("*") if q.is_file()):
+        if not looks_like_dicom(f):
+            continue
+        try:
+            ds = pydicom.dcmread(f, stop_before_pixels=True)
+        except (InvalidDicomError, OSError, ValueError, EOFError, AttributeError):
+            continue
+        if "Rows" not in ds or "Columns" not in ds:  # not an image (DICOMDIR, SR, RT structure set, ...)
+            continue
+        if int(getattr(ds, "NumberOfFrames", 1) or 1) > 1:
+            raise InvalidInputError(f, "multi-frame (enhanced) DICOM is not supported; export single-frame slices")
+        yield f, ds
+
+
+def read_dicom_folder(path: str | Path) -> list[Volume]:
+    """Read every DICOM image series under ``path`` (recursively) into Volumes
+    ``(z, y, x)``, float32, one per ``SeriesInstanceUID``, sorted by series description
+    then UID hash. A single ``.dcm`` file reads the series it belongs to from its folder.
+
+    Raises
+    ------
+    InvalidInputError
+        No DICOM image in the folder; a series mixing image sizes (names the folder and
+        the sizes) or orientations; several slices at one position (multi-echo or
+        time series); missing ``PixelSpacing``/``ImagePositionPatient``; unreadable
+        pixel data (e.g. a compressed transfer syntax without its decoder).
+    """
+    path = Path(path)
+    only_uid = None
+    if path.is_file():
+        import pydicom
+
+        try:
+            only_uid = str(pydicom.dcmread(path, stop_before_pixels=True).SeriesInstanceUID)
+        except Exception as e:
+            raise InvalidInputError(path, f"not a readable DICOM file: {e}") from e
+        folder = path.parent
+    else:
+        folder = path
+    if not folder.is_dir():
+        raise InvalidInputError(folder, "not a folder")
+    groups: dict[str, list] = defaultdict(list)
+    for f, ds in _headers(folder):
+        uid = str(getattr(ds, "SeriesInstanceUID", "") or "")
+        if only_uid is not None and uid != only_uid:
+            continue
+        groups[uid].append((f, ds))
+    if not groups:
+        raise InvalidInputError(folder, "no DICOM image files found")
+    vols = [_series_volume(folder, uid, items) for uid, items in groups.items()]
+    vols.sort(key=lambda v: (str(v.metadata.get("series_description", "")), v.metadata["series_instance_uid_hash"]))
+    return vols
+
+
+def _series_volume(folder: Path, uid: str, items: list) -> Volume:
+    import pydicom
+
+    label = f"series {series_uid_hash(uid)}"
+    sizes = sorted({(int(ds.Rows), int(ds.Columns)) for _, ds in items})
+    if len(sizes) > 1:
+        txt = ", ".join(f"{c}x{r}" for r, c in sizes)
+        raise InvalidInputError(folder, f"{label} mixes image sizes (columns x rows): {txt}")
+    try:
+        iops = np.array([[float(v) for v in ds.ImageOrientationPatient] for _, ds in items])
+        ipps = np.array([[float(v) for v in ds.ImagePositionPatient] for _, ds in items])
+        pss = np.array([[float(v) for v in ds.PixelSpacing] for _, ds in items])
+    except (AttributeError, TypeError, ValueError) as e:
+        raise InvalidInputError(folder, f"{label}: missing or malformed ImageOrientationPatient, "
+                                        f"ImagePositionPatient or PixelSpacing ({e})") from e
+    if np.abs(iops - iops[0]).max() > 1e-4:
+        raise InvalidInputError(folder, f"{label} mixes slice orientations (ImageOrientationPatient)")
+    if np.abs(pss - pss[0]).max() > 1e-4:
+        raise InvalidInputError(folder, f"{label} mixes pixel spacings: {sorted({tuple(p) for p in pss.tolist()})}")
+    row_cos, col_cos = iops[0, :3], iops[0, 3:]
+    normal = np.cross(row_cos, col_cos)
+    pos = ipps @ normal
+    order = np.argsort(pos, kind="stable")
+    pos, ipps = pos[order], ipps[order]
+    items = [items[i] for i in order]
+    if len(pos) > 1:
+        gaps = np.diff(pos)
+        if gaps.min() < POSITION_TOLERANCE_MM:
+            raise InvalidInputError(folder, f"{label} has several images at the same slice position "
+                                            "(multi-echo, multi-phase or time series?); split it into one series per volume")
+        dz = float(np.median(gaps))
+        step = (ipps[-1] - ipps[0]) / (len(pos) - 1)
+    else:
+        ds0 = items[0][1]
+        dz = float(getattr(ds0, "SpacingBetweenSlices", 0) or getattr(ds0, "SliceThickness", 0) or 1.0)
+        step = normal * dz
+    dy, dx = float(pss[0, 0]), float(pss[0, 1])
+    slices = []
+    for f, _ in items:
+        try:
+            ds = pydicom.dcmread(f)
+            arr = ds.pixel_array
+        except Exception as e:  # decoder missing, truncated pixel data, ...
+            raise InvalidInputError(f, f"cannot decode pixel data: {e}") from e
+        if arr.ndim != 2:
+            raise InvalidInputError(f, f"expected a grey 2D image, got pixel array shape {arr.shape}")
+        slope = float(getattr(ds, "RescaleSlope", 1.0) or 1.0)
+        inter = float(getattr(ds, "RescaleIntercept", 0.0) or 0.0)
+        slices.append(arr.astype(np.float32) * np.float32(slope) + np.float32(inter))
+    data = np.stack(slices)
+    affine = np.eye(4)
+    affine[:3, 0] = row_cos * dx
+    affine[:3, 1] = col_cos * dy
+    affine[:3, 2] = step
+    affine[:3, 3] = ipps[0]
+    ds0 = items[0][1]
+    md = {
+        "source_path": str(folder),
+        "format": "dicom",
+        "modality": str(getattr(ds0, "Modality", "") or ""),
+        "series_description": str(getattr(ds0, "SeriesDescription", "") or ""),
+        "series_instance_uid_hash": series_uid_hash(uid),
+        "is_labels": False,
+        "coordinate_system": "LPS",
+        "spacing_source": "PixelSpacing and slice positions",
+    }
+    return Volume(data, (dz, dy, dx), affine, (2, 1, 0), md)
+
+
+__all__ = ["read_dicom_folder", "is_dicom_folder", "looks_like_dicom", "series_uid_hash", "DICOM_SUFFIXES"]

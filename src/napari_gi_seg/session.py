@@ -1,0 +1,240 @@
+"""Correction sessions: save, find and resume work on a scan (GUI-free).
+
+A session is stored as **one file** ``<root>/<fingerprint>.npz`` (numpy's compressed
+zip, :func:`numpy.savez_compressed`) holding the ``(z, y, x)`` uint8 labels, the
+optional model prediction, the per-slice review states and a small JSON ``info``
+dict. It is written to a temporary file in the same folder and moved over the old
+one with :func:`os.replace`, which is atomic on POSIX and Windows: a crash or a
+full disk during a save leaves the previous session readable.
+
+Sessions are keyed by :func:`image_fingerprint` of the image data, so reopening the
+same scan (whatever its path) offers to resume. No patient data is stored beyond
+what the caller puts into ``info``; the widget stores only the model key and layer
+names.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import re
+import tempfile
+import zipfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .io.volume import InvalidInputError
+from .paths import user_dir
+from .review import ReviewTracker
+
+__all__ = ["image_fingerprint", "SessionData", "SessionStore", "Autosaver"]
+
+_SAMPLE_ELEMENTS = 1 << 20  # ~1 M voxels hashed: ~4 MB for float32, a few ms
+_FP_RE = re.compile(r"^[A-Za-z0-9_-]{8,128}$")
+FORMAT_VERSION = 1
+
+
+def image_fingerprint(volume_data: np.ndarray) -> str:
+    """A fast identity of an image: sha256 hex of its shape, dtype and a strided sample
+    of about 2**20 voxels (always including the first and last voxel).
+
+    ``volume_data``: ``(z, y, x)`` array of any dtype. Two different scans of the same
+    shape collide only if they agree on every sampled voxel, which does not happen
+    for real MRI; it is meant to recognise "the same scan again", not as an
+    integrity check.
+    """
+    a = np.asarray(volume_data)
+    h = hashlib.sha256()
+    h.update(repr(tuple(a.shape)).encode())
+    h.update(a.dtype.str.encode())
+    flat = a.reshape(-1)
+    if flat.size:
+        step = max(1, flat.size // _SAMPLE_ELEMENTS)
+        h.update(np.ascontiguousarray(flat[::step]).tobytes())
+        h.update(np.ascontiguousarray(flat[-1:]).tobytes())
+    return h.hexdigest()
+
+
+@dataclass
+class SessionData:
+    """A loaded session.
+
+    ``labels``: ``(z, y, x)`` uint8; ``prediction``: ``(z, y, x)`` uint8 model output or
+    ``None``; ``review``: the :class:`ReviewTracker`; ``info``: the caller's dict;
+    ``saved_at``: UTC ISO 8601 time of the save (``"2025-01-31T12:00:00+00:00"``);
+    ``path``: the session file.
+    """
+
+    labels: np.ndarray
+    prediction: np.ndarray | None
+    review: ReviewTracker
+    info: dict
+    saved_at: str
+    path: Path | None = None
+
+
+def _check_fp(fingerprint: str) -> str:
+    if not isinstance(fingerprint, str) or not _FP_RE.match(fingerprint):
+        raise ValueError(f"bad session fingerprint {fingerprint!r}: expected 8-128 letters, digits, '_' or '-'")
+    return fingerprint
+
+
+class SessionStore:
+    """Folder of saved sessions, ``root`` (default ``user_dir()/sessions``, created on
+    demand; ``$NAPARI_GI_SEG_HOME`` moves it)."""
+
+    def __init__(self, root: str | Path | None = None):
+        self.root = Path(root) if root is not None else user_dir() / "sessions"
+
+    def path_for(self, fingerprint: str) -> Path:
+        """The file a session with this fingerprint lives in (may not exist)."""
+        return self.root / f"{_check_fp(fingerprint)}.npz"
+
+    def save(
+        self,
+        fingerprint: str,
+        labels: np.ndarray,
+        prediction: np.ndarray | None,
+        review: ReviewTracker,
+        info: Mapping[str, Any] | None = None,
+    ) -> Path:
+        """Save atomically (temp file + :func:`os.replace`) and return the file path.
+
+        ``labels`` / ``prediction``: ``(z, y, x)`` integer arrays (stored uint8);
+        ``review.n_slices`` must equal ``z``; ``info`` must be JSON-serialisable.
+
+        Raises ``ValueError`` for shape mismatches, labels > 255 or non-JSON ``info``;
+        ``OSError`` from the file system (the previous save is then untouched).
+        """
+        path = self.path_for(fingerprint)
+        labels = np.asarray(labels)
+        if labels.ndim != 3:
+            raise ValueError(f"labels must be (z, y, x), got shape {labels.shape}")
+        if review.n_slices != labels.shape[0]:
+            raise ValueError(f"review tracks {review.n_slices} slices but labels have {labels.shape[0]}")
+        if labels.size and (labels.min() < 0 or labels.max() > 255):
+            raise ValueError("labels must be in 0..255 to be saved as uint8")
+        arrays: dict[str, np.ndarray] = {"labels": labels.astype(np.uint8, copy=False)}
+        if prediction is not None:
+            prediction = np.asarray(prediction)
+            if prediction.shape != labels.shape:
+                raise ValueError(f"prediction shape {prediction.shape} differs from labels {labels.shape}")
+            arrays["prediction"] = prediction.astype(np.uint8, copy=False)
+        saved_at = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        try:
+            meta = json.dumps(
+                {"format_version": FORMAT_VERSION, "saved_at": saved_at, "review": review.to_dict(), "info": dict(info or {})}
+            )
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"session info must be JSON-serialisable: {e}") from e
+        arrays["meta_json"] = np.array(meta)
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".tmp-{fingerprint}-", suffix=".npz", dir=self.root)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez_compressed(f, **arrays)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+        return path
+
+    def find(self, fingerprint: str) -> Path | None:
+        """The session file for ``fingerprint``, or ``None``."""
+        p = self.path_for(fingerprint)
+        return p if p.is_file() else None
+
+    def load(self, fingerprint: str) -> SessionData:
+        """Load a session.
+
+        Raises ``FileNotFoundError`` when there is none and
+        :class:`~napari_gi_seg.io.volume.InvalidInputError` (naming the file) when it
+        is corrupt.
+        """
+        p = self.find(fingerprint)
+        if p is None:
+            raise FileNotFoundError(f"no saved session for fingerprint {fingerprint} in {self.root}")
+        try:
+            with np.load(p, allow_pickle=False) as z:
+                labels = np.array(z["labels"], dtype=np.uint8)
+                prediction = np.array(z["prediction"], dtype=np.uint8) if "prediction" in z.files else None
+                meta = json.loads(str(z["meta_json"]))
+            review = ReviewTracker.from_dict(meta["review"])
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError, json.JSONDecodeError) as e:
+            raise InvalidInputError(p, f"corrupt session file: {e}") from e
+        if review.n_slices != labels.shape[0]:
+            raise InvalidInputError(p, f"review has {review.n_slices} slices but labels {labels.shape[0]}")
+        return SessionData(labels, prediction, review, dict(meta.get("info", {})), str(meta.get("saved_at", "")), p)
+
+    def delete(self, fingerprint: str) -> bool:
+        """Remove a session; True if one existed."""
+        p = self.path_for(fingerprint)
+        try:
+            p.unlink()
+            return True
+        except FileNotFoundError:
+            return False
+
+    def list(self) -> list[str]:
+        """Fingerprints of all saved sessions, newest file first."""
+        if not self.root.is_dir():
+            return []
+        files = [p for p in self.root.glob("*.npz") if not p.name.startswith(".") and _FP_RE.match(p.stem)]
+        return [p.stem for p in sorted(files, key=lambda p: p.stat().st_mtime, reverse=True)]
+
+
+class Autosaver:
+    """Autosave bookkeeping for one scan; the widget drives it from a ``QTimer``
+    (every 30 s) and on close.
+
+    ``get_state()`` returns the current state, either a mapping with keys
+    ``labels``, ``prediction``, ``review``, ``info`` (``prediction``/``info``
+    optional) or a tuple ``(labels, prediction, review, info)``, as for
+    :meth:`SessionStore.save`.
+    """
+
+    def __init__(self, store: SessionStore, fingerprint: str, get_state: Callable[[], Any]):
+        self.store = store
+        self.fingerprint = _check_fp(fingerprint)
+        self.get_state = get_state
+        self.dirty = False
+        self.last_saved: Path | None = None
+        self.last_saved_at: _dt.datetime | None = None
+
+    def mark_dirty(self) -> None:
+        """Something changed since the last save."""
+        self.dirty = True
+
+    def save_now(self) -> Path:
+        """Save the current state now (dirty or not) and clear :attr:`dirty`. On an
+        exception the flag stays set and the previous save stays valid."""
+        was_dirty, self.dirty = self.dirty, False  # edits during the save set it again
+        try:
+            state = self.get_state()
+            if isinstance(state, Mapping):
+                args = (state["labels"], state.get("prediction"), state["review"], state.get("info") or {})
+            else:
+                labels, prediction, review, *rest = state
+                args = (labels, prediction, review, rest[0] if rest else {})
+            path = self.store.save(self.fingerprint, *args)
+        except BaseException:
+            self.dirty = self.dirty or was_dirty
+            raise
+        self.last_saved = path
+        self.last_saved_at = _dt.datetime.now(_dt.timezone.utc)
+        return path
+
+    def save_if_dirty(self) -> Path | None:
+        """:meth:`save_now` when :attr:`dirty`, else ``None`` (for the timer)."""
+        return self.save_now() if self.dirty else None

@@ -1,0 +1,98 @@
+"""Fixtures for the training / fine-tuning / evaluation tests.
+
+* ``chaos3``: a temp folder with three real CHAOS patients (symlinks to the shared
+  data, plus ``classes.json``), small enough for a few training steps.
+* ``trained_tiny``: a tiny model trained on it through the real trainer
+  (``register=False``, once per session) that tests register into their own
+  user folder (``$NAPARI_GI_SEG_HOME`` is per test, see ``tests/conftest.py``).
+* ``uwmgi_tree``: a stand-in UW-Madison Kaggle tree: REAL ``train.csv`` rows of three
+  case-days (two patients + the faulty case7_day0) with synthetic 16-bit PNG scans
+  whose bright regions are the real masks (marked synthetic; no scans exist here).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+CHAOS_CLASS_NAMES = ["liver", "right_kidney", "left_kidney", "spleen"]
+CHAOS_PATIENTS = ("1", "2", "3")
+#: case-day -> slice numbers that get stand-in PNG scans
+UWMGI_SLICES = {"case123_day20": range(60, 72), "case2_day1": range(48, 58), "case7_day0": range(60, 64)}
+TINY = dict(size=64, epochs=1, batch_size=4, max_steps_per_epoch=1, augment=False, encoder="mobilenet_v2")
+
+
+@pytest.fixture(scope="session")
+def chaos3(chaos_dir, tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("chaos3")
+    for pid in CHAOS_PATIENTS:
+        for kind in ("image", "label"):
+            os.symlink(chaos_dir / f"{kind}_{pid}.nii.gz", root / f"{kind}_{pid}.nii.gz")
+    (root / "classes.json").write_text(json.dumps(CHAOS_CLASS_NAMES))
+    return root
+
+
+@pytest.fixture(scope="session")
+def trained_tiny(chaos3, tmp_path_factory):
+    """``(spec, weights_path)`` of a tiny CHAOS model trained for 1 step (unregistered)."""
+    from napari_gi_seg.models.network import save_weights
+    from napari_gi_seg.training.trainer import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("tiny_model")
+    cfg = TrainConfig(dataset=str(chaos3), name="tiny", val_fraction=0.34, device="cpu", register=False,
+                      work_dir=str(out / "run"), **TINY)
+    res = train(cfg)
+    save_weights(res.model, out / "model.safetensors")
+    return res.spec, out / "model.safetensors"
+
+
+@pytest.fixture
+def tiny_entry(trained_tiny):
+    """The tiny model registered as ``tiny:1`` in this test's user folder."""
+    from napari_gi_seg.models import registry
+    from napari_gi_seg.models.spec import ModelSpec
+
+    spec, weights = trained_tiny
+    return registry.register_model(ModelSpec.from_dict(spec.to_dict()), weights_path=weights)
+
+
+def _write_png16(path: Path, arr: np.ndarray) -> None:
+    from PIL import Image
+
+    Image.fromarray(arr.astype(np.uint16)).save(path)
+
+
+@pytest.fixture(scope="session")
+def uwmgi_tree(uwmgi_csv, tmp_path_factory) -> Path:
+    from napari_gi_seg.io.uwmgi import UWMGI_CLASSES, load_train_csv, read_uwmgi_multilabel
+
+    root = tmp_path_factory.mktemp("uwmgi")
+    table = load_train_csv(uwmgi_csv)
+    rows = []
+    with open(uwmgi_csv, newline="") as f:
+        r = csv.reader(f)
+        header = next(r)
+        for row in r:
+            if row[0].rsplit("_slice_", 1)[0] in UWMGI_SLICES:
+                rows.append(row)
+    with open(root / "train.csv", "w", newline="") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(header)
+        w.writerows(rows)
+    rng = np.random.default_rng(0)
+    for cd, numbers in UWMGI_SLICES.items():
+        h, w_ = table.mask_shape(cd) or (266, 266)
+        masks = read_uwmgi_multilabel(table, cd, shape=(len(numbers), h, w_), slice_numbers=list(numbers), classes=UWMGI_CLASSES)
+        scans = root / "train" / cd.split("_")[0] / cd / "scans"
+        scans.mkdir(parents=True)
+        for z, n in enumerate(numbers):
+            img = rng.normal(3000, 300, (h, w_))  # synthetic stand-in scan
+            for k in range(len(UWMGI_CLASSES)):
+                img[masks[k, z] == 1] += 4000 * (k + 1)
+            _write_png16(scans / f"slice_{n:04d}_{w_}_{h}_1.50_1.50.png", np.clip(img, 0, 65535))
+    return root
