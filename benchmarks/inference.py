@@ -44,7 +44,6 @@ import datetime as _dt
 import json
 import os
 import platform
-import re
 import resource
 import subprocess
 import sys
@@ -55,6 +54,9 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import write_section  # noqa: E402  (benchmarks/ is not a package)
+
 DOCS = REPO / "docs" / "benchmarks.md"
 START, END = "<!-- inference:start -->", "<!-- inference:end -->"
 GOALS = {"vs_naive": 3.0, "vs_monai": 1.0, "uwmgi_seconds": 10.0, "big_rss_mb": 3000.0}
@@ -282,16 +284,8 @@ def markdown(report: dict) -> str:
 
 def write_docs(md: str, path: Path = DOCS) -> None:
     """Replace the inference section of ``docs/benchmarks.md`` (between the markers),
-    keeping every other section; atomic write."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n\n"
-    if START in text and END in text:
-        text = re.sub(re.escape(START) + r".*?" + re.escape(END), lambda _: md, text, flags=re.S)
-    else:
-        text = text.rstrip("\n") + "\n\n" + md + "\n"
-    tmp = path.with_name(".tmp-" + path.name)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp.write_text(text)
-    tmp.replace(path)
+    keeping every other section; atomic write (:func:`_report.write_section`)."""
+    write_section("inference", md, path)
 
 
 def main(argv=None) -> int:

@@ -51,6 +51,11 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-workers", type=int, default=0)
     p.add_argument("--single-component", type=_names, default=[],
                    help="classes that are one connected organ (e.g. liver,spleen): inference keeps their largest 3D component")
+    flip = p.add_mutually_exclusive_group()
+    flip.add_argument("--flip-augment", dest="flip_augment", action="store_true", default=None,
+                      help="left-right flip augmentation, swapping left/right classes (makes --tta usable); "
+                           "default: only when no class is lateralised")
+    flip.add_argument("--no-flip-augment", dest="flip_augment", action="store_false")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -62,7 +67,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         val_fraction=args.val_fraction, fold=args.fold, seed=args.seed, device=args.device, resume=args.resume,
         patience=args.patience, max_minutes=args.max_minutes, max_steps_per_epoch=args.max_steps_per_epoch,
         work_dir=args.work_dir, exclude=args.exclude, description=args.description, num_workers=args.num_workers,
-        single_component=args.single_component,
+        single_component=args.single_component, flip_augment=args.flip_augment,
     )
     res = train(cfg)
     if res.entry is not None:
@@ -71,10 +76,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------- segment
-#: Output suffixes ``segment`` can write (decided by the OUTPUT file name).
-LABEL_SUFFIXES = (".nii.gz", ".nii", ".tif", ".tiff", ".csv")
-
-
 def _slice_range(s: str) -> tuple[int | None, int | None]:
     """``"A:B"`` -> (A, B): 0-based, B exclusive, either side may be empty (Python slice)."""
     parts = s.split(":")
@@ -101,55 +102,37 @@ def _add_segment_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def _label_suffix(path: str) -> str | None:
-    low = path.lower()
-    return next((s for s in LABEL_SUFFIXES if low.endswith(s)), None)
-
-
 def read_input_volumes(path: str):
     """Read ``path`` with :func:`napari_gi_seg.io.read_image` (all formats) -> list of
-    image :class:`~napari_gi_seg.io.volume.Volume`.
+    image :class:`~napari_gi_seg.io.volume.Volume` (several for a DICOM folder with
+    several series or a UW-Madison case folder with several days).
 
-    Raises :class:`CLIError` for a missing path or an unsupported format and
-    ``InvalidInputError`` (a ``ValueError`` naming the file) for unreadable files.
+    Raises :class:`CLIError` for a missing path or a label file, and
+    ``InvalidInputError`` (a ``ValueError`` naming the file) for unreadable or
+    unsupported input.
     """
     from pathlib import Path
 
+    from .io import read_image
+
     if not Path(path).exists():
         raise CLIError(f"{path}: file not found")
-    try:
-        from .io import read_image
-    except ImportError:  # the multi-format reader is optional; NIfTI always works
-        read_image = None
-    if read_image is not None:
-        vols = read_image(path)
-    else:
-        from .io.nifti import is_nifti, read_nifti
-
-        if not is_nifti(path):
-            raise CLIError(f"{path}: unsupported input format (expected .nii or .nii.gz)")
-        vols = [read_nifti(path, as_labels=False)]
-    vols = list(vols) if isinstance(vols, (list, tuple)) else [vols]
+    vols = read_image(path)
     if not vols:
         raise CLIError(f"{path}: no image found")
+    for v in vols:
+        if v.metadata.get("is_labels"):
+            raise CLIError(f"{path}: looks like a label volume, not an image (segment the image it belongs to)")
     return vols
 
 
 def write_output_labels(path: str, labels, volume, class_names: dict[int, str]) -> None:
     """Write ``labels`` (``(z, y, x)`` uint8) to ``path`` in the format of its
-    extension via :func:`napari_gi_seg.io.write_labels` (atomic: temp file + rename)."""
-    try:
-        from .io import write_labels
-    except ImportError:
-        write_labels = None
-    if write_labels is not None:
-        write_labels(path, labels, like=volume, class_names=class_names)
-        return
-    from .io.nifti import is_nifti, write_nifti
+    extension via :func:`napari_gi_seg.io.write_labels` (temp file + rename);
+    ``class_names`` are the foreground names by label value (used by the RLE CSV)."""
+    from .io import write_labels
 
-    if not is_nifti(path):
-        raise CLIError(f"{path}: this installation can only write NIfTI labels")
-    write_nifti(volume, path, labels)
+    write_labels(path, labels, like=volume, class_names={k: v for k, v in class_names.items() if k != 0})
 
 
 def _output_paths(output: str, vols) -> list[str]:
@@ -157,7 +140,9 @@ def _output_paths(output: str, vols) -> list[str]:
     the input holds several volumes (e.g. a folder of series)."""
     if len(vols) == 1:
         return [output]
-    suf = _label_suffix(output) or ""
+    from .io import label_suffix
+
+    suf = label_suffix(output) or ""
     stem = output[: len(output) - len(suf)]
     return [f"{stem}_{v.name}{suf}" for v in vols]
 
@@ -170,10 +155,12 @@ def cmd_segment(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from .engine.inference import resolve_device, segment_volume
+    from .io import LABEL_WRITE_SUFFIXES, label_suffix
     from .models import registry
+    from .models.network import load_network
 
-    if _label_suffix(args.output) is None:
-        raise CLIError(f"{args.output}: unknown output format; use one of {', '.join(LABEL_SUFFIXES)}")
+    if label_suffix(args.output) is None:
+        raise CLIError(f"{args.output}: unknown output format; use one of {', '.join(LABEL_WRITE_SUFFIXES)}")
     if args.batch_size < 1:
         raise CLIError(f"--batch-size must be >= 1, got {args.batch_size}")
     if not os.path.exists(args.input):
@@ -187,12 +174,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
             if os.path.exists(o):
                 raise CLIError(f"{o}: already exists (pass --overwrite to replace it)")
     spec = entry.spec()
-    from .models.network import load_network
-
     net = load_network(spec, entry.weights_path, device)
     for vol, out in zip(vols, outs):
-        if vol.metadata.get("is_labels"):
-            raise CLIError(f"{args.input}: looks like a label volume, not an image")
         depth = vol.shape[0]
         slices = None
         if args.slices is not None:
@@ -357,6 +340,22 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------- demo
+def _add_demo_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--headless", action="store_true", help="no window: segment the CHAOS sample, print Dice per organ, write labels + overlay PNG (default when there is no display)")
+    p.add_argument("--out", default="demo-output", help="output folder of the headless run (default ./demo-output)")
+    p.add_argument("--model", default=None, help="registered model NAME or NAME:VERSION (default: the default model)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument("--tta", action="store_true", help="left-right flip test-time augmentation")
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """``napari-gi-seg demo [--headless] [--out DIR]``: the clinician's loop on the CHAOS sample."""
+    from .demo import main as demo_main
+
+    return demo_main(headless=args.headless, out=args.out, model=args.model, device=args.device, tta=args.tta)
+
+
 # ----------------------------------------------------------------- parser
 #: ``(name, help, add_arguments, command)`` per sub-command; add new commands here.
 COMMANDS: list[tuple[str, str, object, object]] = [
@@ -365,6 +364,7 @@ COMMANDS: list[tuple[str, str, object, object]] = [
     ("train", "train a new model and register it", _add_train_args, cmd_train),
     ("finetune", "fine-tune a registered model on new labelled data and register it", _add_finetune_args, cmd_finetune),
     ("evaluate", "score a model on a labelled dataset (Dice, IoU, HD95, Kaggle score)", _add_evaluate_args, cmd_evaluate),
+    ("demo", "open napari with the CHAOS sample and the widgets (or --headless: segment, score, write)", _add_demo_args, cmd_demo),
 ]
 
 

@@ -45,11 +45,12 @@ from .io.nifti import write_nifti
 from .io.volume import Volume
 from .review import correction_dice_per_slice
 from .session import image_fingerprint
+from .training.datasets import NNUNET_FILE_ENDING, NNUNET_LABELS, nnunet_image_relpath, nnunet_label_relpath
 
 __all__ = ["export_case", "IGNORE_NAME", "FILE_ENDING", "dataset_labels"]
 
 IGNORE_NAME = "ignore"
-FILE_ENDING = ".nii.gz"
+FILE_ENDING = NNUNET_FILE_ENDING
 PROVENANCE_FILE = "provenance.json"
 _CASE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 
@@ -203,7 +204,7 @@ def export_case(
             raise ValueError(f"{dataset_dir}: file_ending {meta.get('file_ending')!r} is not {FILE_ENDING!r}")
         prov_path = dataset_dir / PROVENANCE_FILE
         prov = _read_json(prov_path) if prov_path.exists() else {"format_version": 1, "cases": []}
-        existing = {p.name[: -len(FILE_ENDING)] for p in (dataset_dir / "labelsTr").glob(f"*{FILE_ENDING}")}
+        existing = {p.name[: -len(FILE_ENDING)] for p in (dataset_dir / NNUNET_LABELS).glob(f"*{FILE_ENDING}")}
     elif dataset_dir.exists() and (not dataset_dir.is_dir() or any(dataset_dir.iterdir())):
         raise ValueError(f"{dataset_dir}: exists and is not an nnU-Net dataset (no dataset.json); choose a new or empty folder")
     else:
@@ -260,11 +261,11 @@ def export_case(
     # -- write everything into a temp folder beside the dataset ------------------------
     dataset_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = dataset_dir.parent / f".{dataset_dir.name}.export-{uuid.uuid4().hex[:12]}"
-    img_rel = Path("imagesTr") / f"{case_id}_0000{FILE_ENDING}"
-    lab_rel = Path("labelsTr") / f"{case_id}{FILE_ENDING}"
+    img_rel = nnunet_image_relpath(case_id, FILE_ENDING)
+    lab_rel = nnunet_label_relpath(case_id, FILE_ENDING)
     try:
-        (tmp / "imagesTr").mkdir(parents=True)
-        (tmp / "labelsTr").mkdir()
+        (tmp / img_rel.parent).mkdir(parents=True)
+        (tmp / lab_rel.parent).mkdir()
         write_nifti(image, tmp / img_rel, data=np.asarray(image.data, dtype=np.float32))
         write_nifti(image, tmp / lab_rel, data=out_labels)
         _write_json(tmp / PROVENANCE_FILE, prov)

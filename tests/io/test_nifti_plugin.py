@@ -118,3 +118,18 @@ def test_not_gzip_at_all_gives_a_clear_error(tmp_path):
     p.write_bytes(gzip.compress(b"this is not a nifti header" * 20))
     with pytest.raises(InvalidInputError, match=r"fake\.nii\.gz"):
         read_image(p)
+
+
+def test_napari_viewer_model_opens_files_and_survives_a_broken_one(npe2_pm, chaos_image_path, tmp_path):
+    """napari's own open path (ViewerModel, no Qt): layers with mm scale; a broken file
+    raises our message and the layers already open stay."""
+    from napari.components import ViewerModel
+
+    vm = ViewerModel()
+    vm.open(str(chaos_image_path), plugin="napari-gi-seg")
+    assert [type(lay).__name__ for lay in vm.layers] == ["Image"]
+    assert np.allclose(vm.layers[0].scale, CHAOS_SCALE, atol=1e-5)
+    bad = _save(np.zeros((8, 8, 4, 2), np.float32), tmp_path / "bad_4d.nii.gz")
+    with pytest.raises(Exception, match=r"bad_4d\.nii\.gz: 4D NIfTI"):
+        vm.open(str(bad), plugin="napari-gi-seg")
+    assert len(vm.layers) == 1

@@ -22,7 +22,7 @@ def test_default_model_on_a_held_out_chaos_patient(chaos_dir, tmp_path, capsys):
     assert m["model"] == entry.key and m["n_cases"] == 1 and list(m["per_case"]) == [patient]
     assert m["mean_dice"] > 0.8, m["per_class"]
     assert m["per_class"]["liver"]["dice"] > 0.85
-    assert m["per_class"]["liver"]["hd95_mm"] < 30
+    assert m["per_class"]["liver"]["hd95_mm"] < 50
     assert "liver" in capsys.readouterr().out
 
 

@@ -11,6 +11,13 @@ from napari_gi_seg._qt.correct_widget import SHORTCUTS, CorrectWidget, _slices_f
 from napari_gi_seg.review import SliceState
 
 
+def _key(viewer, key):
+    """The function bound to ``key`` on the viewer itself (not napari's defaults)."""
+    from napari.utils.key_bindings import coerce_keybinding
+
+    return viewer.keymap[coerce_keybinding(key)]
+
+
 def _disk(shape, cy, cx, r):
     yy, xx = np.mgrid[: shape[0], : shape[1]]
     return (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
@@ -22,17 +29,20 @@ def test_interpolation_fills_middle_slices_and_undo_reverts(qtbot, segmented):
     layer = ctx.labels_layer
     assert cor.context is ctx
     z0, z1, c = 10, 14, 4  # spleen
-    # the clinician clears the class on z0..z1 and draws two discs on the end slices
-    for z in range(z0, z1 + 1):
-        zz, yy, xx = np.nonzero(layer.data[z : z + 1] == c)
-        layer.data_setitem((zz + z, yy, xx), 0)
+    # the clinician clears a region on z0..z1 (one undo step), keeps a stripe of
+    # another class across the middle slices and draws the spleen on the end slices
+    region = np.zeros(layer.data.shape, bool)
+    region[z0 : z1 + 1, 20:110, 20:110] = True
+    layer.data_setitem(np.nonzero(region), 0)
+    stripe = np.zeros(layer.data.shape, bool)
+    stripe[z0 + 1 : z1, 58:61, 20:110] = True
+    layer.data_setitem(np.nonzero(stripe), 2)
     yx = layer.data.shape[1:]
     for z, r in ((z0, 10), (z1, 20)):
-        m = _disk(yx, 60, 60, r) & (layer.data[z] == 0)
-        yy, xx = np.nonzero(m)
+        yy, xx = np.nonzero(_disk(yx, 60, 60, r))
         layer.data_setitem((np.full(yy.size, z), yy, xx), c)
-    print("STATES", ctx.tracker.states, cor._paint_layer is layer, layer.events.paint.callbacks)
-    assert {z0, z1} <= set(np.nonzero(ctx.tracker.states == SliceState.EDITED)[0])
+    assert set(range(z0, z1 + 1)) <= set(np.nonzero(ctx.tracker.states == SliceState.EDITED)[0])
+    ctx.tracker.mark_predicted(range(z0 + 1, z1))  # pretend the middle was not touched
     before = np.array(layer.data)
     cor.select_class(c)
     cor.z_from.setValue(z0)
@@ -42,9 +52,10 @@ def test_interpolation_fills_middle_slices_and_undo_reverts(qtbot, segmented):
     areas = [(layer.data[z] == c).sum() for z in range(z0, z1 + 1)]
     assert all(a > 0 for a in areas) and areas == sorted(areas)  # grows from r=10 to r=20
     assert not np.array_equal(layer.data, before)
-    # other classes untouched
+    # other classes untouched (the stripe of class 2 crosses the interpolated discs)
     other = (before != c) & (before != 0)
     np.testing.assert_array_equal(layer.data[other], before[other])
+    assert (layer.data[stripe] == 2).all()
     # the interpolated slices count as edited
     assert all(ctx.tracker.states[z] == SliceState.EDITED for z in corr.z)
     layer.undo()
@@ -61,7 +72,8 @@ def test_fill_islands_smooth_are_undoable(qtbot, segmented):
     assert cor.current_z() == z
     yx = layer.data.shape[1:]
     ring = _disk(yx, 128, 128, 30) & ~_disk(yx, 128, 128, 4)
-    layer.data_setitem(np.nonzero(np.ones((1, *yx), bool)), 0)  # clear slice 12 in one step
+    zz, yy, xx = np.nonzero(np.ones((1, *yx), bool))
+    layer.data_setitem((zz + z, yy, xx), 0)  # clear slice 12 in one step
     yy, xx = np.nonzero(ring)
     layer.data_setitem((np.full(yy.size, z), yy, xx), 1)
     layer.data_setitem((np.array([z]), np.array([5]), np.array([5])), 1)  # a 1-pixel island (1.56 mm²)
@@ -103,20 +115,26 @@ def test_review_shortcuts_and_least_confident(qtbot, segmented):
     ctx = seg.context
     n = ctx.tracker.n_slices
     # the shortcuts are not napari defaults and are bound on this viewer
+    from napari.utils.shortcuts import default_shortcuts
+
+    taken = {str(kb) for binds in default_shortcuts.values() for kb in binds}
     for key in SHORTCUTS:
-        assert key in viewer.keymap
+        assert callable(_key(viewer, key))
+    from napari.utils.key_bindings import coerce_keybinding
+
+    assert not {str(coerce_keybinding(k)) for k in SHORTCUTS} & taken
     cor.go_to(0)
-    nxt = viewer.keymap["Shift-R"](viewer)
+    nxt = _key(viewer, "Shift-R")(viewer)
     assert ctx.tracker.states[0] == SliceState.REVIEWED and cor.current_z() == 1
     assert "reviewed 1" in cor.counts_label.text()
     cor.mark_reviewed_and_next()
     assert cor.current_z() == 2
     cor.go_to(n - 1)
-    viewer.keymap["Shift-N"](viewer)
+    _key(viewer, "Shift-N")(viewer)
     assert cor.current_z() == 2  # wraps past the reviewed slices 0 and 1
     u = ctx.uncertainty()
     assert u.shape == (n,) and u.dtype == np.float32
-    viewer.keymap["Shift-U"](viewer)
+    _key(viewer, "Shift-U")(viewer)
     z = cor.current_z()
     open_ = [i for i in range(n) if ctx.tracker.states[i] != SliceState.REVIEWED]
     assert z in open_ and u[z] == max(u[i] for i in open_)

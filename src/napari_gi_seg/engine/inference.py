@@ -9,6 +9,7 @@ between batches simply by not asking for the next one (or via ``cancel``).
 
 from __future__ import annotations
 
+import contextlib
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -124,21 +125,66 @@ def keep_largest_components(labels: np.ndarray, spec: ModelSpec) -> np.ndarray:
     return out
 
 
-def _forward(net: torch.nn.Module, x: torch.Tensor, spec: ModelSpec, tta: bool, out_size) -> torch.Tensor:
-    """Probabilities ``(n, C, *out_size)`` for a ``(n, ch, H, W)`` input batch."""
-    use_amp = x.device.type == "cuda"
-    with torch.autocast(device_type=x.device.type, enabled=use_amp):
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when oneDNN runs bfloat16 natively on this CPU (AVX512-BF16 or AMX);
+    on other CPUs bfloat16 is emulated and slower than float32."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
+    """The reduced-precision dtype for the network's forward pass, or ``None`` for float32.
+
+    ``"auto"``: float16 on CUDA, bfloat16 on a CPU with native bfloat16 support
+    (:func:`cpu_has_native_bf16`; about 2x faster, logits differ by ~1e-3), float32
+    otherwise (and on MPS). ``"fp32"`` always float32; ``"bf16"``/``"fp16"`` force that
+    type. Softmax, resizing and argmax always run in float32.
+
+    Raises ``ValueError`` for an unknown ``precision``.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r} is not one of {PRECISIONS}")
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "fp16":
+        return torch.float16
+    if device.type == "cuda":
+        return torch.float16
+    if device.type == "cpu" and cpu_has_native_bf16():
+        return torch.bfloat16
+    return None
+
+
+def _forward(net: torch.nn.Module, x: torch.Tensor, spec: ModelSpec, tta: bool, out_size,
+             amp_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Probabilities ``(n, C, *out_size)`` float32 for a ``(n, ch, H, W)`` input batch.
+
+    The probabilities are made channels-last before resizing: bilinear resize and
+    the channel argmax are several times faster on CPU in that memory layout
+    (same values).
+    """
+    ctx = (torch.autocast(device_type=x.device.type, dtype=amp_dtype) if amp_dtype is not None
+           else contextlib.nullcontext())
+    with ctx:
         logits = net(x).float()
         if tta:
             # Left-right flip (x axis). A flip turns the left kidney into a right one,
             # so the flipped prediction's channels are permuted back before averaging.
             lf = net(torch.flip(x, dims=(-1,))).float()
-            lf = torch.flip(lf, dims=(-1,))[:, spec.mirror_permutation()]
+    if tta:
+        lf = torch.flip(lf, dims=(-1,))[:, spec.mirror_permutation()]
     act = (lambda t: torch.softmax(t, 1)) if spec.activation == "softmax" else torch.sigmoid
     p = act(logits)
     if tta:
         p = 0.5 * (p + act(lf))
-    return resize_images(p, out_size)
+    return resize_images(p.contiguous(memory_format=torch.channels_last), out_size)
 
 
 def iter_segment(
@@ -151,6 +197,7 @@ def iter_segment(
     tta: bool = False,
     return_probs: bool = False,
     cancel: Callable[[], bool] | None = None,
+    precision: str = "auto",
 ) -> Iterator[BatchResult]:
     """Segment ``volume`` batch by batch, yielding a :class:`BatchResult` per batch.
 
@@ -159,18 +206,27 @@ def iter_segment(
     its 2.5D neighbours (``spec.context_offsets``, clamped at the first and last
     slice), resized to ``spec.input_size`` and the probabilities resized back to the
     input's ``(y, x)``. ``cancel()`` is polled before each batch: when it returns
-    True the generator stops (slices already yielded stay valid).
+    True the generator stops (slices already yielded stay valid). ``precision``
+    chooses the forward pass's number type (see :func:`autocast_dtype`).
 
     On CUDA, an out-of-memory error halves the batch and retries; at batch size 1 it
     falls back to the CPU with a ``RuntimeWarning``.
 
-    Raises ``ValueError`` for a non-3D volume or NaN voxels, ``IndexError`` for
-    slice indices out of range.
+    Raises ``ValueError`` for a non-3D volume, NaN voxels, or ``tta=True`` with a
+    model not trained with flips (``spec.flip_augmented``), ``IndexError`` for slice
+    indices out of range.
     """
     data = volume.data if isinstance(volume, Volume) else np.asarray(volume)
     if data.ndim != 3:
         raise ValueError(f"expected a 3D (z, y, x) volume, got shape {data.shape}")
+    if tta and not spec.flip_augmented:
+        raise ValueError(
+            f"model {spec.key} was trained without left-right flips, so flip test-time "
+            "augmentation would hurt it (it never saw a mirrored abdomen); run without TTA "
+            "or use a model trained with flip augmentation (train --flip-augment)"
+        )
     dev = resolve_device(device)
+    amp_dtype = autocast_dtype(dev, precision)
     norm = normalise_intensity(data, spec.normalisation, spec.percentiles)
     targets = normalise_slices(spec, slices, data.shape[0])
     net = net.to(dev).eval()
@@ -185,7 +241,7 @@ def iter_segment(
             x = torch.from_numpy(context_batch(norm, z, spec.context_offsets)).to(dev)
             x = resize_images(x, spec.input_size)
             try:
-                p = _forward(net, x, spec, tta, out_size)
+                p = _forward(net, x, spec, tta, out_size, amp_dtype)
             except torch.cuda.OutOfMemoryError:
                 if dev.type != "cuda":
                     raise
@@ -197,6 +253,7 @@ def iter_segment(
                     warnings.warn("CUDA out of memory at batch size 1: continuing on the CPU", RuntimeWarning, stacklevel=2)
                     dev = torch.device("cpu")
                     net = net.to(dev)
+                    amp_dtype = autocast_dtype(dev, precision)
                 continue
             lab = probabilities_to_labels(p, spec)
             done += len(z)
@@ -204,7 +261,7 @@ def iter_segment(
             yield BatchResult(
                 z=np.asarray(z),
                 labels=lab.cpu().numpy(),
-                probs=p.to(torch.float16).cpu().numpy() if return_probs else None,
+                probs=np.ascontiguousarray(p.to(torch.float16).cpu().numpy()) if return_probs else None,
                 done=done,
                 total=len(targets),
             )
@@ -222,6 +279,7 @@ def segment_volume(
     progress: Callable[[BatchResult], None] | None = None,
     cancel: Callable[[], bool] | None = None,
     postprocess: bool = True,
+    precision: str = "auto",
 ) -> SegmentationResult:
     """Run :func:`iter_segment` to the end and assemble the ``(z, y, x)`` uint8
     label volume (and ``(C, z, y, x)`` float16 probabilities if asked).
@@ -230,6 +288,7 @@ def segment_volume(
     run stops between batches and the result has ``cancelled=True`` with the
     finished slices filled in. ``postprocess``: when the whole stack was segmented,
     apply :func:`keep_largest_components` for the spec's single-component classes.
+    ``precision``: the forward pass's number type (:func:`autocast_dtype`).
     """
     t0 = time.perf_counter()
     data = volume.data if isinstance(volume, Volume) else np.asarray(volume)
@@ -238,7 +297,7 @@ def segment_volume(
     dev = resolve_device(device)
     seg: list[int] = []
     total = len(normalise_slices(spec, slices, data.shape[0]))
-    for b in iter_segment(volume, spec, net, slices, batch_size, dev, tta, return_probs, cancel):
+    for b in iter_segment(volume, spec, net, slices, batch_size, dev, tta, return_probs, cancel, precision):
         labels[b.z] = b.labels
         if probs is not None and b.probs is not None:
             probs[:, b.z] = np.moveaxis(b.probs, 1, 0)

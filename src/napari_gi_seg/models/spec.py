@@ -79,6 +79,10 @@ class ModelSpec:
         sha256 over the training cases' ids and label voxels (see training.datasets).
     metrics:
         Free-form validation metrics, e.g. ``{"mean_dice": 0.91, "per_class": {...}}``.
+    flip_augmented:
+        The network was trained with left-right flips (lateralised classes swapped with
+        their mirror). Only then is flip test-time augmentation meaningful: a network
+        that never saw a flipped abdomen (liver on the left) fails on one.
     """
 
     name: str
@@ -98,6 +102,7 @@ class ModelSpec:
     created: str = ""
     software_version: str = ""
     training: dict[str, Any] = field(default_factory=dict)
+    flip_augmented: bool = False
     format_version: int = SPEC_FORMAT_VERSION
 
     def __post_init__(self) -> None:

@@ -36,6 +36,20 @@ from ..io.volume import Volume
 
 IGNORE_INDEX = 255
 
+# nnU-Net v2 raw layout: the one place it is spelled out (the exporter uses it too).
+NNUNET_FILE_ENDING = ".nii.gz"
+NNUNET_IMAGES, NNUNET_LABELS, NNUNET_JSON = "imagesTr", "labelsTr", "dataset.json"
+
+
+def nnunet_image_relpath(case_id: str, file_ending: str = NNUNET_FILE_ENDING) -> Path:
+    """``imagesTr/<case>_0000<ending>``: the single-channel (channel 0) image of a case."""
+    return Path(NNUNET_IMAGES) / f"{case_id}_0000{file_ending}"
+
+
+def nnunet_label_relpath(case_id: str, file_ending: str = NNUNET_FILE_ENDING) -> Path:
+    """``labelsTr/<case><ending>``: the label volume of a case."""
+    return Path(NNUNET_LABELS) / f"{case_id}{file_ending}"
+
 
 class DatasetFormatError(ValueError):
     """The folder is not a dataset layout we know, or is inconsistent; the message
@@ -141,7 +155,7 @@ def open_nnunet(root: Path, class_names: Sequence[str] | None = None) -> SegData
     optional ``"groups": {case: patient}`` (written by our exporter), else the case id."""
     root = Path(root)
     try:
-        meta = json.loads((root / "dataset.json").read_text())
+        meta = json.loads((root / NNUNET_JSON).read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise DatasetFormatError(f"{root / 'dataset.json'}: cannot read ({e})") from e
     labels = meta.get("labels")
@@ -157,20 +171,20 @@ def open_nnunet(root: Path, class_names: Sequence[str] | None = None) -> SegData
     names = [k for _, k in fg]
     if class_names is not None and list(class_names) != names:
         raise DatasetFormatError(f"{root}: classes {names} differ from the requested {list(class_names)}")
-    suffix = meta.get("file_ending", ".nii.gz")
+    suffix = meta.get("file_ending", NNUNET_FILE_ENDING)
     groups = meta.get("groups", {})
-    lab_dir, img_dir = root / "labelsTr", root / "imagesTr"
+    lab_dir = root / NNUNET_LABELS
     ids = sorted((p.name[: -len(suffix)] for p in lab_dir.glob(f"*{suffix}")), key=_natural_key)
     if not ids:
         raise DatasetFormatError(f"{lab_dir}: no label files ending in {suffix}")
 
     def loader(cid: str) -> Callable[[], Case]:
         def load() -> Case:
-            ip = img_dir / f"{cid}_0000{suffix}"
+            ip = root / nnunet_image_relpath(cid, suffix)
             if not ip.exists():
                 raise DatasetFormatError(f"{ip}: image for case {cid} is missing")
             img = read_nifti(ip, as_labels=False)
-            lab = read_nifti(lab_dir / f"{cid}{suffix}", as_labels=True)
+            lab = read_nifti(root / nnunet_label_relpath(cid, suffix), as_labels=True)
             if lab.shape != img.shape:
                 raise DatasetFormatError(f"{lab_dir / (cid + suffix)}: label shape {lab.shape} differs from image {img.shape}")
             t = lab.data.astype(np.uint8)
@@ -190,7 +204,7 @@ def detect_layout(root: str | Path) -> str:
     root = Path(root)
     if not root.is_dir():
         raise DatasetFormatError(f"{root}: not a folder")
-    if (root / "dataset.json").exists() and (root / "labelsTr").is_dir():
+    if (root / NNUNET_JSON).exists() and (root / NNUNET_LABELS).is_dir():
         return "nnunet"
     if (root / "train.csv").exists():
         return "uwmgi"

@@ -92,6 +92,9 @@ class TrainConfig:
     register: bool = True
     # classes that are one connected organ (post-processing keeps the largest 3D component)
     single_component: list[str] = field(default_factory=list)
+    # left-right flip augmentation (with left/right class swap); None: only when no class is lateralised.
+    # Flip test-time augmentation is only valid for models trained with it.
+    flip_augment: bool | None = None
 
 
 @dataclass
@@ -119,6 +122,17 @@ class SliceDataset(torch.utils.data.Dataset):
 
     def __init__(self, cases: list[Case], spec: ModelSpec, augment: bool, allow_flip: bool):
         self.spec = spec
+        # Left-right flips (p = 0.5) when allowed; for lateralised classes the flip also
+        # swaps each class with its mirror (left kidney <-> right kidney), so the label
+        # stays anatomically true for the flipped image.
+        self.flip = bool(augment and allow_flip)
+        perm = spec.mirror_permutation()
+        if spec.activation == "softmax":
+            lut = torch.arange(256, dtype=torch.long)
+            lut[: len(perm)] = torch.tensor(perm)
+            self.flip_lut, self.flip_channels = lut, None
+        else:
+            self.flip_lut, self.flip_channels = None, torch.tensor(perm)
         self.images, self.targets, self.index = [], [], []
         size = spec.input_size
         for ci, c in enumerate(cases):
@@ -132,15 +146,14 @@ class SliceDataset(torch.utils.data.Dataset):
             self.images.append(im)
             self.targets.append(t)
             self.index.extend((ci, z) for z in range(im.shape[0]))
-        self.transform = self._make_transform(allow_flip) if augment else None
+        self.transform = self._make_transform() if augment else None
 
     @staticmethod
-    def _make_transform(allow_flip: bool):
+    def _make_transform():
         from monai.transforms import (
             Compose,
             RandAdjustContrastd,
             RandAffined,
-            RandFlipd,
             RandGaussianNoised,
             RandGaussianSmoothd,
             RandScaleIntensityd,
@@ -164,8 +177,6 @@ class SliceDataset(torch.utils.data.Dataset):
             RandGaussianSmoothd(keys="image", sigma_x=(0.25, 1.0), sigma_y=(0.25, 1.0), prob=0.1),
             RandGaussianNoised(keys="image", std=0.03, prob=0.15),
         ]
-        if allow_flip:
-            t.append(RandFlipd(keys=("image", "label"), spatial_axis=1, prob=0.5))
         return Compose(t)
 
     def __len__(self) -> int:
@@ -186,6 +197,9 @@ class SliceDataset(torch.utils.data.Dataset):
             y = lab[0].round().long() if y.ndim == 2 else lab.round().float()
         else:
             y = y.long() if y.ndim == 2 else y.float()
+        if self.flip and torch.rand(()) < 0.5:
+            x, y = torch.flip(x, (-1,)), torch.flip(y, (-1,))
+            y = self.flip_lut[y] if y.ndim == 2 else y[self.flip_channels]
         return x.contiguous(), y.contiguous()
 
 
@@ -350,7 +364,8 @@ def train(
     val_cases = list(held_out) if held_out is not None else [c.load() for c in ds.subset(val_groups).cases]
     spec.data_fingerprint = fingerprint(train_cases)
 
-    allow_flip = not any(c.mirror for c in spec.classes)
+    allow_flip = cfg.flip_augment if cfg.flip_augment is not None else not any(c.mirror for c in spec.classes)
+    spec.flip_augmented = bool(allow_flip and cfg.augment) or (init is not None and spec.flip_augmented)
     tds = SliceDataset(train_cases, spec, augment=cfg.augment, allow_flip=allow_flip)
     sampler = DistributedSampler(tds, world, rank, shuffle=True, seed=cfg.seed) if distributed else None
     g = torch.Generator().manual_seed(cfg.seed)

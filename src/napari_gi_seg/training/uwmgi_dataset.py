@@ -37,8 +37,6 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-
 from ..io.uwmgi import (
     DEFAULT_SLICE_SPACING_MM,
     UWMGI_CLASSES,

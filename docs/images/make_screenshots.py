@@ -1,0 +1,118 @@
+"""Regenerate the user-guide screenshots (run under Xvfb, e.g.
+``xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python docs/images/make_screenshots.py``).
+
+Uses the default model when it is installed (``--model`` to choose), the CHAOS
+sample, and a throw-away ``NAPARI_GI_SEG_HOME`` so nothing is written to the user
+folder. Every picture is of the real widgets doing real work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def _wait(cond, timeout_s: float) -> None:
+    from qtpy.QtWidgets import QApplication
+
+    app = QApplication.instance()
+    t0 = time.time()
+    while not cond():
+        app.processEvents()
+        time.sleep(0.02)
+        if time.time() - t0 > timeout_s:
+            raise TimeoutError("waited too long")
+
+
+def _settle(seconds: float = 0.5) -> None:
+    from qtpy.QtWidgets import QApplication
+
+    t0 = time.time()
+    while time.time() - t0 < seconds:
+        QApplication.instance().processEvents()
+        time.sleep(0.02)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--out", default=str(HERE))
+    ap.add_argument("--finetune-args", default="--max-steps-per-epoch 4 --batch-size 4",
+                    help="extra arguments of the fine-tune run shown in finetune.png")
+    ap.add_argument("--epochs", type=int, default=3)
+    args = ap.parse_args(argv)
+    out = Path(args.out)
+    work = Path(tempfile.mkdtemp(prefix="gi-seg-shots-"))
+    os.environ.setdefault("NAPARI_GI_SEG_HOME", str(work / "home"))
+    os.environ["NAPARI_GI_SEG_RESTORE"] = "no"
+
+    import numpy as np
+
+    from napari_gi_seg._qt import _context as C
+    from napari_gi_seg.demo import open_demo_viewer
+
+    viewer, w = open_demo_viewer(model=args.model, device="cpu", start=False, show=True)
+    qt_win = viewer.window._qt_window
+    qt_win.resize(1600, 1000)
+    docks = viewer.window._dock_widgets
+    seg, cor, exp, ft = (w[k] for k in ("Segment", "Correct and review", "Export training data", "Fine-tune"))
+
+    def shot(name: str, dock: str | None = None) -> None:
+        if dock:
+            docks[dock].raise_()
+        _settle(0.6)
+        viewer.screenshot(str(out / name), canvas_only=False, flash=False)
+        print("wrote", out / name)
+
+    # 1. segmenting: take the picture while the worker is filling in slices
+    seg.batch_spin.setValue(4)
+    seg.run()
+    ctx = seg.context
+    _wait(lambda: ctx.tracker.counts()["predicted"] >= 8, 600)
+    img = viewer.layers[0]
+    liver = np.asarray(viewer.layers[1].data == 1).reshape(img.data.shape[0], -1).sum(1)
+    z_best = int(np.argmax(liver))
+    shot("segment_running.png", "Segment")
+    _wait(lambda: not seg.is_running, 900)
+    C.set_current_slice(viewer, ctx.labels_layer, z_best)
+    viewer.layers.selection.active = ctx.labels_layer
+    shot("overview.png", "Segment")
+
+    # 2. correct and review: paint a fix, review a few slices, go to the least confident
+    cor.go_to(z_best - 3)
+    for _ in range(4):
+        cor.mark_reviewed_and_next()
+    yy, xx = np.mgrid[150:158, 60:68]
+    ctx.labels_layer.data_setitem((np.full(yy.size, cor.current_z()), yy.ravel(), xx.ravel()), 4)
+    ctx.labels_layer.mode = "paint"
+    shot("correct.png", "Correct and review")
+
+    # 3. export the reviewed slices
+    ds = work / "Dataset501_Corrections"
+    exp.folder_edit.setText(str(ds))
+    exp._update_summary()
+    exp.export()
+    shot("export.png", "Export training data")
+
+    # 4. fine-tune on the export (a short run), which selects the new model in Segment
+    ft.refresh_models()
+    ft.folder_edit.setText(str(ds))
+    ft.epochs_spin.setValue(args.epochs)
+    ft.device_combo.setCurrentText("cpu")
+    ft.extra_args = args.finetune_args.split()
+    ft.start()
+    _wait(lambda: not ft.is_running, 1800)
+    shot("finetune.png", "Fine-tune")
+    shot("segment_new_model.png", "Segment")
+    viewer.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,180 @@
+"""``napari-gi-seg demo``: the clinician's loop on the CHAOS sample in one command.
+
+With a display: opens napari with the CHAOS T2-SPIR sample (patient 1), docks the
+Segment, Correct-and-review, Export and Fine-tune widgets and starts segmenting
+with the default model; the manual labels are kept as a hidden layer
+(``"<image> ground truth"``) for comparison.
+
+Headless (``--headless``, or no display): load -> segment -> Dice against the
+sample's manual labels, per organ (:func:`napari_gi_seg.metrics.dice_per_class`;
+classes are matched by name between the model spec and the sample), writes the
+labels as NIfTI with the source affine and an overlay PNG, and prints the table.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def has_display() -> bool:
+    """True when a GUI can open (always on macOS/Windows; X11/Wayland on Linux)."""
+    if sys.platform.startswith("linux"):
+        return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+    return True
+
+
+def load_sample():
+    """The CHAOS sample as ``(image Volume, ground-truth labels (z, y, x) uint8,
+    {label value: organ name})`` via the plugin's sample-data command."""
+    from ._sample_data import chaos_sample
+    from .io.volume import volume_from_layer_metadata
+
+    (img, ikw, _), (lab, lkw, _) = chaos_sample()
+    image = volume_from_layer_metadata(np.asarray(img), ikw["metadata"], ikw.get("scale"))
+    image.metadata["source_path"] = ikw["metadata"].get("source_path", "image_1.nii.gz")
+    names = {int(k): str(v) for k, v in lkw["metadata"]["class_names"].items()}
+    return image, np.asarray(lab, dtype=np.uint8), names
+
+
+def match_classes(model_names: dict[int, str], truth_names: dict[int, str]) -> list[tuple[int, int, str]]:
+    """``[(model index, ground-truth index, name)]`` for organs both know (by name)."""
+    by_name = {v: k for k, v in truth_names.items() if k != 0}
+    return [(i, by_name[n], n) for i, n in sorted(model_names.items()) if i != 0 and n in by_name]
+
+
+def overlay_png(path: Path, image: np.ndarray, labels: np.ndarray, truth: np.ndarray | None, colours: dict[int, str], title: str = "", n_panels: int = 3) -> Path:
+    """Save ``n_panels`` axial slices (spread over the labelled range) with the
+    prediction filled in the class colours and the ground truth as white contours.
+    ``image``/``labels``/``truth``: ``(z, y, x)``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import ListedColormap
+
+    zs = np.nonzero(labels.reshape(labels.shape[0], -1).any(1))[0]
+    if zs.size == 0:
+        zs = np.arange(labels.shape[0])
+    picks = [int(zs[int(round(q * (zs.size - 1)))]) for q in np.linspace(0.2, 0.8, n_panels)]
+    k = int(max(colours, default=0))
+    cols = [(0, 0, 0, 0)] + [matplotlib.colors.to_rgba(colours.get(i, "#ffffff"), 0.45) for i in range(1, k + 1)]
+    cmap = ListedColormap(cols)
+    fig, axes = plt.subplots(1, n_panels, figsize=(4 * n_panels, 4.3), dpi=100)
+    lo, hi = np.percentile(image, (0.5, 99.5))
+    for ax, z in zip(np.atleast_1d(axes), picks):
+        ax.imshow(image[z], cmap="gray", vmin=lo, vmax=hi)
+        ax.imshow(np.where(labels[z] <= k, labels[z], 0), cmap=cmap, vmin=0, vmax=k, interpolation="nearest")
+        if truth is not None:
+            for c in np.unique(truth[z]):
+                if c:
+                    ax.contour(truth[z] == c, levels=[0.5], colors="white", linewidths=0.7)
+        ax.set_title(f"slice z={z}", fontsize=9)
+        ax.axis("off")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(".tmp-" + path.name)
+    fig.savefig(tmp, format="png")
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def run_headless(out_dir: str | Path, model: str | None = None, device: str = "auto", tta: bool = False, quiet: bool = False) -> dict[str, Any]:
+    """Segment the CHAOS sample, score it and write ``<out>/image_1_segmentation.nii.gz``
+    and ``<out>/image_1_overlay.png``.
+
+    Returns ``{"model", "dice": {organ: Dice}, "mean_dice", "seconds", "labels_path",
+    "overlay_path", "device"}``. Raises ``LookupError`` when the model is not
+    registered (the message lists the registered ones).
+    """
+    from .engine.inference import segment_volume
+    from .io.nifti import write_nifti
+    from .metrics import dice_per_class
+    from .models.registry import get_entry, load_model
+
+    out = Path(out_dir)
+    image, truth, truth_names = load_sample()
+    entry = get_entry(model)
+    spec, net = load_model(entry.key, device="cpu")
+    res = segment_volume(image, spec, net, device=device, tta=tta)
+    pairs = match_classes(spec.class_names, truth_names)
+    dice: dict[str, float] = {}
+    for mi, ti, name in pairs:
+        dice[name] = dice_per_class((res.labels == mi).astype(np.uint8), (truth == ti).astype(np.uint8), [1], ignore_index=None)[1]
+    mean = float(np.mean(list(dice.values()))) if dice else float("nan")
+    labels_path = write_nifti(image, out / f"{image.name}_segmentation.nii.gz", res.labels)
+    overlay = overlay_png(
+        out / f"{image.name}_overlay.png", image.data, res.labels, truth,
+        {c.index: c.colour for c in spec.classes},
+        title=f"{entry.key} on CHAOS T2-SPIR patient 1: mean Dice {mean:.3f} (fill: model, white: manual)",
+    )
+    result = {"model": entry.key, "dice": dice, "mean_dice": mean, "seconds": res.seconds, "device": res.device,
+              "labels_path": str(labels_path), "overlay_path": str(overlay)}
+    if not quiet:
+        print(f"model {entry.key} on CHAOS T2-SPIR patient 1 ({image.shape[0]} slices, {res.device}, {res.seconds:.1f} s)")
+        w = max([len(n) for n in dice] + [9])
+        for n, d in dice.items():
+            print(f"  {n.ljust(w)}  Dice {d:.4f}")
+        print(f"  {'mean'.ljust(w)}  Dice {mean:.4f}")
+        print(f"labels:  {labels_path}\noverlay: {overlay}")
+    return result
+
+
+def open_demo_viewer(model: str | None = None, device: str = "auto", start: bool = True, show: bool = True):
+    """A napari viewer with the CHAOS sample, the four widgets docked and (``start``)
+    the segmentation running. Returns ``(viewer, {name: widget})``."""
+    import napari
+
+    from ._qt.correct_widget import CorrectWidget
+    from ._qt.export_widget import ExportWidget
+    from ._qt.finetune_widget import FinetuneWidget
+    from ._qt.segment_widget import SegmentWidget
+    from ._sample_data import chaos_sample
+
+    viewer = napari.Viewer(title="napari-gi-seg demo", show=show)
+    image_name = None
+    for data, kw, kind in chaos_sample():
+        kw = dict(kw)
+        if kind == "labels":
+            kw["name"] = f"{image_name or 'image'} ground truth"
+            kw["visible"] = False
+            viewer.add_labels(data, **kw)
+        else:
+            image_name = kw.get("name")
+            viewer.add_image(data, **kw)
+    widgets = {
+        "Segment": SegmentWidget(viewer),
+        "Correct and review": CorrectWidget(viewer),
+        "Export training data": ExportWidget(viewer),
+        "Fine-tune": FinetuneWidget(viewer),
+    }
+    docks = {name: viewer.window.add_dock_widget(w, name=name, area="right", tabify=name != "Segment") for name, w in widgets.items()}
+    docks["Segment"].raise_()
+    seg = widgets["Segment"]
+    if model:
+        seg.select_model(model)
+    seg.device_combo.setCurrentText(device)
+    if start and seg.model_key() is not None:
+        seg.run()
+    return viewer, widgets
+
+
+def main(headless: bool = False, out: str | Path | None = None, model: str | None = None, device: str = "auto", tta: bool = False) -> int:
+    """Entry point of ``napari-gi-seg demo``; returns the exit status."""
+    if headless or not has_display():
+        run_headless(out or "demo-output", model=model, device=device, tta=tta)
+        return 0
+    import napari
+
+    from .models.registry import get_entry
+
+    get_entry(model)  # a clear error before any window opens
+    open_demo_viewer(model=model, device=device)
+    napari.run()
+    return 0

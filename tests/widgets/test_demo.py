@@ -1,0 +1,60 @@
+"""``napari-gi-seg demo``: headless run on the CHAOS sample and the GUI set-up."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from napari_gi_seg.cli import main
+
+
+def test_headless_demo_writes_labels_overlay_and_dice(tiny_model, tmp_path, capsys, chaos_volumes):
+    rc = main(["demo", "--headless", "--out", str(tmp_path), "--model", tiny_model, "--device", "cpu"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    for organ in ("liver", "right_kidney", "left_kidney", "spleen", "mean"):
+        assert organ in out
+    from napari_gi_seg.io.nifti import read_nifti
+
+    lab = read_nifti(tmp_path / "image_1_segmentation.nii.gz", as_labels=True)
+    image, truth = chaos_volumes
+    assert lab.shape == image.shape and lab.data.max() <= 4
+    np.testing.assert_allclose(lab.affine, image.affine)
+    png = (tmp_path / "image_1_overlay.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+def test_headless_demo_dice_matches_metrics(tiny_model, tmp_path, chaos_volumes):
+    from napari_gi_seg.demo import run_headless
+    from napari_gi_seg.io.nifti import read_nifti
+    from napari_gi_seg.metrics import dice
+
+    res = run_headless(tmp_path, model=tiny_model, device="cpu", quiet=True)
+    _, truth = chaos_volumes
+    pred = read_nifti(res["labels_path"], as_labels=True).data
+    assert res["dice"]["liver"] == dice(pred == 1, truth.data == 1)
+    assert res["mean_dice"] == np.mean(list(res["dice"].values()))
+    assert res["dice"]["liver"] > 0.2  # even the 25-step test model finds the liver
+
+
+def test_unknown_model_is_one_line_error(tmp_path, capsys):
+    rc = main(["demo", "--headless", "--out", str(tmp_path), "--model", "no-such-model"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "no-such-model" in err and err.count("\n") == 1
+
+
+def test_gui_demo_docks_widgets_and_segments(qtbot, tiny_model, monkeypatch):
+    from napari_gi_seg.demo import open_demo_viewer
+
+    viewer, widgets = open_demo_viewer(model=tiny_model, device="cpu", show=False)
+    try:
+        seg = widgets["Segment"]
+        assert seg.is_running
+        qtbot.waitUntil(lambda: not seg.is_running, timeout=120_000)
+        names = [lyr.name for lyr in viewer.layers]
+        assert names[:2] == ["image_1", "image_1 ground truth"] and not viewer.layers[1].visible
+        assert "image_1 segmentation" in names and "image_1 prediction" in names
+        assert seg.context.tracker.counts()["predicted"] == viewer.layers[0].data.shape[0]
+        assert widgets["Correct and review"].context is seg.context
+    finally:
+        viewer.close()

@@ -1,0 +1,170 @@
+"""Export and Fine-tune widgets, and the whole clinician's loop on a real CHAOS patient."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from napari_gi_seg._qt import _context as C
+from napari_gi_seg._qt.correct_widget import CorrectWidget
+from napari_gi_seg._qt.export_widget import ExportWidget
+from napari_gi_seg._qt.finetune_widget import FinetuneWidget, parse_jsonl_line
+from napari_gi_seg._qt.segment_widget import SegmentWidget
+from napari_gi_seg.review import SliceState
+from napari_gi_seg.training.datasets import IGNORE_INDEX, open_dataset
+from widget_helpers import TINY_NAME, wait_worker
+
+#: A tiny fine-tuning run (a few optimiser steps) so the loop stays CI-sized.
+TINY_FINETUNE = ["--max-steps-per-epoch", "2", "--batch-size", "4"]
+
+
+def _errors(monkeypatch):
+    import napari.utils.notifications as n
+
+    errors = []
+    monkeypatch.setattr(n, "show_error", errors.append)
+    return errors
+
+
+def test_clinician_loop(qtbot, make_napari_viewer, chaos_image_path, tiny_model, tmp_path):
+    """open (plugin reader) -> Segment (worker) -> paint -> review -> export ->
+    dataset readable with ignore labels -> Fine-tune -> new model selected -> Segment again."""
+    viewer = make_napari_viewer()
+    layers = viewer.open(str(chaos_image_path), plugin="napari-gi-seg")
+    image_layer = layers[0]
+    assert image_layer.data.ndim == 3 and image_layer.scale[0] == pytest.approx(7.7, rel=0.05)
+    seg, cor, exp, ft = SegmentWidget(viewer), CorrectWidget(viewer), ExportWidget(viewer), FinetuneWidget(viewer)
+    for name, w in (("Segment", seg), ("Correct", cor), ("Export", exp), ("Fine-tune", ft)):
+        viewer.window.add_dock_widget(w, name=name)
+
+    seg.select_model(tiny_model)
+    seg.device_combo.setCurrentText("cpu")
+    seg.run()
+    wait_worker(qtbot, seg)
+    ctx = seg.context
+    labels = ctx.labels_layer
+    assert labels.metadata["class_names"][3] == "left_kidney"
+    n = labels.data.shape[0]
+    assert ctx.tracker.counts()["predicted"] == n
+    assert cor.context is ctx and exp.context() is ctx
+
+    # the clinician paints a correction on slice 10 ...
+    yy, xx = np.mgrid[100:110, 100:110]
+    labels.data_setitem((np.full(yy.size, 10), yy.ravel(), xx.ravel()), 4)
+    assert ctx.tracker.state(10) == SliceState.EDITED
+    # ... and reviews slices 8..12 with Shift-R
+    cor.go_to(8)
+    for _ in range(5):
+        cor.mark_reviewed_and_next()
+    assert ctx.tracker.reviewed_slices() == [8, 9, 10, 11, 12]
+    final = np.array(labels.data)
+
+    ds = tmp_path / "Dataset501_Corrections"
+    exp.folder_edit.setText(str(ds))
+    assert exp.export() == ds
+    meta = json.loads((ds / "dataset.json").read_text())
+    assert meta["labels"]["left_kidney"] == 3 and meta["labels"]["ignore"] == 5
+    prov = json.loads((ds / "provenance.json").read_text())
+    assert prov["cases"][0]["model"].startswith(TINY_NAME) or TINY_NAME in json.dumps(prov["cases"][0])
+    dataset = open_dataset(ds)
+    assert dataset.layout == "nnunet" and dataset.class_names == ["liver", "right_kidney", "left_kidney", "spleen"]
+    case = dataset.cases[0].load()
+    target = case.target
+    np.testing.assert_array_equal(target[8:13], final[8:13])
+    assert (target[:8] == IGNORE_INDEX).all() and (target[13:] == IGNORE_INDEX).all()
+    assert target[10, 105, 105] == 4
+
+    # fine-tune on the export (a tiny run), then the new version is selected in Segment
+    ft.refresh_models()
+    ft.folder_edit.setText(str(ds))
+    ft.base_combo.setCurrentText(tiny_model)
+    ft.name_edit.setText(TINY_NAME)
+    ft.epochs_spin.setValue(1)
+    ft.device_combo.setCurrentText("cpu")
+    ft.extra_args = list(TINY_FINETUNE)
+    results = []
+    ft.run_finished.connect(results.append)
+    assert ft.start()
+    wait_worker(qtbot, ft, timeout_ms=600_000)
+    assert ft.exit_code == 0, ft._stderr_tail
+    assert results[-1]["ok"] and ft.new_model_key == f"{TINY_NAME}:2"
+    assert ft.history and ft.history[0]["epoch"] == 1 and "train_loss" in ft.history[0]
+    assert seg.model_key() == f"{TINY_NAME}:2"
+    assert f"{TINY_NAME}:2" in [ft.base_combo.itemText(i) for i in range(ft.base_combo.count())]
+
+    # segment again with the fine-tuned model: reviewed/edited slices are kept
+    seg.run()
+    wait_worker(qtbot, seg)
+    assert ctx.model_key == f"{TINY_NAME}:2" and labels.metadata["model_key"] == f"{TINY_NAME}:2"
+    np.testing.assert_array_equal(labels.data[8:13], final[8:13])
+    assert ctx.tracker.reviewed_slices() == [8, 9, 10, 11, 12]
+
+
+def test_export_errors_are_notifications(qtbot, segmented, tmp_path, monkeypatch):
+    viewer, image_layer, seg, cor = segmented
+    errors = _errors(monkeypatch)
+    exp = ExportWidget(viewer)
+    ds = tmp_path / "ds"
+    assert exp.export(ds) is None and "reviewed" in errors[-1]  # nothing reviewed yet
+    assert not ds.exists()
+    seg.context.tracker.mark_reviewed([3, 4])
+    # an export interrupted by the file system leaves no dataset folder behind
+    import napari_gi_seg.export as export_mod
+
+    def boom(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(export_mod, "_write_json", boom)
+    assert exp.export(ds) is None and "No space left" in errors[-1]
+    assert not ds.exists() and not list(tmp_path.iterdir())
+    monkeypatch.undo()
+    errors = _errors(monkeypatch)
+    assert exp.export(ds) == ds and (ds / "dataset.json").is_file()
+    # a dataset with other classes refuses the case, with a message
+    meta = json.loads((ds / "dataset.json").read_text())
+    other = tmp_path / "other"
+    other.mkdir()
+    meta["labels"] = {"background": 0, "stomach": 1, "ignore": 2}
+    (other / "dataset.json").write_text(json.dumps(meta))
+    assert exp.export(other) is None and errors
+
+
+def test_finetune_cancel_and_bad_dataset(qtbot, make_napari_viewer, tiny_model, tmp_path, monkeypatch):
+    errors = _errors(monkeypatch)
+    viewer = make_napari_viewer()
+    ft = FinetuneWidget(viewer)
+    ft.folder_edit.setText(str(tmp_path / "missing"))
+    assert not ft.start() and "dataset.json" in errors[-1]
+    assert tiny_model in ft.refresh_models()
+    # a process that would run for long is killed by Cancel; nothing is registered
+    (tmp_path / "dataset.json").write_text("{}")
+    ft.folder_edit.setText(str(tmp_path))
+    ft.base_combo.setCurrentText(tiny_model)
+    ft.command = lambda: [__import__("sys").executable, "-c", "import time; print('{\"event\": \"epoch\", \"epoch\": 1, \"train_loss\": 0.5}', flush=True); time.sleep(60)"] + ["--name", "x", "--model", tiny_model]
+    results = []
+    ft.run_finished.connect(results.append)
+    assert ft.start()
+    qtbot.waitUntil(lambda: len(ft.history) == 1, timeout=60_000)
+    ft.cancel()
+    wait_worker(qtbot, ft, timeout_ms=30_000)
+    assert results[-1]["cancelled"] and not results[-1]["ok"]
+    assert ft.new_model_key is None
+    from napari_gi_seg.models.registry import list_models
+
+    assert [e.key for e in list_models() if e.name == TINY_NAME] == [tiny_model]
+
+
+def test_jsonl_parsing():
+    assert parse_jsonl_line('{"event": "epoch", "epoch": 2, "train_loss": 0.3}')["epoch"] == 2
+    assert parse_jsonl_line("epoch 2 loss 0.3") is None
+    assert parse_jsonl_line("{not json") is None
+    assert parse_jsonl_line("[1, 2]") is None
+
+
+def test_widgets_find_each_other_per_viewer(qtbot, make_napari_viewer):
+    v1, v2 = make_napari_viewer(), make_napari_viewer()
+    s1, s2 = SegmentWidget(v1), SegmentWidget(v2)
+    assert C.find_widget(v1, SegmentWidget) is s1 and C.find_widget(v2, SegmentWidget) is s2
+    assert C.find_widget(v1, ExportWidget) is None
