@@ -37,7 +37,8 @@ def test_loader_groups_by_patient_with_class_channels(uwmgi_tree, uwmgi_csv):
     assert not case.target[UWMGI_CLASSES.index("large_bowel"), 5].any()
     # overriding the exclusion list
     assert "case7_day0" in [c.case_id for c in open_uwmgi(uwmgi_tree, exclude=()).cases]
-    assert [c.case_id for c in open_uwmgi(uwmgi_tree, exclude=("case123",)).cases] == ["case2_day1"]
+    # a whole patient; the list replaces the default one
+    assert [c.case_id for c in open_uwmgi(uwmgi_tree, exclude=("case123",)).cases] == ["case2_day1", "case7_day0"]
     with pytest.raises(DatasetFormatError, match="UW-Madison classes"):
         open_uwmgi(uwmgi_tree, class_names=["stomach", "small_bowel", "large_bowel"])
 

@@ -193,7 +193,9 @@ def ensure_case(viewer, image_layer, class_names: dict[int, str], colours: dict[
         md = {k: v for k, v in dict(image_layer.metadata).items() if k not in ("is_labels",)}
         md[IMAGE_KEY] = image_layer.name
         md["is_labels"] = True
-        labels = viewer.add_labels(
+        from napari.layers import Labels
+
+        labels = Labels(
             np.zeros(shape, dtype=np.uint8),
             name=image_layer.name + LABELS_SUFFIX,
             scale=image_layer.scale,
@@ -202,7 +204,9 @@ def ensure_case(viewer, image_layer, class_names: dict[int, str], colours: dict[
             opacity=0.6,
         )
         ctx = CaseContext(image_layer, labels, class_names, colours, model_key)
-        set_context(labels, ctx)
+        set_context(labels, ctx)  # before insertion: widgets listening to `inserted` see the case
+        style_labels_layer(labels, ctx.class_names, ctx.colours)
+        viewer.add_layer(labels)
     else:
         ctx.class_names = {int(k): str(v) for k, v in class_names.items()}
         ctx.class_names.setdefault(0, "background")

@@ -214,7 +214,10 @@ class CorrectWidget(QWidget):
         self.labels_combo.addItems(names)
         # prefer a case made by the Segment widget, else keep the selection
         made = [n for n in names if C.get_context(self.viewer.layers[n]) is not None]
-        if current in names:
+        new = getattr(event, "value", None) if event is not None and getattr(event, "type", "") == "inserted" else None
+        if new is not None and new.name in names and C.get_context(new) is not None:
+            self.labels_combo.setCurrentText(new.name)  # a case the widgets just made
+        elif current in names:
             self.labels_combo.setCurrentText(current)
         elif made:
             self.labels_combo.setCurrentText(made[-1])

@@ -85,7 +85,10 @@ class ExportWidget(QWidget):
         self.labels_combo.clear()
         self.labels_combo.addItems(names)
         made = [n for n in names if C.get_context(self.viewer.layers[n]) is not None]
-        if current in names:
+        new = getattr(event, "value", None) if event is not None and getattr(event, "type", "") == "inserted" else None
+        if new is not None and new.name in names and C.get_context(new) is not None:
+            self.labels_combo.setCurrentText(new.name)  # a case the widgets just made
+        elif current in names:
             self.labels_combo.setCurrentText(current)
         elif made:
             self.labels_combo.setCurrentText(made[-1])
@@ -106,6 +109,16 @@ class ExportWidget(QWidget):
 
     def _update_summary(self, *args) -> None:
         ctx = self.context()
+        if ctx is not getattr(self, "_watched", None):
+            old = getattr(self, "_watched", None)
+            if old is not None:
+                try:
+                    old.changed.disconnect(self._update_summary)
+                except (TypeError, ValueError, RuntimeError):
+                    pass
+            if ctx is not None:
+                ctx.changed.connect(self._update_summary)
+            self._watched = ctx
         if ctx is None:
             self.summary_label.setText("No case: run Segment or open labels beside their image.")
             return

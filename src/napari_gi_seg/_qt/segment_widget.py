@@ -16,7 +16,7 @@ import os
 from collections.abc import Iterator, Sequence
 
 import numpy as np
-from qtpy.QtCore import Signal
+from qtpy.QtCore import Qt, Signal
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -177,7 +177,7 @@ class SegmentWidget(QWidget):
                 continue
             tip = ", ".join(c.name for c in spec.classes)
             self.model_combo.addItem(e.key + ("" if e.bundled else "  (user)"), e.key)
-            self.model_combo.setItemData(self.model_combo.count() - 1, tip, 3)  # Qt.ToolTipRole
+            self.model_combo.setItemData(self.model_combo.count() - 1, tip, Qt.ToolTipRole)
         keys = [self.model_combo.itemData(i) for i in range(self.model_combo.count())]
         self.model_combo.blockSignals(False)
         if current in keys:

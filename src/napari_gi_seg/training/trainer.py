@@ -112,7 +112,8 @@ class TrainResult:
 
 # ----------------------------------------------------------------- data
 class SliceDataset(torch.utils.data.Dataset):
-    """All slices of a list of cases as 2.5D training samples.
+    """All labelled slices of a list of cases as 2.5D training samples (slices that
+    are entirely the ignore label are left out; they still serve as 2.5D context).
 
     Volumes are normalised per volume and resized in-plane to ``(size, size)`` once at
     construction (float16 in memory). ``__getitem__`` returns ``(x, y)``:
@@ -145,17 +146,27 @@ class SliceDataset(torch.utils.data.Dataset):
                 t = torch.stack([resize_labels(tk, size) for tk in t])
             self.images.append(im)
             self.targets.append(t)
-            self.index.extend((ci, z) for z in range(im.shape[0]))
+            # slices whose every voxel is the ignore label (not reviewed) teach nothing: skip them
+            flat = t.reshape(t.shape[0], -1) if t.ndim == 3 else t.transpose(0, 1).reshape(t.shape[1], -1)
+            labelled = (flat != IGNORE_INDEX).any(1)
+            self.index.extend((ci, z) for z in range(im.shape[0]) if bool(labelled[z]))
         self.transform = self._make_transform() if augment else None
 
     @staticmethod
     def _make_transform():
+        """MONAI augmentation of one 2.5D sample: geometry (affine) on image and label,
+        then MR intensity variation on the image: bias field, non-linear histogram
+        shift (tissue contrast differs between scanners and patients: on CHAOS the
+        kidney/liver intensity ratio ranges from 1.5 to 2.4), gamma, scale, shift,
+        blur and noise. No left-right flip here (see ``flip``)."""
         from monai.transforms import (
             Compose,
             RandAdjustContrastd,
             RandAffined,
+            RandBiasFieldd,
             RandGaussianNoised,
             RandGaussianSmoothd,
+            RandHistogramShiftd,
             RandScaleIntensityd,
             RandShiftIntensityd,
         )
@@ -171,9 +182,11 @@ class SliceDataset(torch.utils.data.Dataset):
                 mode=("bilinear", "nearest"),
                 padding_mode="zeros",
             ),
-            RandScaleIntensityd(keys="image", factors=0.15, prob=0.4),
-            RandShiftIntensityd(keys="image", offsets=0.08, prob=0.3),
-            RandAdjustContrastd(keys="image", gamma=(0.7, 1.5), prob=0.3),
+            RandBiasFieldd(keys="image", coeff_range=(0.0, 0.3), prob=0.3),
+            RandHistogramShiftd(keys="image", num_control_points=(5, 10), prob=0.4),
+            RandAdjustContrastd(keys="image", gamma=(0.5, 2.0), prob=0.4),
+            RandScaleIntensityd(keys="image", factors=0.3, prob=0.5),
+            RandShiftIntensityd(keys="image", offsets=0.1, prob=0.3),
             RandGaussianSmoothd(keys="image", sigma_x=(0.25, 1.0), sigma_y=(0.25, 1.0), prob=0.1),
             RandGaussianNoised(keys="image", std=0.03, prob=0.15),
         ]
