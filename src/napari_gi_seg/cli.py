@@ -98,6 +98,9 @@ def _add_segment_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tta", action="store_true", help="average with a left-right flipped pass (left/right classes swapped back)")
     p.add_argument("--slices", type=_slice_range, default=None, metavar="A:B",
                    help="segment only slices A..B-1 (0-based z index; others stay 0)")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="number type of the forward pass (default auto: fp16 on CUDA, bf16 on CPUs with native "
+                        "bfloat16, else fp32)")
     p.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists (default: refuse)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -174,6 +177,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
             if os.path.exists(o):
                 raise CLIError(f"{o}: already exists (pass --overwrite to replace it)")
     spec = entry.spec()
+    if args.tta and not spec.flip_augmented:
+        raise CLIError(f"--tta needs a model trained with left-right flips; {spec.key} was not (spec.flip_augmented is false)")
     net = load_network(spec, entry.weights_path, device)
     for vol, out in zip(vols, outs):
         depth = vol.shape[0]
@@ -190,7 +195,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
         total = depth if slices is None else len(slices)
         with tqdm(total=total, unit="slice", desc=vol.name, file=sys.stderr, disable=args.quiet, leave=False) as bar:
             res = segment_volume(vol, spec, net, slices=slices, batch_size=args.batch_size, device=device,
-                                 tta=args.tta, progress=lambda b: bar.update(len(b.z)))
+                                 tta=args.tta, precision=args.precision, progress=lambda b: bar.update(len(b.z)))
         write_output_labels(out, res.labels, vol, spec.class_names)
         print(f"{out}: {len(res.segmented)} slices segmented with {spec.key} on {res.device} in {res.seconds:.1f} s")
     return 0

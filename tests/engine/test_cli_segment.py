@@ -36,7 +36,7 @@ def test_segment_writes_nifti_with_input_affine(registered_tiny, chaos_image_pat
 def test_segment_slice_range_and_progress(registered_tiny, chaos_image_path, tmp_path, capsys):
     out = tmp_path / "part.nii.gz"
     rc = main(["segment", str(chaos_image_path), "-o", str(out), "--model", "tiny-chaos:1", "--device", "cpu",
-               "--slices", "3:7", "--batch-size", "2", "--tta"])
+               "--slices", "3:7", "--batch-size", "2"])
     assert rc == 0
     err = capsys.readouterr().err
     assert "4/4" in err and "slice" in err  # tqdm progress bar on stderr
@@ -82,6 +82,11 @@ def test_segment_bad_output_suffix_and_slices(registered_tiny, chaos_image_path,
                "--slices", "30:999", "--quiet"])
     lines = _err_lines(capsys)
     assert rc != 0 and len(lines) == 1 and "--slices" in lines[0]
+    # flip TTA is refused for a model that never saw a mirrored abdomen
+    rc = main(["segment", str(chaos_image_path), "-o", str(tmp_path / "o.nii.gz"), "--model", "tiny-chaos", "--tta"])
+    lines = _err_lines(capsys)
+    assert rc != 0 and len(lines) == 1 and "--tta needs a model trained with left-right flips" in lines[0]
+    assert not (tmp_path / "o.nii.gz").exists()
 
 
 def test_models_lists_registry(registered_tiny, capsys):

@@ -24,6 +24,20 @@ def test_output_shape_and_dtype_on_real_volume(chaos_volume, tiny_model):
     assert np.mean(res.labels == res.probs.argmax(0)) > 0.999
 
 
+def test_reduced_precision_matches_fp32(chaos_volume, tiny_model):
+    from napari_gi_seg.engine.inference import autocast_dtype
+
+    assert autocast_dtype(torch.device("cpu"), "fp32") is None
+    assert autocast_dtype(torch.device("cuda"), "auto") == torch.float16
+    with pytest.raises(ValueError, match="precision 'int4'"):
+        autocast_dtype(torch.device("cpu"), "int4")
+    spec, net = tiny_model.spec, tiny_model.network()
+    ref = segment_volume(chaos_volume, spec, net, device="cpu", precision="fp32", return_probs=True)
+    bf = segment_volume(chaos_volume, spec, net, device="cpu", precision="bf16", return_probs=True)
+    assert np.abs(bf.probs.astype(np.float32) - ref.probs.astype(np.float32)).max() < 0.1
+    assert np.mean(bf.labels == ref.labels) > 0.99
+
+
 def test_context_indices_clamped_at_edges():
     idx = context_indices([0, 1, 9], (-1, 0, 1), depth=10)
     np.testing.assert_array_equal(idx, [[0, 0, 1], [0, 1, 2], [8, 9, 9]])
@@ -98,7 +112,7 @@ def test_cancellation_stops_within_one_batch(chaos_volume, tiny_model):
 
 # --------------------------------------------------------------- known networks
 LR_SPEC = dict(
-    name="lr", architecture="Unet", encoder="resnet18", context_offsets=(-1, 0, 1), input_size=(32, 32),
+    name="lr", architecture="Unet", encoder="resnet18", context_offsets=(-1, 0, 1), input_size=(32, 32), flip_augmented=True,
     classes=[ClassInfo(1, "left_kidney", mirror="right_kidney"), ClassInfo(2, "right_kidney", mirror="left_kidney")],
 )
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import time
 from collections import defaultdict
 
 import numpy as np
@@ -80,7 +79,6 @@ def test_whole_train_csv_round_trips_byte_identically(uwmgi_csv):
     train.csv; it is inferred as the one known Kaggle geometry in which every run
     fits and no run wraps across a row end (a wrong width would shear the organs and
     wrap runs). Exactly one geometry must qualify for every case-day."""
-    t0 = time.process_time()  # CPU time: wall time depends on the machine's load
     with open(uwmgi_csv, newline="") as f:
         reader = csv.reader(f)
         assert next(reader) == ["id", "class", "segmentation"]
@@ -105,7 +103,6 @@ def test_whole_train_csv_round_trips_byte_identically(uwmgi_csv):
         mismatched += rle_encode(mask) != seg
     assert mismatched == 0
     assert nonempty == 33_913  # SOURCE.md: 33,913 non-empty segmentations
-    assert time.process_time() - t0 < 60  # ~8 s of one core here
 
 
 def test_infer_mask_shape_rejects_a_wrong_width():

@@ -4,7 +4,6 @@ shortcuts, least-confident slice, autosave and restore."""
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 from napari_gi_seg._qt import _context as C
 from napari_gi_seg._qt.correct_widget import SHORTCUTS, CorrectWidget, _slices_from_paint

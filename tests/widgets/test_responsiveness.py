@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import time
 
-import pytest
 from qtpy.QtCore import QTimer
 
 from napari_gi_seg._qt.correct_widget import CorrectWidget
