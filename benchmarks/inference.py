@@ -25,7 +25,11 @@ Methods, each on the same per-volume percentile normalisation
     (one window per slice, no overlap waste, since the network was trained at that
     scale), under ``torch.inference_mode``; softmax, resize back, argmax.
 ``engine``
-    :func:`napari_gi_seg.engine.inference.segment_volume` with its defaults.
+    :func:`napari_gi_seg.engine.inference.segment_volume` with its defaults (batch
+    8, channels-last, bfloat16 forward pass on CPUs with native bfloat16, else fp32).
+``engine-fp32``
+    The same with ``precision="fp32"``, to show what the reduced precision buys
+    and to compare like with like against the float32 ``naive`` and ``monai``.
 
 Every measurement runs in its own subprocess, so peak RSS (``ru_maxrss``) is that
 method's alone (it includes Python, torch and the input volume). Each timing is the
@@ -155,13 +159,17 @@ def run_monai(data, spec, net, chunk: int = 32, sw_batch_size: int = 8):
     return out
 
 
-def run_engine(data, spec, net):
+def run_engine(data, spec, net, precision: str = "auto"):
     from napari_gi_seg.engine.inference import segment_volume
 
-    return segment_volume(data, spec, net, device="cpu").labels
+    return segment_volume(data, spec, net, device="cpu", precision=precision).labels
 
 
-METHODS = {"naive": run_naive, "monai": run_monai, "engine": run_engine}
+def run_engine_fp32(data, spec, net):
+    return run_engine(data, spec, net, precision="fp32")
+
+
+METHODS = {"naive": run_naive, "monai": run_monai, "engine": run_engine, "engine-fp32": run_engine_fp32}
 
 
 def _rss_mb() -> float:
@@ -208,12 +216,12 @@ def measure(method: str, data: str, model_dir: Path, args, labels_out: Path | No
         cmd.append("--quick")
     if labels_out is not None:
         cmd += ["--labels-out", str(labels_out)]
-    print(f"  {data:6s} {method:6s} ...", file=sys.stderr, end="", flush=True)
+    print(f"  {data:6s} {method:11s} ...", file=sys.stderr, end="", flush=True)
     p = subprocess.run(cmd, capture_output=True, text=True)
     if p.returncode != 0:
         raise SystemExit(f"{method} on {data} failed:\n{p.stderr[-3000:]}")
     r = json.loads(p.stdout.strip().splitlines()[-1])
-    print(f" {r['seconds']:.2f} s, {r['slices_per_s']:.1f} slices/s, peak RSS {r['peak_rss_mb']:.0f} MB", file=sys.stderr)
+    print(f" {r['seconds']:.2f} s (CPU {r['cpu_seconds']:.2f} s), {r['slices_per_s']:.1f} slices/s, peak RSS {r['peak_rss_mb']:.0f} MB", file=sys.stderr)
     return r
 
 
@@ -227,10 +235,10 @@ def run_all(args) -> dict:
         print(f"model: {source}; threads {args.threads}", file=sys.stderr)
         for data in ("chaos", "uwmgi"):
             res = {}
-            for m in ("naive", "monai", "engine"):
+            for m in ("naive", "monai", "engine", "engine-fp32"):
                 res[m] = measure(m, data, model_dir, args, td / f"{data}-{m}.npy")
             ref = np.load(td / f"{data}-engine.npy")
-            for m in ("naive", "monai", "engine"):
+            for m in ("naive", "monai", "engine", "engine-fp32"):
                 r = res[m]
                 r["agreement_with_engine"] = float(np.mean(np.load(td / f"{data}-{m}.npy") == ref))
                 r["speed_vs_naive"] = res["naive"]["seconds"] / r["seconds"]
@@ -247,7 +255,11 @@ def run_all(args) -> dict:
         checks[f"big: peak RSS < {GOALS['big_rss_mb']:.0f} MB"] = big["peak_rss_mb"] < GOALS["big_rss_mb"]
     import torch
 
+    from napari_gi_seg.engine.inference import autocast_dtype
+
+    amp = autocast_dtype(torch.device("cpu"), "auto")
     return {
+        "engine_precision": "float32" if amp is None else str(amp).replace("torch.", ""),
         "date": _dt.date.today().isoformat(),
         "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} CPU cores available, {platform.system()}",
         "python": platform.python_version(), "torch": torch.__version__,
@@ -263,21 +275,25 @@ def markdown(report: dict) -> str:
         "",
         f"Measured {report['date']} with `benchmarks/inference.py{' --quick' if report['quick'] else ''}` on "
         f"{report['machine']}; torch {report['torch']}, {report['threads']} threads, best of {report['repeats']} "
-        f"run(s) after a warm-up. Model: {report['model']}. Each row is its own process; peak RSS includes "
-        "Python, torch and the input volume.",
+        f"run(s) after a warm-up (CPU s: process CPU time of that run, all threads). Model: {report['model']}. `engine` ran its forward pass in "
+        f"{report['engine_precision']} here; `naive`, `monai` and `engine-fp32` in float32. Each row is its own "
+        "process; peak RSS includes Python, torch and the input volume.",
         "",
-        "| volume (z, y, x) | method | s / volume | slices / s | peak RSS (MB) | x naive | x MONAI | voxels equal to engine |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        *(["**Smoke run (`--quick`)**: shortened volumes and one repeat, to check that the benchmark works; "
+           "these figures are not the goal measurements. Run `benchmarks/inference.py --write-docs` on an idle "
+           "machine for those.", ""] if report["quick"] else []),
+        "| volume (z, y, x) | method | s / volume | CPU s | slices / s | peak RSS (MB) | x naive | x MONAI | voxels equal to engine |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     names = {"chaos": "CHAOS T2-SPIR", "uwmgi": "synthetic (UW-Madison size)", "big": "synthetic"}
     for r in report["rows"]:
         f = lambda v, fmt: "-" if v is None else format(v, fmt)  # noqa: E731
         lines.append(
-            f"| {names[r['data']]} {' x '.join(map(str, r['shape']))} | {r['method']} | {r['seconds']:.2f} | "
+            f"| {names[r['data']]} {' x '.join(map(str, r['shape']))} | {r['method']} | {r['seconds']:.2f} | {r['cpu_seconds']:.2f} | "
             f"{r['slices_per_s']:.1f} | {r['peak_rss_mb']:.0f} | {f(r['speed_vs_naive'], '.2f')} | "
             f"{f(r['speed_vs_monai'], '.2f')} | {f(r['agreement_with_engine'], '.4f')} |"
         )
-    lines += ["", "Goals (2 CPU cores):", ""]
+    lines += ["", f"Goals (set for 2 CPU cores; this run: {report['threads']} thread(s)):", ""]
     lines += [f"- {'PASS' if ok else 'FAIL'}: {k}" for k, ok in report["goals"].items()]
     lines += ["", END]
     return "\n".join(lines)

@@ -39,6 +39,51 @@ def _settle(seconds: float = 0.5) -> None:
         time.sleep(0.02)
 
 
+def quick_model(steps: int, size: int = 96) -> str:
+    """Register ``quick-chaos:1``: a small Unet fitted for ``steps`` steps on CHAOS
+    patients 2 and 3 (not the sample patient), for screenshots when the default
+    model is not installed. Returns its key."""
+    import numpy as np
+    import torch
+
+    from napari_gi_seg.engine.preprocess import context_batch, normalise_intensity, resize_images, resize_labels
+    from napari_gi_seg.io.nifti import read_nifti
+    from napari_gi_seg.models.network import build_network
+    from napari_gi_seg.models.registry import register_model
+    from napari_gi_seg.models.spec import ModelSpec
+    from napari_gi_seg.paths import data_dir
+    from napari_gi_seg.training.trainer import segmentation_loss
+
+    names = ["liver", "right_kidney", "left_kidney", "spleen"]
+    spec = ModelSpec(name="quick-chaos", encoder="mobilenet_v2", input_size=(size, size),
+                     classes=[{"index": i + 1, "name": n} for i, n in enumerate(names)],
+                     description=f"screenshot model: {steps} steps on CHAOS patients 2 and 3")
+    torch.manual_seed(0)
+    net = build_network(spec)
+    xs, ys = [], []
+    for pid in (2, 3):
+        img = read_nifti(data_dir() / "chaos_mr_t2spir" / f"image_{pid}.nii.gz", as_labels=False)
+        lab = read_nifti(data_dir() / "chaos_mr_t2spir" / f"label_{pid}.nii.gz", as_labels=True)
+        norm = normalise_intensity(img.data, spec.normalisation, spec.percentiles)
+        zs = np.arange(img.shape[0])
+        xs.append(resize_images(torch.from_numpy(context_batch(norm, zs, spec.context_offsets)), spec.input_size))
+        ys.append(resize_labels(torch.from_numpy(lab.data.astype(np.int64)), spec.input_size))
+    x, y = torch.cat(xs), torch.cat(ys)
+    opt = torch.optim.AdamW(net.parameters(), lr=3e-3)
+    net.train()
+    for i in range(steps):
+        idx = torch.randint(0, len(x), (8,))
+        xb = x[idx]
+        if i % 2:
+            xb = xb * (0.8 + 0.4 * torch.rand(1))
+        loss = segmentation_loss(net(xb), y[idx], multilabel=False)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    net.eval()
+    return register_model(spec, model=net).key
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=None)
@@ -46,16 +91,27 @@ def main(argv=None) -> int:
     ap.add_argument("--finetune-args", default="--max-steps-per-epoch 4 --batch-size 4",
                     help="extra arguments of the fine-tune run shown in finetune.png")
     ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--quick-model-steps", type=int, default=0,
+                    help="when the model is not installed: fit a small screenshot model for this many steps")
     args = ap.parse_args(argv)
     out = Path(args.out)
     work = Path(tempfile.mkdtemp(prefix="gi-seg-shots-"))
-    os.environ.setdefault("NAPARI_GI_SEG_HOME", str(work / "home"))
+    os.environ["NAPARI_GI_SEG_HOME"] = str(work / "home")  # never the user folder
     os.environ["NAPARI_GI_SEG_RESTORE"] = "no"
 
     import numpy as np
 
     from napari_gi_seg._qt import _context as C
     from napari_gi_seg.demo import open_demo_viewer
+    from napari_gi_seg.models.registry import ModelNotFoundError, get_entry
+
+    try:
+        get_entry(args.model)
+    except ModelNotFoundError:
+        if not args.quick_model_steps:
+            raise
+        args.model = quick_model(args.quick_model_steps)
+        print("registered", args.model)
 
     viewer, w = open_demo_viewer(model=args.model, device="cpu", start=False, show=True)
     qt_win = viewer.window._qt_window

@@ -193,7 +193,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
                                f"for {args.input} ({depth} slices)")
             slices = range(a, b)
         total = depth if slices is None else len(slices)
-        with tqdm(total=total, unit="slice", desc=vol.name, file=sys.stderr, disable=args.quiet, leave=False) as bar:
+        with tqdm(total=total, unit="slice", desc=vol.name, file=sys.stderr, disable=args.quiet) as bar:
             res = segment_volume(vol, spec, net, slices=slices, batch_size=args.batch_size, device=device,
                                  tta=args.tta, precision=args.precision, progress=lambda b: bar.update(len(b.z)))
         write_output_labels(out, res.labels, vol, spec.class_names)

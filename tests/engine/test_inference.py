@@ -32,8 +32,9 @@ def test_reduced_precision_matches_fp32(chaos_volume, tiny_model):
     with pytest.raises(ValueError, match="precision 'int4'"):
         autocast_dtype(torch.device("cpu"), "int4")
     spec, net = tiny_model.spec, tiny_model.network()
-    ref = segment_volume(chaos_volume, spec, net, device="cpu", precision="fp32", return_probs=True)
-    bf = segment_volume(chaos_volume, spec, net, device="cpu", precision="bf16", return_probs=True)
+    z = range(8, 16)
+    ref = segment_volume(chaos_volume, spec, net, slices=z, device="cpu", precision="fp32", return_probs=True)
+    bf = segment_volume(chaos_volume, spec, net, slices=z, device="cpu", precision="bf16", return_probs=True)
     assert np.abs(bf.probs.astype(np.float32) - ref.probs.astype(np.float32)).max() < 0.1
     assert np.mean(bf.labels == ref.labels) > 0.99
 

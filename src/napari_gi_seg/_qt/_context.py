@@ -66,6 +66,10 @@ class CaseContext:
         self.model_key = model_key
         self.probs: np.ndarray | None = None
         self.tracker = ReviewTracker(int(labels_layer.data.shape[0]))
+        #: True for the editable layer the widgets made (Segment, restore); False for
+        #: a Labels layer opened from a file and adopted (e.g. manual ground truth),
+        #: which Segment never writes into.
+        self.made_here = False
 
     # ------------------------------------------------------------------ layers
     @property
@@ -173,12 +177,13 @@ def image_layers(viewer) -> list:
 
 
 def find_case(viewer, image_layer=None, labels_layer=None) -> CaseContext | None:
-    """The context for ``image_layer`` (or ``labels_layer``) in ``viewer``, if any."""
+    """The case the widgets made for ``image_layer`` (its ``"<image> segmentation"``
+    layer), or the context of ``labels_layer``; ``None`` if there is none."""
     if labels_layer is not None:
         return get_context(labels_layer)
     for lyr in viewer.layers:
         ctx = _CONTEXTS.get(lyr)
-        if ctx is not None and ctx.image_layer is image_layer:
+        if ctx is not None and ctx.made_here and ctx.image_layer is image_layer:
             return ctx
     return None
 
@@ -204,6 +209,7 @@ def ensure_case(viewer, image_layer, class_names: dict[int, str], colours: dict[
             opacity=0.6,
         )
         ctx = CaseContext(image_layer, labels, class_names, colours, model_key)
+        ctx.made_here = True
         set_context(labels, ctx)  # before insertion: widgets listening to `inserted` see the case
         style_labels_layer(labels, ctx.class_names, ctx.colours)
         viewer.add_layer(labels)

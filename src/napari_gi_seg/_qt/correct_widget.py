@@ -213,9 +213,9 @@ class CorrectWidget(QWidget):
         self.labels_combo.clear()
         self.labels_combo.addItems(names)
         # prefer a case made by the Segment widget, else keep the selection
-        made = [n for n in names if C.get_context(self.viewer.layers[n]) is not None]
+        made = [n for n in names if getattr(C.get_context(self.viewer.layers[n]), "made_here", False)]
         new = getattr(event, "value", None) if event is not None and getattr(event, "type", "") == "inserted" else None
-        if new is not None and new.name in names and C.get_context(new) is not None:
+        if new is not None and new.name in names and getattr(C.get_context(new), "made_here", False):
             self.labels_combo.setCurrentText(new.name)  # a case the widgets just made
         elif current in names:
             self.labels_combo.setCurrentText(current)

@@ -131,6 +131,10 @@ class SegmentWidget(QWidget):
         self.viewer.layers.events.removed.connect(self._refresh_images)
         self.viewer.layers.events.changed.connect(self._refresh_images)
 
+        # napari imports pandas lazily for a Labels layer's `features`; importing it
+        # here (when the widget is docked) keeps that second out of the Segment click
+        import pandas  # noqa: F401
+
         self._refresh_images()
         self.refresh_models()
         self._scope_changed(self.scope_combo.currentText())
@@ -353,10 +357,14 @@ class SegmentWidget(QWidget):
         from ..review import SliceState
 
         z = [int(v) for v in batch.z]
+        # re-slice a layer only when the changed slices are on screen (3D view, or
+        # the current slice); other slices are read when the user scrolls to them
+        shown = self.viewer.dims.ndisplay == 3 or C.current_slice(self.viewer, ctx.labels_layer) in z
         pred = ctx.prediction_layer
         if pred is not None:
             pred.data[z] = batch.labels
-            pred.refresh()
+            if shown and pred.visible:
+                pred.refresh()
         if batch.probs is not None and ctx.probs is not None:
             ctx.probs[:, z] = np.moveaxis(batch.probs, 1, 0)
         keep = set() if self.overwrite_check.isChecked() else {
@@ -366,7 +374,8 @@ class SegmentWidget(QWidget):
         for k, i in enumerate(z):
             if i not in keep:
                 labels.data[i] = batch.labels[k]
-        labels.refresh()
+        if shown:
+            labels.refresh()
         ctx.tracker.mark_predicted([i for i in z if i not in keep])
         self._done.extend(z)
         if self._progress is not None:
@@ -391,6 +400,7 @@ class SegmentWidget(QWidget):
             self.status_label.setText(f"Cancelled: {len(self._done)}/{len(self._pending)} slices segmented (kept).")
         elif self._done:
             self.status_label.setText(f"Done: {len(self._done)} slices with {self._run_key}.")
-        if self._ctx is not None:
+        if self._ctx is not None and self._ctx.labels_layer is not None:
+            self._ctx.labels_layer.refresh()
             self._ctx.changed.emit()
         self.run_finished.emit({"model": self._run_key, "slices": sorted(self._done), "cancelled": cancelled})

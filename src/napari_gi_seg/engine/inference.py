@@ -230,6 +230,12 @@ def iter_segment(
     norm = normalise_intensity(data, spec.normalisation, spec.percentiles)
     targets = normalise_slices(spec, slices, data.shape[0])
     net = net.to(dev).eval()
+    # channels-last (NHWC) convolutions are faster with oneDNN on CPU (2.4x with
+    # bfloat16, ~10 % in float32, measured on mobilenet_v2) and with cuDNN tensor
+    # cores; same values. Converts the module's parameters in place, like .to(dev).
+    nhwc = dev.type in ("cpu", "cuda")
+    if nhwc:
+        net = net.to(memory_format=torch.channels_last)
     out_size = data.shape[1:]
     bs = max(1, int(batch_size))
     done, i = 0, 0
@@ -240,6 +246,8 @@ def iter_segment(
             z = targets[i : i + bs]
             x = torch.from_numpy(context_batch(norm, z, spec.context_offsets)).to(dev)
             x = resize_images(x, spec.input_size)
+            if nhwc:
+                x = x.contiguous(memory_format=torch.channels_last)
             try:
                 p = _forward(net, x, spec, tta, out_size, amp_dtype)
             except torch.cuda.OutOfMemoryError:

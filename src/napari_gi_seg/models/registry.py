@@ -9,6 +9,7 @@ once written, is never overwritten.
 from __future__ import annotations
 
 import datetime as _dt
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -164,6 +165,9 @@ def register_model(
         for fname, src in (extra_files or {}).items():
             if Path(src).exists():
                 shutil.copyfile(src, tmp / fname)
+        os.chmod(tmp, 0o755)  # mkdtemp creates 0700
+        for f in tmp.iterdir():
+            os.chmod(f, 0o644)
         tmp.rename(dest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
