@@ -116,7 +116,7 @@ def main(argv=None) -> int:
     viewer, w = open_demo_viewer(model=args.model, device="cpu", start=False, show=True)
     qt_win = viewer.window._qt_window
     qt_win.resize(1600, 1000)
-    docks = viewer.window._dock_widgets
+    docks = {name: w_.parent() for name, w_ in viewer.window.dock_widgets.items()}
     seg, cor, exp, ft = (w[k] for k in ("Segment", "Correct and review", "Export training data", "Fine-tune"))
 
     def shot(name: str, dock: str | None = None) -> None:

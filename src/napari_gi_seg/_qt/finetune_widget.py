@@ -146,9 +146,14 @@ class FinetuneWidget(QWidget):
             ax.plot(ep, loss, "o-", color="#4363d8", label="training loss")
         if vd:
             bx.plot([e for e, _ in vd], [d for _, d in vd], "s-", color="#e6194b", label="validation Dice")
+        from matplotlib.ticker import MaxNLocator
+
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        bx.yaxis.set_label_position("right")  # clear() moves a twin's axis back to the left
+        bx.yaxis.tick_right()
         ax.set_xlabel("epoch")
-        ax.set_ylabel("loss", color="#4363d8")
-        bx.set_ylabel("mean Dice", color="#e6194b")
+        ax.set_ylabel("training loss", color="#4363d8")
+        bx.set_ylabel("validation mean Dice", color="#e6194b")
         bx.set_ylim(0, 1)
         ax.set_title("fine-tuning", fontsize=9)
         self.canvas.draw_idle()

@@ -132,8 +132,16 @@ class SegmentWidget(QWidget):
         self.viewer.layers.events.changed.connect(self._refresh_images)
 
         # napari imports pandas lazily for a Labels layer's `features`; importing it
-        # here (when the widget is docked) keeps that second out of the Segment click
+        # here (when the widget is docked) keeps that second out of the Segment click.
+        # segmentation-models-pytorch is imported here too, after the guard against
+        # triton's LLVM clashing with Mesa's (see _compat), so that the first model
+        # load in the worker thread imports nothing heavy.
         import pandas  # noqa: F401
+
+        from ._compat import guard_triton_llvm_clash
+
+        guard_triton_llvm_clash()
+        import segmentation_models_pytorch  # noqa: F401
 
         self._refresh_images()
         self.refresh_models()
