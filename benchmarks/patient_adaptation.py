@@ -123,7 +123,8 @@ def adapt_patient(case, spec, state_dict, base_net, args, work: Path) -> dict:
     after_labels = segment_volume(case.image, res.spec, res.model, device=args.device).labels
     before = dice_other_slices(before_labels, case.target, used, spec)
     after = dice_other_slices(after_labels, case.target, used, spec)
-    steps_per_epoch = n_z // args.batch_size if n_z > args.batch_size else 1
+    # the trainer skips slices that are entirely ignore label: only the corrected ones are batched
+    steps_per_epoch = max(1, -(-len(used) // args.batch_size))
     row = {
         "patient": str(case.group), "case_id": case.case_id, "slices": n_z, "fine_tune_slices": used,
         "evaluated_slices": n_z - len(used), "dice_before": float(np.mean(list(before.values()))),
