@@ -32,6 +32,7 @@ def load_sample():
     """The CHAOS sample as ``(image Volume, ground-truth labels (z, y, x) uint8,
     {label value: organ name})`` via the plugin's sample-data command."""
     from ._sample_data import chaos_sample
+    from .io.volume import radiological_orientation2d
     from .io.volume import volume_from_layer_metadata
 
     (img, ikw, _), (lab, lkw, _) = chaos_sample()
@@ -136,6 +137,7 @@ def open_demo_viewer(model: str | None = None, device: str = "auto", start: bool
     from ._qt.finetune_widget import FinetuneWidget
     from ._qt.segment_widget import SegmentWidget
     from ._sample_data import chaos_sample
+    from .io.volume import radiological_orientation2d
 
     viewer = napari.Viewer(title="napari-gi-seg demo", show=show)
     image_name = None
@@ -147,7 +149,11 @@ def open_demo_viewer(model: str | None = None, device: str = "auto", start: bool
             viewer.add_labels(data, **kw)
         else:
             image_name = kw.get("name")
-            viewer.add_image(data, **kw)
+            layer = viewer.add_image(data, **kw)
+            orient = radiological_orientation2d(layer.metadata.get("affine", np.eye(4)), layer.metadata.get("index_order", (2, 1, 0)),
+                                                layer.metadata.get("coordinate_system", "RAS"))
+            if orient is not None:
+                viewer.camera.orientation2d = orient
     widgets = {
         "Segment": SegmentWidget(viewer),
         "Correct and review": CorrectWidget(viewer),
