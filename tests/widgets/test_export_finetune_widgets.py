@@ -140,6 +140,9 @@ def test_finetune_cancel_and_bad_dataset(qtbot, make_napari_viewer, tiny_model, 
     errors = _errors(monkeypatch)
     viewer = make_napari_viewer()
     ft = FinetuneWidget(viewer)
+    # docked, as napari does it (an undocked widget that ran a QProcess and is then
+    # deleted by Python's GC crashed PySide6 6.x at interpreter exit)
+    viewer.window.add_dock_widget(ft, name="Fine-tune")
     ft.folder_edit.setText(str(tmp_path / "missing"))
     assert not ft.start() and "dataset.json" in errors[-1]
     assert tiny_model in ft.refresh_models()

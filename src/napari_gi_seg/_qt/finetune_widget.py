@@ -75,6 +75,7 @@ class FinetuneWidget(QWidget):
         self.new_model_key: str | None = None
         self.exit_code: int | None = None
         self._proc: QProcess | None = None
+        self._last_proc: QProcess | None = None
         self._buffer = ""
         self._stderr_tail: list[str] = []
         self._cancelled = False
@@ -124,18 +125,24 @@ class FinetuneWidget(QWidget):
 
     # ------------------------------------------------------------------ UI
     def _make_plot(self, lay) -> None:
-        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+        # matplotlib's Agg renderer into a QLabel pixmap: no FigureCanvasQTAgg, whose
+        # deletion with an undocked widget crashed PySide6 at interpreter exit
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
 
-        self.figure = Figure(figsize=(3.2, 2.4), dpi=90, layout="constrained")
+        self.figure = Figure(figsize=(3.6, 2.4), dpi=100, layout="constrained")
+        FigureCanvasAgg(self.figure)
         self.ax_loss = self.figure.add_subplot(111)
         self.ax_dice = self.ax_loss.twinx()
-        self.canvas = FigureCanvasQTAgg(self.figure)
-        self.canvas.setMinimumHeight(200)
-        lay.addWidget(self.canvas)
+        self.plot_label = QLabel()
+        self.plot_label.setMinimumHeight(200)
+        lay.addWidget(self.plot_label)
         self._redraw()
 
     def _redraw(self) -> None:
+        from matplotlib.ticker import MaxNLocator
+        from qtpy.QtGui import QImage, QPixmap
+
         ax, bx = self.ax_loss, self.ax_dice
         ax.clear()
         bx.clear()
@@ -146,8 +153,6 @@ class FinetuneWidget(QWidget):
             ax.plot(ep, loss, "o-", color="#4363d8", label="training loss")
         if vd:
             bx.plot([e for e, _ in vd], [d for _, d in vd], "s-", color="#e6194b", label="validation Dice")
-        from matplotlib.ticker import MaxNLocator
-
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         bx.yaxis.set_label_position("right")  # clear() moves a twin's axis back to the left
         bx.yaxis.tick_right()
@@ -156,7 +161,12 @@ class FinetuneWidget(QWidget):
         bx.set_ylabel("validation mean Dice", color="#e6194b")
         bx.set_ylim(0, 1)
         ax.set_title("fine-tuning", fontsize=9)
-        self.canvas.draw_idle()
+        canvas = self.figure.canvas
+        canvas.draw()
+        w, h = canvas.get_width_height()
+        buf = bytes(canvas.buffer_rgba())
+        img = QImage(buf, w, h, 4 * w, QImage.Format_RGBA8888).copy()
+        self.plot_label.setPixmap(QPixmap.fromImage(img))
 
     def _browse(self) -> None:
         d = QFileDialog.getExistingDirectory(self, "Dataset folder", self.folder_edit.text())
@@ -210,7 +220,7 @@ class FinetuneWidget(QWidget):
         self._buffer, self._stderr_tail, self._cancelled = "", [], False
         self._target_name = argv[argv.index("--name") + 1]
         self._redraw()
-        proc = QProcess(self)
+        proc = QProcess()  # owned by Python (self._proc), not by the widget
         proc.setProgram(argv[0])
         proc.setArguments(argv[1:])
         proc.readyReadStandardOutput.connect(self._read_stdout)
@@ -280,7 +290,9 @@ class FinetuneWidget(QWidget):
             self._handle_line(self._buffer)
             self._buffer = ""
         self._read_stderr()
-        self._proc = None
+        # the finished QProcess (Python-owned, no Qt parent) is kept until the next
+        # run: releasing it inside its own `finished` signal deletes it mid-emission
+        self._last_proc, self._proc = self._proc, None
         self.exit_code = int(exit_code)
         self.start_button.setEnabled(True)
         self.cancel_button.setEnabled(False)
@@ -314,3 +326,10 @@ class FinetuneWidget(QWidget):
             show_info(msg)
             self.status_label.setText(msg)
         self.run_finished.emit({"ok": ok, "model": self.new_model_key, "cancelled": self._cancelled, "history": list(self.history)})
+
+    def closeEvent(self, event) -> None:  # noqa: N802 - Qt name
+        """Closing the widget stops a running fine-tune (nothing is registered)."""
+        if self._proc is not None:
+            self.cancel()
+            self._proc.waitForFinished(5000)
+        super().closeEvent(event)
