@@ -32,7 +32,6 @@ def load_sample():
     """The CHAOS sample as ``(image Volume, ground-truth labels (z, y, x) uint8,
     {label value: organ name})`` via the plugin's sample-data command."""
     from ._sample_data import chaos_sample
-    from .io.volume import radiological_orientation2d
     from .io.volume import volume_from_layer_metadata
 
     (img, ikw, _), (lab, lkw, _) = chaos_sample()

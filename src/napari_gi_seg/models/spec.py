@@ -30,9 +30,9 @@ class ClassInfo:
     """One output class.
 
     ``index`` is the label value in the label volume (0 is background and is not
-    listed for softmax models). ``laterality`` is ``"left"``, ``"right"`` or ``None``;
-    ``mirror`` names the class a left-right flip turns this one into (used by flip
-    TTA and to forbid flip augmentation). ``single_component``: the organ is one
+    listed for softmax models). ``colour`` is an RGB hex string for display.
+    ``mirror`` names the class a left-right flip turns this one into (flip TTA and
+    flip augmentation swap the two). ``single_component``: the organ is one
     connected object (liver, kidney, spleen; not bowel), so post-processing keeps only
     its largest 3D connected component (nnU-Net's post-processing, Isensee et al. 2021).
     """
