@@ -176,6 +176,36 @@ def image_layers(viewer) -> list:
     return [lyr for lyr in viewer.layers if isinstance(lyr, Image) and lyr.ndim == 3 and not lyr.rgb]
 
 
+def editable_labels(viewer) -> list:
+    """The viewer's 3D Labels layers a clinician edits (the hidden model predictions excluded)."""
+    from napari.layers import Labels
+
+    return [lyr for lyr in viewer.layers if isinstance(lyr, Labels) and lyr.ndim == 3 and not lyr.name.endswith(PREDICTION_SUFFIX)]
+
+
+def refresh_labels_combo(viewer, combo, event=None) -> None:
+    """Refill a combo box with :func:`editable_labels` names, keeping the selection.
+
+    A case the widgets just made (a layer ``inserted`` event with ``made_here``) is
+    selected; else the current name if still there; else the newest case made here.
+    Signals of the combo are blocked while it is refilled.
+    """
+    current = combo.currentText()
+    names = [lyr.name for lyr in editable_labels(viewer)]
+    combo.blockSignals(True)
+    combo.clear()
+    combo.addItems(names)
+    made = [n for n in names if getattr(get_context(viewer.layers[n]), "made_here", False)]
+    new = getattr(event, "value", None) if event is not None and getattr(event, "type", "") == "inserted" else None
+    if new is not None and getattr(new, "name", None) in names and getattr(get_context(new), "made_here", False):
+        combo.setCurrentText(new.name)
+    elif current in names:
+        combo.setCurrentText(current)
+    elif made:
+        combo.setCurrentText(made[-1])
+    combo.blockSignals(False)
+
+
 def find_case(viewer, image_layer=None, labels_layer=None) -> CaseContext | None:
     """The case the widgets made for ``image_layer`` (its ``"<image> segmentation"``
     layer), or the context of ``labels_layer``; ``None`` if there is none."""

@@ -199,29 +199,10 @@ class CorrectWidget(QWidget):
         """The case of the selected Labels layer."""
         return self._ctx
 
-    def _editable_labels(self) -> list:
-        from napari.layers import Labels
-
-        return [lyr for lyr in self.viewer.layers if isinstance(lyr, Labels) and lyr.ndim == 3 and not lyr.name.endswith(C.PREDICTION_SUFFIX)]
-
     def _layers_changed(self, event=None) -> None:
         from napari.layers import Image
 
-        current = self.labels_combo.currentText()
-        names = [lyr.name for lyr in self._editable_labels()]
-        self.labels_combo.blockSignals(True)
-        self.labels_combo.clear()
-        self.labels_combo.addItems(names)
-        # prefer a case made by the Segment widget, else keep the selection
-        made = [n for n in names if getattr(C.get_context(self.viewer.layers[n]), "made_here", False)]
-        new = getattr(event, "value", None) if event is not None and getattr(event, "type", "") == "inserted" else None
-        if new is not None and new.name in names and getattr(C.get_context(new), "made_here", False):
-            self.labels_combo.setCurrentText(new.name)  # a case the widgets just made
-        elif current in names:
-            self.labels_combo.setCurrentText(current)
-        elif made:
-            self.labels_combo.setCurrentText(made[-1])
-        self.labels_combo.blockSignals(False)
+        C.refresh_labels_combo(self.viewer, self.labels_combo, event)
         self._labels_changed()
         if event is not None and getattr(event, "type", "") == "inserted" and isinstance(event.value, Image):
             self.offer_restore(event.value)
