@@ -24,7 +24,7 @@ Algorithms (all from :mod:`scipy.ndimage`) and their sources are described in
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -160,6 +160,22 @@ def _paint(orig: np.ndarray, out: np.ndarray, c: int, mask: np.ndarray) -> None:
 # ----------------------------------------------------------------------------- tools
 
 
+def _per_class_slices(labels: np.ndarray, zs: Sequence[int], class_index: int | None,
+                      edit: Callable[[np.ndarray, np.ndarray, int], None], title: str) -> Correction:
+    """Run ``edit(orig, out, c)`` for each class ``c`` present on each slice ``z`` of
+    ``zs`` (``orig`` the slice as it was, ``out`` its uint8 copy to change in place)
+    and collect the changed slices into a :class:`Correction` described by ``title``."""
+    new = {}
+    for z in zs:
+        orig = labels[z]
+        out = np.array(orig, dtype=np.uint8, copy=True)
+        for c in _classes(orig, class_index):
+            edit(orig, out, c)
+        new[z] = out
+    what = "all classes" if class_index is None else f"class {class_index}"
+    return _build(labels, zs, new, f"{title}: {what}")
+
+
 def signed_distance(mask: np.ndarray, spacing_yx: Sequence[float] = (1.0, 1.0)) -> np.ndarray:
     """Signed Euclidean distance map (mm) of a 2D ``(y, x)`` boolean mask: negative
     inside, positive outside, computed with :func:`scipy.ndimage.distance_transform_edt`
@@ -258,18 +274,13 @@ def fill_holes(labels: np.ndarray, slices: Sequence[int], class_index: int | Non
     """
     labels = _check_labels(labels)
     zs = _check_slices(labels, slices)
-    new = {}
-    for z in zs:
-        orig = labels[z]
-        out = np.array(orig, dtype=np.uint8, copy=True)
-        for c in _classes(orig, class_index):
-            m = orig == c
-            if m.any():
-                filled = ndi.binary_fill_holes(m)
-                out[filled & (orig == 0) & (out == 0)] = c
-        new[z] = out
-    what = "all classes" if class_index is None else f"class {class_index}"
-    return _build(labels, zs, new, f"fill holes: {what}")
+
+    def edit(orig, out, c):
+        m = orig == c
+        if m.any():
+            out[ndi.binary_fill_holes(m) & (orig == 0) & (out == 0)] = c
+
+    return _per_class_slices(labels, zs, class_index, edit, "fill holes")
 
 
 def remove_islands(
@@ -303,22 +314,17 @@ def remove_islands(
     sy, sx = _inplane_spacing(spacing_mm)
     min_px = float(min_area_mm2) / (sy * sx)
     structure = ndi.generate_binary_structure(2, 2)
-    new = {}
-    for z in zs:
-        orig = labels[z]
-        out = np.array(orig, dtype=np.uint8, copy=True)
-        for c in _classes(orig, class_index):
-            comp, n = ndi.label(orig == c, structure=structure)
-            if n == 0:
-                continue
-            sizes = np.bincount(comp.ravel())
-            small = np.nonzero(sizes < min_px)[0]
-            small = small[small != 0]
-            if small.size:
-                out[np.isin(comp, small)] = 0
-        new[z] = out
-    what = "all classes" if class_index is None else f"class {class_index}"
-    return _build(labels, zs, new, f"remove islands < {min_area_mm2:g} mm²: {what}")
+    def edit(orig, out, c):
+        comp, n = ndi.label(orig == c, structure=structure)
+        if n == 0:
+            return
+        sizes = np.bincount(comp.ravel())
+        small = np.nonzero(sizes < min_px)[0]
+        small = small[small != 0]
+        if small.size:
+            out[np.isin(comp, small)] = 0
+
+    return _per_class_slices(labels, zs, class_index, edit, f"remove islands < {min_area_mm2:g} mm²")
 
 
 def smooth_contour(
@@ -352,16 +358,10 @@ def smooth_contour(
         raise ValueError(f"sigma_mm must be > 0, got {sigma_mm}")
     sy, sx = _inplane_spacing(spacing_mm)
     sigma_px = (float(sigma_mm) / sy, float(sigma_mm) / sx)
-    new = {}
-    for z in zs:
-        orig = labels[z]
-        out = np.array(orig, dtype=np.uint8, copy=True)
-        for c in _classes(orig, class_index):
-            m = orig == c
-            if not m.any():
-                continue
+    def edit(orig, out, c):
+        m = orig == c
+        if m.any():
             sm = ndi.gaussian_filter(m.astype(np.float32), sigma=sigma_px, mode="constant") >= 0.5
             _paint(orig, out, c, sm)
-        new[z] = out
-    what = "all classes" if class_index is None else f"class {class_index}"
-    return _build(labels, zs, new, f"smooth contour (sigma {sigma_mm:g} mm): {what}")
+
+    return _per_class_slices(labels, zs, class_index, edit, f"smooth contour (sigma {sigma_mm:g} mm)")
