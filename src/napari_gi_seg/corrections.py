@@ -314,6 +314,7 @@ def remove_islands(
     sy, sx = _inplane_spacing(spacing_mm)
     min_px = float(min_area_mm2) / (sy * sx)
     structure = ndi.generate_binary_structure(2, 2)
+
     def edit(orig, out, c):
         comp, n = ndi.label(orig == c, structure=structure)
         if n == 0:
@@ -358,6 +359,7 @@ def smooth_contour(
         raise ValueError(f"sigma_mm must be > 0, got {sigma_mm}")
     sy, sx = _inplane_spacing(spacing_mm)
     sigma_px = (float(sigma_mm) / sy, float(sigma_mm) / sx)
+
     def edit(orig, out, c):
         m = orig == c
         if m.any():
