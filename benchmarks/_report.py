@@ -35,7 +35,7 @@ def write_section(name: str, markdown: str, path: str | Path = "docs/benchmarks.
     start, end = markers(name)
     body = markdown.strip("\n")
     if body.startswith(start):
-        body = body[len(start):]
+        body = body[len(start) :]
     if body.endswith(end):
         body = body[: -len(end)]
     block = f"{start}\n{body.strip(chr(10))}\n{end}"

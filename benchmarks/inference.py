@@ -86,7 +86,10 @@ def prepare_model(folder: Path) -> str:
         from napari_gi_seg.models.spec import ClassInfo, ModelSpec
 
         spec = ModelSpec(
-            name="bench-untrained", architecture="Unet", encoder="mobilenet_v2", input_size=(160, 160),
+            name="bench-untrained",
+            architecture="Unet",
+            encoder="mobilenet_v2",
+            input_size=(160, 160),
             context_offsets=(-1, 0, 1),
             classes=[ClassInfo(i + 1, f"class_{i + 1}") for i in range(4)],
         )
@@ -152,8 +155,14 @@ def run_monai(data, spec, net, chunk: int = 32, sw_batch_size: int = 8):
             z = list(range(s, min(s + chunk, data.shape[0])))
             x = torch.from_numpy(context_batch(norm, z, spec.context_offsets))
             x = F.interpolate(x, size=tuple(spec.input_size), mode="bilinear", align_corners=False)
-            logits = sliding_window_inference(x, roi_size=tuple(spec.input_size), sw_batch_size=sw_batch_size,
-                                              predictor=net, overlap=0.0, mode="constant")
+            logits = sliding_window_inference(
+                x,
+                roi_size=tuple(spec.input_size),
+                sw_batch_size=sw_batch_size,
+                predictor=net,
+                overlap=0.0,
+                mode="constant",
+            )
             p = F.interpolate(torch.softmax(logits, 1), size=data.shape[1:], mode="bilinear", align_corners=False)
             out[z] = p.argmax(1).to(torch.uint8).numpy()
     return out
@@ -201,17 +210,40 @@ def worker(args) -> None:
         np.save(args.labels_out, labels)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     best = min(times)
-    print(json.dumps({
-        "method": args.worker, "data": args.data, "shape": list(data.shape), "seconds": best,
-        "all_seconds": times, "cpu_seconds": min(cpu), "slices_per_s": data.shape[0] / best, "peak_rss_mb": peak,
-        "rss_after_load_mb": rss_loaded, "threads": torch.get_num_threads(),
-    }))
+    print(
+        json.dumps(
+            {
+                "method": args.worker,
+                "data": args.data,
+                "shape": list(data.shape),
+                "seconds": best,
+                "all_seconds": times,
+                "cpu_seconds": min(cpu),
+                "slices_per_s": data.shape[0] / best,
+                "peak_rss_mb": peak,
+                "rss_after_load_mb": rss_loaded,
+                "threads": torch.get_num_threads(),
+            }
+        )
+    )
 
 
 # ------------------------------------------------------------------ driver
 def measure(method: str, data: str, model_dir: Path, args, labels_out: Path | None) -> dict:
-    cmd = [sys.executable, __file__, "--worker", method, "--data", data, "--model-dir", str(model_dir),
-           "--threads", str(args.threads), "--repeats", str(args.repeats)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--worker",
+        method,
+        "--data",
+        data,
+        "--model-dir",
+        str(model_dir),
+        "--threads",
+        str(args.threads),
+        "--repeats",
+        str(args.repeats),
+    ]
     if args.quick:
         cmd.append("--quick")
     if labels_out is not None:
@@ -221,7 +253,10 @@ def measure(method: str, data: str, model_dir: Path, args, labels_out: Path | No
     if p.returncode != 0:
         raise SystemExit(f"{method} on {data} failed:\n{p.stderr[-3000:]}")
     r = json.loads(p.stdout.strip().splitlines()[-1])
-    print(f" {r['seconds']:.2f} s (CPU {r['cpu_seconds']:.2f} s), {r['slices_per_s']:.1f} slices/s, peak RSS {r['peak_rss_mb']:.0f} MB", file=sys.stderr)
+    print(
+        f" {r['seconds']:.2f} s (CPU {r['cpu_seconds']:.2f} s), {r['slices_per_s']:.1f} slices/s, peak RSS {r['peak_rss_mb']:.0f} MB",
+        file=sys.stderr,
+    )
     return r
 
 
@@ -244,10 +279,14 @@ def run_all(args) -> dict:
                 r["speed_vs_naive"] = res["naive"]["seconds"] / r["seconds"]
                 r["speed_vs_monai"] = res["monai"]["seconds"] / r["seconds"]
                 rows.append(r)
-            checks[f"{data}: engine >= {GOALS['vs_naive']:.0f}x naive"] = res["engine"]["speed_vs_naive"] >= GOALS["vs_naive"]
+            checks[f"{data}: engine >= {GOALS['vs_naive']:.0f}x naive"] = (
+                res["engine"]["speed_vs_naive"] >= GOALS["vs_naive"]
+            )
             checks[f"{data}: engine not slower than MONAI"] = res["engine"]["speed_vs_monai"] >= GOALS["vs_monai"]
         eng_uw = next(r for r in rows if r["data"] == "uwmgi" and r["method"] == "engine")
-        checks[f"uwmgi: {eng_uw['shape'][0]}-slice stack <= {GOALS['uwmgi_seconds']:.0f} s"] = eng_uw["seconds"] <= GOALS["uwmgi_seconds"]
+        checks[f"uwmgi: {eng_uw['shape'][0]}-slice stack <= {GOALS['uwmgi_seconds']:.0f} s"] = (
+            eng_uw["seconds"] <= GOALS["uwmgi_seconds"]
+        )
         big = measure("engine", "big", model_dir, args, None)
         big["speed_vs_naive"] = big["speed_vs_monai"] = None
         big["agreement_with_engine"] = None
@@ -262,9 +301,14 @@ def run_all(args) -> dict:
         "engine_precision": "float32" if amp is None else str(amp).replace("torch.", ""),
         "date": _dt.date.today().isoformat(),
         "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} CPU cores available, {platform.system()}",
-        "python": platform.python_version(), "torch": torch.__version__,
-        "threads": args.threads, "repeats": args.repeats, "quick": args.quick, "model": source,
-        "rows": rows, "goals": checks,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "threads": args.threads,
+        "repeats": args.repeats,
+        "quick": args.quick,
+        "model": source,
+        "rows": rows,
+        "goals": checks,
     }
 
 
@@ -279,9 +323,16 @@ def markdown(report: dict) -> str:
         f"{report['engine_precision']} here; `naive`, `monai` and `engine-fp32` in float32. Each row is its own "
         "process; peak RSS includes Python, torch and the input volume.",
         "",
-        *(["**Smoke run (`--quick`)**: shortened volumes and one repeat, to check that the benchmark works; "
-           "these figures are not the goal measurements. Run `benchmarks/inference.py --write-docs` on an idle "
-           "machine for those.", ""] if report["quick"] else []),
+        *(
+            [
+                "**Smoke run (`--quick`)**: shortened volumes and one repeat, to check that the benchmark works; "
+                "these figures are not the goal measurements. Run `benchmarks/inference.py --write-docs` on an idle "
+                "machine for those.",
+                "",
+            ]
+            if report["quick"]
+            else []
+        ),
         "| volume (z, y, x) | method | s / volume | CPU s | slices / s | peak RSS (MB) | x naive | x MONAI | voxels equal to engine |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
@@ -310,7 +361,9 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="small volumes, one repeat: checks the benchmark runs")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--write-docs", action="store_true", help=f"write the table into {DOCS.relative_to(REPO)}")
-    p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="torch threads (default: all cores)")
+    p.add_argument(
+        "--threads", type=int, default=len(os.sched_getaffinity(0)), help="torch threads (default: all cores)"
+    )
     p.add_argument("--repeats", type=int, default=None, help="timed runs per measurement (default 3, --quick 1)")
     p.add_argument("--worker", choices=sorted(METHODS), help=argparse.SUPPRESS)
     p.add_argument("--data", help=argparse.SUPPRESS)

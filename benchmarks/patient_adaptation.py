@@ -12,7 +12,7 @@ for a clinician who corrects 5 slices and fine-tunes:
    segments the whole volume (:func:`~napari_gi_seg.engine.inference.segment_volume`);
 2. 5 slices spread evenly over the slices that contain an organ in the ground truth
    (the centres of 5 equal bins) are taken as "corrected": their ground truth is
-   exported with the real :func:`~napari_gi_seg.export.export_case` (reviewed slices =
+   exported with the real :func:`~napari_gi_seg.curation.export.export_case` (reviewed slices =
    those 5, every other slice carries the ignore label) into a temporary nnU-Net
    dataset;
 3. the model is fine-tuned on that dataset with the real trainer
@@ -83,7 +83,7 @@ def pick_slices(target: np.ndarray, n: int) -> list[int]:
 
 def dice_other_slices(pred: np.ndarray, target: np.ndarray, used: list[int], spec) -> dict[str, float]:
     """``{class name: Dice}`` over every slice except ``used`` (3D, ``(z, y, x)``)."""
-    from napari_gi_seg.metrics import dice_per_class
+    from napari_gi_seg.evaluation.metrics import dice_per_class
 
     ref = np.array(target, copy=True)
     ref[used] = 255
@@ -95,26 +95,48 @@ def adapt_patient(case, spec, state_dict, base_net, args, work: Path) -> dict:
     """Steps 1-4 of the module docstring for one loaded :class:`Case`; returns its row."""
     import torch
 
+    from napari_gi_seg.curation.export import export_case
+    from napari_gi_seg.datasets import open_dataset
     from napari_gi_seg.engine.inference import segment_volume
-    from napari_gi_seg.export import export_case
-    from napari_gi_seg.training.datasets import open_dataset
     from napari_gi_seg.training.trainer import TrainConfig, train
 
     names = [c.name for c in spec.classes]
     before_labels = segment_volume(case.image, spec, base_net, device=args.device).labels
     used = pick_slices(case.target, args.n_slices)
     ds_dir = work / f"Dataset_{case.case_id}"
-    export_case(ds_dir, case.image, case.target, used, {c.index: c.name for c in spec.classes},
-                case_id=f"patient_{case.case_id}", group=str(case.group), prediction=before_labels,
-                model_key=f"{spec.name}:{spec.version}")
+    export_case(
+        ds_dir,
+        case.image,
+        case.target,
+        used,
+        {c.index: c.name for c in spec.classes},
+        case_id=f"patient_{case.case_id}",
+        group=str(case.group),
+        prediction=before_labels,
+        model_key=f"{spec.name}:{spec.version}",
+    )
     ds = open_dataset(ds_dir, names)
     cfg = TrainConfig(
-        dataset=str(ds_dir), name=f"{spec.name}-adapted", class_names=names, arch=spec.architecture,
-        encoder=spec.encoder, context=tuple(spec.context_offsets), size=int(spec.input_size[0]),
-        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, val_fraction=0.0, seed=args.seed,
-        device=args.device, max_minutes=args.minutes_per_patient, normalisation=spec.normalisation,
-        augment=not args.no_augment, freeze_encoder=args.freeze_encoder, work_dir=str(work / f"run_{case.case_id}"),
-        register=False, version=spec.version + 1,
+        dataset=str(ds_dir),
+        name=f"{spec.name}-adapted",
+        class_names=names,
+        arch=spec.architecture,
+        encoder=spec.encoder,
+        context=tuple(spec.context_offsets),
+        size=int(spec.input_size[0]),
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        val_fraction=0.0,
+        seed=args.seed,
+        device=args.device,
+        max_minutes=args.minutes_per_patient,
+        normalisation=spec.normalisation,
+        augment=not args.no_augment,
+        freeze_encoder=args.freeze_encoder,
+        work_dir=str(work / f"run_{case.case_id}"),
+        register=False,
+        version=spec.version + 1,
     )
     n_z = case.image.shape[0]
     t_wall, t_cpu = time.perf_counter(), time.process_time()
@@ -126,25 +148,38 @@ def adapt_patient(case, spec, state_dict, base_net, args, work: Path) -> dict:
     # the trainer skips slices that are entirely ignore label: only the corrected ones are batched
     steps_per_epoch = max(1, -(-len(used) // args.batch_size))
     row = {
-        "patient": str(case.group), "case_id": case.case_id, "slices": n_z, "fine_tune_slices": used,
-        "evaluated_slices": n_z - len(used), "dice_before": float(np.mean(list(before.values()))),
-        "dice_after": float(np.mean(list(after.values()))), "per_class_before": before, "per_class_after": after,
-        "wall_seconds": wall, "cpu_seconds": cpu, "epochs_run": len(res.history),
-        "steps": len(res.history) * steps_per_epoch, "threads": torch.get_num_threads(),
+        "patient": str(case.group),
+        "case_id": case.case_id,
+        "slices": n_z,
+        "fine_tune_slices": used,
+        "evaluated_slices": n_z - len(used),
+        "dice_before": float(np.mean(list(before.values()))),
+        "dice_after": float(np.mean(list(after.values()))),
+        "per_class_before": before,
+        "per_class_after": after,
+        "wall_seconds": wall,
+        "cpu_seconds": cpu,
+        "epochs_run": len(res.history),
+        "steps": len(res.history) * steps_per_epoch,
+        "threads": torch.get_num_threads(),
     }
     row["gain"] = row["dice_after"] - row["dice_before"]
-    print(f"patient {row['patient']}: slices {used}; Dice on the other {row['evaluated_slices']} slices "
-          f"{row['dice_before']:.4f} -> {row['dice_after']:.4f} ({row['gain']:+.4f}); fine-tune {wall:.0f} s wall, "
-          f"{cpu:.0f} s CPU, {row['epochs_run']} epochs", file=sys.stderr, flush=True)
+    print(
+        f"patient {row['patient']}: slices {used}; Dice on the other {row['evaluated_slices']} slices "
+        f"{row['dice_before']:.4f} -> {row['dice_after']:.4f} ({row['gain']:+.4f}); fine-tune {wall:.0f} s wall, "
+        f"{cpu:.0f} s CPU, {row['epochs_run']} epochs",
+        file=sys.stderr,
+        flush=True,
+    )
     return row
 
 
 def run(args) -> dict:
     import torch
 
+    from napari_gi_seg.datasets import open_dataset, split_groups
     from napari_gi_seg.models.network import build_network
     from napari_gi_seg.paths import data_dir
-    from napari_gi_seg.training.datasets import open_dataset, split_groups
 
     torch.set_num_threads(args.threads)
     spec, state_dict, source = load_base(args.model)
@@ -182,14 +217,31 @@ def run(args) -> dict:
     return {
         "date": _dt.date.today().isoformat(),
         "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} CPU cores available, {platform.system()}",
-        "python": platform.python_version(), "torch": torch.__version__, "model": source, "data": str(root),
-        "setup": {"n_slices": args.n_slices, "epochs": args.epochs, "minutes_per_patient": args.minutes_per_patient,
-                  "lr": args.lr, "batch_size": args.batch_size, "augment": not args.no_augment,
-                  "freeze_encoder": args.freeze_encoder, "threads": args.threads, "seed": args.seed, "device": args.device},
-        "rows": rows, "mean_before": float(np.mean([r["dice_before"] for r in rows])),
-        "mean_after": float(np.mean([r["dice_after"] for r in rows])), "mean_gain": gain,
-        "goals": {f"mean Dice gain >= +{GOALS['gain']:.2f}": gain >= GOALS["gain"],
-                  f"fine-tune <= {GOALS['minutes']:.0f} min per patient (wall, {args.threads} threads)": worst_min <= GOALS["minutes"]},
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "model": source,
+        "data": str(root),
+        "setup": {
+            "n_slices": args.n_slices,
+            "epochs": args.epochs,
+            "minutes_per_patient": args.minutes_per_patient,
+            "lr": args.lr,
+            "batch_size": args.batch_size,
+            "augment": not args.no_augment,
+            "freeze_encoder": args.freeze_encoder,
+            "threads": args.threads,
+            "seed": args.seed,
+            "device": args.device,
+        },
+        "rows": rows,
+        "mean_before": float(np.mean([r["dice_before"] for r in rows])),
+        "mean_after": float(np.mean([r["dice_after"] for r in rows])),
+        "mean_gain": gain,
+        "goals": {
+            f"mean Dice gain >= +{GOALS['gain']:.2f}": gain >= GOALS["gain"],
+            f"fine-tune <= {GOALS['minutes']:.0f} min per patient (wall, {args.threads} threads)": worst_min
+            <= GOALS["minutes"],
+        },
     }
 
 
@@ -213,16 +265,29 @@ def markdown(report: dict) -> str:
         "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        lines.append(f"| {r['patient']} | {r['slices']} | {', '.join(map(str, r['fine_tune_slices']))} | "
-                     f"{r['dice_before']:.3f} | {r['dice_after']:.3f} | {r['gain']:+.3f} | {r['epochs_run']} | "
-                     f"{r['steps']} | {r['wall_seconds']:.0f} | {r['cpu_seconds']:.0f} |")
-    lines.append(f"| **mean** | | | **{report['mean_before']:.3f}** | **{report['mean_after']:.3f}** | "
-                 f"**{report['mean_gain']:+.3f}** | | | "
-                 f"{np.mean([r['wall_seconds'] for r in rows]):.0f} | {np.mean([r['cpu_seconds'] for r in rows]):.0f} |")
-    lines += ["", "Per class (mean over patients, other slices): "
-              + "; ".join(f"{c} {np.mean([r['per_class_before'][c] for r in rows]):.3f} -> "
-                          f"{np.mean([r['per_class_after'][c] for r in rows]):.3f}" for c in classes) + ".",
-              "", "Goals:", ""]
+        lines.append(
+            f"| {r['patient']} | {r['slices']} | {', '.join(map(str, r['fine_tune_slices']))} | "
+            f"{r['dice_before']:.3f} | {r['dice_after']:.3f} | {r['gain']:+.3f} | {r['epochs_run']} | "
+            f"{r['steps']} | {r['wall_seconds']:.0f} | {r['cpu_seconds']:.0f} |"
+        )
+    lines.append(
+        f"| **mean** | | | **{report['mean_before']:.3f}** | **{report['mean_after']:.3f}** | "
+        f"**{report['mean_gain']:+.3f}** | | | "
+        f"{np.mean([r['wall_seconds'] for r in rows]):.0f} | {np.mean([r['cpu_seconds'] for r in rows]):.0f} |"
+    )
+    lines += [
+        "",
+        "Per class (mean over patients, other slices): "
+        + "; ".join(
+            f"{c} {np.mean([r['per_class_before'][c] for r in rows]):.3f} -> "
+            f"{np.mean([r['per_class_after'][c] for r in rows]):.3f}"
+            for c in classes
+        )
+        + ".",
+        "",
+        "Goals:",
+        "",
+    ]
     lines += [f"- {'PASS' if ok else 'FAIL'}: {k}" for k, ok in report["goals"].items()]
     return "\n".join(lines) + "\n"
 
@@ -230,15 +295,23 @@ def markdown(report: dict) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default=None, help="registry key or model folder (default: the registry default model)")
-    p.add_argument("--minutes-per-patient", type=float, default=3.0, help="fine-tune time budget per patient (default 3)")
-    p.add_argument("--epochs", type=int, default=40,
-                   help="epochs over the exported case (all its slices; only the 5 labelled ones give a loss). Default 40")
+    p.add_argument(
+        "--minutes-per-patient", type=float, default=3.0, help="fine-tune time budget per patient (default 3)"
+    )
+    p.add_argument(
+        "--epochs",
+        type=int,
+        default=40,
+        help="epochs over the exported case (all its slices; only the 5 labelled ones give a loss). Default 40",
+    )
     p.add_argument("--lr", type=float, default=3e-4, help="peak learning rate of the one-cycle schedule (default 3e-4)")
     p.add_argument("--batch-size", type=int, default=5)
     p.add_argument("--n-slices", type=int, default=5, help="corrected slices per patient (default 5)")
     p.add_argument("--no-augment", action="store_true")
     p.add_argument("--freeze-encoder", action="store_true")
-    p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="torch threads (default: all cores)")
+    p.add_argument(
+        "--threads", type=int, default=len(os.sched_getaffinity(0)), help="torch threads (default: all cores)"
+    )
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--patients", help="comma-separated patient ids (default: the model's validation patients)")

@@ -59,11 +59,19 @@ def monai_unet(in_channels: int, out_channels: int):
     ``(N, in_channels, H, W) -> (N, out_channels, H, W)`` logits, H and W multiples of 16."""
     from monai.networks.nets import UNet
 
-    return UNet(spatial_dims=2, in_channels=in_channels, out_channels=out_channels,
-                channels=(16, 32, 64, 128, 256), strides=(2, 2, 2, 2), num_res_units=2)
+    return UNet(
+        spatial_dims=2,
+        in_channels=in_channels,
+        out_channels=out_channels,
+        channels=(16, 32, 64, 128, 256),
+        strides=(2, 2, 2, 2),
+        num_res_units=2,
+    )
 
 
-def one_cycle_lr(frac: float, max_lr: float, pct_start: float = 0.1, div: float = 10.0, final_div: float = 100.0) -> float:
+def one_cycle_lr(
+    frac: float, max_lr: float, pct_start: float = 0.1, div: float = 10.0, final_div: float = 100.0
+) -> float:
     """Learning rate at fraction ``frac`` (0..1) of a cosine one-cycle schedule
     (same shape as ``torch.optim.lr_scheduler.OneCycleLR(anneal_strategy="cos")``)."""
     frac = min(max(frac, 0.0), 1.0)
@@ -77,8 +85,21 @@ def one_cycle_lr(frac: float, max_lr: float, pct_start: float = 0.1, div: float 
     return cos(hi, end, (frac - pct_start) / (1 - pct_start))
 
 
-def train_budgeted(net, spec, train_cases, *, minutes: float, max_steps: int | None, batch_size: int, lr: float,
-                   weight_decay: float, seed: int, device, multilabel: bool = False, log_every: int = 50) -> dict:
+def train_budgeted(
+    net,
+    spec,
+    train_cases,
+    *,
+    minutes: float,
+    max_steps: int | None,
+    batch_size: int,
+    lr: float,
+    weight_decay: float,
+    seed: int,
+    device,
+    multilabel: bool = False,
+    log_every: int = 50,
+) -> dict:
     """Train ``net`` in place for ``minutes`` of wall-clock time (or ``max_steps``
     steps, whichever ends first) with the trainer's data pipeline, loss and optimiser.
 
@@ -95,8 +116,13 @@ def train_budgeted(net, spec, train_cases, *, minutes: float, max_steps: int | N
     torch.manual_seed(seed)
     allow_flip = not any(c.mirror for c in spec.classes)
     tds = SliceDataset(train_cases, spec, augment=True, allow_flip=allow_flip)
-    loader = DataLoader(tds, batch_size=batch_size, shuffle=True, drop_last=len(tds) > batch_size,
-                        generator=torch.Generator().manual_seed(seed))
+    loader = DataLoader(
+        tds,
+        batch_size=batch_size,
+        shuffle=True,
+        drop_last=len(tds) > batch_size,
+        generator=torch.Generator().manual_seed(seed),
+    )
     net.to(device).train()
     opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=lr / 10, weight_decay=weight_decay)
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
@@ -123,28 +149,45 @@ def train_budgeted(net, spec, train_cases, *, minutes: float, max_steps: int | N
             steps += 1
             losses.append(float(loss.detach()))
             if steps % log_every == 0:
-                print(f"  step {steps}: loss {np.mean(losses[-log_every:]):.4f}, "
-                      f"{(time.perf_counter() - t0) / 60:.1f} min", file=sys.stderr, flush=True)
+                print(
+                    f"  step {steps}: loss {np.mean(losses[-log_every:]):.4f}, "
+                    f"{(time.perf_counter() - t0) / 60:.1f} min",
+                    file=sys.stderr,
+                    flush=True,
+                )
             if frac() >= 1.0:
                 break
         epochs += 1
-    return {"steps": steps, "epochs": epochs, "train_minutes": (time.perf_counter() - t0) / 60,
-            "final_loss": float(np.mean(losses[-50:])) if losses else float("nan")}
+    return {
+        "steps": steps,
+        "epochs": epochs,
+        "train_minutes": (time.perf_counter() - t0) / 60,
+        "final_loss": float(np.mean(losses[-50:])) if losses else float("nan"),
+    }
 
 
 # ------------------------------------------------------------------ one run
 def load_data(args):
     """``(ds, spec, train_cases, val_cases, train_groups, val_groups)``."""
+    from napari_gi_seg.datasets import open_dataset, split_groups
     from napari_gi_seg.paths import data_dir
-    from napari_gi_seg.training.datasets import open_dataset, split_groups
     from napari_gi_seg.training.trainer import TrainConfig, make_spec
 
     root = Path(args.data) if args.data else (data_dir() / "chaos_mr_t2spir" if data_dir() else None)
     if root is None or not root.is_dir():
         raise SystemExit("CHAOS data not found: set NAPARI_GI_SEG_DATA or pass --data")
     ds = open_dataset(root, args.classes.split(","))
-    cfg = TrainConfig(dataset=str(root), name="peer-baseline", class_names=ds.class_names, arch=args.arch_ours,
-                      encoder=args.encoder_ours, size=args.size, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+    cfg = TrainConfig(
+        dataset=str(root),
+        name="peer-baseline",
+        class_names=ds.class_names,
+        arch=args.arch_ours,
+        encoder=args.encoder_ours,
+        size=args.size,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+    )
     spec = make_spec(cfg, ds)
     tr, va = split_groups(ds.groups, args.val_fraction, args.fold, args.split_seed)
     if args.limit_patients:
@@ -154,7 +197,7 @@ def load_data(args):
     if args.max_slices:  # smoke tests only: the central slices of each case
         import dataclasses
 
-        from napari_gi_seg.training.datasets import Case
+        from napari_gi_seg.datasets import Case
 
         def crop(c):
             z0 = max(0, c.image.shape[0] // 2 - args.max_slices // 2)
@@ -184,30 +227,65 @@ def run_one(which: str, args, data) -> dict:
         net = monai_unet(len(spec.context_offsets), spec.out_channels)
         label = "MONAI UNet (16-256 ch, 4 strides, 2 res units)"
     n_params = sum(p.numel() for p in net.parameters())
-    print(f"{label}, {n_params / 1e6:.2f} M parameters; {len(train_cases)} train / {len(val_cases)} "
-          f"validation patients; {args.minutes} min budget", file=sys.stderr, flush=True)
-    t = train_budgeted(net, spec, train_cases, minutes=args.minutes, max_steps=args.steps, batch_size=args.batch_size,
-                       lr=args.lr, weight_decay=args.weight_decay, seed=args.seed, device=device,
-                       multilabel=ds.multilabel)
+    print(
+        f"{label}, {n_params / 1e6:.2f} M parameters; {len(train_cases)} train / {len(val_cases)} "
+        f"validation patients; {args.minutes} min budget",
+        file=sys.stderr,
+        flush=True,
+    )
+    t = train_budgeted(
+        net,
+        spec,
+        train_cases,
+        minutes=args.minutes,
+        max_steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        seed=args.seed,
+        device=device,
+        multilabel=ds.multilabel,
+    )
     t0 = time.perf_counter()
     m = validate(net, spec, val_cases, device)
     print(f"{which}: {t['steps']} steps, validation mean Dice {m['mean_dice']:.4f}", file=sys.stderr, flush=True)
-    return {"which": which, "network": label, "parameters": n_params, **t,
-            "validate_seconds": time.perf_counter() - t0, "mean_dice": m["mean_dice"],
-            "per_class": {k: v["dice"] for k, v in m["per_class"].items()}, "per_case": m["per_case"],
-            "threads": torch.get_num_threads(), "device": str(device),
-            "setup": {"minutes": args.minutes, "steps_cap": args.steps, "size": args.size, "batch_size": args.batch_size,
-                      "lr": args.lr, "seed": args.seed, "train_patients": tr, "val_patients": va,
-                      "classes": ds.class_names, "smoke": bool(args.max_slices or args.limit_patients)}}
+    return {
+        "which": which,
+        "network": label,
+        "parameters": n_params,
+        **t,
+        "validate_seconds": time.perf_counter() - t0,
+        "mean_dice": m["mean_dice"],
+        "per_class": {k: v["dice"] for k, v in m["per_class"].items()},
+        "per_case": m["per_case"],
+        "threads": torch.get_num_threads(),
+        "device": str(device),
+        "setup": {
+            "minutes": args.minutes,
+            "steps_cap": args.steps,
+            "size": args.size,
+            "batch_size": args.batch_size,
+            "lr": args.lr,
+            "seed": args.seed,
+            "train_patients": tr,
+            "val_patients": va,
+            "classes": ds.class_names,
+            "smoke": bool(args.max_slices or args.limit_patients),
+        },
+    }
 
 
 # ------------------------------------------------------------------ report
 def make_report(rows: list[dict]) -> dict:
     import torch
 
-    return {"date": _dt.date.today().isoformat(),
-            "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} CPU cores available, {platform.system()}",
-            "python": platform.python_version(), "torch": torch.__version__, "rows": rows}
+    return {
+        "date": _dt.date.today().isoformat(),
+        "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} CPU cores available, {platform.system()}",
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "rows": rows,
+    }
 
 
 def markdown(report: dict) -> str:
@@ -222,22 +300,34 @@ def markdown(report: dict) -> str:
         f"Same split (train {len(s['train_patients'])} patients, validation patients {', '.join(map(str, s['val_patients']))}), "
         f"same 2.5D input ({s['size']} px, slices -1/0/+1), augmentation, Dice + CE loss, AdamW one-cycle "
         f"(peak lr {s['lr']}), batch {s['batch_size']}, seed {s['seed']}, budget {s['minutes']} min of training each"
-        + (f" (capped at {s['steps_cap']} steps)" if s["steps_cap"] else "") + ". "
+        + (f" (capped at {s['steps_cap']} steps)" if s["steps_cap"] else "")
+        + ". "
         "Dice: 3D per class on the validation patients' whole volumes (native grid), final weights."
         + (" **Smoke run (cropped data): figures are not meaningful.**" if s.get("smoke") else ""),
         "",
-        "| network | parameters (M) | threads | device | steps | epochs | train min | " + " | ".join(classes) + " | mean Dice |",
+        "| network | parameters (M) | threads | device | steps | epochs | train min | "
+        + " | ".join(classes)
+        + " | mean Dice |",
         "|---|---:|---:|---|---:|---:|---:|" + "---:|" * len(classes) + "---:|",
     ]
     for r in rows.values():
-        lines.append(f"| {r['network']} | {r['parameters'] / 1e6:.2f} | {r['threads']} | {r['device']} | {r['steps']} | "
-                     f"{r['epochs']} | {r['train_minutes']:.1f} | "
-                     + " | ".join(f"{r['per_class'][c]:.3f}" for c in classes) + f" | **{r['mean_dice']:.3f}** |")
+        lines.append(
+            f"| {r['network']} | {r['parameters'] / 1e6:.2f} | {r['threads']} | {r['device']} | {r['steps']} | "
+            f"{r['epochs']} | {r['train_minutes']:.1f} | "
+            + " | ".join(f"{r['per_class'][c]:.3f}" for c in classes)
+            + f" | **{r['mean_dice']:.3f}** |"
+        )
     if "ours" in rows and "monai" in rows and rows["monai"]["mean_dice"] > 0:
         o, m = rows["ours"], rows["monai"]
-        lines += ["", f"Ratio ours / MONAI (mean Dice): **{o['mean_dice'] / m['mean_dice']:.3f}**; per class: "
-                  + ", ".join(f"{c} {o['per_class'][c] / m['per_class'][c]:.3f}" if m["per_class"][c] > 0 else f"{c} -"
-                              for c in classes) + "."]
+        lines += [
+            "",
+            f"Ratio ours / MONAI (mean Dice): **{o['mean_dice'] / m['mean_dice']:.3f}**; per class: "
+            + ", ".join(
+                f"{c} {o['per_class'][c] / m['per_class'][c]:.3f}" if m["per_class"][c] > 0 else f"{c} -"
+                for c in classes
+            )
+            + ".",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -246,7 +336,9 @@ def main(argv=None) -> int:
     p.add_argument("--which", choices=("ours", "monai", "both"), default="both")
     p.add_argument("--minutes", type=float, default=30.0, help="wall-clock training budget per network (default 30)")
     p.add_argument("--steps", type=int, default=None, help="fixed number of steps instead (or as a cap)")
-    p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="torch threads (default: all cores)")
+    p.add_argument(
+        "--threads", type=int, default=len(os.sched_getaffinity(0)), help="torch threads (default: all cores)"
+    )
     p.add_argument("--arch-ours", default="Unet", help="smp architecture of our network (default Unet)")
     p.add_argument("--encoder-ours", default="mobilenet_v2", help="smp encoder of our network (default mobilenet_v2)")
     p.add_argument("--size", type=int, default=160, help="in-plane size in px (multiple of 32; default 160)")

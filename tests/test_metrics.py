@@ -1,4 +1,4 @@
-"""Metrics against hand-made masks with known answers (napari_gi_seg.metrics)."""
+"""Metrics against hand-made masks with known answers (napari_gi_seg.evaluation.metrics)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from napari_gi_seg.metrics import (
+from napari_gi_seg.evaluation.metrics import (
     aggregate,
     dice,
     dice_2d_mean,
@@ -101,7 +101,9 @@ def test_kaggle_hausdorff_known_value_and_scipy_agreement():
     ref_hd = max(directed_hausdorff(pa, ra)[0], directed_hausdorff(ra, pa)[0])
     assert hausdorff_voxels(p, r) == pytest.approx(ref_hd)
     score = kaggle_score(p, r)
-    assert score["kaggle_score"] == pytest.approx(0.4 * dice_2d_mean(p, r) + 0.6 * (1 - ref_hd / math.sqrt(36 + 144 + 196)))
+    assert score["kaggle_score"] == pytest.approx(
+        0.4 * dice_2d_mean(p, r) + 0.6 * (1 - ref_hd / math.sqrt(36 + 144 + 196))
+    )
 
 
 def test_evaluate_case_labels_and_multilabel_agree_and_aggregate():

@@ -85,8 +85,9 @@ def read_layers(path) -> list[LayerData]:
                 what = md.get("series_description") or md.get("modality") or "series"
                 name = f"{v.name} {what}" + (f" [{md['series_instance_uid_hash'][:6]}]" if len(vols) > 1 else "")
                 out.append(_image_tuple(v, name))
-            elif v.metadata.get("is_labels") or (kind == "tiff" and looks_like_labels(p, v.data)
-                                                  and v.data.dtype.kind in "iu"):
+            elif v.metadata.get("is_labels") or (
+                kind == "tiff" and looks_like_labels(p, v.data) and v.data.dtype.kind in "iu"
+            ):
                 if not v.metadata.get("is_labels"):
                     v = io.read_labels(p)
                 out.append(_labels_tuple(v))

@@ -28,10 +28,14 @@ _QNET_RAW = (
 )
 #: file name -> (URL, sha256), from ``../shared/data/chaos_mr_t2spir/SOURCE.md``.
 SAMPLE_FILES: dict[str, tuple[str, str]] = {
-    "image_1.nii.gz": (_QNET_RAW + "image_1.nii.gz",
-                       "8fac03aadebfcf858a88b7c68eba4242217339680700427c7b89bc9f74e20058"),
-    "label_1.nii.gz": (_QNET_RAW + "label_1.nii.gz",
-                       "c0e9bb2c8823fa2fddf79802f008038ac5d4a0d41ed50c5a886475287c7db879"),
+    "image_1.nii.gz": (
+        _QNET_RAW + "image_1.nii.gz",
+        "8fac03aadebfcf858a88b7c68eba4242217339680700427c7b89bc9f74e20058",
+    ),
+    "label_1.nii.gz": (
+        _QNET_RAW + "label_1.nii.gz",
+        "c0e9bb2c8823fa2fddf79802f008038ac5d4a0d41ed50c5a886475287c7db879",
+    ),
 }
 
 
@@ -57,8 +61,9 @@ def sample_file(name: str) -> Path:
         return d / "chaos_mr_t2spir" / name
     import pooch
 
-    return Path(pooch.retrieve(url, known_hash=f"sha256:{sha256}", fname=name,
-                               path=sample_cache_dir(), progressbar=False))
+    return Path(
+        pooch.retrieve(url, known_hash=f"sha256:{sha256}", fname=name, path=sample_cache_dir(), progressbar=False)
+    )
 
 
 def chaos_sample() -> list[tuple[Any, dict[str, Any], str]]:

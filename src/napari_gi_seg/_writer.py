@@ -27,7 +27,8 @@ def write_labels(path: str, data: Any, meta: dict) -> list[str]:
         Unsupported extension, a labels layer that is not 3D, non-integer labels or a
         CSV for a layer without a UW-Madison case-day.
     """
-    from .io import label_suffix, volume_from_layer_metadata, write_labels as _write
+    from .io import label_suffix, volume_from_layer_metadata
+    from .io import write_labels as _write
 
     arr = np.asarray(data)
     if arr.ndim != 3:

@@ -19,7 +19,9 @@ def _offsets(s: str) -> tuple[int, ...]:
     try:
         return tuple(int(v) for v in s.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"context must be comma-separated integers such as -1,0,1, got {s!r}")
+        raise argparse.ArgumentTypeError(
+            f"context must be comma-separated integers such as -1,0,1, got {s!r}"
+        ) from None
 
 
 def _names(s: str) -> list[str]:
@@ -29,32 +31,57 @@ def _names(s: str) -> list[str]:
 def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("dataset", help="dataset folder (nnU-Net v2, UW-Madison, or image_<id>/label_<id> NIfTI pairs)")
     p.add_argument("--name", required=True, help="registry name of the new model")
-    p.add_argument("--classes", type=_names, default=None, help="foreground class names in label order, comma-separated (NIfTI pairs without classes.json)")
+    p.add_argument(
+        "--classes",
+        type=_names,
+        default=None,
+        help="foreground class names in label order, comma-separated (NIfTI pairs without classes.json)",
+    )
     p.add_argument("--arch", default="Unet", choices=["Unet", "UnetPlusPlus", "DeepLabV3Plus", "FPN"])
-    p.add_argument("--encoder", default="mobilenet_v2", help="any segmentation-models-pytorch encoder (default mobilenet_v2)")
+    p.add_argument(
+        "--encoder", default="mobilenet_v2", help="any segmentation-models-pytorch encoder (default mobilenet_v2)"
+    )
     p.add_argument("--context", type=_offsets, default=(-1, 0, 1), help="2.5D slice offsets (default -1,0,1)")
     p.add_argument("--size", type=int, default=160, help="in-plane input size in pixels (default 160)")
     p.add_argument("--epochs", type=int, default=100)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate of the one-cycle schedule")
-    p.add_argument("--val-fraction", type=float, default=0.25, help="fraction of patients held out for validation (0: none)")
+    p.add_argument(
+        "--val-fraction", type=float, default=0.25, help="fraction of patients held out for validation (0: none)"
+    )
     p.add_argument("--fold", type=int, default=0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
     p.add_argument("--patience", type=int, default=30, help="early stopping: epochs without validation improvement")
-    p.add_argument("--max-minutes", type=float, default=None, help="stop after this many minutes (best checkpoint kept)")
+    p.add_argument(
+        "--max-minutes", type=float, default=None, help="stop after this many minutes (best checkpoint kept)"
+    )
     p.add_argument("--max-steps-per-epoch", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--work-dir", default=None, help="run folder (checkpoints, metrics.csv, training_curve.png)")
-    p.add_argument("--exclude", type=_names, default=[], help="case-days/cases to leave out, comma-separated (UW-Madison: known faulty ones)")
+    p.add_argument(
+        "--exclude",
+        type=_names,
+        default=[],
+        help="case-days/cases to leave out, comma-separated (UW-Madison: known faulty ones)",
+    )
     p.add_argument("--description", default="")
     p.add_argument("--num-workers", type=int, default=0)
-    p.add_argument("--single-component", type=_names, default=[],
-                   help="classes that are one connected organ (e.g. liver,spleen): inference keeps their largest 3D component")
+    p.add_argument(
+        "--single-component",
+        type=_names,
+        default=[],
+        help="classes that are one connected organ (e.g. liver,spleen): inference keeps their largest 3D component",
+    )
     flip = p.add_mutually_exclusive_group()
-    flip.add_argument("--flip-augment", dest="flip_augment", action="store_true", default=None,
-                      help="left-right flip augmentation, swapping left/right classes (makes --tta usable); "
-                           "default: only when no class is lateralised")
+    flip.add_argument(
+        "--flip-augment",
+        dest="flip_augment",
+        action="store_true",
+        default=None,
+        help="left-right flip augmentation, swapping left/right classes (makes --tta usable); "
+        "default: only when no class is lateralised",
+    )
     flip.add_argument("--no-flip-augment", dest="flip_augment", action="store_false")
 
 
@@ -62,16 +89,36 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .training.trainer import TrainConfig, train
 
     cfg = TrainConfig(
-        dataset=args.dataset, name=args.name, class_names=args.classes, arch=args.arch, encoder=args.encoder,
-        context=args.context, size=args.size, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-        val_fraction=args.val_fraction, fold=args.fold, seed=args.seed, device=args.device, resume=args.resume,
-        patience=args.patience, max_minutes=args.max_minutes, max_steps_per_epoch=args.max_steps_per_epoch,
-        work_dir=args.work_dir, exclude=args.exclude, description=args.description, num_workers=args.num_workers,
-        single_component=args.single_component, flip_augment=args.flip_augment,
+        dataset=args.dataset,
+        name=args.name,
+        class_names=args.classes,
+        arch=args.arch,
+        encoder=args.encoder,
+        context=args.context,
+        size=args.size,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        val_fraction=args.val_fraction,
+        fold=args.fold,
+        seed=args.seed,
+        device=args.device,
+        resume=args.resume,
+        patience=args.patience,
+        max_minutes=args.max_minutes,
+        max_steps_per_epoch=args.max_steps_per_epoch,
+        work_dir=args.work_dir,
+        exclude=args.exclude,
+        description=args.description,
+        num_workers=args.num_workers,
+        single_component=args.single_component,
+        flip_augment=args.flip_augment,
     )
     res = train(cfg)
     if res.entry is not None:
-        print(f"registered {res.spec.key}  validation mean Dice {res.best_metrics.get('mean_dice', float('nan')):.4f}  ({res.entry.folder})")
+        print(
+            f"registered {res.spec.key}  validation mean Dice {res.best_metrics.get('mean_dice', float('nan')):.4f}  ({res.entry.folder})"
+        )
     return 0
 
 
@@ -84,23 +131,45 @@ def _slice_range(s: str) -> tuple[int | None, int | None]:
             raise ValueError
         a, b = (int(v) if v.strip() else None for v in parts)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"slices must be A:B (0-based, B exclusive, e.g. 10:20 or :5), got {s!r}")
+        raise argparse.ArgumentTypeError(
+            f"slices must be A:B (0-based, B exclusive, e.g. 10:20 or :5), got {s!r}"
+        ) from None
     return a, b
 
 
 def _add_segment_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("input", help="image: NIfTI, TIFF stack, DICOM series folder, ... (anything the readers take)")
-    p.add_argument("-o", "--output", required=True, help="label file to write; the format follows the extension: "
-                   ".nii.gz/.nii (the input's affine), .tif/.tiff, .csv (UW-Madison RLE)")
-    p.add_argument("--model", default=None, help="registered model NAME or NAME:VERSION (default: the bundled default model, newest version)")
+    p.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        help="label file to write; the format follows the extension: "
+        ".nii.gz/.nii (the input's affine), .tif/.tiff, .csv (UW-Madison RLE)",
+    )
+    p.add_argument(
+        "--model",
+        default=None,
+        help="registered model NAME or NAME:VERSION (default: the bundled default model, newest version)",
+    )
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     p.add_argument("--batch-size", type=int, default=8, help="slices per forward pass (default 8)")
-    p.add_argument("--tta", action="store_true", help="average with a left-right flipped pass (left/right classes swapped back)")
-    p.add_argument("--slices", type=_slice_range, default=None, metavar="A:B",
-                   help="segment only slices A..B-1 (0-based z index; others stay 0)")
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
-                   help="number type of the forward pass (default auto: fp16 on CUDA, bf16 on CPUs with native "
-                        "bfloat16, else fp32)")
+    p.add_argument(
+        "--tta", action="store_true", help="average with a left-right flipped pass (left/right classes swapped back)"
+    )
+    p.add_argument(
+        "--slices",
+        type=_slice_range,
+        default=None,
+        metavar="A:B",
+        help="segment only slices A..B-1 (0-based z index; others stay 0)",
+    )
+    p.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "fp32", "bf16", "fp16"],
+        help="number type of the forward pass (default auto: fp16 on CUDA, bf16 on CPUs with native "
+        "bfloat16, else fp32)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists (default: refuse)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -178,7 +247,9 @@ def cmd_segment(args: argparse.Namespace) -> int:
                 raise CLIError(f"{o}: already exists (pass --overwrite to replace it)")
     spec = entry.spec()
     if args.tta and not spec.flip_augmented:
-        raise CLIError(f"--tta needs a model trained with left-right flips; {spec.key} was not (spec.flip_augmented is false)")
+        raise CLIError(
+            f"--tta needs a model trained with left-right flips; {spec.key} was not (spec.flip_augmented is false)"
+        )
     net = load_network(spec, entry.weights_path, device)
     for vol, out in zip(vols, outs):
         depth = vol.shape[0]
@@ -188,14 +259,25 @@ def cmd_segment(args: argparse.Namespace) -> int:
             a = 0 if a is None else (a + depth if a < 0 else a)
             b = depth if b is None else (b + depth if b < 0 else b)
             if not (0 <= a < b <= depth):
-                raise CLIError(f"--slices {args.slices[0] if args.slices[0] is not None else ''}:"
-                               f"{args.slices[1] if args.slices[1] is not None else ''} is empty or outside 0..{depth} "
-                               f"for {args.input} ({depth} slices)")
+                raise CLIError(
+                    f"--slices {args.slices[0] if args.slices[0] is not None else ''}:"
+                    f"{args.slices[1] if args.slices[1] is not None else ''} is empty or outside 0..{depth} "
+                    f"for {args.input} ({depth} slices)"
+                )
             slices = range(a, b)
         total = depth if slices is None else len(slices)
         with tqdm(total=total, unit="slice", desc=vol.name, file=sys.stderr, disable=args.quiet) as bar:
-            res = segment_volume(vol, spec, net, slices=slices, batch_size=args.batch_size, device=device,
-                                 tta=args.tta, precision=args.precision, progress=lambda b: bar.update(len(b.z)))
+            res = segment_volume(
+                vol,
+                spec,
+                net,
+                slices=slices,
+                batch_size=args.batch_size,
+                device=device,
+                tta=args.tta,
+                precision=args.precision,
+                progress=lambda b: bar.update(len(b.z)),
+            )
         write_output_labels(out, res.labels, vol, spec.class_names)
         print(f"{out}: {len(res.segmented)} slices segmented with {spec.key} on {res.device} in {res.seconds:.1f} s")
     return 0
@@ -220,16 +302,28 @@ def model_rows() -> list[dict]:
 
     rows = []
     for e in registry.list_models():
-        row = {"name": e.name, "version": e.version, "key": e.key, "source": "bundled" if e.bundled else "user",
-               "folder": str(e.folder)}
+        row = {
+            "name": e.name,
+            "version": e.version,
+            "key": e.key,
+            "source": "bundled" if e.bundled else "user",
+            "folder": str(e.folder),
+        }
         try:
             s = e.spec()
         except ValueError as err:
             row["error"] = str(err)
         else:
-            row.update(classes=[c.name for c in s.classes], architecture=s.architecture, encoder=s.encoder,
-                       input_size=list(s.input_size), context_offsets=list(s.context_offsets),
-                       parent=s.parent, mean_dice=_mean_dice(s.metrics), created=s.created)
+            row.update(
+                classes=[c.name for c in s.classes],
+                architecture=s.architecture,
+                encoder=s.encoder,
+                input_size=list(s.input_size),
+                context_offsets=list(s.context_offsets),
+                parent=s.parent,
+                mean_dice=_mean_dice(s.metrics),
+                created=s.created,
+            )
         rows.append(row)
     return rows
 
@@ -253,8 +347,16 @@ def cmd_models(args: argparse.Namespace) -> int:
         if "error" in r:
             table.append((r["key"], r["source"], "INVALID", r["error"], "", ""))
             continue
-        table.append((r["key"], r["source"], f"{r['architecture']}/{r['encoder']}", ",".join(r["classes"]),
-                      r["parent"] or "-", "-" if r["mean_dice"] is None else f"{r['mean_dice']:.3f}"))
+        table.append(
+            (
+                r["key"],
+                r["source"],
+                f"{r['architecture']}/{r['encoder']}",
+                ",".join(r["classes"]),
+                r["parent"] or "-",
+                "-" if r["mean_dice"] is None else f"{r['mean_dice']:.3f}",
+            )
+        )
     widths = [max(len(str(row[i])) for row in table) for i in range(len(head))]
     for row in table:
         print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip())
@@ -263,21 +365,36 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------- finetune / evaluate
 def _add_finetune_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("dataset", help="labelled dataset folder (nnU-Net v2 export of corrections, UW-Madison, NIfTI pairs)")
-    p.add_argument("--model", required=True, dest="base", metavar="BASE", help="registered base model NAME or NAME:VERSION")
+    p.add_argument(
+        "dataset", help="labelled dataset folder (nnU-Net v2 export of corrections, UW-Madison, NIfTI pairs)"
+    )
+    p.add_argument(
+        "--model", required=True, dest="base", metavar="BASE", help="registered base model NAME or NAME:VERSION"
+    )
     p.add_argument("--name", required=True, help="registry name of the fine-tuned model (next free version)")
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--lr", type=float, default=5e-4, help="peak learning rate of the one-cycle schedule (default 5e-4)")
     p.add_argument("--freeze-encoder", action="store_true", help="train only the decoder and segmentation head")
-    p.add_argument("--val-fraction", type=float, default=0.25,
-                   help="share of patients held back (a single patient: share of its labelled slices)")
+    p.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.25,
+        help="share of patients held back (a single patient: share of its labelled slices)",
+    )
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     p.add_argument("--max-minutes", type=float, default=None, help="time budget (best weights so far are registered)")
-    p.add_argument("--classes", type=_names, default=None, help="the dataset's class names in label order (NIfTI pairs without classes.json; default: the base's)")
+    p.add_argument(
+        "--classes",
+        type=_names,
+        default=None,
+        help="the dataset's class names in label order (NIfTI pairs without classes.json; default: the base's)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--work-dir", default=None, help="run folder (default <user folder>/runs/NAME-vN)")
-    p.add_argument("--jsonl", action="store_true", help="print one JSON object per line on stdout (start, each epoch, done)")
+    p.add_argument(
+        "--jsonl", action="store_true", help="print one JSON object per line on stdout (start, each epoch, done)"
+    )
     p.add_argument("--max-steps-per-epoch", type=int, default=None, help=argparse.SUPPRESS)
 
 
@@ -302,14 +419,28 @@ def cmd_finetune(args: argparse.Namespace) -> int:
             print(json.dumps(clean(obj)), flush=True)
 
     res = finetune(
-        args.dataset, args.base, args.name, epochs=args.epochs, lr=args.lr, freeze_encoder=args.freeze_encoder,
-        val_fraction=args.val_fraction, batch_size=args.batch_size, device=args.device, max_minutes=args.max_minutes,
-        class_names=args.classes, seed=args.seed, max_steps_per_epoch=args.max_steps_per_epoch, work_dir=args.work_dir,
-        on_epoch=lambda row: emit({"event": "epoch", **row}), on_event=emit,
+        args.dataset,
+        args.base,
+        args.name,
+        epochs=args.epochs,
+        lr=args.lr,
+        freeze_encoder=args.freeze_encoder,
+        val_fraction=args.val_fraction,
+        batch_size=args.batch_size,
+        device=args.device,
+        max_minutes=args.max_minutes,
+        class_names=args.classes,
+        seed=args.seed,
+        max_steps_per_epoch=args.max_steps_per_epoch,
+        work_dir=args.work_dir,
+        on_epoch=lambda row: emit({"event": "epoch", **row}),
+        on_event=emit,
     )
     if not args.jsonl:
-        print(f"registered {res.spec.key} (parent {res.spec.parent}); held-back ({res.split}-level) mean Dice "
-              f"{res.dice_before:.4f} -> {res.dice_after:.4f}  ({res.entry.folder})")
+        print(
+            f"registered {res.spec.key} (parent {res.spec.parent}); held-back ({res.split}-level) mean Dice "
+            f"{res.dice_before:.4f} -> {res.dice_after:.4f}  ({res.entry.folder})"
+        )
     return 0
 
 
@@ -318,10 +449,18 @@ def _add_evaluate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="registered model NAME or NAME:VERSION (default: the default model)")
     p.add_argument("--json", default=None, metavar="PATH", help="write all metrics as JSON")
     p.add_argument("--report", default=None, metavar="PATH", help="write a Markdown report (images in PATH_files/)")
-    p.add_argument("--classes", type=_names, default=None,
-                   help="score only these classes (comma-separated names shared by model and dataset)")
-    p.add_argument("--dataset-classes", type=_names, default=None,
-                   help="the dataset's class names in label order (NIfTI pairs without classes.json; default: the model's)")
+    p.add_argument(
+        "--classes",
+        type=_names,
+        default=None,
+        help="score only these classes (comma-separated names shared by model and dataset)",
+    )
+    p.add_argument(
+        "--dataset-classes",
+        type=_names,
+        default=None,
+        help="the dataset's class names in label order (NIfTI pairs without classes.json; default: the model's)",
+    )
     p.add_argument("--cases", type=_names, default=None, help="only these case or patient ids, comma-separated")
     p.add_argument("--tta", action="store_true", help="left-right flip test-time augmentation")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
@@ -331,12 +470,19 @@ def _add_evaluate_args(p: argparse.ArgumentParser) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """``napari-gi-seg evaluate DATASET``: segment every case and print/write Dice, IoU, precision,
     recall, HD95 (mm) and the UW-Madison Kaggle terms."""
-    from .evaluate import evaluate_dataset, format_table, write_json, write_report
+    from .evaluation.evaluate import evaluate_dataset, format_table, write_json, write_report
 
-    ev = evaluate_dataset(args.dataset, model=args.model, cases=args.cases, classes=args.classes,
-                          dataset_classes=args.dataset_classes, tta=args.tta, device=args.device,
-                          batch_size=args.batch_size,
-                          progress=lambda cid, i, n: print(f"[{i + 1}/{n}] {cid}", file=sys.stderr, flush=True))
+    ev = evaluate_dataset(
+        args.dataset,
+        model=args.model,
+        cases=args.cases,
+        classes=args.classes,
+        dataset_classes=args.dataset_classes,
+        tta=args.tta,
+        device=args.device,
+        batch_size=args.batch_size,
+        progress=lambda cid, i, n: print(f"[{i + 1}/{n}] {cid}", file=sys.stderr, flush=True),
+    )
     print(format_table(ev.summary))
     if args.json:
         print(f"metrics: {write_json(ev.summary, args.json)}")
@@ -347,7 +493,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------- demo
 def _add_demo_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--headless", action="store_true", help="no window: segment the CHAOS sample, print Dice per organ, write labels + overlay PNG (default when there is no display)")
+    p.add_argument(
+        "--headless",
+        action="store_true",
+        help="no window: segment the CHAOS sample, print Dice per organ, write labels + overlay PNG (default when there is no display)",
+    )
     p.add_argument("--out", default="demo-output", help="output folder of the headless run (default ./demo-output)")
     p.add_argument("--model", default=None, help="registered model NAME or NAME:VERSION (default: the default model)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
@@ -368,8 +518,18 @@ COMMANDS: list[tuple[str, str, object, object]] = [
     ("models", "list the registered models", _add_models_args, cmd_models),
     ("train", "train a new model and register it", _add_train_args, cmd_train),
     ("finetune", "fine-tune a registered model on new labelled data and register it", _add_finetune_args, cmd_finetune),
-    ("evaluate", "score a model on a labelled dataset (Dice, IoU, HD95, Kaggle score)", _add_evaluate_args, cmd_evaluate),
-    ("demo", "open napari with the CHAOS sample and the widgets (or --headless: segment, score, write)", _add_demo_args, cmd_demo),
+    (
+        "evaluate",
+        "score a model on a labelled dataset (Dice, IoU, HD95, Kaggle score)",
+        _add_evaluate_args,
+        cmd_evaluate,
+    ),
+    (
+        "demo",
+        "open napari with the CHAOS sample and the widgets (or --headless: segment, score, write)",
+        _add_demo_args,
+        cmd_demo,
+    ),
 ]
 
 

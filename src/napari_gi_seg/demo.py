@@ -6,7 +6,7 @@ with the default model; the manual labels are kept as a hidden layer
 (``"<image> ground truth"``) for comparison.
 
 Headless (``--headless``, or no display): load -> segment -> Dice against the
-sample's manual labels, per organ (:func:`napari_gi_seg.metrics.dice_per_class`;
+sample's manual labels, per organ (:func:`napari_gi_seg.evaluation.metrics.dice_per_class`;
 classes are matched by name between the model spec and the sample), writes the
 labels as NIfTI with the source affine and an overlay PNG, and prints the table.
 """
@@ -47,7 +47,15 @@ def match_classes(model_names: dict[int, str], truth_names: dict[int, str]) -> l
     return [(i, by_name[n], n) for i, n in sorted(model_names.items()) if i != 0 and n in by_name]
 
 
-def overlay_png(path: Path, image: np.ndarray, labels: np.ndarray, truth: np.ndarray | None, colours: dict[int, str], title: str = "", n_panels: int = 3) -> Path:
+def overlay_png(
+    path: Path,
+    image: np.ndarray,
+    labels: np.ndarray,
+    truth: np.ndarray | None,
+    colours: dict[int, str],
+    title: str = "",
+    n_panels: int = 3,
+) -> Path:
     """Save ``n_panels`` axial slices (spread over the labelled range) with the
     prediction filled in the class colours and the ground truth as white contours.
     ``image``/``labels``/``truth``: ``(z, y, x)``."""
@@ -85,7 +93,9 @@ def overlay_png(path: Path, image: np.ndarray, labels: np.ndarray, truth: np.nda
     return path
 
 
-def run_headless(out_dir: str | Path, model: str | None = None, device: str = "auto", tta: bool = False, quiet: bool = False) -> dict[str, Any]:
+def run_headless(
+    out_dir: str | Path, model: str | None = None, device: str = "auto", tta: bool = False, quiet: bool = False
+) -> dict[str, Any]:
     """Segment the CHAOS sample, score it and write ``<out>/image_1_segmentation.nii.gz``
     and ``<out>/image_1_overlay.png``.
 
@@ -94,8 +104,8 @@ def run_headless(out_dir: str | Path, model: str | None = None, device: str = "a
     registered (the message lists the registered ones).
     """
     from .engine.inference import segment_volume
+    from .evaluation.metrics import dice_per_class
     from .io.nifti import write_nifti
-    from .metrics import dice_per_class
     from .models.registry import get_entry, load_model
 
     out = Path(out_dir)
@@ -106,18 +116,32 @@ def run_headless(out_dir: str | Path, model: str | None = None, device: str = "a
     pairs = match_classes(spec.class_names, truth_names)
     dice: dict[str, float] = {}
     for mi, ti, name in pairs:
-        dice[name] = dice_per_class((res.labels == mi).astype(np.uint8), (truth == ti).astype(np.uint8), [1], ignore_index=None)[1]
+        dice[name] = dice_per_class(
+            (res.labels == mi).astype(np.uint8), (truth == ti).astype(np.uint8), [1], ignore_index=None
+        )[1]
     mean = float(np.mean(list(dice.values()))) if dice else float("nan")
     labels_path = write_nifti(image, out / f"{image.name}_segmentation.nii.gz", res.labels)
     overlay = overlay_png(
-        out / f"{image.name}_overlay.png", image.data, res.labels, truth,
+        out / f"{image.name}_overlay.png",
+        image.data,
+        res.labels,
+        truth,
         {c.index: c.colour for c in spec.classes},
         title=f"{entry.key} on CHAOS T2-SPIR patient 1: mean Dice {mean:.3f} (fill: model, white: manual)",
     )
-    result = {"model": entry.key, "dice": dice, "mean_dice": mean, "seconds": res.seconds, "device": res.device,
-              "labels_path": str(labels_path), "overlay_path": str(overlay)}
+    result = {
+        "model": entry.key,
+        "dice": dice,
+        "mean_dice": mean,
+        "seconds": res.seconds,
+        "device": res.device,
+        "labels_path": str(labels_path),
+        "overlay_path": str(overlay),
+    }
     if not quiet:
-        print(f"model {entry.key} on CHAOS T2-SPIR patient 1 ({image.shape[0]} slices, {res.device}, {res.seconds:.1f} s)")
+        print(
+            f"model {entry.key} on CHAOS T2-SPIR patient 1 ({image.shape[0]} slices, {res.device}, {res.seconds:.1f} s)"
+        )
         w = max([len(n) for n in dice] + [9])
         for n, d in dice.items():
             print(f"  {n.ljust(w)}  Dice {d:.4f}")
@@ -126,51 +150,13 @@ def run_headless(out_dir: str | Path, model: str | None = None, device: str = "a
     return result
 
 
-def open_demo_viewer(model: str | None = None, device: str = "auto", start: bool = True, show: bool = True):
-    """A napari viewer with the CHAOS sample, the four widgets docked and (``start``)
-    the segmentation running. Returns ``(viewer, {name: widget})``."""
-    import napari
-
-    from ._qt.correct_widget import CorrectWidget
-    from ._qt.export_widget import ExportWidget
-    from ._qt.finetune_widget import FinetuneWidget
-    from ._qt.segment_widget import SegmentWidget
-    from ._sample_data import chaos_sample
-    from .io.volume import radiological_orientation2d
-
-    viewer = napari.Viewer(title="napari-gi-seg demo", show=show)
-    image_name = None
-    for data, kw, kind in chaos_sample():
-        kw = dict(kw)
-        if kind == "labels":
-            kw["name"] = f"{image_name or 'image'} ground truth"
-            kw["visible"] = False
-            viewer.add_labels(data, **kw)
-        else:
-            image_name = kw.get("name")
-            layer = viewer.add_image(data, **kw)
-            orient = radiological_orientation2d(layer.metadata.get("affine", np.eye(4)), layer.metadata.get("index_order", (2, 1, 0)),
-                                                layer.metadata.get("coordinate_system", "RAS"))
-            if orient is not None:
-                viewer.camera.orientation2d = orient
-    widgets = {
-        "Segment": SegmentWidget(viewer),
-        "Correct and review": CorrectWidget(viewer),
-        "Export training data": ExportWidget(viewer),
-        "Fine-tune": FinetuneWidget(viewer),
-    }
-    docks = {name: viewer.window.add_dock_widget(w, name=name, area="right", tabify=name != "Segment") for name, w in widgets.items()}
-    docks["Segment"].raise_()
-    seg = widgets["Segment"]
-    if model:
-        seg.select_model(model)
-    seg.device_combo.setCurrentText(device)
-    if start and seg.model_key() is not None:
-        seg.run()
-    return viewer, widgets
-
-
-def main(headless: bool = False, out: str | Path | None = None, model: str | None = None, device: str = "auto", tta: bool = False) -> int:
+def main(
+    headless: bool = False,
+    out: str | Path | None = None,
+    model: str | None = None,
+    device: str = "auto",
+    tta: bool = False,
+) -> int:
     """Entry point of ``napari-gi-seg demo``; returns the exit status."""
     if headless or not has_display():
         run_headless(out or "demo-output", model=model, device=device, tta=tta)
@@ -180,6 +166,8 @@ def main(headless: bool = False, out: str | Path | None = None, model: str | Non
     from .models.registry import get_entry
 
     get_entry(model)  # a clear error before any window opens
+    from ._qt.demo import open_demo_viewer
+
     open_demo_viewer(model=model, device=device)
     napari.run()
     return 0

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from napari_gi_seg.corrections import (
+from napari_gi_seg.curation.corrections import (
     Correction,
     fill_holes,
     interpolate_class,
@@ -14,7 +14,7 @@ from napari_gi_seg.corrections import (
     signed_distance,
     smooth_contour,
 )
-from napari_gi_seg.metrics import dice
+from napari_gi_seg.evaluation.metrics import dice
 
 LIVER, RKID, LKID, SPLEEN = 1, 2, 3, 4
 

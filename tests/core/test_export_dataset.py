@@ -8,11 +8,11 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-import napari_gi_seg.export as export_mod
+import napari_gi_seg.curation.export as export_mod
 from napari_gi_seg import __version__
-from napari_gi_seg.export import export_case
+from napari_gi_seg.curation.export import export_case
+from napari_gi_seg.datasets import IGNORE_INDEX, open_dataset
 from napari_gi_seg.io.nifti import read_nifti
-from napari_gi_seg.training.datasets import IGNORE_INDEX, open_dataset
 
 PATIENT_NAME = "DOE^JOHN"
 
@@ -25,7 +25,9 @@ def named_image(chaos_image_volume):
 
 @pytest.fixture
 def patient2(chaos_dir):
-    return read_nifti(chaos_dir / "image_2.nii.gz", as_labels=False), read_nifti(chaos_dir / "label_2.nii.gz", as_labels=True).data
+    return read_nifti(chaos_dir / "image_2.nii.gz", as_labels=False), read_nifti(
+        chaos_dir / "label_2.nii.gz", as_labels=True
+    ).data
 
 
 def _tree(root):
@@ -38,11 +40,20 @@ def test_first_case(tmp_path, named_image, chaos_labels, chaos_class_names):
     reviewed = list(range(14, 24))
     pred = chaos_labels.copy()
     pred[16][pred[16] == 1] = 0  # the model missed the liver on slice 16
-    out = export_case(ds, named_image, chaos_labels, reviewed, chaos_class_names, prediction=pred, model_key="chaos-t2spir:2")
+    out = export_case(
+        ds, named_image, chaos_labels, reviewed, chaos_class_names, prediction=pred, model_key="chaos-t2spir:2"
+    )
     assert out == ds
     meta = json.loads((ds / "dataset.json").read_text())
     assert meta["channel_names"] == {"0": "MR"}
-    assert meta["labels"] == {"background": 0, "liver": 1, "right_kidney": 2, "left_kidney": 3, "spleen": 4, "ignore": 5}
+    assert meta["labels"] == {
+        "background": 0,
+        "liver": 1,
+        "right_kidney": 2,
+        "left_kidney": 3,
+        "spleen": 4,
+        "ignore": 5,
+    }
     assert meta["numTraining"] == 1 and meta["file_ending"] == ".nii.gz"
     (case_id,) = meta["groups"]
     assert sorted(p.name for p in (ds / "imagesTr").iterdir()) == [f"{case_id}_0000.nii.gz"]
@@ -93,7 +104,9 @@ def test_append_second_case(tmp_path, named_image, chaos_labels, chaos_class_nam
     ds = tmp_path / "ds"
     export_case(ds, named_image, chaos_labels, [20, 21], chaos_class_names, case_id="chaos_p1", group="p1")
     img2, lab2 = patient2
-    export_case(ds, img2, lab2, range(10, 15), chaos_class_names, case_id="chaos_p2", group="p2", model_key="chaos-t2spir:1")
+    export_case(
+        ds, img2, lab2, range(10, 15), chaos_class_names, case_id="chaos_p2", group="p2", model_key="chaos-t2spir:1"
+    )
     meta = json.loads((ds / "dataset.json").read_text())
     assert meta["numTraining"] == 2 and meta["groups"] == {"chaos_p1": "p1", "chaos_p2": "p2"}
     prov = json.loads((ds / "provenance.json").read_text())
@@ -165,7 +178,9 @@ def test_interrupted_first_export_leaves_nothing(tmp_path, named_image, chaos_la
     assert list(tmp_path.iterdir()) == []  # no temp folder left either
 
 
-def test_interrupted_append_keeps_previous_dataset(tmp_path, named_image, chaos_labels, chaos_class_names, patient2, monkeypatch):
+def test_interrupted_append_keeps_previous_dataset(
+    tmp_path, named_image, chaos_labels, chaos_class_names, patient2, monkeypatch
+):
     ds = tmp_path / "ds"
     export_case(ds, named_image, chaos_labels, [20, 21], chaos_class_names, case_id="chaos_p1")
     before = _tree(ds)

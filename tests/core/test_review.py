@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from napari_gi_seg.review import ReviewTracker, SliceState, correction_dice_per_slice, slice_uncertainty
+from napari_gi_seg.curation.review import ReviewTracker, SliceState, correction_dice_per_slice, slice_uncertainty
 
 
 def test_tracker_states_counts_and_navigation():

@@ -7,10 +7,10 @@ import datetime as dt
 import numpy as np
 import pytest
 
-import napari_gi_seg.session as session_mod
+import napari_gi_seg.curation.session as session_mod
+from napari_gi_seg.curation.review import ReviewTracker, SliceState
+from napari_gi_seg.curation.session import Autosaver, SessionStore, image_fingerprint
 from napari_gi_seg.io.volume import InvalidInputError
-from napari_gi_seg.review import ReviewTracker, SliceState
-from napari_gi_seg.session import Autosaver, SessionStore, image_fingerprint
 
 
 def test_fingerprint_identifies_the_scan(chaos_image_volume):

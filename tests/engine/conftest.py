@@ -64,8 +64,12 @@ def tiny_model(chaos_volume, chaos_labels) -> TinyModel:
 
     mirrors = mirror_pairs(CHAOS_CLASS_NAMES)
     spec = ModelSpec(
-        name="tiny-chaos", version=1, architecture="Unet", encoder="mobilenet_v2",
-        context_offsets=(-1, 0, 1), input_size=(TINY_SIZE, TINY_SIZE),
+        name="tiny-chaos",
+        version=1,
+        architecture="Unet",
+        encoder="mobilenet_v2",
+        context_offsets=(-1, 0, 1),
+        input_size=(TINY_SIZE, TINY_SIZE),
         classes=[ClassInfo(i + 1, n, mirror=mirrors.get(n)) for i, n in enumerate(CHAOS_CLASS_NAMES)],
         description="test fixture",
     )

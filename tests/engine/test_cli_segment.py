@@ -11,7 +11,6 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-import pytest
 
 from napari_gi_seg.cli import main
 
@@ -35,8 +34,22 @@ def test_segment_writes_nifti_with_input_affine(registered_tiny, chaos_image_pat
 
 def test_segment_slice_range_and_progress(registered_tiny, chaos_image_path, tmp_path, capsys):
     out = tmp_path / "part.nii.gz"
-    rc = main(["segment", str(chaos_image_path), "-o", str(out), "--model", "tiny-chaos:1", "--device", "cpu",
-               "--slices", "3:7", "--batch-size", "2"])
+    rc = main(
+        [
+            "segment",
+            str(chaos_image_path),
+            "-o",
+            str(out),
+            "--model",
+            "tiny-chaos:1",
+            "--device",
+            "cpu",
+            "--slices",
+            "3:7",
+            "--batch-size",
+            "2",
+        ]
+    )
     assert rc == 0
     err = capsys.readouterr().err
     assert "4/4" in err and "slice" in err  # tqdm progress bar on stderr
@@ -78,8 +91,19 @@ def test_segment_bad_output_suffix_and_slices(registered_tiny, chaos_image_path,
     rc = main(["segment", str(chaos_image_path), "-o", str(tmp_path / "o.png"), "--model", "tiny-chaos"])
     lines = _err_lines(capsys)
     assert rc != 0 and len(lines) == 1 and "unknown output format" in lines[0]
-    rc = main(["segment", str(chaos_image_path), "-o", str(tmp_path / "o.nii.gz"), "--model", "tiny-chaos",
-               "--slices", "30:999", "--quiet"])
+    rc = main(
+        [
+            "segment",
+            str(chaos_image_path),
+            "-o",
+            str(tmp_path / "o.nii.gz"),
+            "--model",
+            "tiny-chaos",
+            "--slices",
+            "30:999",
+            "--quiet",
+        ]
+    )
     lines = _err_lines(capsys)
     assert rc != 0 and len(lines) == 1 and "--slices" in lines[0]
     # flip TTA is refused for a model that never saw a mirrored abdomen
@@ -107,5 +131,9 @@ def test_console_script_models_json(registered_tiny, model_home):
     assert (r["name"], r["version"], r["architecture"], r["parent"]) == ("tiny-chaos", 1, "Unet", None)
     assert r["classes"] == ["liver", "right_kidney", "left_kidney", "spleen"]
     # a bad call from the shell: non-zero exit, one line
-    p = subprocess.run([*cmd, "segment", "missing.nii.gz", "-o", "x.nii.gz"], capture_output=True, text=True, env=env, timeout=120)
-    assert p.returncode != 0 and p.stderr.strip().splitlines() == ["napari-gi-seg: error: missing.nii.gz: file not found"]
+    p = subprocess.run(
+        [*cmd, "segment", "missing.nii.gz", "-o", "x.nii.gz"], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert p.returncode != 0 and p.stderr.strip().splitlines() == [
+        "napari-gi-seg: error: missing.nii.gz: file not found"
+    ]

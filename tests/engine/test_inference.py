@@ -14,7 +14,9 @@ from napari_gi_seg.models.spec import ClassInfo, ModelSpec
 
 
 def test_output_shape_and_dtype_on_real_volume(chaos_volume, tiny_model):
-    res = segment_volume(chaos_volume, tiny_model.spec, tiny_model.network(), device="cpu", batch_size=8, return_probs=True)
+    res = segment_volume(
+        chaos_volume, tiny_model.spec, tiny_model.network(), device="cpu", batch_size=8, return_probs=True
+    )
     assert res.labels.shape == chaos_volume.shape and res.labels.dtype == np.uint8
     assert res.probs.shape == (5, *chaos_volume.shape) and res.probs.dtype == np.float16
     assert set(np.unique(res.labels)) <= {0, 1, 2, 3, 4}
@@ -89,7 +91,9 @@ def test_slice_range_touches_only_those_slices(chaos_volume, tiny_model):
     outside = np.ones(chaos_volume.shape[0], bool)
     outside[10:15] = False
     assert not part.labels[outside].any() and not part.probs[:, outside].any()
-    np.testing.assert_allclose(part.probs[:, 10:15].astype(np.float32), full.probs[:, 10:15].astype(np.float32), atol=2e-3)
+    np.testing.assert_allclose(
+        part.probs[:, 10:15].astype(np.float32), full.probs[:, 10:15].astype(np.float32), atol=2e-3
+    )
     with pytest.raises(IndexError, match="outside"):
         segment_volume(chaos_volume, spec, net, slices=[chaos_volume.shape[0]], device="cpu")
 
@@ -97,8 +101,13 @@ def test_slice_range_touches_only_those_slices(chaos_volume, tiny_model):
 def test_cancellation_stops_within_one_batch(chaos_volume, tiny_model):
     batches = []
     res = segment_volume(
-        chaos_volume, tiny_model.spec, tiny_model.network(), batch_size=4, device="cpu",
-        progress=batches.append, cancel=lambda: len(batches) >= 1,
+        chaos_volume,
+        tiny_model.spec,
+        tiny_model.network(),
+        batch_size=4,
+        device="cpu",
+        progress=batches.append,
+        cancel=lambda: len(batches) >= 1,
     )
     assert res.cancelled and len(batches) == 1
     assert res.segmented == [0, 1, 2, 3]
@@ -113,7 +122,12 @@ def test_cancellation_stops_within_one_batch(chaos_volume, tiny_model):
 
 # --------------------------------------------------------------- known networks
 LR_SPEC = dict(
-    name="lr", architecture="Unet", encoder="resnet18", context_offsets=(-1, 0, 1), input_size=(32, 32), flip_augmented=True,
+    name="lr",
+    architecture="Unet",
+    encoder="resnet18",
+    context_offsets=(-1, 0, 1),
+    input_size=(32, 32),
+    flip_augmented=True,
     classes=[ClassInfo(1, "left_kidney", mirror="right_kidney"), ClassInfo(2, "right_kidney", mirror="left_kidney")],
 )
 

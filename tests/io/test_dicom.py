@@ -22,8 +22,9 @@ SLOPE, INTERCEPT = 0.02, -10.0
 RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
-def write_dicom_series(vol: Volume, folder: Path, series_uid: str, description: str,
-                       rows_cols: tuple[int, int] | None = None, names=None) -> list[Path]:
+def write_dicom_series(
+    vol: Volume, folder: Path, series_uid: str, description: str, rows_cols: tuple[int, int] | None = None, names=None
+) -> list[Path]:
     """Test helper (not product code): write ``vol`` (NIfTI-sourced, RAS affine) as
     single-frame MR DICOM slices, uint16 with rescale slope/intercept, LPS geometry."""
     import pydicom
@@ -76,10 +77,16 @@ def dicom_folder(tmp_path_factory, chaos_volume) -> Path:
     root = tmp_path_factory.mktemp("dicom")
     write_dicom_series(chaos_volume, root / "study" / "t2", "1.2.826.0.1.3680043.8.498.11", "T2 SPIR")
     # A second series (every 4th slice) in another subfolder, plus files to ignore.
-    sub = Volume(chaos_volume.data[::4], (7.7 * 4, 1.25, 1.25),
-                 chaos_volume.affine @ np.diag([1, 1, 4, 1]), (2, 1, 0), {})
-    write_dicom_series(sub, root / "study" / "scout", "1.2.826.0.1.3680043.8.498.12", "coarse",
-                       names=[f"s{i}" for i in range(sub.shape[0])])  # no extension
+    sub = Volume(
+        chaos_volume.data[::4], (7.7 * 4, 1.25, 1.25), chaos_volume.affine @ np.diag([1, 1, 4, 1]), (2, 1, 0), {}
+    )
+    write_dicom_series(
+        sub,
+        root / "study" / "scout",
+        "1.2.826.0.1.3680043.8.498.12",
+        "coarse",
+        names=[f"s{i}" for i in range(sub.shape[0])],
+    )  # no extension
     (root / "study" / "README.txt").write_text("not DICOM")
     (root / "study" / "t2" / "notes.json").write_text("{}")
     return root / "study"
@@ -121,8 +128,14 @@ def test_no_patient_identifier_reaches_the_layer(dicom_folder):
     assert [t for *_, t in layers] == ["image", "image"]
     for _, kw, _ in layers:
         text = repr(kw).lower()
-        for secret in (PATIENT_NAME.lower(), "doe", PATIENT_ID.lower(), "19700101",
-                       "1.2.826.0.1.3680043.8.498.11", "1.2.826.0.1.3680043.8.498.1"):
+        for secret in (
+            PATIENT_NAME.lower(),
+            "doe",
+            PATIENT_ID.lower(),
+            "19700101",
+            "1.2.826.0.1.3680043.8.498.11",
+            "1.2.826.0.1.3680043.8.498.1",
+        ):
             assert secret not in text
         assert not any("patient" in k.lower() for k in kw["metadata"])
         assert np.allclose(kw["scale"][1:], (1.25, 1.25))
@@ -136,8 +149,9 @@ def test_labels_on_a_dicom_image_are_written_as_ras_nifti(dicom_folder, chaos_la
     # Same voxels at the same RAS points as the original CHAOS label file.
     assert np.allclose(back.affine, src.affine @ _z_flip(37), atol=1e-3)
     assert np.allclose(nib.as_closest_canonical(back).affine, nib.as_closest_canonical(src).affine, atol=1e-3)
-    assert np.array_equal(np.asarray(nib.as_closest_canonical(back).dataobj),
-                          np.asarray(nib.as_closest_canonical(src).dataobj))
+    assert np.array_equal(
+        np.asarray(nib.as_closest_canonical(back).dataobj), np.asarray(nib.as_closest_canonical(src).dataobj)
+    )
 
 
 def test_a_single_dcm_file_opens_its_series(dicom_folder):

@@ -30,7 +30,7 @@ def test_chaos_image_and_labels_open_through_npe2(npe2_pm, chaos_image_path, cha
     # (z, y, x) is the NIfTI (x, y, z) array transposed.
     assert np.allclose(data, np.asarray(nii.dataobj).transpose(2, 1, 0))
 
-    (ldata, lkw, lkind), = npe2.read([str(chaos_label_path)], stack=False, plugin_name="napari-gi-seg")
+    ((ldata, lkw, lkind),) = npe2.read([str(chaos_label_path)], stack=False, plugin_name="napari-gi-seg")
     assert lkind == "labels"
     assert ldata.dtype == np.uint8 and ldata.shape == data.shape
     assert set(np.unique(ldata).tolist()) == {0, 1, 2, 3, 4}
@@ -40,7 +40,7 @@ def test_chaos_image_and_labels_open_through_npe2(npe2_pm, chaos_image_path, cha
 def test_labels_written_by_the_plugin_writer_line_up(npe2_pm, chaos_label_path, tmp_path):
     import npe2
 
-    (ldata, lkw, _), = npe2.read([str(chaos_label_path)], stack=False, plugin_name="napari-gi-seg")
+    ((ldata, lkw, _),) = npe2.read([str(chaos_label_path)], stack=False, plugin_name="napari-gi-seg")
     edited = ldata.copy()
     edited[10, 100:120, 50:60] = 4  # a correction
     out = tmp_path / "corrected.nii.gz"

@@ -21,9 +21,14 @@ def chaos_slices(chaos_image_path):
 
 def test_imagej_stack_spacing(tmp_path, chaos_slices):
     p = tmp_path / "stack.tif"
-    tifffile.imwrite(p, chaos_slices.astype(np.uint16), imagej=True, resolution=(1 / 0.125, 1 / 0.125),
-                     metadata={"axes": "ZYX", "spacing": 0.77, "unit": "cm"})
-    (data, kw, kind), = napari_get_reader(str(p))(str(p))
+    tifffile.imwrite(
+        p,
+        chaos_slices.astype(np.uint16),
+        imagej=True,
+        resolution=(1 / 0.125, 1 / 0.125),
+        metadata={"axes": "ZYX", "spacing": 0.77, "unit": "cm"},
+    )
+    ((data, kw, kind),) = napari_get_reader(str(p))(str(p))
     assert kind == "image" and data.shape == (5, 256, 256)
     assert np.allclose(kw["scale"], (7.7, 1.25, 1.25))
     assert kw["metadata"]["spacing_source"] == "imagej" and kw["metadata"]["spacing_assumed"] is False
@@ -32,9 +37,18 @@ def test_imagej_stack_spacing(tmp_path, chaos_slices):
 
 def test_ome_physical_sizes(tmp_path, chaos_slices):
     p = tmp_path / "stack.ome.tif"
-    tifffile.imwrite(p, chaos_slices, ome=True, metadata={
-        "axes": "ZYX", "PhysicalSizeX": 1250.0, "PhysicalSizeY": 1250.0, "PhysicalSizeZ": 7.7,
-        "PhysicalSizeZUnit": "mm"})  # x, y in the default unit, µm
+    tifffile.imwrite(
+        p,
+        chaos_slices,
+        ome=True,
+        metadata={
+            "axes": "ZYX",
+            "PhysicalSizeX": 1250.0,
+            "PhysicalSizeY": 1250.0,
+            "PhysicalSizeZ": 7.7,
+            "PhysicalSizeZUnit": "mm",
+        },
+    )  # x, y in the default unit, µm
     v = read_image(p)[0]
     assert np.allclose(v.spacing_mm, (7.7, 1.25, 1.25))
     assert v.metadata["spacing_source"] == "ome" and v.data.dtype == np.float32
@@ -57,7 +71,7 @@ def test_labels_writer_round_trip(tmp_path, chaos_label_path):
     assert np.array_equal(back.data, lab.data)
     assert np.allclose(back.spacing_mm, lab.spacing_mm, atol=1e-4)
     # Opened in napari, a label-named integer TIFF is a Labels layer.
-    (_, _, kind), = napari_get_reader(str(p))(str(p))
+    ((_, _, kind),) = napari_get_reader(str(p))(str(p))
     assert kind == "labels"
 
 

@@ -43,7 +43,7 @@ def _write_synthetic_scans(folder: Path, masks: np.ndarray, spacing: float) -> N
     k, z, h, w = masks.shape
     ramp = (np.add.outer(np.arange(h), np.arange(w)) * 999 // (h + w)).astype(np.uint16)  # < 1000
     for i in range(z):
-        img = ramp + 1000 * flatten_multilabel(masks[:, i:i + 1])[0].astype(np.uint16)
+        img = ramp + 1000 * flatten_multilabel(masks[:, i : i + 1])[0].astype(np.uint16)
         Image.fromarray(img).save(folder / f"slice_{i + 1:04d}_{w}_{h}_{spacing:.2f}_{spacing:.2f}.png")
 
 
@@ -119,7 +119,7 @@ def test_plugin_writer_csv_round_trip(uwmgi_root, tmp_path):
     back = read_uwmgi_labels(out, "case6_day0", edited.shape)
     assert np.array_equal(back, edited)
     # A single-case-day CSV also opens on its own (geometry inferred from the RLE).
-    (data, kw, kind), = napari_get_reader(str(out))(str(out))
+    ((data, kw, kind),) = napari_get_reader(str(out))(str(out))
     assert kind == "labels" and np.array_equal(data, edited)
     assert kw["metadata"]["spacing_assumed"] is True
 

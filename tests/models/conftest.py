@@ -21,8 +21,16 @@ def small_spec():
     from napari_gi_seg.models.spec import ClassInfo, ModelSpec
 
     return ModelSpec(
-        name="unit-test", version=1, architecture="Unet", encoder="resnet18", input_size=(32, 32),
-        classes=[ClassInfo(1, "liver"), ClassInfo(2, "right_kidney", mirror="left_kidney"),
-                 ClassInfo(3, "left_kidney", mirror="right_kidney"), ClassInfo(4, "spleen")],
+        name="unit-test",
+        version=1,
+        architecture="Unet",
+        encoder="resnet18",
+        input_size=(32, 32),
+        classes=[
+            ClassInfo(1, "liver"),
+            ClassInfo(2, "right_kidney", mirror="left_kidney"),
+            ClassInfo(3, "left_kidney", mirror="right_kidney"),
+            ClassInfo(4, "spleen"),
+        ],
         metrics={"validation": {"mean_dice": 0.5}},
     )

@@ -44,8 +44,15 @@ def trained_tiny(chaos3, tmp_path_factory):
     from napari_gi_seg.training.trainer import TrainConfig, train
 
     out = tmp_path_factory.mktemp("tiny_model")
-    cfg = TrainConfig(dataset=str(chaos3), name="tiny", val_fraction=0.34, device="cpu", register=False,
-                      work_dir=str(out / "run"), **TINY)
+    cfg = TrainConfig(
+        dataset=str(chaos3),
+        name="tiny",
+        val_fraction=0.34,
+        device="cpu",
+        register=False,
+        work_dir=str(out / "run"),
+        **TINY,
+    )
     res = train(cfg)
     save_weights(res.model, out / "model.safetensors")
     return res.spec, out / "model.safetensors"
@@ -87,7 +94,9 @@ def uwmgi_tree(uwmgi_csv, tmp_path_factory) -> Path:
     rng = np.random.default_rng(0)
     for cd, numbers in UWMGI_SLICES.items():
         h, w_ = table.mask_shape(cd) or (266, 266)
-        masks = read_uwmgi_multilabel(table, cd, shape=(len(numbers), h, w_), slice_numbers=list(numbers), classes=UWMGI_CLASSES)
+        masks = read_uwmgi_multilabel(
+            table, cd, shape=(len(numbers), h, w_), slice_numbers=list(numbers), classes=UWMGI_CLASSES
+        )
         scans = root / "train" / cd.split("_")[0] / cd / "scans"
         scans.mkdir(parents=True)
         for z, n in enumerate(numbers):

@@ -14,9 +14,30 @@ def test_torchrun_two_processes_registers_one_model(chaos3, tmp_path):
     assert torchrun, "torchrun not found next to the Python interpreter"
     home = tmp_path / "home"
     env = {**os.environ, "NAPARI_GI_SEG_HOME": str(home), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    cmd = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "napari_gi_seg.cli", "train", str(chaos3),
-           "--name", "ddp-tiny", "--size", "64", "--epochs", "2", "--max-steps-per-epoch", "2", "--batch-size", "2",
-           "--val-fraction", "0.34", "--device", "cpu"]
+    cmd = [
+        torchrun,
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "napari_gi_seg.cli",
+        "train",
+        str(chaos3),
+        "--name",
+        "ddp-tiny",
+        "--size",
+        "64",
+        "--epochs",
+        "2",
+        "--max-steps-per-epoch",
+        "2",
+        "--batch-size",
+        "2",
+        "--val-fraction",
+        "0.34",
+        "--device",
+        "cpu",
+    ]
     p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     assert p.returncode == 0, p.stderr[-3000:]
     versions = sorted((home / "models").glob("*/*"))

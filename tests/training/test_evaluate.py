@@ -8,7 +8,7 @@ import json
 import pytest
 
 from napari_gi_seg import cli
-from napari_gi_seg.evaluate import match_classes
+from napari_gi_seg.evaluation.evaluate import match_classes
 from napari_gi_seg.models import registry
 
 
@@ -28,8 +28,25 @@ def test_default_model_on_a_held_out_chaos_patient(chaos_dir, tmp_path, capsys):
 
 def test_evaluate_json_report_and_table(tiny_entry, chaos3, tmp_path, capsys):
     js, rep = tmp_path / "m.json", tmp_path / "rep" / "report.md"
-    assert cli.main(["evaluate", str(chaos3), "--model", "tiny", "--cases", "1", "--json", str(js), "--report", str(rep),
-                     "--device", "cpu"]) == 0
+    assert (
+        cli.main(
+            [
+                "evaluate",
+                str(chaos3),
+                "--model",
+                "tiny",
+                "--cases",
+                "1",
+                "--json",
+                str(js),
+                "--report",
+                str(rep),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     m = json.loads(js.read_text())
     names = ["liver", "right_kidney", "left_kidney", "spleen"]
     assert m["classes"] == names and list(m["per_case"]) == ["1"]
@@ -46,8 +63,25 @@ def test_evaluate_json_report_and_table(tiny_entry, chaos3, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "left_kidney" in out and "HD95" in out
     # restricting classes
-    assert cli.main(["evaluate", str(chaos3), "--model", "tiny", "--cases", "1", "--classes", "liver",
-                     "--json", str(js), "--device", "cpu"]) == 0
+    assert (
+        cli.main(
+            [
+                "evaluate",
+                str(chaos3),
+                "--model",
+                "tiny",
+                "--cases",
+                "1",
+                "--classes",
+                "liver",
+                "--json",
+                str(js),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     assert list(json.loads(js.read_text())["per_class"]) == ["liver"]
     # unknown case -> clear error, exit status 2
     assert cli.main(["evaluate", str(chaos3), "--model", "tiny", "--cases", "99"]) == 2

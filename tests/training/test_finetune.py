@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from napari_gi_seg import cli
+from napari_gi_seg.datasets import IGNORE_INDEX, Case
 from napari_gi_seg.models import registry
-from napari_gi_seg.training.datasets import IGNORE_INDEX, Case
 from napari_gi_seg.training.finetune import finetune, slice_split
 
 
@@ -24,8 +24,18 @@ def test_finetune_registers_child_and_leaves_base_untouched(tiny_entry, chaos3):
     before = _digest(tiny_entry.folder)
     mtimes = {p.name: p.stat().st_mtime_ns for p in tiny_entry.folder.iterdir()}
     rows = []
-    res = finetune(chaos3, "tiny", "tiny-ft", epochs=1, max_steps_per_epoch=1, batch_size=4, device="cpu",
-                   val_fraction=0.34, augment=False, on_epoch=rows.append)
+    res = finetune(
+        chaos3,
+        "tiny",
+        "tiny-ft",
+        epochs=1,
+        max_steps_per_epoch=1,
+        batch_size=4,
+        device="cpu",
+        val_fraction=0.34,
+        augment=False,
+        on_epoch=rows.append,
+    )
     assert _digest(tiny_entry.folder) == before
     assert {p.name: p.stat().st_mtime_ns for p in tiny_entry.folder.iterdir()} == mtimes
     e = registry.get_entry("tiny-ft")
@@ -52,8 +62,25 @@ def test_finetune_cli_jsonl_single_patient_slice_split(tiny_entry, chaos3, tmp_p
     for kind in ("image", "label"):
         os.symlink(os.path.realpath(chaos3 / f"{kind}_2.nii.gz"), one / f"{kind}_2.nii.gz")
     # no classes.json: the base's class order is assumed
-    rc = cli.main(["finetune", str(one), "--model", "tiny", "--name", "tiny-one", "--epochs", "1", "--batch-size", "4",
-                   "--device", "cpu", "--max-steps-per-epoch", "1", "--jsonl"])
+    rc = cli.main(
+        [
+            "finetune",
+            str(one),
+            "--model",
+            "tiny",
+            "--name",
+            "tiny-one",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "4",
+            "--device",
+            "cpu",
+            "--max-steps-per-epoch",
+            "1",
+            "--jsonl",
+        ]
+    )
     assert rc == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.strip()]
     assert [ln["event"] for ln in lines] == ["start", "epoch", "done"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from napari_gi_seg.training.datasets import IGNORE_INDEX
+from napari_gi_seg.datasets import IGNORE_INDEX
 from napari_gi_seg.training.trainer import segmentation_loss
 
 
@@ -27,7 +27,10 @@ def test_ignored_pixel_does_not_change_the_gradient_softmax():
     assert torch.all(g_ign[0, :, 3, 4] == 0)
     assert torch.allclose(g_ign, g_other, atol=1e-7)  # what the net predicts there does not matter
     # whereas a real label at that pixel does change the gradient (the test can fail)
-    g_lab, g_lab2 = _grad(logits, target, False), _grad(logits, target.index_put((torch.tensor(0), torch.tensor(3), torch.tensor(4)), torch.tensor(4)), False)
+    g_lab, g_lab2 = (
+        _grad(logits, target, False),
+        _grad(logits, target.index_put((torch.tensor(0), torch.tensor(3), torch.tensor(4)), torch.tensor(4)), False),
+    )
     assert g_lab[0, :, 3, 4].abs().sum() > 0
     assert not torch.allclose(g_lab, g_lab2)
     assert torch.isfinite(segmentation_loss(logits, torch.full_like(target, IGNORE_INDEX), False))

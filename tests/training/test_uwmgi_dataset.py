@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 from napari_gi_seg import cli
+from napari_gi_seg.datasets import DatasetFormatError, open_dataset
+from napari_gi_seg.datasets.uwmgi import DEFAULT_EXCLUDE, open_uwmgi
 from napari_gi_seg.io.rle import rle_decode, rle_encode
 from napari_gi_seg.io.uwmgi import UWMGI_CLASSES, load_train_csv
 from napari_gi_seg.models import registry
-from napari_gi_seg.training.datasets import DatasetFormatError, open_dataset
-from napari_gi_seg.training.uwmgi_dataset import DEFAULT_EXCLUDE, open_uwmgi
 
 
 def test_loader_groups_by_patient_with_class_channels(uwmgi_tree, uwmgi_csv):
@@ -44,14 +44,36 @@ def test_loader_groups_by_patient_with_class_channels(uwmgi_tree, uwmgi_csv):
 
 
 def test_multilabel_training_and_evaluation_end_to_end(uwmgi_tree, tmp_path):
-    assert cli.main(["train", str(uwmgi_tree), "--name", "gi-tiny", "--size", "64", "--epochs", "1", "--batch-size", "4",
-                     "--max-steps-per-epoch", "1", "--val-fraction", "0.5", "--device", "cpu",
-                     "--work-dir", str(tmp_path / "run")]) == 0
+    assert (
+        cli.main(
+            [
+                "train",
+                str(uwmgi_tree),
+                "--name",
+                "gi-tiny",
+                "--size",
+                "64",
+                "--epochs",
+                "1",
+                "--batch-size",
+                "4",
+                "--max-steps-per-epoch",
+                "1",
+                "--val-fraction",
+                "0.5",
+                "--device",
+                "cpu",
+                "--work-dir",
+                str(tmp_path / "run"),
+            ]
+        )
+        == 0
+    )
     spec = registry.get_entry("gi-tiny").spec()
     assert spec.activation == "sigmoid" and [c.name for c in spec.classes] == list(UWMGI_CLASSES)
     assert spec.training["layout"] == "uwmgi"
     assert len(spec.training["train_patients"]) == 1 and len(spec.training["val_patients"]) == 1
-    from napari_gi_seg.evaluate import evaluate_dataset
+    from napari_gi_seg.evaluation.evaluate import evaluate_dataset
 
     ev = evaluate_dataset(uwmgi_tree, model="gi-tiny", cases=["case2"], device="cpu")
     assert ev.summary["classes"] == list(UWMGI_CLASSES)

@@ -14,6 +14,8 @@ import pytest
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from widget_helpers import tiny_spec  # noqa: E402
+
+
 @pytest.fixture(scope="session")
 def tiny_weights(tmp_path_factory, chaos_volumes):
     """A safetensors file of a 64 px Unet/mobilenet_v2 with the CHAOS classes, fitted

@@ -7,7 +7,7 @@ import numpy as np
 
 from napari_gi_seg._qt import _context as C
 from napari_gi_seg._qt.correct_widget import SHORTCUTS, CorrectWidget, _slices_from_paint
-from napari_gi_seg.review import SliceState
+from napari_gi_seg.curation.review import SliceState
 
 
 def _key(viewer, key):
@@ -149,7 +149,7 @@ def test_autosave_and_restore_in_new_viewer(qtbot, segmented, make_napari_viewer
     ctx.tracker.mark_reviewed(15)
     assert cor.autosave_now() is not None  # dirty after the edit
     assert cor.autosave_now() is None  # nothing changed since
-    from napari_gi_seg.session import SessionStore, image_fingerprint
+    from napari_gi_seg.curation.session import SessionStore, image_fingerprint
 
     fp = image_fingerprint(np.asarray(image_layer.data))
     assert SessionStore().find(fp) is not None

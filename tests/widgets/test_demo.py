@@ -25,8 +25,8 @@ def test_headless_demo_writes_labels_overlay_and_dice(tiny_model, tmp_path, caps
 
 def test_headless_demo_dice_matches_metrics(tiny_model, tmp_path, chaos_volumes):
     from napari_gi_seg.demo import run_headless
+    from napari_gi_seg.evaluation.metrics import dice
     from napari_gi_seg.io.nifti import read_nifti
-    from napari_gi_seg.metrics import dice
 
     res = run_headless(tmp_path, model=tiny_model, device="cpu", quiet=True)
     _, truth = chaos_volumes
@@ -44,7 +44,7 @@ def test_unknown_model_is_one_line_error(tmp_path, capsys):
 
 
 def test_gui_demo_docks_widgets_and_segments(qtbot, tiny_model, monkeypatch):
-    from napari_gi_seg.demo import open_demo_viewer
+    from napari_gi_seg._qt.demo import open_demo_viewer
 
     viewer, widgets = open_demo_viewer(model=tiny_model, device="cpu", show=False)
     try:

@@ -6,15 +6,15 @@ import json
 
 import numpy as np
 import pytest
+from widget_helpers import TINY_NAME, wait_worker
 
 from napari_gi_seg._qt import _context as C
 from napari_gi_seg._qt.correct_widget import CorrectWidget
 from napari_gi_seg._qt.export_widget import ExportWidget
 from napari_gi_seg._qt.finetune_widget import FinetuneWidget, parse_jsonl_line
 from napari_gi_seg._qt.segment_widget import SegmentWidget
-from napari_gi_seg.review import SliceState
-from napari_gi_seg.training.datasets import IGNORE_INDEX, open_dataset
-from widget_helpers import TINY_NAME, wait_worker
+from napari_gi_seg.curation.review import SliceState
+from napari_gi_seg.datasets import IGNORE_INDEX, open_dataset
 
 #: A tiny fine-tuning run (a few optimiser steps) so the loop stays CI-sized.
 TINY_FINETUNE = ["--max-steps-per-epoch", "2", "--batch-size", "4"]
@@ -116,7 +116,7 @@ def test_export_errors_are_notifications(qtbot, segmented, tmp_path, monkeypatch
     assert not ds.exists()
     seg.context.tracker.mark_reviewed([3, 4])
     # an export interrupted by the file system leaves no dataset folder behind
-    import napari_gi_seg.export as export_mod
+    import napari_gi_seg.curation.export as export_mod
 
     def boom(*a, **k):
         raise OSError(28, "No space left on device")
@@ -150,7 +150,14 @@ def test_finetune_cancel_and_bad_dataset(qtbot, make_napari_viewer, tiny_model, 
     (tmp_path / "dataset.json").write_text("{}")
     ft.folder_edit.setText(str(tmp_path))
     ft.base_combo.setCurrentText(tiny_model)
-    ft.command = lambda: [__import__("sys").executable, "-c", "import time; print('{\"event\": \"epoch\", \"epoch\": 1, \"train_loss\": 0.5}', flush=True); time.sleep(60)"] + ["--name", "x", "--model", tiny_model]
+    ft.command = lambda: (
+        [
+            __import__("sys").executable,
+            "-c",
+            'import time; print(\'{"event": "epoch", "epoch": 1, "train_loss": 0.5}\', flush=True); time.sleep(60)',
+        ]
+        + ["--name", "x", "--model", tiny_model]
+    )
     results = []
     ft.run_finished.connect(results.append)
     assert ft.start()

@@ -55,10 +55,12 @@ def test_heartbeat_during_cpu_segmentation(qtbot, chaos_image_layer, tiny_model)
     worst = max(gaps)
     top = sorted(((g, a - t0) for g, a in zip(gaps, during)), reverse=True)[:3]
     n = image_layer.data.shape[0]
-    print(f"\nresponsiveness: model {key}, {n} slices on CPU in {t1 - t0:.1f} s; Segment click handled in "
-          f"{setup_s * 1000:.0f} ms; then {len(gaps)} heartbeats (10 ms timer), worst stall {worst * 1000:.0f} ms, "
-          f"median gap {sorted(gaps)[len(gaps) // 2] * 1000:.1f} ms; largest gaps (ms @ s): "
-          f"{[(round(g * 1000), round(at, 2)) for g, at in top]}; batches at {[round(b - t0, 2) for b in batches]} s")
+    print(
+        f"\nresponsiveness: model {key}, {n} slices on CPU in {t1 - t0:.1f} s; Segment click handled in "
+        f"{setup_s * 1000:.0f} ms; then {len(gaps)} heartbeats (10 ms timer), worst stall {worst * 1000:.0f} ms, "
+        f"median gap {sorted(gaps)[len(gaps) // 2] * 1000:.1f} ms; largest gaps (ms @ s): "
+        f"{[(round(g * 1000), round(at, 2)) for g, at in top]}; batches at {[round(b - t0, 2) for b in batches]} s"
+    )
     assert seg.context.tracker.counts()["predicted"] == n
     assert len(gaps) > 10
     assert worst < MAX_STALL_S, f"main thread stalled {worst * 1000:.0f} ms (> {MAX_STALL_S * 1000:.0f} ms)"

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from widget_helpers import CHAOS_CLASSES, TINY_NAME, tiny_spec, wait_worker
 
 from napari_gi_seg._qt import _context as C
 from napari_gi_seg._qt.segment_widget import SegmentWidget
-
-from widget_helpers import CHAOS_CLASSES, TINY_NAME, tiny_spec, wait_worker
 
 
 def test_models_listed_with_classes_and_selectable(qtbot, chaos_image_layer, tiny_model, tiny_weights):
@@ -30,7 +29,9 @@ def test_models_listed_with_classes_and_selectable(qtbot, chaos_image_layer, tin
     assert w.model_key() == f"{TINY_NAME}:2"
 
 
-def test_worker_segments_whole_stack_into_labels_with_model_classes(qtbot, chaos_image_layer, chaos_volumes, tiny_model):
+def test_worker_segments_whole_stack_into_labels_with_model_classes(
+    qtbot, chaos_image_layer, chaos_volumes, tiny_model
+):
     viewer, image_layer = chaos_image_layer
     w = SegmentWidget(viewer)
     w.select_model(tiny_model)

@@ -18,8 +18,13 @@ def tiny_spec(version: int = 1):
     from napari_gi_seg.models.spec import ModelSpec
 
     return ModelSpec(
-        name=TINY_NAME, version=version, architecture="Unet", encoder="mobilenet_v2",
-        context_offsets=(-1, 0, 1), input_size=(64, 64), classes=[dict(c) for c in CHAOS_CLASSES],
+        name=TINY_NAME,
+        version=version,
+        architecture="Unet",
+        encoder="mobilenet_v2",
+        context_offsets=(-1, 0, 1),
+        input_size=(64, 64),
+        classes=[dict(c) for c in CHAOS_CLASSES],
         description="untrained 64 px test model",
     )
 

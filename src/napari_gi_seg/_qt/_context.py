@@ -4,7 +4,7 @@ A *case* is one image layer with the editable Labels layer made for it. Its
 :class:`CaseContext` keeps what the widgets need beside the layers: the model's
 class names and colours (from the model spec, never hard-coded), the model's own
 prediction (a hidden Labels layer), the per-class probabilities ``(C, z, y, x)``
-float16, and the per-slice review state (:class:`napari_gi_seg.review.ReviewTracker`).
+float16, and the per-slice review state (:class:`napari_gi_seg.curation.review.ReviewTracker`).
 
 Plain facts (class names, model key, geometry) also go into the Labels layer's
 ``metadata`` so that writers and the session store see them; runtime objects
@@ -25,7 +25,7 @@ PREDICTION_SUFFIX = " prediction"
 #: Metadata key, on both Labels layers, naming the image layer they belong to.
 IMAGE_KEY = "gi_seg_image_layer"
 
-_CONTEXTS: "weakref.WeakKeyDictionary[Any, CaseContext]" = weakref.WeakKeyDictionary()
+_CONTEXTS: weakref.WeakKeyDictionary[Any, CaseContext] = weakref.WeakKeyDictionary()
 _WIDGETS: dict[int, list[weakref.ref]] = {}
 
 
@@ -46,7 +46,7 @@ class CaseContext:
     probs:
         ``(C, z, y, x)`` float16 probabilities of the last run, or ``None``.
     tracker:
-        :class:`~napari_gi_seg.review.ReviewTracker` with one state per slice.
+        :class:`~napari_gi_seg.curation.review.ReviewTracker` with one state per slice.
 
     ``changed`` is emitted (no arguments) after a segmentation batch, a correction,
     a review mark or a restore, so widgets can refresh their read-outs.
@@ -54,8 +54,15 @@ class CaseContext:
 
     changed = Signal()
 
-    def __init__(self, image_layer, labels_layer, class_names: dict[int, str], colours: dict[int, str] | None = None, model_key: str | None = None):
-        from ..review import ReviewTracker
+    def __init__(
+        self,
+        image_layer,
+        labels_layer,
+        class_names: dict[int, str],
+        colours: dict[int, str] | None = None,
+        model_key: str | None = None,
+    ):
+        from ..curation.review import ReviewTracker
 
         self._image_ref = weakref.ref(image_layer)
         self._labels_ref = weakref.ref(labels_layer)
@@ -100,8 +107,8 @@ class CaseContext:
         return {k: v for k, v in sorted(self.class_names.items()) if k != 0}
 
     def fingerprint(self) -> str:
-        """Session key of the image (:func:`napari_gi_seg.session.image_fingerprint`)."""
-        from ..session import image_fingerprint
+        """Session key of the image (:func:`napari_gi_seg.curation.session.image_fingerprint`)."""
+        from ..curation.session import image_fingerprint
 
         return image_fingerprint(np.asarray(self.image_layer.data))
 
@@ -109,7 +116,7 @@ class CaseContext:
         """``(z,)`` float32 per-slice uncertainty from :attr:`probs`, or ``None``."""
         if self.probs is None:
             return None
-        from ..review import slice_uncertainty
+        from ..curation.review import slice_uncertainty
 
         return slice_uncertainty(self.probs)
 
@@ -117,7 +124,7 @@ class CaseContext:
         """Uncertainty of slice ``z`` only (cheap enough for every slice change)."""
         if self.probs is None:
             return None
-        from ..review import slice_uncertainty
+        from ..curation.review import slice_uncertainty
 
         return float(slice_uncertainty(self.probs[:, int(z) : int(z) + 1])[0])
 
@@ -180,7 +187,11 @@ def editable_labels(viewer) -> list:
     """The viewer's 3D Labels layers a clinician edits (the hidden model predictions excluded)."""
     from napari.layers import Labels
 
-    return [lyr for lyr in viewer.layers if isinstance(lyr, Labels) and lyr.ndim == 3 and not lyr.name.endswith(PREDICTION_SUFFIX)]
+    return [
+        lyr
+        for lyr in viewer.layers
+        if isinstance(lyr, Labels) and lyr.ndim == 3 and not lyr.name.endswith(PREDICTION_SUFFIX)
+    ]
 
 
 def refresh_labels_combo(viewer, combo, event=None) -> None:
@@ -218,7 +229,9 @@ def find_case(viewer, image_layer=None, labels_layer=None) -> CaseContext | None
     return None
 
 
-def ensure_case(viewer, image_layer, class_names: dict[int, str], colours: dict[int, str], model_key: str | None = None) -> CaseContext:
+def ensure_case(
+    viewer, image_layer, class_names: dict[int, str], colours: dict[int, str], model_key: str | None = None
+) -> CaseContext:
     """The case for ``image_layer``, creating its editable Labels layer
     (``"<image> labels"``, same shape, scale, translate and geometry metadata) when
     there is none. An existing case adopts the new classes when they differ."""
@@ -284,7 +297,9 @@ def adopt_labels_layer(viewer, labels_layer) -> CaseContext | None:
         return ctx
     want = (labels_layer.metadata or {}).get(IMAGE_KEY)
     imgs = image_layers(viewer)
-    match = [i for i in imgs if i.name == want] or [i for i in imgs if tuple(i.data.shape) == tuple(labels_layer.data.shape)]
+    match = [i for i in imgs if i.name == want] or [
+        i for i in imgs if tuple(i.data.shape) == tuple(labels_layer.data.shape)
+    ]
     if not match:
         return None
     names = class_names_from_layer(labels_layer)
@@ -301,7 +316,9 @@ def adopt_labels_layer(viewer, labels_layer) -> CaseContext | None:
 
 def current_slice(viewer, layer) -> int:
     """Index (z) of the slice shown for ``layer``, clipped to its range."""
-    coords = layer.world_to_data(viewer.dims.point[-layer.ndim :] if len(viewer.dims.point) >= layer.ndim else viewer.dims.point)
+    coords = layer.world_to_data(
+        viewer.dims.point[-layer.ndim :] if len(viewer.dims.point) >= layer.ndim else viewer.dims.point
+    )
     z = int(round(float(coords[0])))
     return int(np.clip(z, 0, layer.data.shape[0] - 1))
 

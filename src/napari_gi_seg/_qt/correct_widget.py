@@ -1,9 +1,9 @@
 """Correct-and-review dock widget.
 
-Thin over :mod:`napari_gi_seg.corrections` (every tool returns a ``Correction`` that
+Thin over :mod:`napari_gi_seg.curation.corrections` (every tool returns a ``Correction`` that
 is applied with ``layer.data_setitem`` so napari's undo/redo covers it),
-:mod:`napari_gi_seg.review` (per-slice state, least-confident slice) and
-:mod:`napari_gi_seg.session` (autosave every 30 s and on close, restore when the
+:mod:`napari_gi_seg.curation.review` (per-slice state, least-confident slice) and
+:mod:`napari_gi_seg.curation.session` (autosave every 30 s and on close, restore when the
 same image is opened again).
 
 Keyboard shortcuts (bound on the viewer; none of them is a napari default):
@@ -174,7 +174,11 @@ class CorrectWidget(QWidget):
         self.viewer.layers.events.inserted.connect(self._layers_changed)
         self.viewer.layers.events.removed.connect(self._layers_changed)
         self.viewer.dims.events.current_step.connect(self._update_state)
-        for key, fn in (("Shift-R", self.mark_reviewed_and_next), ("Shift-N", self.go_next_unreviewed), ("Shift-U", self.go_least_confident)):
+        for key, fn in (
+            ("Shift-R", self.mark_reviewed_and_next),
+            ("Shift-N", self.go_next_unreviewed),
+            ("Shift-U", self.go_least_confident),
+        ):
             self.viewer.bind_key(key, lambda v, fn=fn: fn(), overwrite=True)
 
         self._timer = QTimer(self)
@@ -319,7 +323,7 @@ class CorrectWidget(QWidget):
     def interpolate(self, class_index: int | None = None, z0: int | None = None, z1: int | None = None):
         """Shape-based interpolation of the class between slices ``z0`` and ``z1``
         (default: the 'from'/'to' boxes). Returns the applied ``Correction``."""
-        from ..corrections import interpolate_class
+        from ..curation.corrections import interpolate_class
 
         c = self._class(class_index)
         a = self.z_from.value() if z0 is None else int(z0)
@@ -328,7 +332,7 @@ class CorrectWidget(QWidget):
 
     def fill_holes(self, class_index: int | None = None, slices=None):
         """Fill holes of the class (all classes when the picker is empty) on the scope."""
-        from ..corrections import fill_holes
+        from ..curation.corrections import fill_holes
 
         c = self._class(class_index)
         zs = self._scope_slices() if slices is None else list(slices)
@@ -336,7 +340,7 @@ class CorrectWidget(QWidget):
 
     def remove_islands(self, class_index: int | None = None, slices=None, min_area_mm2: float | None = None):
         """Remove 2D islands of the class smaller than the area (mm²) on the scope."""
-        from ..corrections import remove_islands
+        from ..curation.corrections import remove_islands
 
         c = self._class(class_index)
         zs = self._scope_slices() if slices is None else list(slices)
@@ -345,7 +349,7 @@ class CorrectWidget(QWidget):
 
     def smooth(self, class_index: int | None = None, slices=None, sigma_mm: float | None = None):
         """Gaussian-smooth the class contour (sigma in mm) on the scope."""
-        from ..corrections import smooth_contour
+        from ..curation.corrections import smooth_contour
 
         c = self._class(class_index)
         zs = self._scope_slices() if slices is None else list(slices)
@@ -380,7 +384,7 @@ class CorrectWidget(QWidget):
 
     def go_least_confident(self) -> int | None:
         """Show the unreviewed slice where the model is least sure (highest mean
-        normalised entropy, :func:`napari_gi_seg.review.slice_uncertainty`)."""
+        normalised entropy, :func:`napari_gi_seg.curation.review.slice_uncertainty`)."""
         from napari.utils.notifications import show_info
 
         ctx = self._ctx
@@ -416,7 +420,7 @@ class CorrectWidget(QWidget):
 
     # ------------------------------------------------------------------ sessions
     def _store(self):
-        from ..session import SessionStore
+        from ..curation.session import SessionStore
 
         return SessionStore()
 
@@ -436,7 +440,7 @@ class CorrectWidget(QWidget):
         }
 
     def _autosaver(self, ctx):
-        from ..session import Autosaver
+        from ..curation.session import Autosaver
 
         a = self._autosavers.get(id(ctx))
         if a is None:
@@ -479,7 +483,7 @@ class CorrectWidget(QWidget):
         if image_layer is None or getattr(image_layer, "ndim", 0) != 3:
             return False
         try:
-            from ..session import image_fingerprint
+            from ..curation.session import image_fingerprint
 
             fp = image_fingerprint(np.asarray(image_layer.data))
             if fp in self._asked or self._store().find(fp) is None:
@@ -507,7 +511,7 @@ class CorrectWidget(QWidget):
         state, classes) into ``"<image> labels"``. Returns the case or ``None``."""
         from napari.utils.notifications import show_error, show_info
 
-        from ..session import image_fingerprint
+        from ..curation.session import image_fingerprint
 
         try:
             data = self._store().load(image_fingerprint(np.asarray(image_layer.data)))
@@ -515,7 +519,9 @@ class CorrectWidget(QWidget):
             show_error(f"Could not restore the session of {image_layer.name}: {e}")
             return None
         if tuple(data.labels.shape) != tuple(image_layer.data.shape):
-            show_error(f"Session for {image_layer.name} has shape {data.labels.shape}, the image {image_layer.data.shape}; not restored")
+            show_error(
+                f"Session for {image_layer.name} has shape {data.labels.shape}, the image {image_layer.data.shape}; not restored"
+            )
             return None
         info = data.info or {}
         names = {int(k): v for k, v in (info.get("class_names") or {}).items()}
@@ -529,7 +535,7 @@ class CorrectWidget(QWidget):
             pred.data = np.asarray(data.prediction, dtype=np.uint8)
         ctx.tracker = data.review
         self.select_labels(ctx.labels_layer)
-        a = self._autosaver(ctx)
+        self._autosaver(ctx)
         show_info(f"Restored the session of {image_layer.name} ({ctx.tracker.counts()['reviewed']} reviewed slices)")
         ctx.changed.emit()
         return ctx

@@ -1,6 +1,6 @@
 """Export dock widget: write the reviewed case into an nnU-Net v2 training dataset.
 
-Thin over :func:`napari_gi_seg.export.export_case`: only REVIEWED slices carry
+Thin over :func:`napari_gi_seg.curation.export.export_case`: only REVIEWED slices carry
 labels, every other slice becomes the ignore label; the model key and the
 per-slice correction Dice go to ``provenance.json``. Errors are shown as napari
 notifications, never raised into the event loop.
@@ -131,11 +131,13 @@ class ExportWidget(QWidget):
             return None
         reviewed = ctx.tracker.reviewed_slices()
         if not reviewed:
-            show_error("No slice is marked reviewed (Shift-R in Correct and review); only reviewed slices are exported.")
+            show_error(
+                "No slice is marked reviewed (Shift-R in Correct and review); only reviewed slices are exported."
+            )
             return None
         img = ctx.image_layer
         try:
-            from ..export import export_case
+            from ..curation.export import export_case
 
             image = volume_from_layer_metadata(np.asarray(img.data), dict(img.metadata), scale=img.scale)
             out = export_case(

@@ -31,11 +31,25 @@ from qtpy.QtWidgets import (
 from . import _context as C
 
 
-def finetune_command(dataset: str | Path, base: str, name: str, epochs: int, device: str = "auto", extra: list[str] | None = None) -> list[str]:
+def finetune_command(
+    dataset: str | Path, base: str, name: str, epochs: int, device: str = "auto", extra: list[str] | None = None
+) -> list[str]:
     """The argv (``[python, -m, napari_gi_seg.cli, finetune, ...]``) the widget runs."""
     return [
-        sys.executable, "-m", "napari_gi_seg.cli", "finetune", str(dataset),
-        "--model", base, "--name", name, "--epochs", str(int(epochs)), "--device", device, "--jsonl",
+        sys.executable,
+        "-m",
+        "napari_gi_seg.cli",
+        "finetune",
+        str(dataset),
+        "--model",
+        base,
+        "--name",
+        name,
+        "--epochs",
+        str(int(epochs)),
+        "--device",
+        device,
+        "--jsonl",
         *(extra or []),
     ]
 
@@ -198,7 +212,14 @@ class FinetuneWidget(QWidget):
         """The command line for the current choices."""
         base = self.base_combo.currentText()
         name = self.name_edit.text().strip() or base.split(":")[0]
-        return finetune_command(self.folder_edit.text().strip(), base, name, self.epochs_spin.value(), self.device_combo.currentText(), self.extra_args)
+        return finetune_command(
+            self.folder_edit.text().strip(),
+            base,
+            name,
+            self.epochs_spin.value(),
+            self.device_combo.currentText(),
+            self.extra_args,
+        )
 
     def start(self) -> bool:
         """Start fine-tuning; False (after an error notification) when the choices
@@ -269,7 +290,8 @@ class FinetuneWidget(QWidget):
             self.history.append(obj)
             vd = obj.get("val_mean_dice")
             self.status_label.setText(
-                f"epoch {obj['epoch']}: loss {obj.get('train_loss', float('nan')):.4f}" + (f", validation Dice {vd:.3f}" if vd is not None else "")
+                f"epoch {obj['epoch']}: loss {obj.get('train_loss', float('nan')):.4f}"
+                + (f", validation Dice {vd:.3f}" if vd is not None else "")
             )
             self._redraw()
 
@@ -325,7 +347,9 @@ class FinetuneWidget(QWidget):
             msg = f"Registered {self.new_model_key}" + (" and selected it in Segment." if seg is not None else ".")
             show_info(msg)
             self.status_label.setText(msg)
-        self.run_finished.emit({"ok": ok, "model": self.new_model_key, "cancelled": self._cancelled, "history": list(self.history)})
+        self.run_finished.emit(
+            {"ok": ok, "model": self.new_model_key, "cancelled": self._cancelled, "history": list(self.history)}
+        )
 
     def closeEvent(self, event) -> None:  # noqa: N802 - Qt name
         """Closing the widget stops a running fine-tune (nothing is registered)."""

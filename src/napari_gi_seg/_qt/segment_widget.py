@@ -36,7 +36,9 @@ SCOPES = ("current slice", "range", "whole stack")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
-def _run_model(data: np.ndarray, model_key: str, slices: Sequence[int], device: str, tta: bool, batch_size: int, cancel) -> Iterator:
+def _run_model(
+    data: np.ndarray, model_key: str, slices: Sequence[int], device: str, tta: bool, batch_size: int, cancel
+) -> Iterator:
     """Load the model and yield :class:`~napari_gi_seg.engine.inference.BatchResult`
     batches (runs in the worker thread)."""
     from ..engine.inference import iter_segment, resolve_device
@@ -44,7 +46,9 @@ def _run_model(data: np.ndarray, model_key: str, slices: Sequence[int], device: 
 
     dev = resolve_device(device)
     spec, net = load_model(model_key, device=dev)
-    yield from iter_segment(data, spec, net, slices=slices, batch_size=batch_size, device=dev, tta=tta, return_probs=True, cancel=cancel)
+    yield from iter_segment(
+        data, spec, net, slices=slices, batch_size=batch_size, device=dev, tta=tta, return_probs=True, cancel=cancel
+    )
 
 
 class SegmentWidget(QWidget):
@@ -201,7 +205,9 @@ class SegmentWidget(QWidget):
         self._show_classes()
         self.run_button.setEnabled(bool(keys))
         if not keys:
-            self.status_label.setText("No model registered: train one (napari-gi-seg train) or install the bundled model.")
+            self.status_label.setText(
+                "No model registered: train one (napari-gi-seg train) or install the bundled model."
+            )
         return keys
 
     def select_model(self, key: str) -> None:
@@ -238,7 +244,10 @@ class SegmentWidget(QWidget):
             self.classes_label.setText("")
             return
         html = " ".join(f'<span style="color:{c.colour}">&#9632;</span>&nbsp;{c.name}' for c in spec.classes)
-        self.classes_label.setText(html + f"<br><small>{spec.architecture}/{spec.encoder}, {spec.input_size[0]} px, 2.5D {list(spec.context_offsets)}</small>")
+        self.classes_label.setText(
+            html
+            + f"<br><small>{spec.architecture}/{spec.encoder}, {spec.input_size[0]} px, 2.5D {list(spec.context_offsets)}</small>"
+        )
 
     def _scope_changed(self, text: str) -> None:
         self.range_row.setVisible(text == "range")
@@ -362,7 +371,7 @@ class SegmentWidget(QWidget):
         ctx = self._ctx
         if ctx is None or ctx.labels_layer is None:
             return
-        from ..review import SliceState
+        from ..curation.review import SliceState
 
         z = [int(v) for v in batch.z]
         # re-slice a layer only when the changed slices are on screen (3D view, or
@@ -375,9 +384,11 @@ class SegmentWidget(QWidget):
                 pred.refresh()
         if batch.probs is not None and ctx.probs is not None:
             ctx.probs[:, z] = np.moveaxis(batch.probs, 1, 0)
-        keep = set() if self.overwrite_check.isChecked() else {
-            i for i in z if ctx.tracker.states[i] in (SliceState.EDITED, SliceState.REVIEWED)
-        }
+        keep = (
+            set()
+            if self.overwrite_check.isChecked()
+            else {i for i in z if ctx.tracker.states[i] in (SliceState.EDITED, SliceState.REVIEWED)}
+        )
         labels = ctx.labels_layer
         for k, i in enumerate(z):
             if i not in keep:

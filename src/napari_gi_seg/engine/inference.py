@@ -20,6 +20,7 @@ import torch
 
 from ..io.volume import Volume
 from ..models.spec import ModelSpec
+from .postprocess import keep_largest_components
 from .preprocess import context_batch, normalise_intensity, resize_images
 
 
@@ -100,31 +101,6 @@ def probabilities_to_labels(probs: torch.Tensor, spec: ModelSpec, threshold: flo
     return out
 
 
-def keep_largest_components(labels: np.ndarray, spec: ModelSpec) -> np.ndarray:
-    """Post-processing: for each class with ``single_component=True`` keep only its
-    largest 3D connected component (26-connectivity) in a ``(z, y, x)`` label volume;
-    the removed voxels become background. Returns a new uint8 array.
-
-    Following nnU-Net's post-processing (Isensee et al., Nature Methods 2021), which
-    applies it per class when it improves validation Dice.
-    """
-    from scipy import ndimage
-
-    out = labels.copy()
-    for c in spec.classes:
-        if not c.single_component:
-            continue
-        mask = labels == c.index
-        if not mask.any():
-            continue
-        comp, n = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
-        if n > 1:
-            sizes = np.bincount(comp.ravel())
-            sizes[0] = 0
-            out[(comp != int(sizes.argmax())) & mask] = 0
-    return out
-
-
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
@@ -162,16 +138,20 @@ def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype
     return None
 
 
-def _forward(net: torch.nn.Module, x: torch.Tensor, spec: ModelSpec, tta: bool, out_size,
-             amp_dtype: torch.dtype | None = None) -> torch.Tensor:
+def _forward(
+    net: torch.nn.Module, x: torch.Tensor, spec: ModelSpec, tta: bool, out_size, amp_dtype: torch.dtype | None = None
+) -> torch.Tensor:
     """Probabilities ``(n, C, *out_size)`` float32 for a ``(n, ch, H, W)`` input batch.
 
     The probabilities are made channels-last before resizing: bilinear resize and
     the channel argmax are several times faster on CPU in that memory layout
     (same values).
     """
-    ctx = (torch.autocast(device_type=x.device.type, dtype=amp_dtype) if amp_dtype is not None
-           else contextlib.nullcontext())
+    ctx = (
+        torch.autocast(device_type=x.device.type, dtype=amp_dtype)
+        if amp_dtype is not None
+        else contextlib.nullcontext()
+    )
     with ctx:
         logits = net(x).float()
         if tta:
@@ -258,7 +238,9 @@ def iter_segment(
                     bs = max(1, bs // 2)
                     warnings.warn(f"CUDA out of memory: batch size reduced to {bs}", RuntimeWarning, stacklevel=2)
                 else:
-                    warnings.warn("CUDA out of memory at batch size 1: continuing on the CPU", RuntimeWarning, stacklevel=2)
+                    warnings.warn(
+                        "CUDA out of memory at batch size 1: continuing on the CPU", RuntimeWarning, stacklevel=2
+                    )
                     dev = torch.device("cpu")
                     net = net.to(dev)
                     amp_dtype = autocast_dtype(dev, precision)

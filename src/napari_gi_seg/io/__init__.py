@@ -108,8 +108,9 @@ def read_image(path: str | Path, slice_spacing_mm: float | None = None) -> list[
     if kind == "csv":
         raise InvalidInputError(p, "a UW-Madison label CSV holds labels, not an image; use read_labels")
     raise InvalidInputError(
-        p, "unsupported input; expected NIfTI (.nii/.nii.gz), TIFF stack, DICOM series folder "
-           "or UW-Madison case-day folder (scans/slice_NNNN_W_H_pw_ph.png)"
+        p,
+        "unsupported input; expected NIfTI (.nii/.nii.gz), TIFF stack, DICOM series folder "
+        "or UW-Madison case-day folder (scans/slice_NNNN_W_H_pw_ph.png)",
     )
 
 
@@ -118,8 +119,12 @@ def _check_like(path, labels: Volume, like: Volume | None) -> Volume:
         return labels
     if labels.shape != like.shape:
         raise InvalidInputError(path, f"labels shape (z, y, x) {labels.shape} differs from the image's {like.shape}")
-    if not np.allclose(labels.spacing_mm, like.spacing_mm, rtol=1e-3, atol=1e-3) and not labels.metadata.get("spacing_assumed"):
-        raise InvalidInputError(path, f"labels spacing {labels.spacing_mm} mm differs from the image's {like.spacing_mm} mm")
+    if not np.allclose(labels.spacing_mm, like.spacing_mm, rtol=1e-3, atol=1e-3) and not labels.metadata.get(
+        "spacing_assumed"
+    ):
+        raise InvalidInputError(
+            path, f"labels spacing {labels.spacing_mm} mm differs from the image's {like.spacing_mm} mm"
+        )
     return labels
 
 
@@ -177,21 +182,35 @@ def read_labels(path: str | Path, like: Volume | None = None) -> Volume:
             if cd not in table.rles:
                 raise InvalidInputError(p, f"no rows for case-day {cd}")
             lab = uwmgi.read_uwmgi_labels(table, cd, like.shape, like.metadata.get("slice_numbers"))
-            return like.with_data(lab, is_labels=True, class_names=uwmgi.uwmgi_class_names(),
-                                  source_path=str(p), format="uwmgi-csv")
+            return like.with_data(
+                lab, is_labels=True, class_names=uwmgi.uwmgi_class_names(), source_path=str(p), format="uwmgi-csv"
+            )
         if len(table.rles) != 1:
             raise InvalidInputError(
-                p, f"holds {len(table.rles)} case-days; open a case-day folder (caseN_dayM with scans/) "
-                   "below this CSV, or pass the image as `like`"
+                p,
+                f"holds {len(table.rles)} case-days; open a case-day folder (caseN_dayM with scans/) "
+                "below this CSV, or pass the image as `like`",
             )
         cd = table.case_days[0]
         lab = uwmgi.read_uwmgi_labels(table, cd)
         case, day = cd[4:].split("_day")
-        return Volume(lab, (uwmgi.DEFAULT_SLICE_SPACING_MM, 1.0, 1.0),
-                      np.diag([1.0, 1.0, uwmgi.DEFAULT_SLICE_SPACING_MM, 1.0]), (2, 1, 0),
-                      {"source_path": str(p), "format": "uwmgi-csv", "is_labels": True, "case_id": f"case{case}",
-                       "day": int(day), "class_names": uwmgi.uwmgi_class_names(), "coordinate_system": "none",
-                       "spacing_assumed": True, "spacing_source": "none in the CSV; in-plane 1 mm assumed"})
+        return Volume(
+            lab,
+            (uwmgi.DEFAULT_SLICE_SPACING_MM, 1.0, 1.0),
+            np.diag([1.0, 1.0, uwmgi.DEFAULT_SLICE_SPACING_MM, 1.0]),
+            (2, 1, 0),
+            {
+                "source_path": str(p),
+                "format": "uwmgi-csv",
+                "is_labels": True,
+                "case_id": f"case{case}",
+                "day": int(day),
+                "class_names": uwmgi.uwmgi_class_names(),
+                "coordinate_system": "none",
+                "spacing_assumed": True,
+                "spacing_source": "none in the CSV; in-plane 1 mm assumed",
+            },
+        )
     if kind == "dicom":
         raise InvalidInputError(p, "DICOM label objects (SEG/RTSTRUCT) are not supported; save labels as NIfTI")
     raise InvalidInputError(p, "unsupported label file; expected .nii/.nii.gz, .tif/.tiff or a UW-Madison CSV")

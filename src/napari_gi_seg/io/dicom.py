@@ -146,8 +146,9 @@ def _series_volume(folder: Path, uid: str, items: list) -> Volume:
         ipps = np.array([[float(v) for v in ds.ImagePositionPatient] for _, ds in items])
         pss = np.array([[float(v) for v in ds.PixelSpacing] for _, ds in items])
     except (AttributeError, TypeError, ValueError) as e:
-        raise InvalidInputError(folder, f"{label}: missing or malformed ImageOrientationPatient, "
-                                        f"ImagePositionPatient or PixelSpacing ({e})") from e
+        raise InvalidInputError(
+            folder, f"{label}: missing or malformed ImageOrientationPatient, ImagePositionPatient or PixelSpacing ({e})"
+        ) from e
     if np.abs(iops - iops[0]).max() > 1e-4:
         raise InvalidInputError(folder, f"{label} mixes slice orientations (ImageOrientationPatient)")
     if np.abs(pss - pss[0]).max() > 1e-4:
@@ -161,8 +162,11 @@ def _series_volume(folder: Path, uid: str, items: list) -> Volume:
     if len(pos) > 1:
         gaps = np.diff(pos)
         if gaps.min() < POSITION_TOLERANCE_MM:
-            raise InvalidInputError(folder, f"{label} has several images at the same slice position "
-                                            "(multi-echo, multi-phase or time series?); split it into one series per volume")
+            raise InvalidInputError(
+                folder,
+                f"{label} has several images at the same slice position "
+                "(multi-echo, multi-phase or time series?); split it into one series per volume",
+            )
         dz = float(np.median(gaps))
         step = (ipps[-1] - ipps[0]) / (len(pos) - 1)
     else:

@@ -196,9 +196,7 @@ def parse_scan_name(name: str) -> ScanName:
 UWMGI_SHAPES: tuple[tuple[int, int], ...] = ((234, 234), (266, 266), (276, 276), (310, 360))
 
 
-def infer_mask_shape(
-    rles, candidates: tuple[tuple[int, int], ...] = UWMGI_SHAPES
-) -> tuple[int, int] | None:
+def infer_mask_shape(rles, candidates: tuple[tuple[int, int], ...] = UWMGI_SHAPES) -> tuple[int, int] | None:
     """Guess the ``(H, W)`` of a set of masks that share one geometry (one case-day)
     from their RLE strings alone, when no scan file name is at hand.
 
@@ -214,9 +212,5 @@ def infer_mask_shape(
         return None
     starts = np.concatenate([s for s, _ in parsed])
     last = np.concatenate([s + n - 1 for s, n in parsed])  # 0-based last pixel of each run
-    fits = [
-        (h, w)
-        for h, w in candidates
-        if int(last.max()) < h * w and not np.any(starts // w != last // w)
-    ]
+    fits = [(h, w) for h, w in candidates if int(last.max()) < h * w and not np.any(starts // w != last // w)]
     return fits[0] if len(fits) == 1 else None

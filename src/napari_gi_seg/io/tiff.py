@@ -33,12 +33,26 @@ TIFF_SUFFIXES = (".tif", ".tiff")
 
 # Length units -> mm.
 _UNIT_MM = {
-    "mm": 1.0, "millimeter": 1.0, "millimetre": 1.0,
-    "cm": 10.0, "centimeter": 10.0, "centimetre": 10.0,
-    "m": 1000.0, "meter": 1000.0, "metre": 1000.0,
-    "um": 1e-3, "µm": 1e-3, "μm": 1e-3, "micron": 1e-3, "microns": 1e-3, "micrometer": 1e-3,
-    "\\u00b5m": 1e-3, "nm": 1e-6, "nanometer": 1e-6,
-    "inch": 25.4, "in": 25.4,
+    "mm": 1.0,
+    "millimeter": 1.0,
+    "millimetre": 1.0,
+    "cm": 10.0,
+    "centimeter": 10.0,
+    "centimetre": 10.0,
+    "m": 1000.0,
+    "meter": 1000.0,
+    "metre": 1000.0,
+    "um": 1e-3,
+    "µm": 1e-3,
+    "μm": 1e-3,
+    "micron": 1e-3,
+    "microns": 1e-3,
+    "micrometer": 1e-3,
+    "\\u00b5m": 1e-3,
+    "nm": 1e-6,
+    "nanometer": 1e-6,
+    "inch": 25.4,
+    "in": 25.4,
 }
 
 
@@ -121,8 +135,9 @@ def read_tiff(path: str | Path, as_labels: bool = False) -> Volume:
         arr, axes = arr[None], "ZYX"
     if len(axes) != 3 or axes[1:] != "YX" or axes[0] in "SCT":
         raise InvalidInputError(
-            path, f"expected a grey stack (z, y, x); got axes {axes!r} with shape {arr.shape} "
-                  "(RGB, several channels or time points are not supported)"
+            path,
+            f"expected a grey stack (z, y, x); got axes {axes!r} with shape {arr.shape} "
+            "(RGB, several channels or time points are not supported)",
         )
     if np.issubdtype(arr.dtype, np.floating) and not np.all(np.isfinite(arr)):
         raise InvalidInputError(path, f"{int((~np.isfinite(arr)).sum())} voxels are NaN or infinite")
@@ -187,11 +202,13 @@ def write_tiff_labels(
     tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
     try:
         tifffile.imwrite(
-            tmp, arr, imagej=True, resolution=(1.0 / sx, 1.0 / sy),
+            tmp,
+            arr,
+            imagej=True,
+            resolution=(1.0 / sx, 1.0 / sy),
             metadata={"axes": "ZYX", "spacing": sz, "unit": "mm"},
         )
         tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)
     return path
-

@@ -131,7 +131,9 @@ def _load_train_csv_cached(path: str, size: int, mtime_ns: int) -> UwmgiCsv:
             raise InvalidInputError(path, f"not a UW-Madison label CSV: header {header} != {list(CSV_HEADER)}")
         for lineno, row in enumerate(reader, start=2):
             if len(row) != 3:
-                raise InvalidInputError(path, f"line {lineno}: expected 3 fields (id,class,segmentation), got {len(row)}")
+                raise InvalidInputError(
+                    path, f"line {lineno}: expected 3 fields (id,class,segmentation), got {len(row)}"
+                )
             sid, cls, seg = row
             try:
                 case, day, sl = parse_uwmgi_id(sid)
@@ -245,11 +247,14 @@ def read_uwmgi_case_day(path: str | Path, slice_spacing_mm: float = DEFAULT_SLIC
     geoms = {(s.height, s.width, s.spacing_y_mm, s.spacing_x_mm) for s, _ in files}
     if len(geoms) > 1:
         sizes = sorted({f"{w}x{h} @ {px}x{py} mm" for h, w, py, px in geoms})
-        raise InvalidInputError(scans, f"slices differ in size/pixel spacing (W x H): {', '.join(sizes)}; "
-                                       "all slices of a case-day must share one geometry")
+        raise InvalidInputError(
+            scans,
+            f"slices differ in size/pixel spacing (W x H): {', '.join(sizes)}; "
+            "all slices of a case-day must share one geometry",
+        )
     h, w, py, px = geoms.pop()
     slices = []
-    for s, p in files:
+    for _s, p in files:
         try:
             with Image.open(p) as im:
                 mode = im.mode
@@ -257,11 +262,15 @@ def read_uwmgi_case_day(path: str | Path, slice_spacing_mm: float = DEFAULT_SLIC
         except (UnidentifiedImageError, OSError, ValueError) as e:
             raise InvalidInputError(p, f"cannot read PNG: {e}") from e
         if arr.ndim != 2 or mode not in ("I;16", "I;16B", "I;16L", "I", "L"):
-            raise InvalidInputError(p, f"expected a grayscale (16-bit) PNG, got mode {mode} with shape {arr.shape}"
-                                       " (RGB/palette scans are not supported)")
+            raise InvalidInputError(
+                p,
+                f"expected a grayscale (16-bit) PNG, got mode {mode} with shape {arr.shape}"
+                " (RGB/palette scans are not supported)",
+            )
         if arr.shape != (h, w):
-            raise InvalidInputError(p, f"pixel size {arr.shape[1]}x{arr.shape[0]} (W x H) differs from the "
-                                       f"file name's {w}x{h}")
+            raise InvalidInputError(
+                p, f"pixel size {arr.shape[1]}x{arr.shape[0]} (W x H) differs from the file name's {w}x{h}"
+            )
         slices.append(arr)
     data = np.stack(slices)
     spacing = (float(slice_spacing_mm), float(py), float(px))
@@ -274,7 +283,7 @@ def read_uwmgi_case_day(path: str | Path, slice_spacing_mm: float = DEFAULT_SLIC
         "slice_numbers": numbers,
         "coordinate_system": "none",
         "spacing_source": f"file names (in-plane); slice spacing {slice_spacing_mm:g} mm "
-                          "(Lee et al., Data in Brief 2024)",
+        "(Lee et al., Data in Brief 2024)",
     }
     if cd:
         case, day = (int(g) for g in _CASE_DAY.match(cd).groups())
@@ -306,7 +315,9 @@ def _resolve_geometry(
     if shape is None:
         hw = table.mask_shape(case_day)
         if hw is None:
-            raise InvalidInputError(table.path, f"{case_day}: cannot infer the slice size (H, W) from the RLE; pass shape")
+            raise InvalidInputError(
+                table.path, f"{case_day}: cannot infer the slice size (H, W) from the RLE; pass shape"
+            )
         shape = (len(slice_numbers), *hw)
     shape = tuple(int(s) for s in shape)
     if len(shape) != 3 or shape[0] != len(slice_numbers):

@@ -99,5 +99,7 @@ def load_network(spec: ModelSpec, weights_path: str | Path, device: str | torch.
     try:
         net.load_state_dict(sd, strict=True)
     except RuntimeError as e:
-        raise ValueError(f"{weights_path}: weights do not match spec {spec.key} ({spec.architecture}/{spec.encoder}): {str(e)[:300]}") from e
+        raise ValueError(
+            f"{weights_path}: weights do not match spec {spec.key} ({spec.architecture}/{spec.encoder}): {str(e)[:300]}"
+        ) from e
     return net.to(device).eval()

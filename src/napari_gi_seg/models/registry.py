@@ -108,11 +108,15 @@ def get_entry(name: str | None = None, version: int | None = None) -> ModelEntry
         entries = [e for e in entries if e.version == version]
     if not entries:
         known = sorted({e.key for e in list_models()})
-        raise ModelNotFoundError(f"unknown model {name!r}{'' if version is None else f' version {version}'}; registered: {', '.join(known) or 'none'}")
+        raise ModelNotFoundError(
+            f"unknown model {name!r}{'' if version is None else f' version {version}'}; registered: {', '.join(known) or 'none'}"
+        )
     return max(entries, key=lambda e: e.version)
 
 
-def load_model(name: str | None = None, version: int | None = None, device: str | torch.device = "cpu") -> tuple[ModelSpec, torch.nn.Module]:
+def load_model(
+    name: str | None = None, version: int | None = None, device: str | torch.device = "cpu"
+) -> tuple[ModelSpec, torch.nn.Module]:
     """Load a registered model: ``(spec, network in eval mode on device)``."""
     e = get_entry(name, version)
     spec = e.spec()
@@ -147,7 +151,9 @@ def register_model(
     root = Path(root) if root is not None else user_models_root()
     dest = root / spec.name / str(spec.version)
     if dest.exists() or any(e.name == spec.name and e.version == spec.version for e in list_models()):
-        raise VersionExistsError(f"model {spec.key} is already registered; versions are never overwritten (use version {next_version(spec.name)})")
+        raise VersionExistsError(
+            f"model {spec.key} is already registered; versions are never overwritten (use version {next_version(spec.name)})"
+        )
     if (model is None) == (weights_path is None):
         raise ValueError("give exactly one of model or weights_path")
     if not spec.created:

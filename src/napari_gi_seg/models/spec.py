@@ -20,8 +20,18 @@ ACTIVATIONS = ("softmax", "sigmoid")
 
 # Distinct colours (RGB hex) used when a spec gives none; index 0 is background.
 DEFAULT_COLOURS = (
-    "#000000", "#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4",
-    "#42d4f4", "#f032e6", "#bfef45", "#fabed4", "#469990", "#dcbeff",
+    "#000000",
+    "#e6194b",
+    "#3cb44b",
+    "#4363d8",
+    "#f58231",
+    "#911eb4",
+    "#42d4f4",
+    "#f032e6",
+    "#bfef45",
+    "#fabed4",
+    "#469990",
+    "#dcbeff",
 )
 
 
@@ -110,7 +120,7 @@ class ModelSpec:
         self.input_size = tuple(int(s) for s in self.input_size)  # type: ignore[assignment]
         self.percentiles = tuple(float(p) for p in self.percentiles)  # type: ignore[assignment]
         self.classes = [c if isinstance(c, ClassInfo) else ClassInfo(**c) for c in self.classes]
-        for i, c in enumerate(self.classes):
+        for c in self.classes:
             if not c.colour:
                 c.colour = DEFAULT_COLOURS[c.index % len(DEFAULT_COLOURS)] if c.index else DEFAULT_COLOURS[1]
         self.validate()
@@ -188,7 +198,7 @@ class ModelSpec:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ModelSpec":
+    def from_dict(cls, d: dict[str, Any]) -> ModelSpec:
         """Build a spec from parsed JSON; unknown keys raise ``ValueError``."""
         known = {f for f in cls.__dataclass_fields__}
         unknown = set(d) - known
@@ -201,7 +211,7 @@ class ModelSpec:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
-    def load(cls, path: str | Path) -> "ModelSpec":
+    def load(cls, path: str | Path) -> ModelSpec:
         """Read ``spec.json``; raises ``ValueError`` naming the file when it is invalid."""
         path = Path(path)
         try:

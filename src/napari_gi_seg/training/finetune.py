@@ -5,13 +5,13 @@ What :func:`finetune` does
 --------------------------
 1. Loads the base model through the registry: ``spec.json`` + ``model.safetensors``
    (never pickle). The base's folder is only read, never written.
-2. Opens the dataset (any layout of :func:`~napari_gi_seg.training.datasets.open_dataset`)
+2. Opens the dataset (any layout of :func:`~napari_gi_seg.datasets.open_dataset`)
    and maps its classes to the base's **by name** (same set of names required; the
    label values are re-ordered to the base's order when they differ).
 3. Holds back part of the data, never trained on:
 
    * **patient level** when the dataset has >= 2 patients (groups):
-     :func:`~napari_gi_seg.training.datasets.split_groups` with ``val_fraction``
+     :func:`~napari_gi_seg.datasets.split_groups` with ``val_fraction``
      and ``seed`` (all days/cases of a patient stay together);
    * **slice level** when it has a single patient: every ``k``-th labelled slice
      (``k = round(1 / val_fraction)``, starting at ``k // 2``) of each case is held
@@ -48,7 +48,16 @@ from pathlib import Path
 
 import numpy as np
 
-from .datasets import IGNORE_INDEX, Case, CaseRef, DatasetFormatError, SegDataset, detect_layout, open_dataset, split_groups
+from ..datasets import (
+    IGNORE_INDEX,
+    Case,
+    CaseRef,
+    DatasetFormatError,
+    SegDataset,
+    detect_layout,
+    open_dataset,
+    split_groups,
+)
 
 
 @dataclass
@@ -109,7 +118,11 @@ def slice_split(case: Case, val_fraction: float) -> tuple[Case, Case, list[int]]
     else:
         t_train[:, held] = IGNORE_INDEX
         t_val[:, held] = case.target[:, held]
-    return (Case(case.case_id, case.group, case.image, t_train), Case(case.case_id, case.group, case.image, t_val), held)
+    return (
+        Case(case.case_id, case.group, case.image, t_train),
+        Case(case.case_id, case.group, case.image, t_val),
+        held,
+    )
 
 
 def _open_for(dataset, class_names, base_names) -> SegDataset:
@@ -187,11 +200,15 @@ def finetune(
 
     ds = _open_for(dataset, class_names, base_names)
     if sorted(ds.class_names) != sorted(base_names):
-        raise DatasetFormatError(f"{ds.root}: classes {ds.class_names} differ from the base model {entry.key}'s "
-                                 f"{base_names}; fine-tuning needs the same class names")
+        raise DatasetFormatError(
+            f"{ds.root}: classes {ds.class_names} differ from the base model {entry.key}'s "
+            f"{base_names}; fine-tuning needs the same class names"
+        )
     if ds.multilabel != (base_spec.activation == "sigmoid"):
-        raise DatasetFormatError(f"{ds.root}: a {'multi-label' if ds.multilabel else 'single-label'} dataset cannot fine-tune "
-                                 f"the {base_spec.activation} model {entry.key}")
+        raise DatasetFormatError(
+            f"{ds.root}: a {'multi-label' if ds.multilabel else 'single-label'} dataset cannot fine-tune "
+            f"the {base_spec.activation} model {entry.key}"
+        )
     order = [ds.class_names.index(n) + 1 for n in base_names]
 
     def remapped(ref: CaseRef) -> CaseRef:
@@ -224,27 +241,61 @@ def finetune(
     before = validate(base_net, base_spec, held_cases, dev)
     del base_net
     if on_event is not None:
-        on_event({"event": "start", "base": entry.key, "split": split, "held_back": held_back,
-                  "dice_before": before["mean_dice"], "per_class_before": {k: v["dice"] for k, v in before["per_class"].items()}})
+        on_event(
+            {
+                "event": "start",
+                "base": entry.key,
+                "split": split,
+                "held_back": held_back,
+                "dice_before": before["mean_dice"],
+                "per_class_before": {k: v["dice"] for k, v in before["per_class"].items()},
+            }
+        )
 
     version = registry.next_version(name)
     work = Path(work_dir) if work_dir else user_dir() / "runs" / f"{name}-v{version}"
     cfg = TrainConfig(
-        dataset=str(ds.root), name=name, class_names=list(base_names), arch=base_spec.architecture,
-        encoder=base_spec.encoder, context=tuple(base_spec.context_offsets), size=int(base_spec.input_size[0]),
-        epochs=epochs, batch_size=batch_size, lr=lr, val_fraction=val_fraction, seed=seed, device=str(dev),
-        patience=patience, max_minutes=max_minutes, max_steps_per_epoch=max_steps_per_epoch,
-        normalisation=base_spec.normalisation, augment=augment, work_dir=str(work), version=version,
-        description=description or f"{entry.key} fine-tuned on {ds.root.name}", base_model=entry.key,
-        freeze_encoder=freeze_encoder, register=False,
+        dataset=str(ds.root),
+        name=name,
+        class_names=list(base_names),
+        arch=base_spec.architecture,
+        encoder=base_spec.encoder,
+        context=tuple(base_spec.context_offsets),
+        size=int(base_spec.input_size[0]),
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        val_fraction=val_fraction,
+        seed=seed,
+        device=str(dev),
+        patience=patience,
+        max_minutes=max_minutes,
+        max_steps_per_epoch=max_steps_per_epoch,
+        normalisation=base_spec.normalisation,
+        augment=augment,
+        work_dir=str(work),
+        version=version,
+        description=description or f"{entry.key} fine-tuned on {ds.root.name}",
+        base_model=entry.key,
+        freeze_encoder=freeze_encoder,
+        register=False,
     )
-    res = train(cfg, on_epoch=on_epoch, should_stop=should_stop, init=(base_spec, state_dict),
-                dataset=train_ds, held_out=held_cases)
+    res = train(
+        cfg,
+        on_epoch=on_epoch,
+        should_stop=should_stop,
+        init=(base_spec, state_dict),
+        dataset=train_ds,
+        held_out=held_cases,
+    )
     spec = res.spec
     after = validate(res.model.to(dev), spec, held_cases, dev)
     spec.parent = entry.key
     spec.metrics["finetune"] = {
-        "dice_before": before["mean_dice"], "dice_after": after["mean_dice"], "held_back": held_back, "split": split,
+        "dice_before": before["mean_dice"],
+        "dice_after": after["mean_dice"],
+        "held_back": held_back,
+        "split": split,
         "per_class_before": {k: v["dice"] for k, v in before["per_class"].items()},
         "per_class_after": {k: v["dice"] for k, v in after["per_class"].items()},
         "base": entry.key,
@@ -252,15 +303,33 @@ def finetune(
     spec.training["split"] = split
     spec.training["held_back"] = held_back
     card = work / "MODEL_CARD.md"
-    card.write_text(model_card(spec) + f"\n## Fine-tuning\n\nFrom `{entry.key}`; held-back ({split}-level) mean Dice "
-                    f"{before['mean_dice']:.3f} before -> {after['mean_dice']:.3f} after.\n")
-    new_entry = registry.register_model(spec, model=res.model.cpu(), half=True,
-                                        extra_files={"MODEL_CARD.md": card, "metrics.csv": work / "metrics.csv",
-                                                     "training_curve.png": work / "training_curve.png"})
+    card.write_text(
+        model_card(spec) + f"\n## Fine-tuning\n\nFrom `{entry.key}`; held-back ({split}-level) mean Dice "
+        f"{before['mean_dice']:.3f} before -> {after['mean_dice']:.3f} after.\n"
+    )
+    new_entry = registry.register_model(
+        spec,
+        model=res.model.cpu(),
+        half=True,
+        extra_files={
+            "MODEL_CARD.md": card,
+            "metrics.csv": work / "metrics.csv",
+            "training_curve.png": work / "training_curve.png",
+        },
+    )
     torch.cuda.empty_cache() if torch.cuda.is_available() else None
     out = FinetuneResult(new_entry, spec, before["mean_dice"], after["mean_dice"], held_back, split, res.history, work)
     if on_event is not None:
-        on_event({"event": "done", "model": spec.key, "parent": entry.key, "folder": str(new_entry.folder),
-                  "dice_before": before["mean_dice"], "dice_after": after["mean_dice"],
-                  "epochs_run": len(res.history), "minutes": round((time.time() - t0) / 60, 2)})
+        on_event(
+            {
+                "event": "done",
+                "model": spec.key,
+                "parent": entry.key,
+                "folder": str(new_entry.folder),
+                "dice_before": before["mean_dice"],
+                "dice_after": after["mean_dice"],
+                "epochs_run": len(res.history),
+                "minutes": round((time.time() - t0) / 60, 2),
+            }
+        )
     return out

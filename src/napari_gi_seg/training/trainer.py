@@ -29,13 +29,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..datasets import IGNORE_INDEX, Case, SegDataset, fingerprint, open_dataset, split_groups
 from ..engine.inference import resolve_device, segment_volume
 from ..engine.preprocess import context_indices, normalise_intensity, resize_images, resize_labels
-from ..metrics import dice_per_class
+from ..evaluation.metrics import dice_per_class
 from ..models.network import build_network, save_weights
 from ..models.spec import ClassInfo, ModelSpec
 from ..paths import user_dir
-from .datasets import IGNORE_INDEX, Case, SegDataset, fingerprint, open_dataset, split_groups
 
 
 def mirror_pairs(names: list[str]) -> dict[str, str]:
@@ -258,7 +258,11 @@ def validate(net: torch.nn.Module, spec: ModelSpec, cases: list[Case], device, b
         per_case[c.case_id] = {k.name: d[k.index] for k in spec.classes}
     net.train(was)
     per_class = {k.name: {"dice": float(np.mean([pc[k.name] for pc in per_case.values()]))} for k in spec.classes}
-    return {"mean_dice": float(np.mean([v["dice"] for v in per_class.values()])), "per_class": per_class, "per_case": per_case}
+    return {
+        "mean_dice": float(np.mean([v["dice"] for v in per_class.values()])),
+        "per_class": per_class,
+        "per_case": per_case,
+    }
 
 
 def _flatten_multilabel(masks: np.ndarray, spec: ModelSpec) -> np.ndarray:
@@ -286,8 +290,10 @@ def make_spec(cfg: TrainConfig, ds: SegDataset) -> ModelSpec:
     unknown = set(cfg.single_component) - set(ds.class_names)
     if unknown:
         raise ValueError(f"--single-component names {sorted(unknown)} are not classes of {ds.root} ({ds.class_names})")
-    classes = [ClassInfo(i + 1, n, mirror=mirrors.get(n), single_component=n in cfg.single_component)
-               for i, n in enumerate(ds.class_names)]
+    classes = [
+        ClassInfo(i + 1, n, mirror=mirrors.get(n), single_component=n in cfg.single_component)
+        for i, n in enumerate(ds.class_names)
+    ]
     return ModelSpec(
         name=cfg.name,
         version=cfg.version or 1,
@@ -325,13 +331,14 @@ def train(
     Raises ``DatasetFormatError`` for a bad dataset, ``VersionExistsError`` when the
     requested version exists.
     """
-    from ..models import registry
     from torch.utils.data import DataLoader, DistributedSampler
+
+    from ..models import registry
 
     world, rank, local_rank = _dist_info()
     distributed = world > 1
     torch.manual_seed(cfg.seed + rank)
-    np.random.seed(cfg.seed + rank)
+    np.random.seed(cfg.seed + rank)  # noqa: NPY002  (seeds legacy-API users: MONAI transforms)
     if distributed:
         import torch.distributed as dist
 
@@ -347,14 +354,32 @@ def train(
         device = resolve_device(cfg.device)
 
     t_start = time.time()
-    ds = dataset if dataset is not None else open_dataset(cfg.dataset, cfg.class_names, **({"exclude": cfg.exclude} if cfg.exclude else {}))
+    ds = (
+        dataset
+        if dataset is not None
+        else open_dataset(cfg.dataset, cfg.class_names, **({"exclude": cfg.exclude} if cfg.exclude else {}))
+    )
     if init is not None:
         base_spec, base_sd = init
         if [c.name for c in base_spec.classes] != ds.class_names:
-            from .datasets import DatasetFormatError
+            from ..datasets import DatasetFormatError
 
-            raise DatasetFormatError(f"{cfg.dataset}: classes {ds.class_names} differ from the base model's {[c.name for c in base_spec.classes]}")
-        spec = ModelSpec.from_dict({**base_spec.to_dict(), "name": cfg.name, "version": cfg.version or 1, "parent": base_spec.key, "metrics": {}, "created": "", "software_version": "", "training": {}, "description": cfg.description})
+            raise DatasetFormatError(
+                f"{cfg.dataset}: classes {ds.class_names} differ from the base model's {[c.name for c in base_spec.classes]}"
+            )
+        spec = ModelSpec.from_dict(
+            {
+                **base_spec.to_dict(),
+                "name": cfg.name,
+                "version": cfg.version or 1,
+                "parent": base_spec.key,
+                "metrics": {},
+                "created": "",
+                "software_version": "",
+                "training": {},
+                "description": cfg.description,
+            }
+        )
     else:
         spec = make_spec(cfg, ds)
     if cfg.register and rank == 0 and cfg.version is None:
@@ -371,8 +396,11 @@ def train(
         train_groups, val_groups = split_groups(ds.groups, cfg.val_fraction, cfg.fold, cfg.seed)
     else:
         train_groups, val_groups = list(ds.groups), sorted({c.group for c in held_out})
-    _log(f"dataset {ds.root} ({ds.layout}): {len(ds.groups)} patients, classes {ds.class_names}; "
-         f"train {len(train_groups)} / validate {len(val_groups)} patients", rank)
+    _log(
+        f"dataset {ds.root} ({ds.layout}): {len(ds.groups)} patients, classes {ds.class_names}; "
+        f"train {len(train_groups)} / validate {len(val_groups)} patients",
+        rank,
+    )
     train_cases = [c.load() for c in ds.subset(train_groups).cases]
     val_cases = list(held_out) if held_out is not None else [c.load() for c in ds.subset(val_groups).cases]
     spec.data_fingerprint = fingerprint(train_cases)
@@ -382,9 +410,16 @@ def train(
     tds = SliceDataset(train_cases, spec, augment=cfg.augment, allow_flip=allow_flip)
     sampler = DistributedSampler(tds, world, rank, shuffle=True, seed=cfg.seed) if distributed else None
     g = torch.Generator().manual_seed(cfg.seed)
-    loader = DataLoader(tds, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler,
-                        num_workers=cfg.num_workers, drop_last=len(tds) > cfg.batch_size * world, generator=g,
-                        persistent_workers=cfg.num_workers > 0)
+    loader = DataLoader(
+        tds,
+        batch_size=cfg.batch_size,
+        shuffle=sampler is None,
+        sampler=sampler,
+        num_workers=cfg.num_workers,
+        drop_last=len(tds) > cfg.batch_size * world,
+        generator=g,
+        persistent_workers=cfg.num_workers > 0,
+    )
 
     net = build_network(spec)
     if init is not None:
@@ -396,14 +431,22 @@ def train(
     net.to(device)
     model = net
     if distributed:
-        model = torch.nn.parallel.DistributedDataParallel(net, device_ids=[local_rank] if device.type == "cuda" else None)
+        model = torch.nn.parallel.DistributedDataParallel(
+            net, device_ids=[local_rank] if device.type == "cuda" else None
+        )
 
     steps_per_epoch = len(loader) if cfg.max_steps_per_epoch is None else min(len(loader), cfg.max_steps_per_epoch)
     params = [p for p in net.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=max(1, cfg.epochs * steps_per_epoch),
-                                                pct_start=0.1 if init is None else 0.02, anneal_strategy="cos",
-                                                div_factor=10.0, final_div_factor=100.0)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt,
+        max_lr=cfg.lr,
+        total_steps=max(1, cfg.epochs * steps_per_epoch),
+        pct_start=0.1 if init is None else 0.02,
+        anneal_strategy="cos",
+        div_factor=10.0,
+        final_div_factor=100.0,
+    )
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
 
     work = Path(cfg.work_dir) if cfg.work_dir else user_dir() / "runs" / f"{spec.name}-v{spec.version}"
@@ -421,7 +464,9 @@ def train(
             # continue it from the number of steps already taken (loading the old state
             # would end its cosine decay early and then raise past total_steps).
             sched.last_epoch = min(int(st["scheduler"].get("last_epoch", 0)), sched.total_steps - 1)
-            _log(f"--resume: schedule changed to {sched.total_steps} steps; continuing at step {sched.last_epoch}", rank)
+            _log(
+                f"--resume: schedule changed to {sched.total_steps} steps; continuing at step {sched.last_epoch}", rank
+            )
         start_epoch, best, bad_epochs = int(st["epoch"]) + 1, float(st["best"]), int(st["bad_epochs"])
         best_metrics = json.loads(st["best_metrics_json"])
         history = json.loads(st["history_json"])
@@ -443,7 +488,16 @@ def train(
         model.train()
         t0, losses = time.time(), []
         it = iter(loader)
-        bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=rank != 0 or not sys.stderr.isatty()) if tqdm else None
+        bar = (
+            tqdm(
+                total=steps_per_epoch,
+                desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                leave=False,
+                disable=rank != 0 or not sys.stderr.isatty(),
+            )
+            if tqdm
+            else None
+        )
         for _ in range(steps_per_epoch):
             x, y = next(it)
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
@@ -464,8 +518,12 @@ def train(
                 break
         if bar:
             bar.close()
-        row = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else float("nan"),
-               "lr": sched.get_last_lr()[0], "seconds": round(time.time() - t0, 2)}
+        row = {
+            "epoch": epoch + 1,
+            "train_loss": float(np.mean(losses)) if losses else float("nan"),
+            "lr": sched.get_last_lr()[0],
+            "seconds": round(time.time() - t0, 2),
+        }
         improved = False
         if rank == 0 and val_cases and ((epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs or stop):
             m = validate(net, spec, val_cases, device)
@@ -482,10 +540,19 @@ def train(
                 save_weights(net, best_path)
             history.append(row)
             _write_csv(csv_path, history)
-            torch.save({"model": net.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                        "epoch": epoch, "best": best, "bad_epochs": bad_epochs,
-                        "best_metrics_json": json.dumps(best_metrics), "history_json": json.dumps(history)},
-                       str(ckpt_path) + ".tmp")
+            torch.save(
+                {
+                    "model": net.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(),
+                    "epoch": epoch,
+                    "best": best,
+                    "bad_epochs": bad_epochs,
+                    "best_metrics_json": json.dumps(best_metrics),
+                    "history_json": json.dumps(history),
+                },
+                str(ckpt_path) + ".tmp",
+            )
             os.replace(str(ckpt_path) + ".tmp", ckpt_path)
             msg = " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
             _log(msg, rank)
@@ -514,12 +581,28 @@ def train(
         if best_path.exists():
             sd = load_weights(best_path)
             net.load_state_dict(sd)
-        spec.metrics = {"validation": {"mean_dice": best_metrics.get("mean_dice"), "per_class": best_metrics.get("per_class", {}),
-                                       "per_case": best_metrics.get("per_case", {}), "patients": val_groups}} if best_metrics else {}
+        spec.metrics = (
+            {
+                "validation": {
+                    "mean_dice": best_metrics.get("mean_dice"),
+                    "per_class": best_metrics.get("per_class", {}),
+                    "per_case": best_metrics.get("per_case", {}),
+                    "patients": val_groups,
+                }
+            }
+            if best_metrics
+            else {}
+        )
         spec.training = {
-            "dataset": str(ds.root), "layout": ds.layout, "train_patients": train_groups, "val_patients": val_groups,
-            "epochs_run": epoch + 1, "config": {k: v for k, v in asdict(cfg).items() if k not in ("dataset",)},
-            "minutes": round((time.time() - t_start) / 60, 1), "device": str(device), "world_size": world,
+            "dataset": str(ds.root),
+            "layout": ds.layout,
+            "train_patients": train_groups,
+            "val_patients": val_groups,
+            "epochs_run": epoch + 1,
+            "config": {k: v for k, v in asdict(cfg).items() if k not in ("dataset",)},
+            "minutes": round((time.time() - t_start) / 60, 1),
+            "device": str(device),
+            "world_size": world,
             "host": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
             "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         }
@@ -528,8 +611,12 @@ def train(
         card = work / "MODEL_CARD.md"
         card.write_text(model_card(spec))
         if cfg.register:
-            entry = registry.register_model(spec, model=net, half=cfg.half_weights,
-                                            extra_files={"MODEL_CARD.md": card, "metrics.csv": csv_path, "training_curve.png": png})
+            entry = registry.register_model(
+                spec,
+                model=net,
+                half=cfg.half_weights,
+                extra_files={"MODEL_CARD.md": card, "metrics.csv": csv_path, "training_curve.png": png},
+            )
             _log(f"registered {spec.key} in {entry.folder}", rank)
     if distributed:
         import torch.distributed as dist
@@ -578,12 +665,18 @@ def plot_history(history: list[dict], path: Path) -> None:
 def model_card(spec: ModelSpec) -> str:
     """A Markdown model card from the spec (data, recipe, validation metrics)."""
     t = spec.training
-    lines = [f"# {spec.key}", "", spec.description or "", "",
-             f"- architecture: {spec.architecture} / {spec.encoder}, 2.5D offsets {list(spec.context_offsets)}, input {spec.input_size[0]}x{spec.input_size[1]} px",
-             f"- classes: {', '.join(f'{c.index} {c.name}' for c in spec.classes)} ({spec.activation})",
-             f"- parent: {spec.parent or 'none (trained from scratch)'}",
-             f"- training data: {t.get('dataset')} ({t.get('layout')}), train patients {t.get('train_patients')}, fingerprint {spec.data_fingerprint}",
-             f"- run: {t.get('epochs_run')} epochs, {t.get('minutes')} min on {t.get('device')} ({t.get('host')})", ""]
+    lines = [
+        f"# {spec.key}",
+        "",
+        spec.description or "",
+        "",
+        f"- architecture: {spec.architecture} / {spec.encoder}, 2.5D offsets {list(spec.context_offsets)}, input {spec.input_size[0]}x{spec.input_size[1]} px",
+        f"- classes: {', '.join(f'{c.index} {c.name}' for c in spec.classes)} ({spec.activation})",
+        f"- parent: {spec.parent or 'none (trained from scratch)'}",
+        f"- training data: {t.get('dataset')} ({t.get('layout')}), train patients {t.get('train_patients')}, fingerprint {spec.data_fingerprint}",
+        f"- run: {t.get('epochs_run')} epochs, {t.get('minutes')} min on {t.get('device')} ({t.get('host')})",
+        "",
+    ]
     v = spec.metrics.get("validation") or {}
     if v.get("mean_dice") is not None:
         lines += [f"## Validation (patients {v.get('patients')})", "", "| class | Dice |", "|---|---|"]

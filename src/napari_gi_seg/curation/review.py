@@ -3,7 +3,7 @@
 A clinician reviews a volume slice by slice. :class:`ReviewTracker` remembers the
 state of each slice (``z`` index of a ``(z, y, x)`` volume); only REVIEWED slices are
 exported for training, every other slice becomes the ignore label (see
-:mod:`napari_gi_seg.export`). :func:`slice_uncertainty` ranks slices so the
+:mod:`napari_gi_seg.curation.export`). :func:`slice_uncertainty` ranks slices so the
 clinician looks first where the model is least sure.
 """
 
@@ -14,7 +14,7 @@ from enum import IntEnum
 
 import numpy as np
 
-from .metrics import dice
+from ..evaluation.metrics import dice
 
 __all__ = ["SliceState", "ReviewTracker", "slice_uncertainty", "correction_dice_per_slice"]
 
@@ -141,7 +141,7 @@ class ReviewTracker:
         return {"n_slices": self.n_slices, "states": [int(s) for s in self.states]}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ReviewTracker":
+    def from_dict(cls, d: dict) -> ReviewTracker:
         """Inverse of :meth:`to_dict`. Raises ``ValueError`` for inconsistent data."""
         try:
             states = [int(s) for s in d["states"]]
@@ -223,7 +223,7 @@ def correction_dice_per_slice(
 
     All classes in ``class_indices`` are pooled into one foreground mask per slice
     (so the figure says how much the clinician had to redraw, not which organ).
-    Both masks empty -> 1.0 (:func:`napari_gi_seg.metrics.dice`).
+    Both masks empty -> 1.0 (:func:`napari_gi_seg.evaluation.metrics.dice`).
 
     Parameters
     ----------

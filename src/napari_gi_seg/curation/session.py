@@ -29,8 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from .io.volume import InvalidInputError
-from .paths import user_dir
+from ..io.volume import InvalidInputError
+from ..paths import user_dir
 from .review import ReviewTracker
 
 __all__ = ["image_fingerprint", "SessionData", "SessionStore", "Autosaver"]
@@ -129,7 +129,12 @@ class SessionStore:
         saved_at = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
         try:
             meta = json.dumps(
-                {"format_version": FORMAT_VERSION, "saved_at": saved_at, "review": review.to_dict(), "info": dict(info or {})}
+                {
+                    "format_version": FORMAT_VERSION,
+                    "saved_at": saved_at,
+                    "review": review.to_dict(),
+                    "info": dict(info or {}),
+                }
             )
         except (TypeError, ValueError) as e:
             raise ValueError(f"session info must be JSON-serialisable: {e}") from e

@@ -94,7 +94,7 @@ class Correction:
         if len(self.z):
             labels[self.changed_coords()] = self.changed_values()
 
-    def inverse(self) -> "Correction":
+    def inverse(self) -> Correction:
         """The correction that undoes this one."""
         return Correction(list(self.z), self.after.copy(), self.before.copy(), f"undo {self.description}".strip())
 
@@ -160,8 +160,13 @@ def _paint(orig: np.ndarray, out: np.ndarray, c: int, mask: np.ndarray) -> None:
 # ----------------------------------------------------------------------------- tools
 
 
-def _per_class_slices(labels: np.ndarray, zs: Sequence[int], class_index: int | None,
-                      edit: Callable[[np.ndarray, np.ndarray, int], None], title: str) -> Correction:
+def _per_class_slices(
+    labels: np.ndarray,
+    zs: Sequence[int],
+    class_index: int | None,
+    edit: Callable[[np.ndarray, np.ndarray, int], None],
+    title: str,
+) -> Correction:
     """Run ``edit(orig, out, c)`` for each class ``c`` present on each slice ``z`` of
     ``zs`` (``orig`` the slice as it was, ``out`` its uint8 copy to change in place)
     and collect the changed slices into a :class:`Correction` described by ``title``."""

@@ -3,7 +3,7 @@ IoU, precision, recall, HD95 (mm), the UW-Madison Kaggle Hausdorff term and scor
 as JSON, a printed table and a Markdown report with plots.
 
 Used by ``napari-gi-seg evaluate DATASET [--model NAME] ...``; metric definitions and
-empty-mask conventions are those of :mod:`napari_gi_seg.metrics`.
+empty-mask conventions are those of :mod:`napari_gi_seg.evaluation.metrics`.
 
 Classes are matched **by name**: each dataset class whose name is one of the model's
 classes is scored (dataset label value -> model class index); dataset classes the
@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..datasets import IGNORE_INDEX, DatasetFormatError, SegDataset, detect_layout, open_dataset
 from .metrics import aggregate, evaluate_case
-from .training.datasets import IGNORE_INDEX, DatasetFormatError, SegDataset, detect_layout, open_dataset
 
 
 @dataclass
@@ -53,8 +53,9 @@ class Evaluation:
     colours: dict[int, str] = field(default_factory=dict)
 
 
-def match_classes(model_classes: Sequence[str] | dict[int, str], dataset_classes: Sequence[str],
-                  only: Sequence[str] | None = None) -> list[ClassMatch]:
+def match_classes(
+    model_classes: Sequence[str] | dict[int, str], dataset_classes: Sequence[str], only: Sequence[str] | None = None
+) -> list[ClassMatch]:
     """Map dataset classes (label value = position + 1) to model classes by name.
 
     ``model_classes``: names in model index order (index = position + 1) or
@@ -67,13 +68,17 @@ def match_classes(model_classes: Sequence[str] | dict[int, str], dataset_classes
     by_name = {n: i for i, n in mc.items() if i != 0}
     out = [ClassMatch(n, v + 1, by_name[n]) for v, n in enumerate(dataset_classes) if n in by_name]
     if not out:
-        raise ValueError(f"the dataset's classes {list(dataset_classes)} share no name with the model's "
-                         f"{list(by_name)}; rename them (classes.json / dataset.json) or pick another model")
+        raise ValueError(
+            f"the dataset's classes {list(dataset_classes)} share no name with the model's "
+            f"{list(by_name)}; rename them (classes.json / dataset.json) or pick another model"
+        )
     if only:
         names = {m.name for m in out}
         bad = [n for n in only if n not in names]
         if bad:
-            raise ValueError(f"--classes {bad} are not classes of both the model and the dataset (shared: {sorted(names)})")
+            raise ValueError(
+                f"--classes {bad} are not classes of both the model and the dataset (shared: {sorted(names)})"
+            )
         out = [m for m in out if m.name in set(only)]
     return out
 
@@ -124,7 +129,7 @@ def evaluate_dataset(
 
     Parameters
     ----------
-    dataset: a dataset folder of any layout (:func:`~napari_gi_seg.training.datasets.open_dataset`)
+    dataset: a dataset folder of any layout (:func:`~napari_gi_seg.datasets.open_dataset`)
         or an opened :class:`SegDataset`.
     model: registry key ``"name"`` / ``"name:version"``; default: the registry default.
     cases: restrict to these case ids or patient ids (e.g. validation patients).
@@ -150,8 +155,8 @@ def evaluate_dataset(
     ModelNotFoundError
         Unknown model.
     """
-    from .engine.inference import resolve_device, segment_volume
-    from .models import registry
+    from ..engine.inference import resolve_device, segment_volume
+    from ..models import registry
 
     t0 = time.time()
     if loaded_model is not None:
@@ -171,8 +176,9 @@ def evaluate_dataset(
         if progress is not None:
             progress(ref.case_id, i, len(refs))
         c = ref.load()
-        res = segment_volume(c.image, spec, net, batch_size=batch_size, device=dev, tta=tta,
-                             return_probs=spec.activation == "sigmoid")
+        res = segment_volume(
+            c.image, spec, net, batch_size=batch_size, device=dev, tta=tta, return_probs=spec.activation == "sigmoid"
+        )
         tgt = np.asarray(c.target)
         shape = c.image.shape
         pred = np.zeros((len(matches), *shape), np.uint8)
@@ -256,8 +262,15 @@ def _f(v, nd=3) -> str:
 def format_table(summary: dict) -> str:
     """A plain-text per-organ table (Dice, IoU, precision, recall, HD95 mm, Kaggle HD
     term and score) with a mean row, followed by the number of cases."""
-    cols = [("dice", "Dice", 3), ("iou", "IoU", 3), ("precision", "prec", 3), ("recall", "recall", 3),
-            ("hd95_mm", "HD95 mm", 1), ("kaggle_hd", "kaggleHD", 3), ("kaggle_score", "kaggle", 3)]
+    cols = [
+        ("dice", "Dice", 3),
+        ("iou", "IoU", 3),
+        ("precision", "prec", 3),
+        ("recall", "recall", 3),
+        ("hd95_mm", "HD95 mm", 1),
+        ("kaggle_hd", "kaggleHD", 3),
+        ("kaggle_score", "kaggle", 3),
+    ]
     w = max([len("class")] + [len(n) for n in summary["per_class"]] + [len("mean")])
     head = f"{'class':<{w}}  " + "  ".join(f"{h:>8}" for _, h, _ in cols)
     lines = [head, "-" * len(head)]
@@ -305,8 +318,14 @@ def plot_dice(summary: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def plot_overlay(image: np.ndarray, ref: np.ndarray, pred: np.ndarray, title: str, path: Path,
-                 class_colours: dict[int, str] | None = None) -> None:
+def plot_overlay(
+    image: np.ndarray,
+    ref: np.ndarray,
+    pred: np.ndarray,
+    title: str,
+    path: Path,
+    class_colours: dict[int, str] | None = None,
+) -> None:
     """Two panels of one ``(y, x)`` slice: reference and prediction labels over the image."""
     import matplotlib
 
@@ -329,7 +348,9 @@ def plot_overlay(image: np.ndarray, ref: np.ndarray, pred: np.ndarray, title: st
     plt.close(fig)
 
 
-def write_report(ev: Evaluation, path: str | Path, max_overlays: int = 12, class_colours: dict[int, str] | None = None) -> Path:
+def write_report(
+    ev: Evaluation, path: str | Path, max_overlays: int = 12, class_colours: dict[int, str] | None = None
+) -> Path:
     """Markdown report at ``path`` with its images in ``<stem>_files/`` beside it:
     per-class table, per-case table, Dice box/strip plot and the mid-slice overlay of
     up to ``max_overlays`` cases, worst mean Dice first."""
@@ -346,32 +367,82 @@ def write_report(ev: Evaluation, path: str | Path, max_overlays: int = 12, class
             continue
         img, ref, pred, z = ev.slices[cid]
         fn = f"overlay_{''.join(ch if ch.isalnum() or ch in '-_' else '_' for ch in cid)}.png"
-        plot_overlay(img, ref, pred, f"{cid}, slice {z}, mean Dice {s['per_case'][cid]['mean_dice']:.3f}", files / fn, class_colours)
+        plot_overlay(
+            img,
+            ref,
+            pred,
+            f"{cid}, slice {z}, mean Dice {s['per_case'][cid]['mean_dice']:.3f}",
+            files / fn,
+            class_colours,
+        )
         overlays.append((cid, fn))
     rel = files.name
-    cols = [("dice", "Dice"), ("iou", "IoU"), ("precision", "precision"), ("recall", "recall"), ("hd95_mm", "HD95 (mm)"),
-            ("kaggle_hd", "Kaggle HD term"), ("kaggle_score", "Kaggle score")]
-    L = [f"# Evaluation of `{s['model']}`", "",
-         f"- dataset: `{s['dataset']}` ({s['layout']}), {s['n_cases']} case(s)",
-         f"- classes: {', '.join(s['classes'])}" + (f" (not in the model, skipped: {', '.join(s['skipped_classes'])})" if s["skipped_classes"] else ""),
-         f"- test-time augmentation: {'left-right flip' if s['tta'] else 'none'}; device {s['device']}; {s['seconds']} s; {s['created']}"]
+    cols = [
+        ("dice", "Dice"),
+        ("iou", "IoU"),
+        ("precision", "precision"),
+        ("recall", "recall"),
+        ("hd95_mm", "HD95 (mm)"),
+        ("kaggle_hd", "Kaggle HD term"),
+        ("kaggle_score", "Kaggle score"),
+    ]
+    L = [
+        f"# Evaluation of `{s['model']}`",
+        "",
+        f"- dataset: `{s['dataset']}` ({s['layout']}), {s['n_cases']} case(s)",
+        f"- classes: {', '.join(s['classes'])}"
+        + (f" (not in the model, skipped: {', '.join(s['skipped_classes'])})" if s["skipped_classes"] else ""),
+        f"- test-time augmentation: {'left-right flip' if s['tta'] else 'none'}; device {s['device']}; {s['seconds']} s; {s['created']}",
+    ]
     if s.get("class_names_assumed"):
         L.append("- the dataset does not name its label values; the model's class order was assumed")
-    L += ["", "Definitions and empty-mask conventions: `napari_gi_seg.metrics` / docs/training.md "
-          "(HD95 via MONAI, both empty = 0 mm, one empty = undefined; Kaggle term = normalised 3D Hausdorff "
-          "distance, score = 0.4 Dice(2D) + 0.6 (1 - distance)).", "", "## Per class (mean ± std over cases)", "",
-          "| class | " + " | ".join(h for _, h in cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    L += [
+        "",
+        "Definitions and empty-mask conventions: `napari_gi_seg.evaluation.metrics` / docs/training.md "
+        "(HD95 via MONAI, both empty = 0 mm, one empty = undefined; Kaggle term = normalised 3D Hausdorff "
+        "distance, score = 0.4 Dice(2D) + 0.6 (1 - distance)).",
+        "",
+        "## Per class (mean ± std over cases)",
+        "",
+        "| class | " + " | ".join(h for _, h in cols) + " |",
+        "|---" * (len(cols) + 1) + "|",
+    ]
     for n, m in s["per_class"].items():
-        L.append(f"| {n} | " + " | ".join(f"{_f(m.get(k), 1 if k == 'hd95_mm' else 3)} ± {_f(m.get(k + '_std'), 1 if k == 'hd95_mm' else 3)}" for k, _ in cols) + " |")
-    L.append("| **mean** | " + " | ".join(f"**{_f(s.get('mean_' + k), 1 if k == 'hd95_mm' else 3)}**" for k, _ in cols) + " |")
-    L += ["", f"![Dice per class]({rel}/dice_per_class.png)", "", "## Per case", "",
-          "| case | patient | mean Dice | " + " | ".join(f"Dice {n}" for n in s["classes"]) + " | " + " | ".join(f"HD95 {n} (mm)" for n in s["classes"]) + " |",
-          "|---" * (3 + 2 * len(s["classes"])) + "|"]
+        L.append(
+            f"| {n} | "
+            + " | ".join(
+                f"{_f(m.get(k), 1 if k == 'hd95_mm' else 3)} ± {_f(m.get(k + '_std'), 1 if k == 'hd95_mm' else 3)}"
+                for k, _ in cols
+            )
+            + " |"
+        )
+    L.append(
+        "| **mean** | "
+        + " | ".join(f"**{_f(s.get('mean_' + k), 1 if k == 'hd95_mm' else 3)}**" for k, _ in cols)
+        + " |"
+    )
+    L += [
+        "",
+        f"![Dice per class]({rel}/dice_per_class.png)",
+        "",
+        "## Per case",
+        "",
+        "| case | patient | mean Dice | "
+        + " | ".join(f"Dice {n}" for n in s["classes"])
+        + " | "
+        + " | ".join(f"HD95 {n} (mm)" for n in s["classes"])
+        + " |",
+        "|---" * (3 + 2 * len(s["classes"])) + "|",
+    ]
     for cid in order:
         pc = s["per_case"][cid]
-        L.append(f"| {cid} | {pc.get('group', '')} | {pc['mean_dice']:.3f} | "
-                 + " | ".join(_f(pc["per_class"][n]["dice"]) for n in s["classes"]) + " | "
-                 + " | ".join(_f(pc["per_class"][n]["hd95_mm"], 1) for n in s["classes"]) + " |")
+        L.append(
+            f"| {cid} | {pc.get('group', '')} | {pc['mean_dice']:.3f} | "
+            + " | ".join(_f(pc["per_class"][n]["dice"]) for n in s["classes"])
+            + " | "
+            + " | ".join(_f(pc["per_class"][n]["hd95_mm"], 1) for n in s["classes"])
+            + " |"
+        )
     if overlays:
         L += ["", "## Mid slice of the reference organs (worst cases first)", ""]
         L += [f"![{cid}]({rel}/{fn})" for cid, fn in overlays]

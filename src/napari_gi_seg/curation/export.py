@@ -1,7 +1,7 @@
 """Export clinician-reviewed labels as an nnU-Net v2 raw dataset (GUI-free).
 
 Layout (nnU-Net v2 ``dataset_format.md``; read back by
-:func:`napari_gi_seg.training.datasets.open_nnunet`)::
+:func:`napari_gi_seg.datasets.open_nnunet`)::
 
     <dataset_dir>/
         dataset.json            channel_names, labels (+ "ignore"), numTraining,
@@ -16,7 +16,7 @@ Only reviewed slices carry supervision: every voxel of an unreviewed slice gets 
 ``dataset.json``, which nnU-Net v2 excludes from the loss and from evaluation
 (nnU-Net ``documentation/ignore_label.md``: the ignore label must be named
 ``"ignore"`` and be the highest label value). Our trainer maps it to
-:data:`~napari_gi_seg.training.datasets.IGNORE_INDEX`.
+:data:`~napari_gi_seg.datasets.IGNORE_INDEX`.
 
 Atomicity: all files of an export are written into a temporary folder beside the
 dataset (``.<name>.export-<random>``). A first export then renames that folder to
@@ -40,12 +40,12 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
-from .io.nifti import write_nifti
-from .io.volume import Volume
+from .. import __version__
+from ..datasets import NNUNET_FILE_ENDING, NNUNET_LABELS, nnunet_image_relpath, nnunet_label_relpath
+from ..io.nifti import write_nifti
+from ..io.volume import Volume
 from .review import correction_dice_per_slice
 from .session import image_fingerprint
-from .training.datasets import NNUNET_FILE_ENDING, NNUNET_LABELS, nnunet_image_relpath, nnunet_label_relpath
 
 __all__ = ["export_case", "IGNORE_NAME", "FILE_ENDING", "dataset_labels"]
 
@@ -206,7 +206,9 @@ def export_case(
         prov = _read_json(prov_path) if prov_path.exists() else {"format_version": 1, "cases": []}
         existing = {p.name[: -len(FILE_ENDING)] for p in (dataset_dir / NNUNET_LABELS).glob(f"*{FILE_ENDING}")}
     elif dataset_dir.exists() and (not dataset_dir.is_dir() or any(dataset_dir.iterdir())):
-        raise ValueError(f"{dataset_dir}: exists and is not an nnU-Net dataset (no dataset.json); choose a new or empty folder")
+        raise ValueError(
+            f"{dataset_dir}: exists and is not an nnU-Net dataset (no dataset.json); choose a new or empty folder"
+        )
     else:
         meta = {
             "name": dataset_dir.name,

@@ -45,7 +45,7 @@ from ..io.uwmgi import (
     read_uwmgi_multilabel,
     scans_folder,
 )
-from .datasets import IGNORE_INDEX, Case, CaseRef, DatasetFormatError, SegDataset, _natural_key
+from .case import IGNORE_INDEX, Case, CaseRef, DatasetFormatError, SegDataset, _natural_key
 
 #: Case-days left out by default (labels known to be wrong for the scans).
 DEFAULT_EXCLUDE: tuple[str, ...] = ("case7_day0", "case81_day30")
@@ -100,7 +100,9 @@ def open_uwmgi(
     if not csv_path.is_file():
         raise DatasetFormatError(f"{csv_path}: missing; the UW-Madison layout needs train.csv next to train/")
     if class_names is not None and list(class_names) != list(UWMGI_CLASSES):
-        raise DatasetFormatError(f"{root}: the UW-Madison classes are {list(UWMGI_CLASSES)} (Kaggle order), got {list(class_names)}")
+        raise DatasetFormatError(
+            f"{root}: the UW-Madison classes are {list(UWMGI_CLASSES)} (Kaggle order), got {list(class_names)}"
+        )
     try:
         table = load_train_csv(csv_path)
     except ValueError as e:  # InvalidInputError names the file
@@ -113,8 +115,10 @@ def open_uwmgi(
     unlabelled = [cd for cd in keep if cd not in table.rles]
     keep = {cd: f for cd, f in keep.items() if cd in table.rles}
     if not keep:
-        raise DatasetFormatError(f"{root}: none of the case-day folders {list(folders)[:5]} has rows in {csv_path} "
-                                 f"(after excluding {sorted(excl)})")
+        raise DatasetFormatError(
+            f"{root}: none of the case-day folders {list(folders)[:5]} has rows in {csv_path} "
+            f"(after excluding {sorted(excl)})"
+        )
 
     def loader(cd: str, folder: Path):
         def load() -> Case:
@@ -133,6 +137,15 @@ def open_uwmgi(
         return load
 
     cases = [CaseRef(cd, _CASE_DAY.match(cd).group(1), loader(cd, f)) for cd, f in keep.items()]
-    return SegDataset(root, "uwmgi", list(UWMGI_CLASSES), cases, multilabel=True,
-                      extra={"excluded": sorted(excl & set(folders)), "without_labels": unlabelled,
-                             "slice_spacing_mm": float(slice_spacing_mm)})
+    return SegDataset(
+        root,
+        "uwmgi",
+        list(UWMGI_CLASSES),
+        cases,
+        multilabel=True,
+        extra={
+            "excluded": sorted(excl & set(folders)),
+            "without_labels": unlabelled,
+            "slice_spacing_mm": float(slice_spacing_mm),
+        },
+    )

@@ -111,7 +111,9 @@ def dice(pred: np.ndarray, ref: np.ndarray, ignore: np.ndarray | None = None) ->
     return 2.0 * int(np.logical_and(p, r).sum()) / s
 
 
-def dice_per_class(pred: np.ndarray, ref: np.ndarray, classes: Sequence[int], ignore_index: int | None = 255) -> dict[int, float]:
+def dice_per_class(
+    pred: np.ndarray, ref: np.ndarray, classes: Sequence[int], ignore_index: int | None = 255
+) -> dict[int, float]:
     """``{class: Dice}`` for integer label volumes of equal shape, ignoring voxels where
     ``ref == ignore_index``."""
     if pred.shape != ref.shape:
@@ -121,8 +123,13 @@ def dice_per_class(pred: np.ndarray, ref: np.ndarray, classes: Sequence[int], ig
 
 
 # ----------------------------------------------------------------- distances
-def hd95_mm(pred: np.ndarray, ref: np.ndarray, spacing_mm: Sequence[float], ignore: np.ndarray | None = None,
-            percentile: float = 95.0) -> float:
+def hd95_mm(
+    pred: np.ndarray,
+    ref: np.ndarray,
+    spacing_mm: Sequence[float],
+    ignore: np.ndarray | None = None,
+    percentile: float = 95.0,
+) -> float:
     """95th percentile symmetric Hausdorff distance in mm between two boolean masks
     ``(z, y, x)`` (or ``(y, x)``) with voxel size ``spacing_mm`` in the same axis order.
 
@@ -153,8 +160,9 @@ def hd95_mm(pred: np.ndarray, ref: np.ndarray, spacing_mm: Sequence[float], igno
     rt = torch.from_numpy(np.ascontiguousarray(r[sl]))[None, None]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        d = compute_hausdorff_distance(pt, rt, include_background=True, percentile=percentile,
-                                       spacing=[float(s) for s in spacing_mm])
+        d = compute_hausdorff_distance(
+            pt, rt, include_background=True, percentile=percentile, spacing=[float(s) for s in spacing_mm]
+        )
     return float(d.reshape(-1)[0])
 
 
@@ -225,7 +233,11 @@ def kaggle_score(pred: np.ndarray, ref: np.ndarray, ignore: np.ndarray | None = 
         keep = ~np.asarray(ignore, bool)
         p, r = p & keep, r & keep
     hd = kaggle_hausdorff(p, r)
-    return {"kaggle_dice_2d": d2, "kaggle_hd": hd, "kaggle_score": KAGGLE_DICE_WEIGHT * d2 + KAGGLE_HD_WEIGHT * (1.0 - hd)}
+    return {
+        "kaggle_dice_2d": d2,
+        "kaggle_hd": hd,
+        "kaggle_score": KAGGLE_DICE_WEIGHT * d2 + KAGGLE_HD_WEIGHT * (1.0 - hd),
+    }
 
 
 # ----------------------------------------------------------------- per case / aggregation

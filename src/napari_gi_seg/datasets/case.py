@@ -1,0 +1,129 @@
+"""Cases and datasets: the torch-free types every dataset layout returns.
+
+A :class:`SegDataset` lists :class:`CaseRef` (lazily loaded :class:`Case`); each case
+carries a ``group`` (the patient) so splits are patient-level, never by slice and
+never by day. Layouts live beside this module (:mod:`.nnunet`, :mod:`.nifti_pairs`,
+:mod:`.uwmgi`); :func:`napari_gi_seg.datasets.open_dataset` picks one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..io.volume import Volume
+
+#: Label value of voxels nobody labelled (excluded from losses and metrics).
+IGNORE_INDEX = 255
+
+
+class DatasetFormatError(ValueError):
+    """The folder is not a dataset layout we know, or is inconsistent; the message
+    names the folder/file and what is wrong."""
+
+
+@dataclass
+class Case:
+    """One training case.
+
+    ``image``: the raw image :class:`Volume` ``(z, y, x)``. ``target``: ``(z, y, x)``
+    uint8 labels 0..K with :data:`IGNORE_INDEX` for unlabelled voxels (softmax
+    datasets), or ``(K, z, y, x)`` uint8 {0, 1, IGNORE_INDEX} masks (multi-label).
+    """
+
+    case_id: str
+    group: str
+    image: Volume
+    target: np.ndarray
+
+
+@dataclass
+class CaseRef:
+    """A lazily loaded case: ``load()`` returns the :class:`Case`."""
+
+    case_id: str
+    group: str
+    load: Callable[[], Case]
+
+
+@dataclass
+class SegDataset:
+    """A dataset: its classes (foreground, index 1..K in order), whether classes may
+    overlap (multi-label, sigmoid), and its cases."""
+
+    root: Path
+    layout: str
+    class_names: list[str]
+    cases: list[CaseRef]
+    multilabel: bool = False
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def groups(self) -> list[str]:
+        """Sorted unique patient ids."""
+        return sorted({c.group for c in self.cases})
+
+    def subset(self, groups: Sequence[str]) -> SegDataset:
+        """The cases whose ``group`` is in ``groups``."""
+        g = set(groups)
+        return SegDataset(
+            self.root,
+            self.layout,
+            self.class_names,
+            [c for c in self.cases if c.group in g],
+            self.multilabel,
+            self.extra,
+        )
+
+
+def _natural_key(s: str):
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s)]
+
+
+def _parse_class_names(obj) -> list[str]:
+    if isinstance(obj, list):
+        return [str(n) for n in obj]
+    if isinstance(obj, dict):
+        items = sorted(((int(k), str(v)) for k, v in obj.items() if int(k) != 0))
+        return [v for _, v in items]
+    raise ValueError(f"class names must be a list or an index->name mapping, got {type(obj).__name__}")
+
+
+def fingerprint(cases: Sequence[Case]) -> str:
+    """sha256 hex over each case's id, image shape and label bytes (sorted by id):
+    identifies exactly which labelled data a model saw."""
+    h = hashlib.sha256()
+    for c in sorted(cases, key=lambda c: c.case_id):
+        h.update(c.case_id.encode())
+        h.update(str(c.image.shape).encode())
+        h.update(np.ascontiguousarray(c.target).tobytes())
+    return h.hexdigest()
+
+
+def split_groups(
+    groups: Sequence[str], val_fraction: float, fold: int = 0, seed: int = 0
+) -> tuple[list[str], list[str]]:
+    """Patient-level split: shuffle the sorted patient ids with ``seed``, cut them into
+    ``round(1 / val_fraction)`` folds and return ``(train, val)`` for fold ``fold``.
+    ``val_fraction == 0`` -> all patients train, none validate.
+
+    Raises ``ValueError`` for a fold out of range or too few patients.
+    """
+    groups = sorted(set(groups), key=_natural_key)
+    if val_fraction <= 0:
+        return groups, []
+    k = max(2, int(round(1.0 / val_fraction)))
+    if len(groups) < 2:
+        raise ValueError(f"need at least 2 patients to hold some out, got {len(groups)}")
+    if not 0 <= fold < k:
+        raise ValueError(f"fold {fold} out of range 0..{k - 1} for val_fraction {val_fraction}")
+    rng = np.random.default_rng(seed)
+    order = [groups[i] for i in rng.permutation(len(groups))]
+    val = order[fold::k]
+    train = [g for g in order if g not in set(val)]
+    return sorted(train, key=_natural_key), sorted(val, key=_natural_key)
