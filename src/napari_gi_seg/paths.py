@@ -30,3 +30,25 @@ def user_dir() -> Path:
         p = Path(user_data_dir("napari-gi-seg", appauthor=False))
     p.mkdir(parents=True, exist_ok=True)
     return p
+
+
+def default_dataset_dir() -> Path:
+    """Where exported corrections go unless another folder is chosen.
+
+    Returns
+    -------
+    Path
+        ``<user_dir>/datasets/corrections`` (not created here).
+    """
+    return user_dir() / "datasets" / "corrections"
+
+
+def runs_dir() -> Path:
+    """The folder of training and fine-tuning run folders.
+
+    Returns
+    -------
+    Path
+        ``<user_dir>/runs`` (not created here).
+    """
+    return user_dir() / "runs"

@@ -42,10 +42,10 @@ import numpy as np
 
 from .. import __version__
 from ..datasets import NNUNET_FILE_ENDING, NNUNET_LABELS, nnunet_image_relpath, nnunet_label_relpath
+from ..io.fingerprint import image_fingerprint
 from ..io.nifti import write_nifti
 from ..io.volume import Volume
 from .review import correction_dice_per_slice
-from .session import image_fingerprint
 
 __all__ = ["export_case", "IGNORE_NAME", "FILE_ENDING", "dataset_labels"]
 

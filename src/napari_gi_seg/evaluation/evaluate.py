@@ -54,22 +54,44 @@ class Evaluation:
 
 
 def match_classes(
-    model_classes: Sequence[str] | dict[int, str], dataset_classes: Sequence[str], only: Sequence[str] | None = None
+    model_classes: Sequence[str] | dict[int, str],
+    dataset_classes: Sequence[str] | dict[int, str],
+    only: Sequence[str] | None = None,
 ) -> list[ClassMatch]:
-    """Map dataset classes (label value = position + 1) to model classes by name.
+    """Map dataset classes to model classes by name (the one class matcher of the
+    package: ``evaluate``, the demo and the fine-tune class check use it).
 
-    ``model_classes``: names in model index order (index = position + 1) or
-    ``{index: name}``. ``only``: restrict to these names.
+    Parameters
+    ----------
+    model_classes : sequence of str or dict
+        Names in model index order (index = position + 1) or ``{index: name}``
+        (index 0, the background, is ignored).
+    dataset_classes : sequence of str or dict
+        Names in label-value order (value = position + 1) or ``{value: name}``.
+    only : sequence of str, optional
+        Restrict to these names.
 
-    Raises ``ValueError`` when no name is shared (listing both sides), or when a name in
-    ``only`` is not shared.
+    Returns
+    -------
+    list of ClassMatch
+        One per shared name, in the dataset's label order.
+
+    Raises
+    ------
+    ValueError
+        When no name is shared (listing both sides), or when a name in ``only`` is not shared.
     """
     mc = dict(model_classes) if isinstance(model_classes, dict) else {i + 1: n for i, n in enumerate(model_classes)}
+    dc = (
+        dict(dataset_classes)
+        if isinstance(dataset_classes, dict)
+        else {i + 1: n for i, n in enumerate(dataset_classes)}
+    )
     by_name = {n: i for i, n in mc.items() if i != 0}
-    out = [ClassMatch(n, v + 1, by_name[n]) for v, n in enumerate(dataset_classes) if n in by_name]
+    out = [ClassMatch(n, v, by_name[n]) for v, n in sorted(dc.items()) if v != 0 and n in by_name]
     if not out:
         raise ValueError(
-            f"the dataset's classes {list(dataset_classes)} share no name with the model's "
+            f"the dataset's classes {[n for v, n in sorted(dc.items()) if v != 0]} share no name with the model's "
             f"{list(by_name)}; rename them (classes.json / dataset.json) or pick another model"
         )
     if only:

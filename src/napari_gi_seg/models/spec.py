@@ -35,6 +35,36 @@ DEFAULT_COLOURS = (
 )
 
 
+def mirror_pairs(names: list[str]) -> dict[str, str]:
+    """Pairs of class names that differ only by left/right.
+
+    Tokens ``left``/``right`` and ``l``/``r`` (any case, separated by ``_``, ``-`` or a
+    space) are recognised, e.g. ``left_kidney`` <-> ``right_kidney``.
+
+    Parameters
+    ----------
+    names : list of str
+        Class names.
+
+    Returns
+    -------
+    dict
+        ``{"left_kidney": "right_kidney", "right_kidney": "left_kidney"}``; names
+        without a mirror are absent.
+    """
+    import re
+
+    def key(n):
+        return re.sub(r"(?i)(^|[_\- ])(left|right|l|r)($|[_\- ])", r"\1@\3", n)
+
+    out = {}
+    for a in names:
+        for b in names:
+            if a != b and key(a) == key(b) and "@" in key(a):
+                out[a] = b
+    return out
+
+
 @dataclass
 class ClassInfo:
     """One output class.

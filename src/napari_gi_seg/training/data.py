@@ -1,0 +1,145 @@
+"""Training samples: the model-frame step for training cases and the 2.5D slice
+dataset with its MONAI augmentation."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from ..datasets import IGNORE_INDEX, Case
+from ..engine.preprocess import context_indices, normalise_intensity, resize_images, resize_labels
+from ..models.spec import ModelSpec
+
+__all__ = ["prepare_case", "SliceDataset"]
+
+
+def prepare_case(case: Case, spec: ModelSpec) -> Case:
+    """Bring one loaded training case into the frame the model is trained in.
+
+    The one seam between the datasets and the network's input: every case the trainer
+    builds training samples from passes through here (validation cases do not: they
+    are scored through :func:`~napari_gi_seg.engine.inference.segment_volume` at their
+    native grid, as a user's scan would be).
+
+    Parameters
+    ----------
+    case : Case
+        A loaded case: ``image`` ``(z, y, x)`` and ``target`` ``(z, y, x)`` uint8 or
+        ``(K, z, y, x)`` (multi-label).
+    spec : ModelSpec
+        The model being trained.
+
+    Returns
+    -------
+    Case
+        The case as the network should see it (today: unchanged, the storage order of
+        the file; a canonical orientation step belongs here).
+    """
+    return case
+
+
+class SliceDataset(torch.utils.data.Dataset):
+    """All labelled slices of a list of cases as 2.5D training samples (slices that
+    are entirely the ignore label are left out; they still serve as 2.5D context).
+
+    Volumes are normalised per volume and resized in-plane to ``(size, size)`` once at
+    construction (float16 in memory). ``__getitem__`` returns ``(x, y)``:
+    ``x`` ``(C, size, size)`` float32, ``y`` ``(size, size)`` int64 (softmax, with
+    :data:`IGNORE_INDEX`) or ``(K, size, size)`` float32 (multi-label, 255 = ignore).
+    """
+
+    def __init__(self, cases: list[Case], spec: ModelSpec, augment: bool, allow_flip: bool):
+        self.spec = spec
+        # Left-right flips (p = 0.5) when allowed; for lateralised classes the flip also
+        # swaps each class with its mirror (left kidney <-> right kidney), so the label
+        # stays anatomically true for the flipped image.
+        self.flip = bool(augment and allow_flip)
+        perm = spec.mirror_permutation()
+        if spec.activation == "softmax":
+            lut = torch.arange(256, dtype=torch.long)
+            lut[: len(perm)] = torch.tensor(perm)
+            self.flip_lut, self.flip_channels = lut, None
+        else:
+            self.flip_lut, self.flip_channels = None, torch.tensor(perm)
+        self.images, self.targets, self.index = [], [], []
+        size = spec.input_size
+        for ci, c in enumerate(cases):
+            norm = normalise_intensity(c.image.data, spec.normalisation, spec.percentiles)
+            im = resize_images(torch.from_numpy(norm)[:, None], size)[:, 0].half()
+            t = torch.from_numpy(np.ascontiguousarray(c.target))
+            if t.ndim == 3:
+                t = resize_labels(t, size)
+            else:
+                t = torch.stack([resize_labels(tk, size) for tk in t])
+            self.images.append(im)
+            self.targets.append(t)
+            # slices whose every voxel is the ignore label (not reviewed) teach nothing: skip them
+            flat = t.reshape(t.shape[0], -1) if t.ndim == 3 else t.transpose(0, 1).reshape(t.shape[1], -1)
+            labelled = (flat != IGNORE_INDEX).any(1)
+            self.index.extend((ci, z) for z in range(im.shape[0]) if bool(labelled[z]))
+        self.transform = self._make_transform() if augment else None
+
+    @staticmethod
+    def _make_transform():
+        """MONAI augmentation of one 2.5D sample: geometry (affine) on image and label,
+        then MR intensity variation on the image: bias field, non-linear histogram
+        shift (tissue contrast differs between scanners and patients: on CHAOS the
+        kidney/liver intensity ratio ranges from 1.5 to 2.4), gamma, scale, shift,
+        blur and noise. No left-right flip here (see ``flip``)."""
+        from monai.transforms import (
+            Compose,
+            RandAdjustContrastd,
+            RandAffined,
+            RandBiasFieldd,
+            RandGaussianNoised,
+            RandGaussianSmoothd,
+            RandHistogramShiftd,
+            RandScaleIntensityd,
+            RandShiftIntensityd,
+        )
+
+        t = [
+            RandAffined(
+                keys=("image", "label"),
+                prob=0.8,
+                rotate_range=(math.radians(15),),
+                scale_range=(0.15, 0.15),
+                translate_range=(12, 12),
+                shear_range=(0.05, 0.05),
+                mode=("bilinear", "nearest"),
+                padding_mode="zeros",
+            ),
+            RandBiasFieldd(keys="image", coeff_range=(0.0, 0.3), prob=0.3),
+            RandHistogramShiftd(keys="image", num_control_points=(5, 10), prob=0.4),
+            RandAdjustContrastd(keys="image", gamma=(0.5, 2.0), prob=0.4),
+            RandScaleIntensityd(keys="image", factors=0.3, prob=0.5),
+            RandShiftIntensityd(keys="image", offsets=0.1, prob=0.3),
+            RandGaussianSmoothd(keys="image", sigma_x=(0.25, 1.0), sigma_y=(0.25, 1.0), prob=0.1),
+            RandGaussianNoised(keys="image", std=0.03, prob=0.15),
+        ]
+        return Compose(t)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int):
+        ci, z = self.index[i]
+        im = self.images[ci]
+        idx = context_indices([z], self.spec.context_offsets, im.shape[0])[0]
+        x = im[idx].float()
+        t = self.targets[ci]
+        y = t[z] if t.ndim == 3 else t[:, z]
+        if self.transform is not None:
+            lab = y[None].float() if y.ndim == 2 else y.float()
+            d = self.transform({"image": x, "label": lab})
+            x = torch.as_tensor(d["image"]).float()
+            lab = torch.as_tensor(d["label"])
+            y = lab[0].round().long() if y.ndim == 2 else lab.round().float()
+        else:
+            y = y.long() if y.ndim == 2 else y.float()
+        if self.flip and torch.rand(()) < 0.5:
+            x, y = torch.flip(x, (-1,)), torch.flip(y, (-1,))
+            y = self.flip_lut[y] if y.ndim == 2 else y[self.flip_channels]
+        return x.contiguous(), y.contiguous()
