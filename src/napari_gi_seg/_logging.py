@@ -90,7 +90,8 @@ def run_log_file(path: str | Path, level: int = logging.DEBUG) -> Iterator[Path]
     try:
         yield path
     except BaseException:
-        logger.exception("run failed")
+        # the traceback goes to the file only: the terminal gets the caller's one-line error
+        h.handle(logger.makeRecord(logger.name, logging.ERROR, __file__, 0, "run failed", None, sys.exc_info()))
         raise
     finally:
         logger.removeHandler(h)

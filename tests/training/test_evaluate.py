@@ -34,7 +34,7 @@ def test_evaluate_json_report_and_table(tiny_entry, chaos3, tmp_path, capsys):
                 "evaluate",
                 str(chaos3),
                 "--model",
-                "tiny",
+                "tiny-chaos",
                 "--cases",
                 "1",
                 "--json",
@@ -69,7 +69,7 @@ def test_evaluate_json_report_and_table(tiny_entry, chaos3, tmp_path, capsys):
                 "evaluate",
                 str(chaos3),
                 "--model",
-                "tiny",
+                "tiny-chaos",
                 "--cases",
                 "1",
                 "--classes",
@@ -84,7 +84,7 @@ def test_evaluate_json_report_and_table(tiny_entry, chaos3, tmp_path, capsys):
     )
     assert list(json.loads(js.read_text())["per_class"]) == ["liver"]
     # unknown case -> clear error, exit status 2
-    assert cli.main(["evaluate", str(chaos3), "--model", "tiny", "--cases", "99"]) == 2
+    assert cli.main(["evaluate", str(chaos3), "--model", "tiny-chaos", "--cases", "99"]) == 2
     assert "unknown case" in capsys.readouterr().err
 
 

@@ -28,7 +28,7 @@ def _errors(monkeypatch):
     return errors
 
 
-def test_clinician_loop(qtbot, make_napari_viewer, chaos_image_path, tiny_model, tmp_path):
+def test_clinician_loop(qtbot, make_napari_viewer, chaos_image_path, tiny_key, tmp_path):
     """open (plugin reader) -> Segment (worker) -> paint -> review -> export ->
     dataset readable with ignore labels -> Fine-tune -> new model selected -> Segment again."""
     viewer = make_napari_viewer()
@@ -39,7 +39,7 @@ def test_clinician_loop(qtbot, make_napari_viewer, chaos_image_path, tiny_model,
     for name, w in (("Segment", seg), ("Correct", cor), ("Export", exp), ("Fine-tune", ft)):
         viewer.window.add_dock_widget(w, name=name)
 
-    seg.select_model(tiny_model)
+    seg.select_model(tiny_key)
     seg.device_combo.setCurrentText("cpu")
     seg.run()
     wait_worker(qtbot, seg)
@@ -69,7 +69,7 @@ def test_clinician_loop(qtbot, make_napari_viewer, chaos_image_path, tiny_model,
     meta = json.loads((ds / "dataset.json").read_text())
     assert meta["labels"]["left_kidney"] == 3 and meta["labels"]["ignore"] == 5
     prov = json.loads((ds / "provenance.json").read_text())
-    assert prov["cases"][0]["model"]["key"] == tiny_model
+    assert prov["cases"][0]["model"]["key"] == tiny_key
     assert prov["cases"][0]["reviewed_slices"] == [8, 9, 10, 11, 12]
     cd = prov["cases"][0]["correction_dice_per_slice"]
     assert cd["8"] == 1.0 and cd["10"] < 1.0  # only slice 10 was corrected
@@ -84,7 +84,7 @@ def test_clinician_loop(qtbot, make_napari_viewer, chaos_image_path, tiny_model,
     # fine-tune on the export (a tiny run), then the new version is selected in Segment
     ft.refresh_models()
     ft.folder_edit.setText(str(ds))
-    ft.base_combo.setCurrentText(tiny_model)
+    ft.base_combo.setCurrentText(tiny_key)
     ft.name_edit.setText(TINY_NAME)
     ft.epochs_spin.setValue(1)
     ft.device_combo.setCurrentText("cpu")
@@ -136,7 +136,7 @@ def test_export_errors_are_notifications(qtbot, segmented, tmp_path, monkeypatch
     assert exp.export(other) is None and errors
 
 
-def test_finetune_cancel_and_bad_dataset(qtbot, make_napari_viewer, tiny_model, tmp_path, monkeypatch):
+def test_finetune_cancel_and_bad_dataset(qtbot, make_napari_viewer, tiny_key, tmp_path, monkeypatch):
     errors = _errors(monkeypatch)
     viewer = make_napari_viewer()
     ft = FinetuneWidget(viewer)
@@ -145,18 +145,18 @@ def test_finetune_cancel_and_bad_dataset(qtbot, make_napari_viewer, tiny_model, 
     viewer.window.add_dock_widget(ft, name="Fine-tune")
     ft.folder_edit.setText(str(tmp_path / "missing"))
     assert not ft.start() and "dataset.json" in errors[-1]
-    assert tiny_model in ft.refresh_models()
+    assert tiny_key in ft.refresh_models()
     # a process that would run for long is killed by Cancel; nothing is registered
     (tmp_path / "dataset.json").write_text("{}")
     ft.folder_edit.setText(str(tmp_path))
-    ft.base_combo.setCurrentText(tiny_model)
+    ft.base_combo.setCurrentText(tiny_key)
     ft.command = lambda: (
         [
             __import__("sys").executable,
             "-c",
             'import time; print(\'{"event": "epoch", "epoch": 1, "train_loss": 0.5}\', flush=True); time.sleep(60)',
         ]
-        + ["--name", "x", "--model", tiny_model]
+        + ["--name", "x", "--model", tiny_key]
     )
     results = []
     ft.run_finished.connect(results.append)
@@ -168,7 +168,7 @@ def test_finetune_cancel_and_bad_dataset(qtbot, make_napari_viewer, tiny_model, 
     assert ft.new_model_key is None
     from napari_gi_seg.models.registry import list_models
 
-    assert [e.key for e in list_models() if e.name == TINY_NAME] == [tiny_model]
+    assert [e.key for e in list_models() if e.name == TINY_NAME] == [tiny_key]
 
 
 def test_jsonl_parsing():

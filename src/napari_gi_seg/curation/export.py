@@ -45,6 +45,7 @@ from ..datasets import NNUNET_FILE_ENDING, NNUNET_LABELS, nnunet_image_relpath, 
 from ..io.fingerprint import image_fingerprint
 from ..io.nifti import write_nifti
 from ..io.volume import Volume
+from ..progress import ProgressCallback, emit
 from .review import correction_dice_per_slice
 
 __all__ = ["export_case", "IGNORE_NAME", "FILE_ENDING", "dataset_labels"]
@@ -126,6 +127,7 @@ def export_case(
     group: str | None = None,
     prediction: np.ndarray | None = None,
     model_key: str | None = None,
+    progress: ProgressCallback | None = None,
 ) -> Path:
     """Add one reviewed case to an nnU-Net v2 raw dataset (created if missing).
 
@@ -157,6 +159,9 @@ def export_case(
         correction Dice in ``provenance.json``.
     model_key:
         ``"name:version"`` of the model that produced the prediction.
+    progress:
+        Gets ``"export"`` :class:`~napari_gi_seg.progress.ProgressEvent` s (3 steps:
+        image written, labels written, dataset committed); see :mod:`napari_gi_seg.progress`.
 
     Returns
     -------
@@ -269,7 +274,9 @@ def export_case(
         (tmp / img_rel.parent).mkdir(parents=True)
         (tmp / lab_rel.parent).mkdir()
         write_nifti(image, tmp / img_rel, data=np.asarray(image.data, dtype=np.float32))
+        emit(progress, "export", 1, 3, f"{case_id}: image written")
         write_nifti(image, tmp / lab_rel, data=out_labels)
+        emit(progress, "export", 2, 3, f"{case_id}: labels written")
         _write_json(tmp / PROVENANCE_FILE, prov)
         _write_json(tmp / "dataset.json", meta)
         if not appending:
@@ -281,6 +288,7 @@ def export_case(
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+    emit(progress, "export", 3, 3, f"{case_id}: added to {dataset_dir.name}")
     return dataset_dir
 
 

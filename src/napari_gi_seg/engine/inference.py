@@ -20,6 +20,7 @@ import torch
 
 from ..io.volume import Volume
 from ..models.spec import ModelSpec
+from ..progress import CancelCallback, ProgressCallback, emit
 from .postprocess import keep_largest_components
 from .preprocess import context_batch, normalise_intensity, resize_images
 
@@ -266,15 +267,17 @@ def segment_volume(
     device: str | torch.device = "auto",
     tta: bool = False,
     return_probs: bool = False,
-    progress: Callable[[BatchResult], None] | None = None,
-    cancel: Callable[[], bool] | None = None,
+    progress: ProgressCallback | None = None,
+    cancel: CancelCallback | None = None,
     postprocess: bool = True,
     precision: str = "auto",
 ) -> SegmentationResult:
     """Run :func:`iter_segment` to the end and assemble the ``(z, y, x)`` uint8
     label volume (and ``(C, z, y, x)`` float16 probabilities if asked).
 
-    ``progress(batch)`` is called after each batch. If ``cancel()`` turns True the
+    ``progress(event)`` gets a ``"segment"`` :class:`~napari_gi_seg.progress.ProgressEvent`
+    after each batch (``done``/``total`` slices; the protocol of
+    :mod:`napari_gi_seg.progress`). If ``cancel()`` turns True the
     run stops between batches and the result has ``cancelled=True`` with the
     finished slices filled in. ``postprocess``: when the whole stack was segmented,
     apply :func:`keep_largest_components` for the spec's single-component classes.
@@ -292,8 +295,7 @@ def segment_volume(
         if probs is not None and b.probs is not None:
             probs[:, b.z] = np.moveaxis(b.probs, 1, 0)
         seg.extend(int(z) for z in b.z)
-        if progress is not None:
-            progress(b)
+        emit(progress, "segment", b.done, b.total)
     cancelled = len(seg) < total
     if postprocess and not cancelled and len(seg) == data.shape[0]:
         labels = keep_largest_components(labels, spec)

@@ -18,13 +18,14 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ..datasets import IGNORE_INDEX, DatasetFormatError, SegDataset, detect_layout, open_dataset
+from ..progress import ProgressCallback, emit
 from .metrics import aggregate, evaluate_case
 
 
@@ -144,7 +145,7 @@ def evaluate_dataset(
     tta: bool = False,
     device: str = "auto",
     batch_size: int = 8,
-    progress: Callable[[str, int, int], None] | None = None,
+    progress: ProgressCallback | None = None,
     loaded_model: tuple | None = None,
 ) -> Evaluation:
     """Segment every case of ``dataset`` with ``model`` and score it.
@@ -160,7 +161,8 @@ def evaluate_dataset(
         ``classes.json``; when omitted there, the model's class order is assumed
         (``summary["class_names_assumed"] = True``).
     tta: left-right flip test-time augmentation. device: ``auto``/``cpu``/``cuda``/``mps``.
-    progress: ``progress(case_id, i, n)`` before each case.
+    progress: gets an ``"evaluate"`` :class:`~napari_gi_seg.progress.ProgressEvent`
+    (``done`` cases of ``total``, ``message`` the case id) before each case.
     loaded_model: ``(spec, network)`` to use instead of loading ``model``.
 
     Returns
@@ -195,8 +197,7 @@ def evaluate_dataset(
     names = [m.name for m in matches]
     per_case, slices = {}, {}
     for i, ref in enumerate(refs):
-        if progress is not None:
-            progress(ref.case_id, i, len(refs))
+        emit(progress, "evaluate", i, len(refs), ref.case_id)
         c = ref.load()
         res = segment_volume(
             c.image, spec, net, batch_size=batch_size, device=dev, tta=tta, return_probs=spec.activation == "sigmoid"

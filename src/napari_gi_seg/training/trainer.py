@@ -540,7 +540,6 @@ class Trainer:
             return self.finish()
         except BaseException as e:
             if self.rank == 0 and getattr(self, "work", None) is not None and self.work.is_dir():
-                log.error("training failed: %s", e)
                 write_manifest(self.work, status="failed", error=str(e)[:500])
             raise
         finally:
