@@ -166,7 +166,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
                     f"for {args.input} ({depth} slices)"
                 )
             slices = range(a, b)
-        with TqdmProgress(disable=args.quiet) as bar:
+        with TqdmProgress(disable=args.quiet, desc=vol.name) as bar:
             res = segment_volume(
                 vol,
                 spec,

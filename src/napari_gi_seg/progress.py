@@ -19,15 +19,12 @@ Nothing here imports Qt or torch.
 
 from __future__ import annotations
 
-import logging
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["ProgressEvent", "ProgressCallback", "CancelCallback", "emit", "TqdmProgress", "log_progress"]
-
-log = logging.getLogger(__name__)
+__all__ = ["ProgressEvent", "ProgressCallback", "CancelCallback", "emit", "TqdmProgress"]
 
 
 @dataclass(frozen=True)
@@ -93,38 +90,40 @@ def emit(
         progress(ProgressEvent(stage, int(done), None if total is None else int(total), message, metrics))
 
 
-def is_cancelled(cancel: CancelCallback | None) -> bool:
-    """``cancel()`` when given, else ``False``."""
-    return bool(cancel is not None and cancel())
-
-
 class TqdmProgress:
     """The protocol on a terminal: one tqdm bar per stage, on stderr.
 
-    ``"epoch"`` and ``"done"`` events are logged (one line each, through
-    :mod:`logging`) rather than drawn; every other stage gets a bar that is replaced
-    when the stage restarts (``done`` goes back to 0 or ``total`` changes).
+    ``"epoch"``, ``"baseline"`` and ``"done"`` events draw no bar (the calls that send
+    them log one line each); every other stage gets a bar that is replaced when the
+    stage restarts (``done`` goes back to 0 or ``total`` changes).
 
     Parameters
     ----------
     disable : bool
-        No bars at all (``--quiet``); events are still logged.
+        No bars at all (``--quiet``, or stderr is not a terminal).
+    desc : str, optional
+        Label of the bars (default: the event's message, else its stage).
     unit : dict, optional
-        Unit per stage for the bar label (default ``{"segment": "slice", "step": "step"}``).
+        Unit per stage for the bar label (default ``{"segment": "slice", "step": "step", "export": "file"}``).
+    transient : tuple of str
+        Stages whose finished bars are erased (per-epoch step bars); others stay on screen.
     """
 
-    LOGGED = ("epoch", "done", "baseline")
+    NO_BAR = ("epoch", "done", "baseline")
 
-    def __init__(self, disable: bool = False, unit: Mapping[str, str] | None = None):
-        self.disable = disable
+    def __init__(
+        self,
+        disable: bool = False,
+        desc: str | None = None,
+        unit: Mapping[str, str] | None = None,
+        transient: tuple[str, ...] = ("step", "validate"),
+    ):
+        self.disable, self.desc, self.transient = disable, desc, transient
         self.unit = {"segment": "slice", "step": "step", "export": "file", **(unit or {})}
         self._bars: dict[str, Any] = {}
 
     def __call__(self, event: ProgressEvent) -> None:
-        if event.stage in self.LOGGED:
-            log_progress(event)
-            return
-        if self.disable:
+        if self.disable or event.stage in self.NO_BAR:
             return
         from tqdm.auto import tqdm
 
@@ -135,9 +134,9 @@ class TqdmProgress:
         if bar is None:
             bar = tqdm(
                 total=event.total,
-                desc=event.message or event.stage,
+                desc=self.desc or event.message or event.stage,
                 unit=self.unit.get(event.stage, "it"),
-                leave=False,
+                leave=event.stage not in self.transient,
                 file=sys.stderr,
             )
             self._bars[event.stage] = bar
@@ -160,22 +159,3 @@ class TqdmProgress:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def log_progress(event: ProgressEvent, logger: logging.Logger | None = None) -> None:
-    """Log one event as a line (``epoch 3/20: train_loss=0.4123 val_mean_dice=0.8312``).
-
-    Parameters
-    ----------
-    event : ProgressEvent
-        The event.
-    logger : logging.Logger, optional
-        Default: this module's logger.
-    """
-    nums = " ".join(
-        f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
-        for k, v in event.metrics.items()
-        if isinstance(v, (int, float, str)) and k not in ("epoch",)
-    )
-    head = event.message or (f"{event.stage} {event.done}/{event.total}" if event.total else event.stage)
-    (logger or log).info("%s%s", head, f": {nums}" if nums else "")

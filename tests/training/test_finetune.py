@@ -94,7 +94,11 @@ def test_finetune_registers_child_with_before_after_and_run_record(tiny_entry, c
 def test_worse_model_is_registered_only_on_explicit_choice(tiny_entry, chaos3, capsys):
     # a learning rate of 1.0 wrecks the network in two steps: held-back Dice falls
     res = finetune(chaos3, "tiny-chaos", "tiny-bad", lr=1.0, val_fraction=0.34, **{**TINY_FT, "max_steps_per_epoch": 2})
-    assert res.spec.metrics["finetune"]["per_class_before"]["liver"] > 0.05 and res.worse and res.dice_after < res.dice_before
+    assert (
+        res.spec.metrics["finetune"]["per_class_before"]["liver"] > 0.05
+        and res.worse
+        and res.dice_after < res.dice_before
+    )
     assert not res.registered and "not registered" in res.reason and "--register-if-worse" in res.reason
     assert [e for e in registry.list_models() if e.name == "tiny-bad"] == []
     assert read_manifest(res.work_dir)["status"] == "not-registered"
