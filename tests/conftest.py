@@ -142,7 +142,8 @@ def tiny_key(tiny_entry) -> str:
 #: Tests that take more than ~20 s on 2 CPU cores (measured; see docs/development.md).
 SLOW_TESTS = {
     "test_clinician_loop",
-    "test_ddp_two_processes_match_registered_model",
+    "test_torchrun_two_processes_registers_one_model",
+    "test_finetune_cancel_stops_gracefully_and_keeps_best_epoch",
 }
 
 

@@ -30,7 +30,8 @@ def _model_for_benchmark(tiny_key) -> str:
 def test_heartbeat_during_cpu_segmentation(qtbot, chaos_image_layer, tiny_key):
     viewer, image_layer = chaos_image_layer
     seg = SegmentWidget(viewer)
-    CorrectWidget(viewer)  # its read-outs update on every batch too
+    qtbot.addWidget(seg)
+    qtbot.addWidget(CorrectWidget(viewer))  # its read-outs update on every batch too
     key = _model_for_benchmark(tiny_key)
     seg.select_model(key)
     seg.device_combo.setCurrentText("cpu")

@@ -13,6 +13,7 @@ from napari_gi_seg._qt.segment_widget import SegmentWidget
 def test_models_listed_with_classes_and_selectable(qtbot, chaos_image_layer, tiny_key, tiny_model):
     viewer, _ = chaos_image_layer
     w = SegmentWidget(viewer)
+    qtbot.addWidget(w)
     keys = w.refresh_models()
     assert tiny_key in keys
     w.select_model(TINY_NAME)
@@ -32,6 +33,7 @@ def test_models_listed_with_classes_and_selectable(qtbot, chaos_image_layer, tin
 def test_worker_segments_whole_stack_into_labels_with_model_classes(qtbot, chaos_image_layer, chaos_volumes, tiny_key):
     viewer, image_layer = chaos_image_layer
     w = SegmentWidget(viewer)
+    qtbot.addWidget(w)
     w.select_model(tiny_key)
     w.device_combo.setCurrentText("cpu")
     batches = []
@@ -73,6 +75,7 @@ def test_worker_segments_whole_stack_into_labels_with_model_classes(qtbot, chaos
 def test_cancel_stops_and_keeps_finished_slices(qtbot, chaos_image_layer, tiny_key):
     viewer, image_layer = chaos_image_layer
     w = SegmentWidget(viewer)
+    qtbot.addWidget(w)
     w.select_model(tiny_key)
     w.device_combo.setCurrentText("cpu")
     w.batch_spin.setValue(2)
@@ -99,6 +102,7 @@ def test_cancel_stops_and_keeps_finished_slices(qtbot, chaos_image_layer, tiny_k
 def test_current_slice_scope_and_edited_slices_kept(qtbot, chaos_image_layer, tiny_key):
     viewer, image_layer = chaos_image_layer
     w = SegmentWidget(viewer)
+    qtbot.addWidget(w)
     w.select_model(tiny_key)
     w.device_combo.setCurrentText("cpu")
     w.run_sync()
@@ -129,5 +133,6 @@ def test_errors_are_notifications_not_crashes(qtbot, make_napari_viewer, monkeyp
 
     monkeypatch.setattr(n, "show_error", errors.append)
     w = SegmentWidget(viewer)
+    qtbot.addWidget(w)
     w.run_sync()  # no image
     assert errors and "image" in errors[-1].lower()
