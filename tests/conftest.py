@@ -15,16 +15,19 @@ cores) are ``slow``. Fast subset: ``bash scripts/test.sh -m "not slow"``.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 import pytest
 
-from _tiny import TINY_NAME, TinyModel, fit_tiny, tiny_spec
+from _tiny import CHAOS_CLASS_NAMES, TINY_NAME, TinyModel, fit_tiny, tiny_spec
 from napari_gi_seg.paths import data_dir as _data_dir
 
 #: A small CHAOS patient is not needed: patient 1 (256 x 256 x 37) reads in ~0.2 s.
 CHAOS_PATIENT = 1
+#: The CHAOS patients of the ``chaos3`` training fixture.
+CHAOS_PATIENTS = ("1", "2", "3")
 
 
 def _on_ci() -> bool:
@@ -112,6 +115,18 @@ def chaos_volumes(chaos_image_path, chaos_label_path):
     from napari_gi_seg.io.nifti import read_nifti
 
     return read_nifti(chaos_image_path, as_labels=False), read_nifti(chaos_label_path, as_labels=True)
+
+
+@pytest.fixture(scope="session")
+def chaos3(chaos_dir, tmp_path_factory) -> Path:
+    """A temp folder with three real CHAOS patients (1, 2, 3: symlinks to the shared data,
+    plus ``classes.json``), small enough for a few training steps."""
+    root = tmp_path_factory.mktemp("chaos3")
+    for pid in CHAOS_PATIENTS:
+        for kind in ("image", "label"):
+            os.symlink(chaos_dir / f"{kind}_{pid}.nii.gz", root / f"{kind}_{pid}.nii.gz")
+    (root / "classes.json").write_text(json.dumps(CHAOS_CLASS_NAMES))
+    return root
 
 
 # ----------------------------------------------------------------- the one tiny model

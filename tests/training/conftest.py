@@ -1,7 +1,6 @@
 """Fixtures for the training / fine-tuning / evaluation tests.
 
-* ``chaos3``: a temp folder with three real CHAOS patients (symlinks to the shared
-  data, plus ``classes.json``), small enough for a few training steps.
+* ``chaos3`` (three real CHAOS patients) comes from ``tests/conftest.py``;
 * the tiny model (``tiny_model``, ``tiny_entry``) comes from ``tests/conftest.py``;
 * ``uwmgi_tree``: a stand-in UW-Madison Kaggle tree: REAL ``train.csv`` rows of three
   case-days (two patients + the faulty case7_day0) with synthetic 16-bit PNG scans
@@ -11,29 +10,14 @@
 from __future__ import annotations
 
 import csv
-import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from _tiny import CHAOS_CLASS_NAMES
-
-CHAOS_PATIENTS = ("1", "2", "3")
 #: case-day -> slice numbers that get stand-in PNG scans
 UWMGI_SLICES = {"case123_day20": range(60, 72), "case2_day1": range(48, 58), "case7_day0": range(60, 64)}
 TINY = dict(size=64, epochs=1, batch_size=4, max_steps_per_epoch=1, augment=False, encoder="mobilenet_v2")
-
-
-@pytest.fixture(scope="session")
-def chaos3(chaos_dir, tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("chaos3")
-    for pid in CHAOS_PATIENTS:
-        for kind in ("image", "label"):
-            os.symlink(chaos_dir / f"{kind}_{pid}.nii.gz", root / f"{kind}_{pid}.nii.gz")
-    (root / "classes.json").write_text(json.dumps(CHAOS_CLASS_NAMES))
-    return root
 
 
 def _write_png16(path: Path, arr: np.ndarray) -> None:
