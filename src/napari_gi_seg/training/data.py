@@ -48,6 +48,18 @@ class SliceDataset(torch.utils.data.Dataset):
     construction (float16 in memory). ``__getitem__`` returns ``(x, y)``:
     ``x`` ``(C, size, size)`` float32, ``y`` ``(size, size)`` int64 (softmax, with
     :data:`IGNORE_INDEX`) or ``(K, size, size)`` float32 (multi-label, 255 = ignore).
+
+    Parameters
+    ----------
+    cases : list of Case
+        Loaded cases (already through :func:`prepare_case`); ``target`` ``(z, y, x)``
+        uint8 or ``(K, z, y, x)``.
+    spec : ModelSpec
+        Input size, 2.5D offsets, normalisation, activation, mirrored classes.
+    augment : bool
+        MONAI augmentation (:meth:`_make_transform`).
+    allow_flip : bool
+        Left-right flips (p = 0.5) with the mirrored classes swapped (only with ``augment``).
     """
 
     def __init__(self, cases: list[Case], spec: ModelSpec, augment: bool, allow_flip: bool):

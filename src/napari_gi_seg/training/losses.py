@@ -14,10 +14,24 @@ __all__ = ["segmentation_loss"]
 def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, multilabel: bool) -> torch.Tensor:
     """Dice + cross-entropy (softmax) or Dice + BCE (multi-label).
 
-    ``logits`` ``(N, C, H, W)``; ``target`` ``(N, H, W)`` int64 with
-    :data:`IGNORE_INDEX` or ``(N, K, H, W)`` float {0, 1, 255}. Ignored pixels
-    contribute nothing to either term, hence nothing to the gradient (the soft Dice
-    of smp masks them; CE uses ``ignore_index``; BCE is masked).
+    Ignored pixels contribute nothing to either term, hence nothing to the gradient
+    (the soft Dice of segmentation-models-pytorch masks them; CE uses ``ignore_index``;
+    BCE is masked).
+
+    Parameters
+    ----------
+    logits : torch.Tensor
+        ``(N, C, H, W)`` float.
+    target : torch.Tensor
+        ``(N, H, W)`` int64 with :data:`IGNORE_INDEX` (softmax) or ``(N, K, H, W)``
+        float in {0, 1, 255} (multi-label).
+    multilabel : bool
+        Dice + BCE per channel instead of Dice + cross-entropy.
+
+    Returns
+    -------
+    torch.Tensor
+        The scalar loss (0 with a gradient when every pixel is ignored).
     """
     from segmentation_models_pytorch.losses import DiceLoss
 
