@@ -27,7 +27,8 @@ Rules (the same for every writer)
 Fault injection (tests only): with ``$NAPARI_GI_SEG_FAULT_PAUSE_BEFORE_RENAME`` set
 to a number of seconds, the helper prints ``gi-seg-fault: paused before rename of
 <dest>`` on stderr and sleeps just before the final rename, so a test can
-``kill -9`` the process at the worst moment.
+``kill -9`` the process at the worst moment; ``$NAPARI_GI_SEG_FAULT_PAUSE_MATCH``
+limits that to destinations whose name contains the given text.
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ TMP_PREFIX = ".gi-seg-tmp-"
 #: Temporaries older than this (seconds) are stale even if their pid is alive.
 STALE_AFTER_S = 60.0 * float(os.environ.get("NAPARI_GI_SEG_STALE_TMP_MINUTES", "60"))
 PAUSE_ENV = "NAPARI_GI_SEG_FAULT_PAUSE_BEFORE_RENAME"
+PAUSE_MATCH_ENV = "NAPARI_GI_SEG_FAULT_PAUSE_MATCH"
 _TMP_RE = re.compile(r"^" + re.escape(TMP_PREFIX) + r"(\d+)-[0-9a-f]+-")
 _MAX_NAME = 200
 _swept: set[str] = set()  # folders already cleaned by this process
@@ -153,7 +155,8 @@ def _fsync_dir(p: Path) -> None:
 
 def _pause_hook(dest: Path) -> None:
     pause = os.environ.get(PAUSE_ENV)
-    if pause:
+    match = os.environ.get(PAUSE_MATCH_ENV)
+    if pause and (not match or match in dest.name):
         print(f"gi-seg-fault: paused before rename of {dest}", file=sys.stderr, flush=True)
         time.sleep(float(pause))
 
