@@ -193,6 +193,9 @@ def finetune(
     from .trainer import TrainConfig, model_card, train, validate
 
     t0 = time.time()
+    registry.validate_name(name)
+    if work_dir:
+        registry.check_work_dir(work_dir)  # before any work: never inside the registry
     entry = registry.get_entry(base)
     base_spec = entry.spec()
     state_dict = load_weights(entry.weights_path)

@@ -383,6 +383,8 @@ def train(
         device = resolve_device(cfg.device)
 
     t_start = time.time()
+    if cfg.work_dir:
+        registry.check_work_dir(cfg.work_dir)  # before any work: never inside the registry
     ds = (
         dataset
         if dataset is not None
