@@ -282,8 +282,10 @@ class ModelSpec:
         return cls(**d)
 
     def save(self, path: str | Path) -> None:
-        """Write the spec as indented JSON to ``path``."""
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        """Write the spec as indented JSON to ``path`` (atomically: temp file, rename)."""
+        from .._atomic import write_json
+
+        write_json(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str | Path) -> ModelSpec:
