@@ -163,8 +163,12 @@ def _pause_hook(dest: Path) -> None:
 
 def _relabel(e: OSError, dest: Path) -> OSError:
     """The same kind of OSError, naming the destination instead of the temp file."""
-    why = e.strerror or str(e)
-    new = type(e)(e.errno, f"{why} (writing {dest.name}; nothing was written)", str(dest))
+    why = getattr(e, "gi_seg_reason", None) or e.strerror or str(e)
+    try:
+        new = type(e)(e.errno, f"{why} (writing {dest.name}; nothing was written)", str(dest))
+    except TypeError:  # an OSError subclass with another constructor
+        new = OSError(e.errno, f"{why} (writing {dest.name}; nothing was written)", str(dest))
+    new.gi_seg_reason = why  # nested writers (a file inside a folder) do not repeat the suffix
     return new
 
 
@@ -271,7 +275,9 @@ def atomic_dir(dest: str | Path) -> Iterator[Path]:
                 raise
     except OSError as e:
         _remove(tmp)
-        raise _relabel(e, dest) if e.filename != str(dest) else e from e
+        if e.filename == str(dest):
+            raise
+        raise _relabel(e, dest) from e
     except BaseException:
         _remove(tmp)
         raise

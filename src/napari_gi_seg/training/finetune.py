@@ -305,6 +305,7 @@ def finetune(
     }
     spec.training["split"] = split
     spec.training["held_back"] = held_back
+
     def card(s) -> str:
         return (
             model_card(s) + f"\n## Fine-tuning\n\nFrom `{entry.key}`; held-back ({split}-level) mean Dice "
