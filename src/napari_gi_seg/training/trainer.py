@@ -22,7 +22,7 @@ import platform
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +37,7 @@ from ..evaluation.metrics import dice_per_class
 from ..models.network import build_network, load_checkpoint, save_weights
 from ..models.spec import ClassInfo, ModelSpec
 from ..paths import public_path
+from .runs import public_config, work_dir_for
 
 
 def mirror_pairs(names: list[str]) -> dict[str, str]:
@@ -309,34 +310,6 @@ def make_spec(cfg: TrainConfig, ds: SegDataset) -> ModelSpec:
     )
 
 
-def public_config(cfg: TrainConfig) -> dict:
-    """``cfg`` as a dict fit to be written into a run's ``config.json`` or a spec: the
-    dataset and work folders by name only (no local absolute paths)."""
-    d = asdict(cfg)
-    for k in ("dataset", "work_dir"):
-        if d.get(k):
-            d[k] = public_path(d[k])
-    return d
-
-
-def _work_dir(cfg: TrainConfig, spec: ModelSpec, rank: int, distributed: bool) -> Path:
-    """The run folder: ``cfg.work_dir`` (refused inside the registry), else a fresh
-    unique one (``--resume``: the newest unfinished one of this name), chosen by
-    rank 0 and shared with the other ranks."""
-    from ..models import registry
-
-    if cfg.work_dir:
-        return registry.check_work_dir(cfg.work_dir)
-    work = registry.run_dir(spec.name, spec.version, resume=cfg.resume) if rank == 0 else None
-    if distributed:
-        import torch.distributed as dist
-
-        box = [str(work) if work is not None else None]
-        dist.broadcast_object_list(box, 0)
-        work = Path(box[0])
-    return work
-
-
 def train(
     cfg: TrainConfig,
     on_epoch: Callable[[dict], None] | None = None,
@@ -480,7 +453,7 @@ def train(
     )
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
 
-    work = _work_dir(cfg, spec, rank, distributed)
+    work = work_dir_for(cfg, spec, rank, distributed)
     work.mkdir(parents=True, exist_ok=True)
     ckpt_path, best_path, csv_path = work / "checkpoint_last.pt", work / "best.safetensors", work / "metrics.csv"
     start_epoch, best, best_metrics, history, bad_epochs = 0, -1.0, {}, [], 0
