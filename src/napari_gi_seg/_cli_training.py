@@ -29,6 +29,16 @@ def _offsets(s: str) -> tuple[int, ...]:
         ) from None
 
 
+def _model_name(s: str) -> str:
+    """argparse type of ``--name``: :data:`~napari_gi_seg.models.spec.MODEL_NAME_PATTERN`."""
+    from .models.spec import validate_model_name
+
+    try:
+        return validate_model_name(s)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _names(s: str) -> list[str]:
     return [n.strip() for n in s.split(",") if n.strip()]
 
@@ -74,7 +84,9 @@ def graceful_stop(stop_file: str | None = None) -> Iterator[Callable[[], bool]]:
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("dataset", help="dataset folder (nnU-Net v2, UW-Madison, or image_<id>/label_<id> NIfTI pairs)")
-    p.add_argument("--name", required=True, help="registry name of the new model")
+    p.add_argument(
+        "--name", required=True, type=_model_name, help="registry name of the new model (letters, digits, . _ -)"
+    )
     p.add_argument(
         "--classes",
         type=_names,
@@ -178,7 +190,12 @@ def _add_finetune_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model", required=True, dest="base", metavar="BASE", help="registered base model NAME or NAME:VERSION"
     )
-    p.add_argument("--name", required=True, help="registry name of the fine-tuned model (next free version)")
+    p.add_argument(
+        "--name",
+        required=True,
+        type=_model_name,
+        help="registry name of the fine-tuned model (letters, digits, . _ -; next free version)",
+    )
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--lr", type=float, default=5e-4, help="peak learning rate of the one-cycle schedule (default 5e-4)")
     p.add_argument("--freeze-encoder", action="store_true", help="train only the decoder and segmentation head")

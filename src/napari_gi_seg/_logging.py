@@ -47,6 +47,7 @@ def setup_cli_logging(debug: bool = False) -> logging.Logger:
     h.setLevel(logging.DEBUG if debug else logging.INFO)
     logger.addHandler(h)
     logger.setLevel(logging.DEBUG if debug else logging.INFO)
+    logger.propagate = False  # the root logger (``--debug`` configures it for other libraries) must not repeat us
     _cli_handler = h
     return logger
 

@@ -1,7 +1,12 @@
 """Command line: ``napari-gi-seg segment|models|train|finetune|evaluate|demo``.
 
-Every sub-command exits 0 on success and non-zero with one clear line on stderr
-(``napari-gi-seg: error: <file>: <problem>``) for bad input or an unknown model.
+Exit status: 0 on success; 2 with one line on stderr
+(``napari-gi-seg: error: <file>: <problem>``) for every expected failure: bad input
+(``InvalidInputError``, ``DatasetFormatError``, an invalid spec or model name), a
+missing file, an unknown model, a file-system error (disk full, read-only folder,
+permission denied: the line names the file), not enough memory; 130 when
+interrupted; 1 with one line for an unexpected internal error. ``--debug`` (before or
+after the sub-command) prints the full traceback too and sets logging to DEBUG.
 """
 
 from __future__ import annotations
@@ -11,13 +16,10 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from ._cli_errors import CLIError, run_guarded
 from ._cli_training import _add_finetune_args, _add_train_args, cmd_finetune, cmd_train
 
 log = logging.getLogger("napari_gi_seg.cli")
-
-
-class CLIError(Exception):
-    """An error reported as one line and exit status 2."""
 
 
 def _names(s: str) -> list[str]:
@@ -111,14 +113,33 @@ def write_output_labels(path: str, labels, volume, class_names: dict[int, str]) 
 
 def _output_paths(output: str, vols) -> list[str]:
     """One output per volume: OUTPUT itself, or ``<stem>_<volume name><suffix>`` when
-    the input holds several volumes (e.g. a folder of series)."""
+    the input holds several volumes (e.g. a folder of DICOM series: the volume name
+    is then suffixed with the series description and the first 8 hex digits of the
+    hashed ``SeriesInstanceUID``, so two series never share a path).
+
+    Raises :class:`CLIError` naming the clashing series if two outputs would still
+    have the same path (nothing is then written).
+    """
     if len(vols) == 1:
         return [output]
+    import re
+
     from .io import label_suffix
 
     suf = label_suffix(output) or ""
     stem = output[: len(output) - len(suf)]
-    return [f"{stem}_{v.name}{suf}" for v in vols]
+    outs = []
+    for v in vols:
+        tag = v.name
+        uid = v.metadata.get("series_instance_uid_hash")
+        if uid:
+            desc = re.sub(r"[^A-Za-z0-9._-]+", "-", str(v.metadata.get("series_description") or "")).strip("-")[:40]
+            tag = "_".join(t for t in (v.name, desc, uid[:8]) if t)
+        outs.append(f"{stem}_{tag}{suf}")
+    dup = sorted({o for o in outs if outs.count(o) > 1})
+    if dup:
+        raise CLIError(f"{dup[0]}: several volumes of the input would be written to this one file; nothing written")
+    return outs
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
@@ -370,20 +391,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status (see the module docstring)."""
     from ._logging import setup_cli_logging
 
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_cli_logging(debug=args.debug)
-    try:
-        return int(args.func(args) or 0)
-    except KeyboardInterrupt:
-        print("napari-gi-seg: interrupted", file=sys.stderr)
-        return 130
-    except (CLIError, OSError, ValueError, LookupError) as e:
-        log.debug("traceback of the error below", exc_info=True)
-        print(f"napari-gi-seg: error: {e}", file=sys.stderr)
-        return 2
+    return run_guarded(args.func, args, debug=bool(args.debug))
 
 
 if __name__ == "__main__":  # pragma: no cover

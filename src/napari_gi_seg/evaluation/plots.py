@@ -42,6 +42,11 @@ def plot_history(history: list[dict], path: str | Path) -> Path:
         ax2.set_ylim(0, 1)
     ax.set_title("training curve")
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    from .._atomic import atomic_path
+
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png")
+    finally:
+        plt.close(fig)
     return path

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from pathlib import Path
 
 import torch
@@ -24,16 +23,6 @@ _KEYS = ("model", "optimizer", "scheduler", "epoch", "best", "bad_epochs", "best
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used (unreadable, not ours, or holding Python objects)."""
-
-
-def _atomic_torch_save(obj, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def save_checkpoint(
@@ -72,20 +61,23 @@ def save_checkpoint(
     Path
         ``path``.
     """
+    from .._atomic import atomic_path
+
     path = Path(path)
-    _atomic_torch_save(
-        {
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "epoch": int(epoch),
-            "best": float(best),
-            "bad_epochs": int(bad_epochs),
-            "best_metrics_json": json.dumps(best_metrics),
-            "history_json": json.dumps(history),
-        },
-        path,
-    )
+    with atomic_path(path) as tmp:
+        torch.save(
+            {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "epoch": int(epoch),
+                "best": float(best),
+                "bad_epochs": int(bad_epochs),
+                "best_metrics_json": json.dumps(best_metrics),
+                "history_json": json.dumps(history),
+            },
+            tmp,
+        )
     return path
 
 
@@ -106,22 +98,17 @@ def load_checkpoint(path: str | Path) -> dict:
     Raises
     ------
     CheckpointError
-        The file is unreadable, holds Python objects other than tensors and plain
-        containers (refused, never unpickled), or lacks a key.
+        A ``ValueError`` naming the file: unreadable, holding Python objects other than
+        tensors and plain containers (refused, never unpickled; see
+        :func:`napari_gi_seg.models.network.load_checkpoint`), or lacking a key.
     """
-    import pickle
+    from ..models.network import load_checkpoint as _safe_load
 
     path = Path(path)
     try:
-        st = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise CheckpointError(
-            f"{path}: refused: the checkpoint holds Python objects, not only tensors and numbers "
-            "(it was not written by napari-gi-seg, or it was altered); delete it or start without --resume"
-        ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path}: not a readable checkpoint ({first[:200]})") from None
+        st = _safe_load(path)  # torch.load(weights_only=True): never runs pickled code
+    except (ValueError, FileNotFoundError) as e:
+        raise CheckpointError(str(e)) from None
     if not isinstance(st, dict) or any(k not in st for k in _KEYS):
         missing = [k for k in _KEYS if not isinstance(st, dict) or k not in st]
         raise CheckpointError(f"{path}: not a napari-gi-seg checkpoint (missing {missing})")
@@ -153,10 +140,10 @@ def write_history_csv(path: str | Path, rows: list[dict]) -> Path:
     keys: list[str] = []
     for r in rows:
         keys += [k for k in r if k not in keys]
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as f:
+    from .._atomic import atomic_path
+
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=keys)
         w.writeheader()
         w.writerows(rows)
-    os.replace(tmp, path)
     return path

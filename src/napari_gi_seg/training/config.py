@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -55,14 +55,6 @@ class TrainConfig:
     # left-right flip augmentation (with left/right class swap); None: only when no class is lateralised.
     # Flip test-time augmentation is only valid for models trained with it.
     flip_augment: bool | None = None
-
-    def public_dict(self) -> dict:
-        """The config without local paths (``dataset`` reduced to its folder name,
-        ``work_dir`` left out): what the spec and ``run.json`` record."""
-        d = asdict(self)
-        d["dataset"] = Path(self.dataset).name if self.dataset else self.dataset
-        d.pop("work_dir", None)
-        return d
 
 
 @dataclass

@@ -57,8 +57,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .._atomic import write_json
 from .._logging import run_log_file
 from ..datasets import DatasetFormatError
+from ..paths import public_path
 from ..progress import CancelCallback, ProgressCallback, emit
 from .holdback import open_for_base, slice_split, split_for_finetune
 from .manifest import LOG_FILE, read_manifest, write_manifest
@@ -202,6 +204,9 @@ def finetune(
     from ..models.network import load_weights
 
     t0 = time.time()
+    registry.validate_name(name)
+    if work_dir:
+        registry.check_work_dir(work_dir)  # before any work: never inside the registry
     entry = registry.get_entry(base)
     base_spec = entry.spec()
     base_names = [c.name for c in base_spec.classes]
@@ -231,7 +236,7 @@ def finetune(
         version = int(prior.get("version", version))
     work.mkdir(parents=True, exist_ok=True)
     with run_log_file(work / LOG_FILE):
-        log.info("fine-tuning %s on %s as %s (run folder %s)", entry.key, Path(str(ds.root)).name, name, work.name)
+        log.info("fine-tuning %s on %s as %s (run folder %s)", entry.key, public_path(ds.root), name, work.name)
         before = (prior or {}).get("baseline")
         if not before:
             before = _baseline(entry, base_spec, held_cases, device)
@@ -331,7 +336,7 @@ def _train(ds, train_ds, held_cases, entry, base_spec, name, version, work, args
         augment=args["augment"],
         work_dir=str(work),
         version=version,
-        description=args["description"] or f"{entry.key} fine-tuned on {Path(str(ds.root)).name}",
+        description=args["description"] or f"{entry.key} fine-tuned on {public_path(ds.root)}",
         base_model=entry.key,
         freeze_encoder=args["freeze_encoder"],
         register=False,
@@ -365,14 +370,14 @@ def _decide(res, entry, before, held_json, split, work, register_if_worse, ds) -
         "worse": worse,
         "held_back": held_json,
         "split": split,
-        "dataset": Path(str(ds.root)).name,
+        "dataset": public_path(ds.root),
         "per_class_before": before["per_class"],
         "per_class_after": after["per_class"],
         "base": entry.key,
     }
     spec.training["split"] = split
     spec.training["held_back"] = held_json
-    (work / CANDIDATE_FILE).write_text(json.dumps(spec.to_dict(), indent=2))
+    write_json(work / CANDIDATE_FILE, spec.to_dict())
     log.info(
         "held-back (%s-level) mean Dice: parent %s %.4f -> fine-tuned %.4f%s",
         split,

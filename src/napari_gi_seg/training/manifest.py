@@ -107,8 +107,6 @@ def write_manifest(work_dir: str | Path, **fields: Any) -> Path:
     rec = read_manifest(work) or {"created": _utc_now(), "log_file": LOG_FILE}
     rec.update(fields)
     rec["updated"] = _utc_now()
-    path = work / MANIFEST_FILE
-    tmp = work / f".{MANIFEST_FILE}.tmp"
-    tmp.write_text(json.dumps(rec, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
-    return path
+    from .._atomic import write_json
+
+    return write_json(work / MANIFEST_FILE, rec, default=str)

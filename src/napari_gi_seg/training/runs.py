@@ -1,15 +1,18 @@
-"""Fine-tuning run folders: find an interrupted run to resume, choose a new run
-folder, and register the candidate a run left behind (an explicit choice)."""
+"""Run folders of training runs: where a run writes (unique per run, never inside the
+model registry), what of its configuration may be written down (no local paths), which
+interrupted run a ``--resume`` continues, and the registration of the candidate a
+fine-tune left behind (an explicit choice). See docs/robustness.md and docs/training.md."""
 
 from __future__ import annotations
 
-import datetime as _dt
 import logging
+from dataclasses import asdict
 from pathlib import Path
 
-from .manifest import read_manifest, write_manifest
+from ..paths import public_path
+from .manifest import write_manifest
 
-__all__ = ["CANDIDATE_FILE", "resumable_run", "run_folder", "register_run"]
+__all__ = ["CANDIDATE_FILE", "public_config", "work_dir_for", "resumable_run", "run_folder", "register_run"]
 
 log = logging.getLogger(__name__)
 
@@ -17,64 +20,95 @@ log = logging.getLogger(__name__)
 CANDIDATE_FILE = "candidate.json"
 
 
-def _runs_root() -> Path:
-    from ..paths import runs_dir
-
-    return runs_dir()
-
-
-def resumable_run(name: str) -> Path | None:
-    """The newest fine-tuning run folder of ``name`` that can be resumed.
+def public_config(cfg) -> dict:
+    """A :class:`~.config.TrainConfig` as a dict fit for a run's ``config.json``,
+    ``run.json`` or a spec: the dataset and work folders by name only (no local
+    absolute paths).
 
     Parameters
     ----------
-    name : str
-        The new model's registry name.
+    cfg : TrainConfig
+        The run's configuration (a dataclass).
 
     Returns
     -------
-    Path or None
-        A run folder under ``<user folder>/runs`` whose ``run.json`` is a fine-tune of
-        ``name`` that was not registered and that has a ``checkpoint_last.pt``.
+    dict
+        ``dataclasses.asdict(cfg)`` with ``dataset`` and ``work_dir`` passed through
+        :func:`napari_gi_seg.paths.public_path`.
     """
-    root = _runs_root()
-    if not root.is_dir():
-        return None
-    cands = []
-    for d in root.iterdir():
-        m = read_manifest(d) if d.is_dir() else None
-        if (
-            m
-            and m.get("kind") == "finetune"
-            and m.get("name") == name
-            and m.get("status") != "registered"
-            and (d / "checkpoint_last.pt").exists()
-        ):
-            cands.append((str(m.get("updated", "")), d))
-    return max(cands)[1] if cands else None
+    d = asdict(cfg)
+    for k in ("dataset", "work_dir"):
+        if d.get(k):
+            d[k] = public_path(d[k])
+    return d
 
 
-def run_folder(name: str, version: int, work_dir, resume: bool) -> Path:
-    """The run folder of a fine-tune: ``work_dir`` when given; with ``resume`` the
-    newest interrupted run of ``name``; else a new ``<user folder>/runs/NAME-vN``
-    (with a time suffix when that folder exists from an unregistered run).
+def work_dir_for(cfg, spec, rank: int, distributed: bool) -> Path:
+    """The run folder of a training run.
+
+    ``cfg.work_dir`` when given (refused inside the registry); otherwise rank 0 picks
+    a fresh unique folder, or with ``cfg.resume`` the newest unfinished run of
+    ``spec.name`` (:func:`napari_gi_seg.models.registry.run_dir`), and under DDP
+    broadcasts it to the other ranks.
 
     Raises
     ------
     ValueError
-        ``resume`` and no interrupted run of ``name``.
+        ``cfg.work_dir`` is inside the model registry.
     """
+    from ..models import registry
+
+    if cfg.work_dir:
+        return registry.check_work_dir(cfg.work_dir)
+    work = registry.run_dir(spec.name, spec.version, resume=cfg.resume) if rank == 0 else None
+    if distributed:
+        import torch.distributed as dist
+
+        box = [str(work) if work is not None else None]
+        dist.broadcast_object_list(box, 0)
+        work = Path(box[0])
+    return work
+
+
+def resumable_run(name: str) -> Path | None:
+    """The newest run folder of ``name`` that can be resumed: it has a
+    ``checkpoint_last.pt`` and was not registered
+    (:func:`napari_gi_seg.models.registry.find_resumable_run`).
+
+    Parameters
+    ----------
+    name : str
+        The model's registry name.
+
+    Returns
+    -------
+    Path or None
+    """
+    from ..models import registry
+
+    return registry.find_resumable_run(name)
+
+
+def run_folder(name: str, version: int, work_dir, resume: bool) -> Path:
+    """The run folder of a fine-tune: ``work_dir`` when given (refused inside the
+    registry); with ``resume`` the newest interrupted run of ``name``; else a new,
+    unique one (:func:`napari_gi_seg.models.registry.new_run_dir`).
+
+    Raises
+    ------
+    ValueError
+        ``work_dir`` inside the registry; ``resume`` and no interrupted run of ``name``.
+    """
+    from ..models import registry
+
     if work_dir is not None:
-        return Path(work_dir)
+        return registry.check_work_dir(work_dir)
     if resume:
         found = resumable_run(name)
         if found is None:
-            raise ValueError(f"no interrupted fine-tune of {name!r} to resume in {_runs_root()}")
+            raise ValueError(f"no interrupted fine-tune of {name!r} to resume in {registry.runs_root()}")
         return found
-    work = _runs_root() / f"{name}-v{version}"
-    if work.exists():  # an earlier run of the same version that was not registered: keep it
-        work = work.with_name(f"{work.name}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S-%f')}")
-    return work
+    return registry.new_run_dir(name, version)
 
 
 def register_run(work_dir: str | Path, allow_worse: bool = False):
@@ -117,13 +151,10 @@ def register_run(work_dir: str | Path, allow_worse: bool = False):
             f"{spec.key}: held-back Dice {ft.get('dice_after'):.3f} is below its parent's "
             f"{ft.get('dice_before'):.3f}; registering it needs an explicit choice"
         )
-    if any(e.name == spec.name and e.version == spec.version for e in registry.list_models()):
-        spec.version = registry.next_version(spec.name)
+    from .._atomic import write_text
     from ..evaluation.plots import plot_history
     from ..models.card import model_card
 
-    card = work / "MODEL_CARD.md"
-    card.write_text(model_card(spec))
     curve = work / "training_curve.png"
     hist = work / "metrics.csv"
     if hist.exists() and not curve.exists():
@@ -141,8 +172,11 @@ def register_run(work_dir: str | Path, allow_worse: bool = False):
         spec,
         model=net,
         half=True,
-        extra_files={"MODEL_CARD.md": card, "metrics.csv": hist, "training_curve.png": curve},
+        extra_files={"MODEL_CARD.md": model_card, "metrics.csv": hist, "training_curve.png": curve},
+        next_free=True,  # a concurrent run with the same name takes the next version
     )
+    write_text(work / "MODEL_CARD.md", model_card(spec))
+    registry.mark_run_registered(work, entry)
     write_manifest(work, status="registered", model=entry.key, reason="")
     log.info("registered %s", entry.key)
     return entry

@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .._atomic import write_json, write_text
 from .._logging import run_log_file
 from ..datasets import Case, DatasetFormatError, SegDataset, fingerprint, open_dataset, split_groups
 from ..engine.inference import resolve_device
@@ -47,13 +48,14 @@ from ..evaluation.plots import plot_history
 from ..models.card import model_card
 from ..models.network import build_network, load_weights, save_weights
 from ..models.spec import ModelSpec
-from ..paths import runs_dir
+from ..paths import public_path
 from ..progress import CancelCallback, ProgressCallback, emit
 from .checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint, write_history_csv
 from .config import TrainConfig, TrainResult, make_spec
 from .data import SliceDataset, prepare_case
 from .losses import segmentation_loss
 from .manifest import LOG_FILE, environment, write_manifest
+from .runs import public_config, work_dir_for
 from .validation import validate
 
 __all__ = [
@@ -135,8 +137,12 @@ class Trainer:
         CheckpointError
             ``cfg.resume`` with an unusable checkpoint.
         """
+        from ..models import registry
+
         cfg = self.cfg
         self.t_start = time.time()
+        if cfg.work_dir:
+            registry.check_work_dir(cfg.work_dir)  # before any work: never inside the registry
         torch.manual_seed(cfg.seed + self.rank)
         np.random.seed(cfg.seed + self.rank)  # noqa: NPY002  (seeds legacy-API users: MONAI transforms)
         self._setup_device()
@@ -145,7 +151,7 @@ class Trainer:
             ds = open_dataset(cfg.dataset, cfg.class_names, **({"exclude": cfg.exclude} if cfg.exclude else {}))
         self.ds = ds
         self.spec = self._make_spec()
-        self.work = Path(cfg.work_dir) if cfg.work_dir else runs_dir() / f"{self.spec.name}-v{self.spec.version}"
+        self.work = work_dir_for(cfg, self.spec, self.rank, self.distributed)
         self.work.mkdir(parents=True, exist_ok=True)
         if self.rank == 0:
             self._stack.enter_context(run_log_file(self.work / LOG_FILE))
@@ -153,15 +159,16 @@ class Trainer:
         self._setup_model()
         self._resume()
         if self.rank == 0:
+            write_json(self.work / "config.json", public_config(cfg), default=str)
             write_manifest(
                 self.work,
                 kind="finetune" if self.init is not None else "train",
                 name=self.spec.name,
                 version=self.spec.version,
                 status="running",
-                config=cfg.public_dict(),
+                config=public_config(cfg),
                 dataset={
-                    "name": Path(str(ds.root)).name,
+                    "name": public_path(ds.root),
                     "layout": ds.layout,
                     "fingerprint": self.spec.data_fingerprint,
                 },
@@ -232,7 +239,7 @@ class Trainer:
         else:
             self.train_groups, self.val_groups = list(ds.groups), sorted({c.group for c in self.held_out})
         self._log(
-            f"dataset {Path(str(ds.root)).name} ({ds.layout}): {len(ds.groups)} patients, classes {ds.class_names}; "
+            f"dataset {public_path(ds.root)} ({ds.layout}): {len(ds.groups)} patients, classes {ds.class_names}; "
             f"train {len(self.train_groups)} / validate {len(self.val_groups)} patients"
         )
         train_cases = [prepare_case(c.load(), spec) for c in ds.subset(self.train_groups).cases]
@@ -474,20 +481,20 @@ class Trainer:
                         "per_class": bm.get("per_class", {}),
                         "per_case": bm.get("per_case", {}),
                         "patients": self.val_groups,
-                        "measured_on": f"{len(self.val_groups)} held-out patient(s) of {Path(str(ds.root)).name}",
+                        "measured_on": f"{len(self.val_groups)} held-out patient(s) of {public_path(ds.root)}",
                     }
                 }
                 if bm
                 else {}
             )
             spec.training = {
-                "dataset": Path(str(ds.root)).name,
+                "dataset": public_path(ds.root),
                 "layout": ds.layout,
                 "train_patients": self.train_groups,
                 "val_patients": self.val_groups,
                 "epochs_run": self.last_epoch + 1,
                 "stopped": self.stopped,
-                "config": {k: v for k, v in cfg.public_dict().items() if k != "dataset"},
+                "config": {k: v for k, v in public_config(cfg).items() if k != "dataset"},
                 "minutes": round((time.time() - self.t_start) / 60, 1),
                 "device": str(self.device),
                 "world_size": self.world,
@@ -495,8 +502,7 @@ class Trainer:
                 "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             }
             png = plot_history(self.history, self.work / "training_curve.png") if self.history else None
-            card = self.work / "MODEL_CARD.md"
-            card.write_text(model_card(spec))
+            card = write_text(self.work / "MODEL_CARD.md", model_card(spec))
             status = "stopped" if self.stopped == "cancelled" else "finished"
             if cfg.register:
                 entry = registry.register_model(
@@ -504,11 +510,14 @@ class Trainer:
                     model=self.net,
                     half=cfg.half_weights,
                     extra_files={
-                        "MODEL_CARD.md": card,
+                        "MODEL_CARD.md": model_card,  # called with the final spec (version)
                         "metrics.csv": self.work / "metrics.csv",
                         **({"training_curve.png": png} if png else {}),
                     },
+                    next_free=cfg.version is None,  # another run may have taken the version meanwhile
                 )
+                write_text(card, model_card(spec))
+                registry.mark_run_registered(self.work, entry)
                 self._log(f"registered {spec.key}")
                 status = "registered"
             write_manifest(
