@@ -8,6 +8,7 @@ test **failure**; elsewhere the test is skipped with the reason.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -76,3 +77,111 @@ def uwmgi_csv(data_dir) -> Path:
 def totalseg_dir(data_dir) -> Path:
     """``<data>/totalseg_example_mr``: one tiny MR volume with model-predicted labels."""
     return require_path(data_dir / "totalseg_example_mr", "TotalSegmentator example MR")
+
+
+# ----------------------------------------------------------------- a real CHAOS volume as a DICOM MR series
+#: Patient values written into the test DICOM series; nothing exported may contain them.
+DICOM_PATIENT_NAME = "Doe^Jane"
+DICOM_PATIENT_ID = "PID-0042-SECRET"
+DICOM_STUDY_UID = "1.2.826.0.1.3680043.8.498.77001"
+DICOM_FOR_UID = "1.2.826.0.1.3680043.8.498.77002"
+_RAS_TO_LPS = [[-1.0, 0, 0, 0], [0, -1.0, 0, 0], [0, 0, 1.0, 0], [0, 0, 0, 1.0]]
+
+
+def write_mr_series(data_zyx, affine_lps, folder: Path, series_uid: str, description: str = "T2 SPIR") -> list[Path]:
+    """Test helper (not product code): write ``(z, y, x)`` float intensities as a
+    single-frame MR DICOM series (uint16 with rescale slope/intercept) whose voxel
+    ``(x, y, z)`` -> LPS mm matrix is ``affine_lps``; with Patient, Study and Frame of
+    Reference modules as a scanner writes them (patient identifiers included)."""
+    import numpy as np
+    import pydicom
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+
+    slope, inter = 0.02, -10.0
+    a = np.asarray(affine_lps, float)
+    dx, dy = np.linalg.norm(a[:3, 0]), np.linalg.norm(a[:3, 1])
+    row_cos, col_cos = a[:3, 0] / dx, a[:3, 1] / dy
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for k in range(data_zyx.shape[0]):
+        px = np.clip(np.round((data_zyx[k] - inter) / slope), 0, 65535).astype(np.uint16)
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = MRImageStorage
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = Dataset()
+        ds.file_meta = meta
+        ds.SpecificCharacterSet = "ISO_IR 100"
+        ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, meta.MediaStorageSOPInstanceUID
+        ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = (
+            DICOM_PATIENT_NAME,
+            DICOM_PATIENT_ID,
+            "19700101",
+            "F",
+        )
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = DICOM_STUDY_UID, series_uid
+        ds.StudyDate, ds.StudyTime, ds.StudyID, ds.AccessionNumber = "20240102", "101500", "S42", "ACC42"
+        ds.ReferringPhysicianName = "Ref^Doctor"
+        ds.FrameOfReferenceUID, ds.PositionReferenceIndicator = DICOM_FOR_UID, ""
+        ds.Modality, ds.SeriesDescription, ds.SeriesNumber, ds.InstanceNumber = "MR", description, 3, k + 1
+        ds.ImageOrientationPatient = [f"{v:.6f}" for v in (*row_cos, *col_cos)]
+        ds.ImagePositionPatient = [f"{v:.4f}" for v in (a @ [0, 0, k, 1])[:3]]
+        ds.PixelSpacing = [f"{dy:.6f}", f"{dx:.6f}"]
+        ds.SliceThickness = f"{np.linalg.norm(a[:3, 2]):.4f}"
+        ds.Rows, ds.Columns = px.shape
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+        ds.RescaleSlope, ds.RescaleIntercept = str(slope), str(inter)
+        ds.PixelData = px.tobytes()
+        p = folder / f"MR{(k * 7919) % 1000:04d}.dcm"  # names that do not sort by position
+        pydicom.dcmwrite(p, ds, enforce_file_format=True)
+        paths.append(p)
+    return paths
+
+
+@dataclass
+class DicomCase:
+    """A CHAOS patient written as a DICOM MR series: ``folder`` (the series),
+    ``labels`` ``(z, y, x)`` uint8 manual labels in the DICOM stack's z order,
+    ``class_names`` {1: "liver", ...}."""
+
+    folder: Path
+    labels: object
+    class_names: dict
+
+
+def _dicom_case(tmp_path_factory, chaos_image_path, chaos_label_path, name: str, flip_x: bool) -> DicomCase:
+    import numpy as np
+
+    from napari_gi_seg.io import read_image
+    from napari_gi_seg.io.nifti import read_nifti
+
+    img = read_nifti(chaos_image_path, as_labels=False)
+    lab = read_nifti(chaos_label_path, as_labels=True)
+    data, labels, aff = img.data, lab.data, np.asarray(_RAS_TO_LPS) @ img.affine
+    if flip_x:  # a second orientation: columns reversed, so the row cosine and the slice normal flip
+        data, labels = data[:, :, ::-1], labels[:, :, ::-1]
+        f = np.diag([-1.0, 1.0, 1.0, 1.0])
+        f[0, 3] = data.shape[2] - 1
+        aff = aff @ f
+    root = tmp_path_factory.mktemp(name)
+    uid = "1.2.826.0.1.3680043.8.498.7701" + ("9" if flip_x else "1")
+    write_mr_series(np.ascontiguousarray(data), aff, root / "MR", uid)
+    vol = read_image(root / "MR")[0]
+    # The reader sorts slices along the plane normal: find the z order it chose.
+    zs = [int(round(v)) for v in (np.linalg.inv(aff) @ np.c_[vol._dicom_ref.positions, np.ones(vol.shape[0])].T)[2]]
+    return DicomCase(root / "MR", np.ascontiguousarray(labels[zs]), {1: "liver", 2: "right_kidney", 3: "left_kidney", 4: "spleen"})
+
+
+@pytest.fixture(scope="session")
+def chaos_dicom(tmp_path_factory, chaos_image_path, chaos_label_path) -> DicomCase:
+    """CHAOS patient 1 as a DICOM MR series (scanner-like orientation, slices in the
+    file names' random order) with its manual labels in the series' z order."""
+    return _dicom_case(tmp_path_factory, chaos_image_path, chaos_label_path, "chaos_dicom", flip_x=False)
+
+
+@pytest.fixture(scope="session")
+def chaos_dicom_flipped(tmp_path_factory, chaos_image_path, chaos_label_path) -> DicomCase:
+    """The same patient in a second orientation (columns running the other way)."""
+    return _dicom_case(tmp_path_factory, chaos_image_path, chaos_label_path, "chaos_dicom_flip", flip_x=True)
