@@ -307,7 +307,9 @@ def write_rtstruct(
     def image_ref(k):
         return _item(ReferencedSOPClassUID=ref.sop_class_uid, ReferencedSOPInstanceUID=ref.sop_instance_uids[k])
 
-    series = _item(SeriesInstanceUID=ref.series_instance_uid, ContourImageSequence=_seq(map(image_ref, range(arr.shape[0]))))
+    series = _item(
+        SeriesInstanceUID=ref.series_instance_uid, ContourImageSequence=_seq(map(image_ref, range(arr.shape[0])))
+    )
     study = _item(
         ReferencedSOPClassUID=_STUDY_SOP_CLASS_UID,
         ReferencedSOPInstanceUID=ds.StudyInstanceUID,
@@ -470,7 +472,9 @@ def read_rtstruct(path: str | Path, like: Volume | None = None) -> Volume:
         except (AttributeError, IndexError) as e:
             raise InvalidInputError(p, "names no referenced image series; open it with its image") from e
         like = find_referenced_series(p, uid)
-    names = {int(r.ROINumber): str(getattr(r, "ROIName", "") or f"roi{r.ROINumber}") for r in ds.StructureSetROISequence}
+    names = {
+        int(r.ROINumber): str(getattr(r, "ROIName", "") or f"roi{r.ROINumber}") for r in ds.StructureSetROISequence
+    }
     numbers = list(names)
     value_of = {num: i + 1 for i, num in enumerate(numbers)}
     labels = np.zeros(like.shape, np.uint8 if len(numbers) < 255 else np.uint16)
