@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from dicom_series import RAS_TO_LPS, write_mr_series  # noqa: E402 - tests/ is on sys.path
 from napari_gi_seg.paths import data_dir as _data_dir
 
 #: A small CHAOS patient is not needed: patient 1 (256 x 256 x 37) reads in ~0.2 s.
@@ -80,66 +81,6 @@ def totalseg_dir(data_dir) -> Path:
 
 
 # ----------------------------------------------------------------- a real CHAOS volume as a DICOM MR series
-#: Patient values written into the test DICOM series; nothing exported may contain them.
-DICOM_PATIENT_NAME = "Doe^Jane"
-DICOM_PATIENT_ID = "PID-0042-SECRET"
-DICOM_STUDY_UID = "1.2.826.0.1.3680043.8.498.77001"
-DICOM_FOR_UID = "1.2.826.0.1.3680043.8.498.77002"
-_RAS_TO_LPS = [[-1.0, 0, 0, 0], [0, -1.0, 0, 0], [0, 0, 1.0, 0], [0, 0, 0, 1.0]]
-
-
-def write_mr_series(data_zyx, affine_lps, folder: Path, series_uid: str, description: str = "T2 SPIR") -> list[Path]:
-    """Test helper (not product code): write ``(z, y, x)`` float intensities as a
-    single-frame MR DICOM series (uint16 with rescale slope/intercept) whose voxel
-    ``(x, y, z)`` -> LPS mm matrix is ``affine_lps``; with Patient, Study and Frame of
-    Reference modules as a scanner writes them (patient identifiers included)."""
-    import numpy as np
-    import pydicom
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
-
-    slope, inter = 0.02, -10.0
-    a = np.asarray(affine_lps, float)
-    dx, dy = np.linalg.norm(a[:3, 0]), np.linalg.norm(a[:3, 1])
-    row_cos, col_cos = a[:3, 0] / dx, a[:3, 1] / dy
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for k in range(data_zyx.shape[0]):
-        px = np.clip(np.round((data_zyx[k] - inter) / slope), 0, 65535).astype(np.uint16)
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = MRImageStorage
-        meta.MediaStorageSOPInstanceUID = generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.SpecificCharacterSet = "ISO_IR 100"
-        ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, meta.MediaStorageSOPInstanceUID
-        ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = (
-            DICOM_PATIENT_NAME,
-            DICOM_PATIENT_ID,
-            "19700101",
-            "F",
-        )
-        ds.StudyInstanceUID, ds.SeriesInstanceUID = DICOM_STUDY_UID, series_uid
-        ds.StudyDate, ds.StudyTime, ds.StudyID, ds.AccessionNumber = "20240102", "101500", "S42", "ACC42"
-        ds.ReferringPhysicianName = "Ref^Doctor"
-        ds.FrameOfReferenceUID, ds.PositionReferenceIndicator = DICOM_FOR_UID, ""
-        ds.Modality, ds.SeriesDescription, ds.SeriesNumber, ds.InstanceNumber = "MR", description, 3, k + 1
-        ds.ImageOrientationPatient = [f"{v:.6f}" for v in (*row_cos, *col_cos)]
-        ds.ImagePositionPatient = [f"{v:.4f}" for v in (a @ [0, 0, k, 1])[:3]]
-        ds.PixelSpacing = [f"{dy:.6f}", f"{dx:.6f}"]
-        ds.SliceThickness = f"{np.linalg.norm(a[:3, 2]):.4f}"
-        ds.Rows, ds.Columns = px.shape
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-        ds.RescaleSlope, ds.RescaleIntercept = str(slope), str(inter)
-        ds.PixelData = px.tobytes()
-        p = folder / f"MR{(k * 7919) % 1000:04d}.dcm"  # names that do not sort by position
-        pydicom.dcmwrite(p, ds, enforce_file_format=True)
-        paths.append(p)
-    return paths
-
-
 @dataclass
 class DicomCase:
     """A CHAOS patient written as a DICOM MR series: ``folder`` (the series),
@@ -159,7 +100,7 @@ def _dicom_case(tmp_path_factory, chaos_image_path, chaos_label_path, name: str,
 
     img = read_nifti(chaos_image_path, as_labels=False)
     lab = read_nifti(chaos_label_path, as_labels=True)
-    data, labels, aff = img.data, lab.data, np.asarray(_RAS_TO_LPS) @ img.affine
+    data, labels, aff = img.data, lab.data, np.asarray(RAS_TO_LPS) @ img.affine
     if flip_x:  # a second orientation: columns reversed, so the row cosine and the slice normal flip
         data, labels = data[:, :, ::-1], labels[:, :, ::-1]
         f = np.diag([-1.0, 1.0, 1.0, 1.0])
@@ -171,7 +112,9 @@ def _dicom_case(tmp_path_factory, chaos_image_path, chaos_label_path, name: str,
     vol = read_image(root / "MR")[0]
     # The reader sorts slices along the plane normal: find the z order it chose.
     zs = [int(round(v)) for v in (np.linalg.inv(aff) @ np.c_[vol._dicom_ref.positions, np.ones(vol.shape[0])].T)[2]]
-    return DicomCase(root / "MR", np.ascontiguousarray(labels[zs]), {1: "liver", 2: "right_kidney", 3: "left_kidney", 4: "spleen"})
+    return DicomCase(
+        root / "MR", np.ascontiguousarray(labels[zs]), {1: "liver", 2: "right_kidney", 3: "left_kidney", 4: "spleen"}
+    )
 
 
 @pytest.fixture(scope="session")
