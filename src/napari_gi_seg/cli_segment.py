@@ -258,7 +258,7 @@ def _segment_folder(args: argparse.Namespace) -> int:
             vols = [v for v in read_image(unit) if not v.metadata.get("is_labels")]
         except (OSError, ValueError) as e:
             records.append(
-                {"unit": batch.unit_stem(unit), "status": "failed", "error": _no_path(e, unit), "rank": rank}
+                {"unit": batch.unit_stem(unit), "status": "failed", "error": _no_path(e, unit, out_dir), "rank": rank}
             )
             print(f"napari-gi-seg: {e}", file=sys.stderr)
             continue
@@ -270,7 +270,7 @@ def _segment_folder(args: argparse.Namespace) -> int:
                 options = _segment_options(args, _resolve_slices(args.slices, vol.shape[0], str(unit)))
                 rec = _run_one(vol, out, spec, net, device, options, args.quiet or world > 1)
             except (CLIError, OSError, ValueError) as e:
-                rec = {"output": out.name, "status": "failed", "error": _no_path(e, unit)}
+                rec = {"output": out.name, "status": "failed", "error": _no_path(e, unit, out_dir)}
                 print(f"napari-gi-seg: {e}", file=sys.stderr)
             records.append({**rec, "rank": rank})
     records = batch.gather_records(records, world)
@@ -288,6 +288,7 @@ def _segment_folder(args: argparse.Namespace) -> int:
     return 0
 
 
-def _no_path(err: Exception, unit) -> str:
-    """An error message for the manifest without the local input path."""
-    return str(err).replace(str(unit), unit.name if hasattr(unit, "name") else "input")
+def _no_path(err: Exception, unit, out_dir) -> str:
+    """An error message for the manifest without local paths (input unit -> its name,
+    output folder dropped)."""
+    return str(err).replace(str(out_dir) + os.sep, "").replace(str(unit), unit.name)

@@ -237,8 +237,11 @@ def segment_to_file(
         From the writer (e.g. an RTSTRUCT for an image not read from DICOM).
     """
     from ..io import write_labels
+    from ..io.rtstruct import require_reference
     from .inference import segment_volume
 
+    if str(out).lower().endswith(".dcm"):
+        require_reference(volume, out)  # fail before the work, not after
     res = segment_volume(
         volume,
         spec,
