@@ -55,7 +55,7 @@ def test_dicom_seg_second_orientation_and_overlaps_refused(chaos_dicom_flipped, 
 
 
 @pytest.mark.gui
-def test_viewer_opens_series_and_both_label_objects(make_napari_viewer, segmented_dicom, chaos_dicom, tmp_path):
+def test_viewer_opens_series_and_both_label_objects(qtbot, make_napari_viewer, segmented_dicom, chaos_dicom, tmp_path):
     """napari's viewer: the series, then the RTSTRUCT and the SEG as Labels on its grid;
     Save Layer writes an RTSTRUCT again through the plugin."""
     viewer = make_napari_viewer()
@@ -68,3 +68,12 @@ def test_viewer_opens_series_and_both_label_objects(make_napari_viewer, segmente
     out = tmp_path / "saved.dcm"
     viewer.layers[-1].save(str(out), plugin="napari-gi-seg")
     assert np.array_equal(read_labels(out).data, segmented_dicom["labels"])
+    # The Export widget's "Save RTSTRUCT..." (path given instead of the file dialog).
+    from napari_gi_seg._qt.export_widget import ExportWidget
+
+    w = ExportWidget(viewer)
+    qtbot.addWidget(w)
+    w.labels_combo.setCurrentText(viewer.layers[1].name)
+    written = w.save_rtstruct(tmp_path / "from_widget.dcm")
+    assert written is not None and np.array_equal(read_labels(written).data, segmented_dicom["labels"])
+    assert {r.ROIGenerationAlgorithm for r in pydicom.dcmread(written).StructureSetROISequence} == {"SEMIAUTOMATIC"}
