@@ -350,10 +350,10 @@ def write_rtstruct(
 
 
 # ----------------------------------------------------------------- reader
-def find_referenced_series(path: str | Path, series_uid: str, max_files: int = 5000) -> Volume:
+def find_referenced_series(path: str | Path, series_uid: str, max_files: int = 20000) -> Volume:
     """Read the image series ``series_uid`` that a DICOM label object at ``path``
     references, searching the file's folder and then its parent (recursively), as
-    planning systems export them.
+    planning systems export them; at most ``max_files`` files are looked at.
 
     Raises
     ------
@@ -367,12 +367,14 @@ def find_referenced_series(path: str | Path, series_uid: str, max_files: int = 5
     p = Path(path)
     seen = 0
     for folder in (p.parent, p.parent.parent):
-        for f in sorted(folder.rglob("*")):
-            if seen >= max_files:
+        for f in folder.rglob("*"):
+            if seen >= max_files:  # files looked at, so a structure set in a huge folder stays quick
                 break
-            if not f.is_file() or f == p or not looks_like_dicom(f):
+            if not f.is_file() or f == p:
                 continue
             seen += 1
+            if not looks_like_dicom(f):
+                continue
             try:
                 h = pydicom.dcmread(f, stop_before_pixels=True, specific_tags=["SeriesInstanceUID", "Modality"])
             except Exception:  # noqa: BLE001 - unreadable neighbours are skipped
