@@ -161,6 +161,7 @@ SLOW_TESTS = {
     "test_clinician_loop",
     "test_torchrun_two_processes_registers_one_model",
     "test_finetune_cancel_stops_gracefully_and_keeps_best_epoch",
+    "test_torchrun_two_processes_share_the_scans",
 }
 
 
