@@ -226,6 +226,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
+    from .engine.domain import input_warnings
     from .engine.inference import resolve_device, segment_volume
     from .io import LABEL_WRITE_SUFFIXES, label_suffix
     from .models import registry
@@ -265,6 +266,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
                     f"for {args.input} ({depth} slices)"
                 )
             slices = range(a, b)
+        for w in input_warnings(vol, spec):  # out-of-distribution input: warn, never refuse
+            print(f"warning: {vol.name}: {w}", file=sys.stderr)
         total = depth if slices is None else len(slices)
         with tqdm(total=total, unit="slice", desc=vol.name, file=sys.stderr, disable=args.quiet) as bar:
             res = segment_volume(

@@ -103,12 +103,44 @@ def read_nifti(path: str | Path, as_labels: bool | None = None) -> Volume:
     )
 
 
+def nifti_affine(volume: Volume) -> np.ndarray:
+    """The volume's affine in NIfTI's RAS+ world frame (source voxel order): a DICOM
+    (LPS) affine gets x and y flipped (``diag(-1, -1, 1, 1) @ A``, PS3.3 C.7.6.2.1.1);
+    RAS affines and volumes without an anatomical frame (TIFF, PNG: ``diag`` of the
+    spacing) are returned unchanged. The one place where LPS becomes RAS."""
+    from .orientation import LPS_TO_RAS, world_frame
+
+    if world_frame(volume) == "LPS":
+        return LPS_TO_RAS @ volume.affine
+    return np.asarray(volume.affine, dtype=np.float64)
+
+
 def write_nifti(volume: Volume, path: str | Path, data: np.ndarray | None = None) -> Path:
     """Write ``data`` (default ``volume.data``; ``(z, y, x)``) as NIfTI with the
-    volume's affine and source axis order. Integer data is stored as uint8/uint16
-    (labels), floats as float32. Written to a temp file then renamed (atomic).
+    volume's geometry, so it overlays the source scan in any NIfTI-aware tool.
 
-    Raises ``ValueError`` if the shape differs from the volume's.
+    Parameters
+    ----------
+    volume:
+        The image whose geometry is written: its affine, converted to RAS from the
+        world frame in its metadata (:func:`nifti_affine`: DICOM's LPS is flipped here,
+        by every writer: labels, exported cases, demo output), and its source axis
+        order (``index_order``).
+    path:
+        ``.nii`` or ``.nii.gz`` file; written to a temp file then renamed (atomic).
+    data:
+        ``(z, y, x)`` array of the volume's shape. Integer data is stored as
+        uint8/uint16 (labels), floats as float32.
+
+    Returns
+    -------
+    Path
+        ``path``.
+
+    Raises
+    ------
+    ValueError
+        If the shape differs from the volume's.
     """
     import nibabel as nib
 
@@ -121,10 +153,11 @@ def write_nifti(volume: Volume, path: str | Path, data: np.ndarray | None = None
     else:
         arr = arr.astype(np.float32)
     src = volume.to_source_order(arr)
-    img = nib.Nifti1Image(src, volume.affine)
+    affine = nifti_affine(volume)
+    img = nib.Nifti1Image(src, affine)
     img.header.set_zooms(tuple(np.abs(np.array(volume.spacing_mm))[list(volume.index_order)]))
-    img.set_qform(volume.affine, code=1)
-    img.set_sform(volume.affine, code=1)
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
     path.parent.mkdir(parents=True, exist_ok=True)
     name = path.name
     tmp = path.with_name(".tmp-" + name)
