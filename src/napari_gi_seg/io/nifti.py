@@ -104,14 +104,31 @@ def read_nifti(path: str | Path, as_labels: bool | None = None) -> Volume:
 
 
 def nifti_affine(volume: Volume) -> np.ndarray:
-    """The volume's affine in NIfTI's RAS+ world frame (source voxel order): a DICOM
-    (LPS) affine gets x and y flipped (``diag(-1, -1, 1, 1) @ A``, PS3.3 C.7.6.2.1.1);
-    RAS affines and volumes without an anatomical frame (TIFF, PNG: ``diag`` of the
-    spacing) are returned unchanged. The one place where LPS becomes RAS."""
-    from .orientation import LPS_TO_RAS, world_frame
+    """The volume's affine in NIfTI's RAS+ world frame (source voxel order), the one
+    place where a world frame is decided for writing:
 
-    if world_frame(volume) == "LPS":
+    * DICOM (LPS): x and y flipped, ``diag(-1, -1, 1, 1) @ A`` (PS3.3 C.7.6.2.1.1);
+    * NIfTI (RAS): unchanged;
+    * TIFF / UW-Madison PNG (no orientation): the format's documented assumption
+      (:func:`.orientation.assumed_affine`), with a
+      :class:`~.orientation.FrameGuessWarning`;
+    * no geometry recorded at all (a bare array's volume): unchanged.
+    """
+    import warnings
+
+    from .orientation import LPS_TO_RAS, FrameGuessWarning, assumed_affine, world_frame
+
+    frame = world_frame(volume)
+    if frame == "LPS":
         return LPS_TO_RAS @ volume.affine
+    if frame == "none":
+        warnings.warn(
+            f"{volume.name}: {volume.metadata.get('format', 'this')} input has no patient orientation; the NIfTI "
+            "affine states the documented assumption (docs/data-formats.md)",
+            FrameGuessWarning,
+            stacklevel=3,
+        )
+        return assumed_affine(volume)
     return np.asarray(volume.affine, dtype=np.float64)
 
 

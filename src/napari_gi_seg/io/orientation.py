@@ -86,6 +86,23 @@ def ras_affine(volume) -> np.ndarray | None:
     return None
 
 
+def assumed_affine(volume) -> np.ndarray:
+    """A RAS affine (source voxel order) for a volume without orientation (TIFF, PNG):
+    its axes point along the format's :data:`ASSUMED_AXCODES`, scaled by its spacing,
+    origin at 0 mm. The NIfTI writer uses it so a file written from such a volume tells
+    other tools the same assumption the engine makes."""
+    from nibabel.orientations import axcodes2ornt
+
+    codes = _zyx_from_xyz(
+        ASSUMED_AXCODES.get(volume.metadata.get("format", ""), ASSUMED_AXCODES["tiff"]), volume.index_order
+    )
+    out = np.zeros((4, 4))
+    out[3, 3] = 1.0
+    for j, (ax, sign) in enumerate(axcodes2ornt(codes)):
+        out[int(ax), j] = sign * volume.spacing_mm[j]
+    return source_affine(out, volume.index_order)
+
+
 def zyx_affine(affine, index_order=(2, 1, 0)) -> np.ndarray:
     """The 4x4 matrix mapping ``(z, y, x)`` array indices to the same world point as
     ``affine`` maps the source's voxel indices (``i_src[k] = i_zyx[index_order[k]]``,
@@ -154,8 +171,6 @@ class FrameMap:
     """
 
     def __init__(self, ornt, input_shape, input_spacing_mm, input_axcodes, model_axcodes, guess=None):
-        from nibabel.orientations import ornt_transform
-
         self.ornt = np.asarray(ornt, dtype=float)
         self.input_shape = tuple(int(s) for s in input_shape)
         self.input_spacing_mm = tuple(float(s) for s in input_spacing_mm)
@@ -169,8 +184,10 @@ class FrameMap:
             shp[int(ax)] = self.input_shape[i]
         self.model_spacing_mm = tuple(dst)
         self.model_shape = tuple(shp)
-        identity = np.array([[0, 1], [1, 1], [2, 1]], dtype=float)
-        self._inverse = ornt_transform(self.ornt, identity)
+        # inverse: model axis ornt[i, 0] goes back to input axis i, with the same flip
+        self._inverse = np.zeros((3, 2))
+        for i, (ax, flip) in enumerate(self.ornt):
+            self._inverse[int(ax)] = (i, flip)
 
     @property
     def is_identity(self) -> bool:
