@@ -1,7 +1,8 @@
 """Training loop shared by ``napari-gi-seg train`` and ``finetune``.
 
-Recipe (defaults): 2.5D input (slice offsets -1, 0, +1), slices resized to
-``size`` x ``size``, Dice + cross-entropy (softmax) or Dice + BCE (multi-label) with
+Recipe (defaults): 2.5D input (slice offsets -1, 0, +1), cases brought into the
+model's frame (reoriented, resampled in-plane, padded/cropped to ``size`` x ``size``:
+:mod:`napari_gi_seg.engine.frame`), Dice + cross-entropy (softmax) or Dice + BCE (multi-label) with
 the ignore label excluded from both terms, AdamW with a one-cycle schedule (warm-up,
 then cosine decay; Smith & Topin 2019), MONAI augmentation (affine, intensity,
 noise; left-right flips only when no class is lateralised), AMP on CUDA,
