@@ -71,7 +71,9 @@ def plan_frame(volume: Volume | np.ndarray, spec: ModelSpec, fixed: bool = False
     fm = frame_map(volume, frame_spec.axcodes)
     if fm.guess and warn:
         log.warning("%s: %s", volume.name, fm.guess)
-        warnings.warn(f"{volume.name}: {fm.guess}", FrameGuessWarning, stacklevel=3)
+        # one message per format (Python shows a repeated warning once per place):
+        # a dataset of UW-Madison case-days warns once, the log names every volume
+        warnings.warn(fm.guess, FrameGuessWarning, stacklevel=3)
     grid = inplane_grid(fm.model_shape[1:], fm.model_spacing_mm[1:], frame_spec.spacing_mm, spec.input_size, fixed)
     return FramePlan(fm, grid)
 

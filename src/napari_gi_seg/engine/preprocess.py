@@ -30,16 +30,16 @@ def normalise_intensity(
     x = np.asarray(data, dtype=np.float32)
     if not np.all(np.isfinite(x)):
         raise ValueError("image contains NaN or infinite voxels")
-    lo, hi = np.percentile(x, percentiles)
+    lo, hi = (np.float32(v) for v in np.percentile(x, percentiles))
     if hi <= lo:
-        hi = lo + 1.0
+        hi = lo + np.float32(1.0)
     x = np.clip(x, lo, hi)
     if method == "percentile":
         return (x - lo) / (hi - lo)
     if method == "zscore":
         fg = x[x > lo]
         mu, sd = (float(fg.mean()), float(fg.std())) if fg.size else (float(x.mean()), float(x.std()))
-        return (x - mu) / max(sd, 1e-6)
+        return ((x - mu) / max(sd, 1e-6)).astype(np.float32)
     raise ValueError(f"unknown normalisation {method!r}")
 
 
