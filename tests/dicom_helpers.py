@@ -12,7 +12,7 @@ from napari_gi_seg.io.volume import Volume
 
 PATIENT_NAME = "Doe^Jane"
 PATIENT_ID = "PID-0042-SECRET"
-SLOPE, INTERCEPT = 0.02, -10.0
+SLOPE, INTERCEPT = 0.025, -10.0  # uint16 holds up to 1628: every CHAOS volume fits
 RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
@@ -25,7 +25,9 @@ def _lps_geometry(vol: Volume):
 
 
 def _stored(slice_yx: np.ndarray) -> np.ndarray:
-    return np.round((slice_yx - INTERCEPT) / SLOPE).astype(np.uint16)  # (rows=y, cols=x)
+    px = np.round((slice_yx - INTERCEPT) / SLOPE)  # (rows=y, cols=x)
+    assert px.min() >= 0 and px.max() <= 65535, "intensities do not fit uint16 with this slope/intercept"
+    return px.astype(np.uint16)
 
 
 def _base_dataset(sop_class: str, series_uid: str, description: str):
