@@ -316,4 +316,5 @@ def reorient_volume(volume, axcodes: tuple[str, str, str]):
         affine=source_affine(aff_zyx, (2, 1, 0)),
         index_order=(2, 1, 0),
         metadata=dict(volume.metadata),
+        **({"_dicom_ref": None} if hasattr(volume, "_dicom_ref") else {}),  # per-slice DICOM refs no longer apply
     )
