@@ -1,59 +1,36 @@
-"""Training samples: the model-frame step for training cases and the 2.5D slice
-dataset with its MONAI augmentation."""
+"""Training samples: the 2.5D slice dataset (cases brought into the model's frame,
+exactly as inference sees a scan) with its MONAI augmentation."""
 
 from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 
 from ..datasets import IGNORE_INDEX, Case
-from ..engine.preprocess import context_indices, normalise_intensity, resize_images, resize_labels
+from ..engine.frame import case_to_model_frame
+from ..engine.preprocess import context_indices
 from ..models.spec import ModelSpec
 
-__all__ = ["prepare_case", "SliceDataset"]
-
-
-def prepare_case(case: Case, spec: ModelSpec) -> Case:
-    """Bring one loaded training case into the frame the model is trained in.
-
-    The one seam between the datasets and the network's input: every case the trainer
-    builds training samples from passes through here (validation cases do not: they
-    are scored through :func:`~napari_gi_seg.engine.inference.segment_volume` at their
-    native grid, as a user's scan would be).
-
-    Parameters
-    ----------
-    case : Case
-        A loaded case: ``image`` ``(z, y, x)`` and ``target`` ``(z, y, x)`` uint8 or
-        ``(K, z, y, x)`` (multi-label).
-    spec : ModelSpec
-        The model being trained.
-
-    Returns
-    -------
-    Case
-        The case as the network should see it (today: unchanged, the storage order of
-        the file; a canonical orientation step belongs here).
-    """
-    return case
+__all__ = ["SliceDataset"]
 
 
 class SliceDataset(torch.utils.data.Dataset):
     """All labelled slices of a list of cases as 2.5D training samples (slices that
     are entirely the ignore label are left out; they still serve as 2.5D context).
 
-    Volumes are normalised per volume and resized in-plane to ``(size, size)`` once at
-    construction (float16 in memory). ``__getitem__`` returns ``(x, y)``:
+    Volumes are normalised per volume and brought into the model's frame
+    (reoriented, resampled to its spacing, padded/cropped to ``spec.input_size``:
+    :func:`~napari_gi_seg.engine.frame.case_to_model_frame`) once at construction
+    (float16 in memory). ``__getitem__`` returns ``(x, y)``:
     ``x`` ``(C, size, size)`` float32, ``y`` ``(size, size)`` int64 (softmax, with
     :data:`IGNORE_INDEX`) or ``(K, size, size)`` float32 (multi-label, 255 = ignore).
 
     Parameters
     ----------
     cases : list of Case
-        Loaded cases (already through :func:`prepare_case`); ``target`` ``(z, y, x)``
-        uint8 or ``(K, z, y, x)``.
+        Loaded cases in their file's storage order; ``target`` ``(z, y, x)`` uint8 or
+        ``(K, z, y, x)``.
     spec : ModelSpec
         Input size, 2.5D offsets, normalisation, activation, mirrored classes.
     augment : bool
@@ -76,15 +53,10 @@ class SliceDataset(torch.utils.data.Dataset):
         else:
             self.flip_lut, self.flip_channels = None, torch.tensor(perm)
         self.images, self.targets, self.index = [], [], []
-        size = spec.input_size
         for ci, c in enumerate(cases):
-            norm = normalise_intensity(c.image.data, spec.normalisation, spec.percentiles)
-            im = resize_images(torch.from_numpy(norm)[:, None], size)[:, 0].half()
-            t = torch.from_numpy(np.ascontiguousarray(c.target))
-            if t.ndim == 3:
-                t = resize_labels(t, size)
-            else:
-                t = torch.stack([resize_labels(tk, size) for tk in t])
+            # the model's frame, exactly as inference sees a scan (engine.frame)
+            im, t = case_to_model_frame(c.image, c.target, spec)
+            im = im.half()
             self.images.append(im)
             self.targets.append(t)
             # slices whose every voxel is the ignore label (not reviewed) teach nothing: skip them

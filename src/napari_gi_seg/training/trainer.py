@@ -1,7 +1,8 @@
 """The training loop shared by ``napari-gi-seg train`` and ``finetune``.
 
-Recipe (defaults): 2.5D input (slice offsets -1, 0, +1), slices resized to
-``size`` x ``size``, Dice + cross-entropy (softmax) or Dice + BCE (multi-label) with
+Recipe (defaults): 2.5D input (slice offsets -1, 0, +1), cases brought into the
+model's frame (reoriented, resampled in-plane, padded/cropped to ``size`` x ``size``:
+:mod:`napari_gi_seg.engine.frame`), Dice + cross-entropy (softmax) or Dice + BCE (multi-label) with
 the ignore label excluded from both terms, AdamW with a one-cycle schedule (warm-up,
 then cosine decay; Smith & Topin 2019), MONAI augmentation (affine, intensity,
 noise; left-right flips only when no class is lateralised), AMP on CUDA,
@@ -43,6 +44,7 @@ import torch
 from .._atomic import write_json, write_text
 from .._logging import run_log_file
 from ..datasets import Case, DatasetFormatError, SegDataset, fingerprint, open_dataset, split_groups
+from ..engine.domain import training_frame
 from ..engine.inference import resolve_device
 from ..evaluation.plots import plot_history
 from ..models.card import model_card
@@ -52,7 +54,7 @@ from ..paths import public_path
 from ..progress import CancelCallback, ProgressCallback, emit
 from .checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint, write_history_csv
 from .config import TrainConfig, TrainResult, make_spec
-from .data import SliceDataset, prepare_case
+from .data import SliceDataset
 from .losses import segmentation_loss
 from .manifest import LOG_FILE, environment, write_manifest
 from .runs import public_config, work_dir_for
@@ -242,12 +244,13 @@ class Trainer:
             f"dataset {public_path(ds.root)} ({ds.layout}): {len(ds.groups)} patients, classes {ds.class_names}; "
             f"train {len(self.train_groups)} / validate {len(self.val_groups)} patients"
         )
-        train_cases = [prepare_case(c.load(), spec) for c in ds.subset(self.train_groups).cases]
+        train_cases = [c.load() for c in ds.subset(self.train_groups).cases]
         if self.held_out is not None:
             self.val_cases = list(self.held_out)
         else:
             self.val_cases = [c.load() for c in ds.subset(self.val_groups).cases]
         spec.data_fingerprint = fingerprint(train_cases)
+        spec.frame = training_frame([c.image for c in train_cases], spec, keep_frame=self.init is not None)
         allow_flip = cfg.flip_augment if cfg.flip_augment is not None else not any(c.mirror for c in spec.classes)
         spec.flip_augmented = bool(allow_flip and cfg.augment) or (self.init is not None and spec.flip_augmented)
         tds = SliceDataset(train_cases, spec, augment=cfg.augment, allow_flip=allow_flip)
