@@ -60,16 +60,7 @@ from .manifest import LOG_FILE, environment, write_manifest
 from .runs import public_config, work_dir_for
 from .validation import validate
 
-__all__ = [
-    "TrainConfig",
-    "TrainResult",
-    "Trainer",
-    "train",
-    "make_spec",
-    "SliceDataset",
-    "segmentation_loss",
-    "validate",
-]
+__all__ = ["TrainConfig", "TrainResult", "Trainer", "train", "make_spec", "SliceDataset", "segmentation_loss", "validate"]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
