@@ -24,6 +24,18 @@ FILE_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 _cli_handler: logging.Handler | None = None
 
 
+class _CLIFormatter(logging.Formatter):
+    """The bare message; warnings and errors prefixed ``warning: `` / ``error: ``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        msg = super().format(record)
+        if record.levelno >= logging.ERROR:
+            return f"error: {msg}"
+        if record.levelno >= logging.WARNING:
+            return f"warning: {msg}"
+        return msg
+
+
 def setup_cli_logging(debug: bool = False) -> logging.Logger:
     """Send the package's log records to stderr (one handler, installed once).
 
@@ -43,7 +55,7 @@ def setup_cli_logging(debug: bool = False) -> logging.Logger:
     if _cli_handler is not None:
         logger.removeHandler(_cli_handler)
     h = logging.StreamHandler(sys.stderr)
-    h.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s" if debug else "%(message)s"))
+    h.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s") if debug else _CLIFormatter())
     h.setLevel(logging.DEBUG if debug else logging.INFO)
     logger.addHandler(h)
     logger.setLevel(logging.DEBUG if debug else logging.INFO)

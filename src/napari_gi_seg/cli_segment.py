@@ -197,11 +197,9 @@ def _segment_options(args, slices=None):
 
 def _run_one(vol, out, spec, net, device, options, quiet: bool) -> dict:
     from .engine.batch import segment_to_file
-    from .engine.domain import input_warnings
     from .progress import TqdmProgress
 
-    for w in input_warnings(vol, spec):  # out-of-distribution input: warn, never refuse
-        print(f"warning: {vol.name}: {w}", file=sys.stderr)
+    # out-of-distribution input: the engine logs a warning (stderr, via the CLI's logging), never refuses
     with TqdmProgress(disable=quiet, desc=vol.name) as bar:
         rec = segment_to_file(vol, out, spec, net, device, options, progress=bar)
     print(f"{out}: {rec['slices_segmented']} slices segmented with {spec.key} on {device} in {rec['seconds']:.1f} s")
