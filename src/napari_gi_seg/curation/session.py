@@ -33,7 +33,7 @@ from ..io.volume import InvalidInputError
 from ..paths import user_dir
 from .review import ReviewTracker
 
-__all__ = ["image_fingerprint", "SessionData", "SessionStore", "Autosaver"]
+__all__ = ["image_fingerprint", "SessionData", "SessionStore", "Snapshot", "Autosaver"]
 
 _SAMPLE_ELEMENTS = 1 << 20  # ~1 M voxels hashed: ~4 MB for float32, a few ms
 _FP_RE = re.compile(r"^[A-Za-z0-9_-]{8,128}$")
@@ -199,6 +199,22 @@ class SessionStore:
         return [p.stem for p in sorted(files, key=lambda p: p.stat().st_mtime, reverse=True)]
 
 
+@dataclass
+class Snapshot:
+    """A copy of a case's state taken for one save (so the save can run in a worker
+    thread while the clinician keeps editing).
+
+    ``labels``/``prediction``: ``(z, y, x)`` uint8 copies (``prediction`` may be
+    ``None``); ``review``: a copy of the :class:`ReviewTracker`; ``info``: a copy of the
+    caller's JSON-able dict.
+    """
+
+    labels: np.ndarray
+    prediction: np.ndarray | None
+    review: ReviewTracker
+    info: dict
+
+
 class Autosaver:
     """Autosave bookkeeping for one scan; the widget drives it from a ``QTimer``
     (every 30 s) and on close.
@@ -207,6 +223,11 @@ class Autosaver:
     ``labels``, ``prediction``, ``review``, ``info`` (``prediction``/``info``
     optional) or a tuple ``(labels, prediction, review, info)``, as for
     :meth:`SessionStore.save`.
+
+    A save has two halves so that the GUI thread only copies: :meth:`snapshot`
+    (copies the arrays, clears :attr:`dirty`; call it where the data is edited) and
+    :meth:`write` (compress, fsync and rename; safe in a worker thread).
+    :meth:`save_now` does both.
     """
 
     def __init__(self, store: SessionStore, fingerprint: str, get_state: Callable[[], Any]):
@@ -214,6 +235,7 @@ class Autosaver:
         self.fingerprint = _check_fp(fingerprint)
         self.get_state = get_state
         self.dirty = False
+        self.writing = False
         self.last_saved: Path | None = None
         self.last_saved_at: _dt.datetime | None = None
 
@@ -221,24 +243,59 @@ class Autosaver:
         """Something changed since the last save."""
         self.dirty = True
 
-    def save_now(self) -> Path:
-        """Save the current state now (dirty or not) and clear :attr:`dirty`. On an
-        exception the flag stays set and the previous save stays valid."""
-        was_dirty, self.dirty = self.dirty, False  # edits during the save set it again
+    def snapshot(self) -> Snapshot:
+        """Copy the current state and clear :attr:`dirty` (edits after this set it
+        again). Raises what ``get_state`` raises, with :attr:`dirty` unchanged."""
+        state = self.get_state()
+        if isinstance(state, Mapping):
+            labels, prediction, review, info = (
+                state["labels"],
+                state.get("prediction"),
+                state["review"],
+                state.get("info") or {},
+            )
+        else:
+            labels, prediction, review, *rest = state
+            info = rest[0] if rest else {}
+        snap = Snapshot(
+            labels=np.array(labels, copy=True),
+            prediction=None if prediction is None else np.array(prediction, copy=True),
+            review=ReviewTracker.from_dict(review.to_dict()),
+            info=json.loads(json.dumps(dict(info or {}), default=str)),
+        )
+        self.dirty = False
+        return snap
+
+    def write(self, snap: Snapshot) -> Path:
+        """Save a :meth:`snapshot` (:meth:`SessionStore.save`: compressed, fsync'd,
+        atomic). Safe to call from a worker thread. On an exception :attr:`dirty` is
+        set again (the next tick retries) and the previous save stays valid."""
+        self.writing = True
         try:
-            state = self.get_state()
-            if isinstance(state, Mapping):
-                args = (state["labels"], state.get("prediction"), state["review"], state.get("info") or {})
-            else:
-                labels, prediction, review, *rest = state
-                args = (labels, prediction, review, rest[0] if rest else {})
-            path = self.store.save(self.fingerprint, *args)
+            path = self.store.save(self.fingerprint, snap.labels, snap.prediction, snap.review, snap.info)
         except BaseException:
-            self.dirty = self.dirty or was_dirty
+            self.dirty = True
             raise
+        finally:
+            self.writing = False
         self.last_saved = path
         self.last_saved_at = _dt.datetime.now(_dt.timezone.utc)
         return path
+
+    def save_now(self) -> Path:
+        """Snapshot and write now, in the calling thread (dirty or not). On an
+        exception the flag stays set and the previous save stays valid."""
+        was_dirty = self.dirty
+        try:
+            snap = self.snapshot()
+        except BaseException:
+            self.dirty = was_dirty
+            raise
+        try:
+            return self.write(snap)
+        except BaseException:
+            self.dirty = self.dirty or was_dirty
+            raise
 
     def save_if_dirty(self) -> Path | None:
         """:meth:`save_now` when :attr:`dirty`, else ``None`` (for the timer)."""

@@ -20,7 +20,7 @@ import torch
 
 from ..io.volume import Volume
 from ..models.spec import ModelSpec
-from .postprocess import keep_largest_components
+from .postprocess import postprocess_labels
 from .preprocess import context_batch, normalise_intensity, resize_images
 
 
@@ -277,7 +277,7 @@ def segment_volume(
     ``progress(batch)`` is called after each batch. If ``cancel()`` turns True the
     run stops between batches and the result has ``cancelled=True`` with the
     finished slices filled in. ``postprocess``: when the whole stack was segmented,
-    apply :func:`keep_largest_components` for the spec's single-component classes.
+    apply :func:`~napari_gi_seg.engine.postprocess.postprocess_labels` (the step the widget uses too).
     ``precision``: the forward pass's number type (:func:`autocast_dtype`).
     """
     t0 = time.perf_counter()
@@ -296,7 +296,7 @@ def segment_volume(
             progress(b)
     cancelled = len(seg) < total
     if postprocess and not cancelled and len(seg) == data.shape[0]:
-        labels = keep_largest_components(labels, spec)
+        labels = postprocess_labels(labels, spec)
     return SegmentationResult(
         labels=labels,
         probs=probs,
