@@ -21,6 +21,9 @@ def tiny_weights(tmp_path_factory, chaos_volumes):
     """A safetensors file of a 64 px Unet/mobilenet_v2 with the CHAOS classes, fitted
     for a few dozen steps on CHAOS patient 1 (seconds on a CPU) so that its
     predictions are confident and roughly organ-shaped; far from a usable model."""
+    from napari_gi_seg._qt._compat import guard_triton_llvm_clash
+
+    guard_triton_llvm_clash()  # a viewer made by an earlier test may have loaded Mesa's LLVM
     import torch
 
     from napari_gi_seg.engine.preprocess import context_batch, normalise_intensity, resize_images, resize_labels

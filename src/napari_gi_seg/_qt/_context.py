@@ -470,7 +470,8 @@ def case_style_for(viewer, labels_layer, image_layer=None) -> tuple[dict[int, st
             return {0: "background", **fg}, {k: by_name.get(v) or "#ffffff" for k, v in fg.items()}
     if not names:
         present = [int(v) for v in np.unique(np.asarray(labels_layer.data)) if v != 0]
-        names = {0: "background", **{v: f"label {v}" for v in present}}
+        names = {v: f"label {v}" for v in present}
+    names = {0: "background", **{k: v for k, v in names.items() if k}}
     return names, colours_for_names(names)
 
 

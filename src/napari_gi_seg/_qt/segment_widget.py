@@ -151,7 +151,7 @@ class SegmentWidget(QWidget):
         self.status_label = QLabel("")
         self.status_label.setWordWrap(True)
 
-        form = QFormLayout()
+        form = self._form = QFormLayout()
         form.addRow("image", self.image_combo)
         form.addRow("model", self.model_combo)
         form.addRow("classes", self.classes_label)
@@ -308,7 +308,11 @@ class SegmentWidget(QWidget):
         )
 
     def _scope_changed(self, text: str) -> None:
-        self.range_row.setVisible(text == "range")
+        show = text == "range"
+        self.range_row.setVisible(show)
+        label = self._form.labelForField(self.range_row)
+        if label is not None:
+            label.setVisible(show)
 
     def target_slices(self) -> list[int]:
         """Slice indices (z) of the chosen scope for the selected image."""
