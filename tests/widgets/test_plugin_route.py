@@ -177,7 +177,9 @@ def _click(qtbot, button) -> None:
     qtbot.mouseClick(button, Qt.LeftButton)
 
 
-def test_whole_loop_from_the_plugins_menu(qtbot, make_napari_viewer, chaos_image_path, tiny_model, tmp_path, monkeypatch):
+def test_whole_loop_from_the_plugins_menu(
+    qtbot, make_napari_viewer, chaos_image_path, tiny_model, tmp_path, monkeypatch
+):
     """open (reader) -> dock (menu route) -> Segment -> paint -> review -> autosave ->
     export -> fine-tune -> Segment again -> restore in a new viewer, by clicking."""
     monkeypatch.setenv("NAPARI_GI_SEG_RESTORE", "no")

@@ -422,6 +422,10 @@ class CorrectWidget(QWidget):
             a = Autosaver(self._store(), ctx.fingerprint(), lambda ctx=ctx: self._state_of(ctx))
             self._autosavers[id(ctx)] = a
             self._autosaver_list.append(a)
+            # the snapshot buffers are allocated off the GUI thread, before the first save
+            from napari.qt.threading import create_worker
+
+            create_worker(a.prepare_buffers, tuple(ctx.labels_layer.data.shape), _start_thread=True)
         return a
 
     def _mark_dirty(self, ctx) -> None:
