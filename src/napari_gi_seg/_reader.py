@@ -10,7 +10,11 @@ data tuples ``(data, kwargs, layer_type)``:
 * label files (NIfTI detected by name/content, TIFF with a label-like name, UW-Madison
   CSV) -> ``"labels"``;
 * a UW-Madison case-day folder -> its image and, when a ``train.csv`` is found up the
-  tree, its labels.
+  tree, its labels;
+* a DICOM RT Structure Set or Segmentation file -> ``"labels"`` on the grid of the
+  series it references (found in the same folder or its parent; its geometry and
+  DICOM reference come along, so Save Layer can write an RTSTRUCT again), ROI /
+  segment names as ``metadata["class_names"]``.
 
 The manifest's ``filename_patterns`` list only the suffixes read here; folders
 (DICOM series, UW-Madison case-days) come through ``accepts_directories``, so a
@@ -95,7 +99,15 @@ def read_layers(path) -> list[LayerData]:
         if kind == "csv":
             out.append(_labels_tuple(io.read_labels(p), f"{p.stem} labels"))
             continue
-        vols = io.read_image(p)
+        if kind in ("rtstruct", "seg"):
+            out.append(
+                _labels_tuple(io.read_labels(p), f"{p.name.split('.')[0]} {'ROIs' if kind == 'rtstruct' else 'SEG'}")
+            )
+            continue
+        try:
+            vols = io.read_image(p)
+        except MemoryError as e:  # a reader guard missed it: still a message, never a dead viewer
+            raise InvalidInputError(p, "not enough memory to read this volume") from e
         for v in vols:
             if kind == "uwmgi":
                 cd = uwmgi.volume_case_day(v) or v.name

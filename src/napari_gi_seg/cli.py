@@ -1,7 +1,12 @@
 """Command line: ``napari-gi-seg segment|models|train|finetune|evaluate|demo``.
 
-Every sub-command exits 0 on success and non-zero with one clear line on stderr
-(``napari-gi-seg: error: <file>: <problem>``) for bad input or an unknown model.
+Exit status: 0 on success; 2 with one line on stderr
+(``napari-gi-seg: error: <file>: <problem>``) for every expected failure: bad input
+(``InvalidInputError``, ``DatasetFormatError``, an invalid spec or model name), a
+missing file, an unknown model, a file-system error (disk full, read-only folder,
+permission denied: the line names the file), not enough memory; 130 when
+interrupted; 1 with one line for an unexpected internal error. ``--debug`` (before or
+after the sub-command) prints the full traceback too and sets logging to DEBUG.
 """
 
 from __future__ import annotations
@@ -10,9 +15,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-
-class CLIError(Exception):
-    """An error reported as one line and exit status 2."""
+from ._cli_errors import run_guarded
 
 
 def _offsets(s: str) -> tuple[int, ...]:
@@ -24,13 +27,25 @@ def _offsets(s: str) -> tuple[int, ...]:
         ) from None
 
 
+def _model_name(s: str) -> str:
+    """argparse type of ``--name``: :data:`~napari_gi_seg.models.spec.MODEL_NAME_PATTERN`."""
+    from .models.spec import validate_model_name
+
+    try:
+        return validate_model_name(s)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _names(s: str) -> list[str]:
     return [n.strip() for n in s.split(",") if n.strip()]
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("dataset", help="dataset folder (nnU-Net v2, UW-Madison, or image_<id>/label_<id> NIfTI pairs)")
-    p.add_argument("--name", required=True, help="registry name of the new model")
+    p.add_argument(
+        "--name", required=True, type=_model_name, help="registry name of the new model (letters, digits, . _ -)"
+    )
     p.add_argument(
         "--classes",
         type=_names,
@@ -123,164 +138,24 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------- segment
-def _slice_range(s: str) -> tuple[int | None, int | None]:
-    """``"A:B"`` -> (A, B): 0-based, B exclusive, either side may be empty (Python slice)."""
-    parts = s.split(":")
-    try:
-        if len(parts) != 2:
-            raise ValueError
-        a, b = (int(v) if v.strip() else None for v in parts)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"slices must be A:B (0-based, B exclusive, e.g. 10:20 or :5), got {s!r}"
-        ) from None
-    return a, b
-
-
 def _add_segment_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("input", help="image: NIfTI, TIFF stack, DICOM series folder, ... (anything the readers take)")
-    p.add_argument(
-        "-o",
-        "--output",
-        required=True,
-        help="label file to write; the format follows the extension: "
-        ".nii.gz/.nii (the input's affine), .tif/.tiff, .csv (UW-Madison RLE)",
-    )
-    p.add_argument(
-        "--model",
-        default=None,
-        help="registered model NAME or NAME:VERSION (default: the bundled default model, newest version)",
-    )
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
-    p.add_argument("--batch-size", type=int, default=8, help="slices per forward pass (default 8)")
-    p.add_argument(
-        "--tta", action="store_true", help="average with a left-right flipped pass (left/right classes swapped back)"
-    )
-    p.add_argument(
-        "--slices",
-        type=_slice_range,
-        default=None,
-        metavar="A:B",
-        help="segment only slices A..B-1 (0-based z index; others stay 0)",
-    )
-    p.add_argument(
-        "--precision",
-        default="auto",
-        choices=["auto", "fp32", "bf16", "fp16"],
-        help="number type of the forward pass (default auto: fp16 on CUDA, bf16 on CPUs with native "
-        "bfloat16, else fp32)",
-    )
-    p.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists (default: refuse)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    from .cli_segment import add_segment_args
 
-
-def read_input_volumes(path: str):
-    """Read ``path`` with :func:`napari_gi_seg.io.read_image` (all formats) -> list of
-    image :class:`~napari_gi_seg.io.volume.Volume` (several for a DICOM folder with
-    several series or a UW-Madison case folder with several days).
-
-    Raises :class:`CLIError` for a missing path or a label file, and
-    ``InvalidInputError`` (a ``ValueError`` naming the file) for unreadable or
-    unsupported input.
-    """
-    from pathlib import Path
-
-    from .io import read_image
-
-    if not Path(path).exists():
-        raise CLIError(f"{path}: file not found")
-    vols = read_image(path)
-    if not vols:
-        raise CLIError(f"{path}: no image found")
-    for v in vols:
-        if v.metadata.get("is_labels"):
-            raise CLIError(f"{path}: looks like a label volume, not an image (segment the image it belongs to)")
-    return vols
-
-
-def write_output_labels(path: str, labels, volume, class_names: dict[int, str]) -> None:
-    """Write ``labels`` (``(z, y, x)`` uint8) to ``path`` in the format of its
-    extension via :func:`napari_gi_seg.io.write_labels` (temp file + rename);
-    ``class_names`` are the foreground names by label value (used by the RLE CSV)."""
-    from .io import write_labels
-
-    write_labels(path, labels, like=volume, class_names={k: v for k, v in class_names.items() if k != 0})
-
-
-def _output_paths(output: str, vols) -> list[str]:
-    """One output per volume: OUTPUT itself, or ``<stem>_<volume name><suffix>`` when
-    the input holds several volumes (e.g. a folder of series)."""
-    if len(vols) == 1:
-        return [output]
-    from .io import label_suffix
-
-    suf = label_suffix(output) or ""
-    stem = output[: len(output) - len(suf)]
-    return [f"{stem}_{v.name}{suf}" for v in vols]
+    add_segment_args(p)
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
-    """``napari-gi-seg segment INPUT -o OUTPUT``: segment every slice (or ``--slices``)
-    of INPUT with a registered model and write the label volume."""
-    import os
+    """``napari-gi-seg segment``: see :func:`napari_gi_seg.cli_segment.cmd_segment`."""
+    from .cli_segment import cmd_segment as run
 
-    from tqdm import tqdm
+    return run(args)
 
-    from .engine.inference import resolve_device, segment_volume
-    from .io import LABEL_WRITE_SUFFIXES, label_suffix
-    from .models import registry
-    from .models.network import load_network
 
-    if label_suffix(args.output) is None:
-        raise CLIError(f"{args.output}: unknown output format; use one of {', '.join(LABEL_WRITE_SUFFIXES)}")
-    if args.batch_size < 1:
-        raise CLIError(f"--batch-size must be >= 1, got {args.batch_size}")
-    if not os.path.exists(args.input):
-        raise CLIError(f"{args.input}: file not found")
-    device = resolve_device(args.device)
-    entry = registry.get_entry(args.model)  # ModelNotFoundError lists the known models
-    vols = read_input_volumes(args.input)
-    outs = _output_paths(args.output, vols)
-    if not args.overwrite:
-        for o in outs:
-            if os.path.exists(o):
-                raise CLIError(f"{o}: already exists (pass --overwrite to replace it)")
-    spec = entry.spec()
-    if args.tta and not spec.flip_augmented:
-        raise CLIError(
-            f"--tta needs a model trained with left-right flips; {spec.key} was not (spec.flip_augmented is false)"
-        )
-    net = load_network(spec, entry.weights_path, device)
-    for vol, out in zip(vols, outs):
-        depth = vol.shape[0]
-        slices = None
-        if args.slices is not None:
-            a, b = args.slices
-            a = 0 if a is None else (a + depth if a < 0 else a)
-            b = depth if b is None else (b + depth if b < 0 else b)
-            if not (0 <= a < b <= depth):
-                raise CLIError(
-                    f"--slices {args.slices[0] if args.slices[0] is not None else ''}:"
-                    f"{args.slices[1] if args.slices[1] is not None else ''} is empty or outside 0..{depth} "
-                    f"for {args.input} ({depth} slices)"
-                )
-            slices = range(a, b)
-        total = depth if slices is None else len(slices)
-        with tqdm(total=total, unit="slice", desc=vol.name, file=sys.stderr, disable=args.quiet) as bar:
-            res = segment_volume(
-                vol,
-                spec,
-                net,
-                slices=slices,
-                batch_size=args.batch_size,
-                device=device,
-                tta=args.tta,
-                precision=args.precision,
-                progress=lambda b: bar.update(len(b.z)),
-            )
-        write_output_labels(out, res.labels, vol, spec.class_names)
-        print(f"{out}: {len(res.segmented)} slices segmented with {spec.key} on {res.device} in {res.seconds:.1f} s")
-    return 0
+def read_input_volumes(path: str):
+    """See :func:`napari_gi_seg.cli_segment.read_input_volumes`."""
+    from .cli_segment import read_input_volumes as read
+
+    return read(path)
 
 
 # ----------------------------------------------------------------- models
@@ -371,7 +246,12 @@ def _add_finetune_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model", required=True, dest="base", metavar="BASE", help="registered base model NAME or NAME:VERSION"
     )
-    p.add_argument("--name", required=True, help="registry name of the fine-tuned model (next free version)")
+    p.add_argument(
+        "--name",
+        required=True,
+        type=_model_name,
+        help="registry name of the fine-tuned model (letters, digits, . _ -; next free version)",
+    )
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--lr", type=float, default=5e-4, help="peak learning rate of the one-cycle schedule (default 5e-4)")
     p.add_argument("--freeze-encoder", action="store_true", help="train only the decoder and segmentation head")
@@ -534,26 +414,25 @@ COMMANDS: list[tuple[str, str, object, object]] = [
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="napari-gi-seg", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks and DEBUG logging")
+    parser.add_argument("--version", action="version", version=f"napari-gi-seg {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, help_, add_args, func in COMMANDS:
         p = sub.add_parser(name, help=help_, description=help_)
         add_args(p)
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         p.set_defaults(func=func)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status (see the module docstring)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except KeyboardInterrupt:
-        print("napari-gi-seg: interrupted", file=sys.stderr)
-        return 130
-    except (CLIError, OSError, ValueError, LookupError) as e:
-        print(f"napari-gi-seg: error: {e}", file=sys.stderr)
-        return 2
+    return run_guarded(args.func, args, debug=bool(getattr(args, "debug", False)))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,6 +1,8 @@
 """Evaluate a registered model on a labelled dataset: per-class and per-case Dice,
-IoU, precision, recall, HD95 (mm), the UW-Madison Kaggle Hausdorff term and score,
-as JSON, a printed table and a Markdown report with plots.
+IoU, precision, recall, HD95 (mm), the radiotherapy contour metrics (surface Dice at
+a stated tolerance, mean surface distance, added path length per organ and slice),
+the UW-Madison Kaggle Hausdorff term and score, as JSON, a printed table and a
+Markdown report with plots.
 
 Used by ``napari-gi-seg evaluate DATASET [--model NAME] ...``; metric definitions and
 empty-mask conventions are those of :mod:`napari_gi_seg.evaluation.metrics`.
@@ -15,8 +17,6 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import math
-import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -24,8 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
+from .._atomic import atomic_path, write_text
 from ..datasets import IGNORE_INDEX, DatasetFormatError, SegDataset, detect_layout, open_dataset
-from .metrics import aggregate, evaluate_case
+from ..paths import public_path
+from .metrics import SURFACE_DICE_TOLERANCE_MM, aggregate, evaluate_case
 
 
 @dataclass
@@ -216,13 +218,14 @@ def evaluate_dataset(
     agg = aggregate(per_case)
     summary = {
         "model": spec.key,
-        "dataset": str(ds.root),
+        "dataset": public_path(ds.root),
         "layout": ds.layout,
         "classes": names,
         "skipped_classes": [n for n in ds.class_names if n not in names],
         "class_names_assumed": assumed,
         "tta": bool(tta),
         "device": str(dev),
+        "surface_dice_tolerance_mm": SURFACE_DICE_TOLERANCE_MM,
         "n_cases": len(per_case),
         **{k: v for k, v in agg.items() if k != "per_class"},
         "per_class": agg["per_class"],
@@ -249,15 +252,7 @@ def _clean(o):
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text(path, text)
 
 
 def write_json(summary: dict, path: str | Path) -> Path:
@@ -280,6 +275,9 @@ def format_table(summary: dict) -> str:
         ("precision", "prec", 3),
         ("recall", "recall", 3),
         ("hd95_mm", "HD95 mm", 1),
+        ("surface_dice", "sDice", 3),
+        ("msd_mm", "MSD mm", 2),
+        ("apl_mm", "APL mm", 0),
         ("kaggle_hd", "kaggleHD", 3),
         ("kaggle_score", "kaggle", 3),
     ]
@@ -291,6 +289,8 @@ def format_table(summary: dict) -> str:
     lines.append(f"{'mean':<{w}}  " + "  ".join(f"{_f(summary.get('mean_' + k), nd):>8}" for k, _, nd in cols))
     undefined = {n: m.get("hd95_undefined", 0) for n, m in summary["per_class"].items() if m.get("hd95_undefined")}
     tail = f"{summary['n_cases']} case(s), model {summary['model']}"
+    if summary.get("surface_dice_tolerance_mm") is not None:
+        tail += f"; surface Dice (sDice) at {summary['surface_dice_tolerance_mm']:g} mm; APL per case"
     if undefined:
         tail += f"; HD95 undefined (organ missing in prediction or reference) for {undefined}"
     return "\n".join(lines + [tail])
@@ -326,8 +326,55 @@ def plot_dice(summary: dict, path: Path) -> None:
     ax.set_ylabel("Dice per case")
     ax.set_title(f"{summary['model']}: Dice per class ({summary['n_cases']} cases)")
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png")
+    finally:
+        plt.close(fig)
+
+
+def plot_rt_metrics(summary: dict, path: Path) -> None:
+    """Per organ: surface Dice at the stated tolerance, mean surface distance (mm) and
+    added path length (mm per case), box plots with the per-case points."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(summary["per_class"])
+    tol = summary.get("surface_dice_tolerance_mm")
+    panels = [
+        ("surface_dice", f"surface Dice at {tol:g} mm" if tol is not None else "surface Dice"),
+        ("msd_mm", "mean surface distance (mm)"),
+        ("apl_mm", "added path length (mm)"),
+    ]
+    fig, axes = plt.subplots(1, 3, figsize=(3 * (1.1 * len(names) + 1.5), 3.6), dpi=100)
+    rng = np.random.default_rng(0)
+    for ax, (key, label) in zip(axes, panels):
+        data = [
+            [
+                v
+                for pc in summary["per_case"].values()
+                if n in pc["per_class"]
+                for v in [pc["per_class"][n].get(key)]
+                if v is not None and math.isfinite(v)
+            ]
+            for n in names
+        ]
+        ax.boxplot([d or [np.nan] for d in data], showfliers=False)
+        for i, d in enumerate(data, start=1):
+            ax.scatter(i + rng.uniform(-0.12, 0.12, len(d)), d, s=12, alpha=0.7, color="tab:blue", zorder=3)
+        ax.set_xticks(range(1, len(names) + 1), names, rotation=25)
+        ax.set_title(label, fontsize=10)
+        if key == "surface_dice":
+            ax.set_ylim(0, 1.02)
+    fig.suptitle(f"{summary['model']}: contour metrics per organ ({summary['n_cases']} cases)")
+    fig.tight_layout()
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png")
+    finally:
+        plt.close(fig)
 
 
 def plot_overlay(
@@ -364,8 +411,11 @@ def plot_overlay(
         add_legend(fig, class_names, {k: (r, g, b) for k, (r, g, b, _) in cols.items()})
     fig.suptitle(title)
     fig.tight_layout(rect=(0, 0.07 if class_names else 0, 1, 1))
-    fig.savefig(path)
-    plt.close(fig)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png")
+    finally:
+        plt.close(fig)
 
 
 def write_report(
@@ -380,6 +430,9 @@ def write_report(
     files.mkdir(parents=True, exist_ok=True)
     class_colours = class_colours or ev.colours
     plot_dice(s, files / "dice_per_class.png")
+    has_rt = any("surface_dice" in m for m in s["per_class"].values())
+    if has_rt:
+        plot_rt_metrics(s, files / "rt_metrics_per_class.png")
     order = sorted(s["per_case"], key=lambda c: s["per_case"][c]["mean_dice"])
     overlays = []
     for cid in order[:max_overlays]:
@@ -404,6 +457,9 @@ def write_report(
         ("precision", "precision"),
         ("recall", "recall"),
         ("hd95_mm", "HD95 (mm)"),
+        ("surface_dice", f"surface Dice ({s.get('surface_dice_tolerance_mm', 0):g} mm)"),
+        ("msd_mm", "MSD (mm)"),
+        ("apl_mm", "APL (mm)"),
         ("kaggle_hd", "Kaggle HD term"),
         ("kaggle_score", "Kaggle score"),
     ]
@@ -420,7 +476,9 @@ def write_report(
     L += [
         "",
         "Definitions and empty-mask conventions: `napari_gi_seg.evaluation.metrics` / docs/training.md "
-        "(HD95 via MONAI, both empty = 0 mm, one empty = undefined; Kaggle term = normalised 3D Hausdorff "
+        "(HD95 via MONAI, both empty = 0 mm, one empty = undefined; surface Dice via MONAI at the stated "
+        "tolerance; MSD = symmetric mean surface distance; APL = added path length per case, the reference "
+        "contour the model did not provide (Vaassen et al. 2020); Kaggle term = normalised 3D Hausdorff "
         "distance, score = 0.4 Dice(2D) + 0.6 (1 - distance)).",
         "",
         "## Per class (mean ± std over cases)",
@@ -442,10 +500,10 @@ def write_report(
         + " | ".join(f"**{_f(s.get('mean_' + k), 1 if k == 'hd95_mm' else 3)}**" for k, _ in cols)
         + " |"
     )
+    L += ["", f"![Dice per class]({rel}/dice_per_class.png)", ""]
+    if has_rt:
+        L += [f"![Contour metrics per organ]({rel}/rt_metrics_per_class.png)", ""]
     L += [
-        "",
-        f"![Dice per class]({rel}/dice_per_class.png)",
-        "",
         "## Per case",
         "",
         "| case | patient | mean Dice | "
