@@ -39,8 +39,9 @@ __all__ = ["image_fingerprint", "SessionData", "SessionStore", "Snapshot", "Auto
 _SAMPLE_ELEMENTS = 1 << 20  # ~1 M voxels hashed: ~4 MB for float32, a few ms
 _FP_RE = re.compile(r"^[A-Za-z0-9_-]{8,128}$")
 FORMAT_VERSION = 1
-#: The only ``info`` keys a session file stores (no layer, file or folder names).
-SESSION_INFO_KEYS = ("model_key", "class_names", "colours")
+#: The only ``info`` keys a session file stores (no layer, file or folder names;
+#: ``uncertainty`` is the model's per-slice figure, ``(z,)`` floats or null).
+SESSION_INFO_KEYS = ("model_key", "class_names", "colours", "activation", "uncertainty")
 log = logging.getLogger(__name__)
 
 
