@@ -54,6 +54,7 @@ from ..datasets import (
     CaseRef,
     DatasetFormatError,
     SegDataset,
+    as_multilabel,
     detect_layout,
     open_dataset,
     split_groups,
@@ -207,11 +208,12 @@ def finetune(
             f"{ds.root}: classes {ds.class_names} differ from the base model {entry.key}'s "
             f"{base_names}; fine-tuning needs the same class names"
         )
-    if ds.multilabel != (base_spec.activation == "sigmoid"):
+    if ds.multilabel and base_spec.activation != "sigmoid":
         raise DatasetFormatError(
-            f"{ds.root}: a {'multi-label' if ds.multilabel else 'single-label'} dataset cannot fine-tune "
-            f"the {base_spec.activation} model {entry.key}"
+            f"{ds.root}: a multi-label dataset cannot fine-tune the {base_spec.activation} model {entry.key}"
         )
+    if base_spec.activation == "sigmoid":
+        ds = as_multilabel(ds)  # a single-label export: one channel per class, ignore in every channel
     order = [ds.class_names.index(n) + 1 for n in base_names]
 
     def remapped(ref: CaseRef) -> CaseRef:
