@@ -85,13 +85,19 @@ class CorrectWidget(QWidget):
 
         self.labels_combo = QComboBox()
         self.class_combo = QComboBox()
+        for c in (self.labels_combo, self.class_combo):  # long layer names must not widen the dock
+            c.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
+            c.setMinimumContentsLength(10)
         self.z_from = QSpinBox()
         self.z_to = QSpinBox()
         self.from_here = QPushButton("here")
         self.to_here = QPushButton("here")
-        rng = QHBoxLayout()
-        for w in (QLabel("from"), self.z_from, self.from_here, QLabel("to"), self.z_to, self.to_here):
-            rng.addWidget(w)
+        row_from, row_to = QHBoxLayout(), QHBoxLayout()
+        for row, w in ((row_from, (self.z_from, self.from_here)), (row_to, (self.z_to, self.to_here))):
+            for x in w:
+                row.addWidget(x)
+        for b in (self.from_here, self.to_here):
+            b.setToolTip("take the slice shown")
         self.scope_combo = QComboBox()
         self.scope_combo.addItems(["current slice", "range"])
         self.area_spin = QDoubleSpinBox()
@@ -103,7 +109,8 @@ class CorrectWidget(QWidget):
         self.sigma_spin.setValue(1.5)
         self.sigma_spin.setSuffix(" mm")
 
-        self.interp_button = QPushButton("Interpolate class between 'from' and 'to'")
+        self.interp_button = QPushButton("Interpolate from -> to")
+        self.interp_button.setToolTip("Shape-based interpolation of the class between the 'from' and 'to' slices")
         self.fill_button = QPushButton("Fill holes")
         self.islands_button = QPushButton("Remove islands <")
         self.smooth_button = QPushButton("Smooth, sigma")
@@ -111,7 +118,8 @@ class CorrectWidget(QWidget):
         tools = QFormLayout()
         tools.addRow("labels", self.labels_combo)
         tools.addRow("class", self.class_combo)
-        tools.addRow("slices", rng)
+        tools.addRow("from", row_from)
+        tools.addRow("to", row_to)
         tools.addRow(self.interp_button)
         tools.addRow("scope", self.scope_combo)
         tools.addRow(self.fill_button)

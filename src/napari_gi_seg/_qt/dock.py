@@ -10,7 +10,7 @@ instead of pushing the dock taller than a laptop screen (1366 x 768).
 from __future__ import annotations
 
 from qtpy.QtCore import QSize, Qt
-from qtpy.QtWidgets import QFrame, QScrollArea, QTabWidget, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QFrame, QScrollArea, QSizePolicy, QTabWidget, QVBoxLayout, QWidget
 
 from . import _context as C
 
@@ -25,7 +25,7 @@ def _scrolled(widget: QWidget) -> QScrollArea:
     area = QScrollArea()
     area.setWidgetResizable(True)
     area.setFrameShape(QFrame.NoFrame)
-    area.setHorizontalScrollBarPolicy(Qt.ScrollBarAsNeeded)
+    area.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)  # pages follow the dock width
     area.setWidget(widget)
     return area
 
@@ -72,6 +72,12 @@ class GISegDock(QWidget):
             i = self.tabs.addTab(_scrolled(w), title)
             self.tabs.setTabToolTip(i, tip)
         self.tabs.setCurrentIndex(0)
+        # the Fine-tune plot is a fixed-size pixmap; in the dock it follows the page width
+        plot = getattr(self.finetune, "plot_label", None)
+        if plot is not None:
+            plot.setScaledContents(True)
+            plot.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Fixed)
+            plot.setFixedHeight(220)
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
         lay.addWidget(self.tabs)

@@ -124,6 +124,9 @@ class SegmentWidget(QWidget):
 
         self.image_combo = QComboBox()
         self.model_combo = QComboBox()
+        for c in (self.image_combo, self.model_combo):  # long layer names must not widen the dock
+            c.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
+            c.setMinimumContentsLength(10)
         self.classes_label = QLabel()
         self.classes_label.setWordWrap(True)
         self.device_combo = QComboBox()
