@@ -266,3 +266,24 @@ def test_whole_loop_from_the_plugins_menu(
     assert ctx2.tracker.reviewed_slices() == [8, 9, 10, 11, 12]
     np.testing.assert_array_equal(ctx2.labels_layer.data[8:13], final[8:13])
     assert ctx2.uncertainty_at(20) is not None  # the least-confident ranking survives a restore
+
+
+def test_labels_opened_beside_a_case_take_its_names_and_colours(
+    qtbot, make_napari_viewer, chaos_image_path, chaos_label_path, tiny_model
+):
+    viewer = make_napari_viewer()
+    viewer.open(str(chaos_image_path), plugin=PLUGIN)
+    _, dock = viewer.window.add_plugin_dock_widget(PLUGIN, "Segment")
+    qtbot.addWidget(dock)
+    seg = C.unwrap(dock)
+    seg.select_model(tiny_model)
+    seg.device_combo.setCurrentText("cpu")
+    seg.run_sync()
+    ctx = seg.context
+    # the manual labels file has no class names of its own (values 1..4 only)
+    (manual,) = viewer.open(str(chaos_label_path), plugin=PLUGIN)
+    assert manual.metadata.get("class_names") == ctx.class_names
+    for k, colour in ctx.colours.items():
+        rgba = manual.colormap.map(np.array([k]))[0]
+        expected = tuple(int(colour[i : i + 2], 16) / 255 for i in (1, 3, 5))
+        np.testing.assert_allclose(rgba[:3], expected, atol=1e-2)
