@@ -199,7 +199,10 @@ def _run_one(vol, out, spec, net, device, options, quiet: bool) -> dict:
     from tqdm import tqdm
 
     from .engine.batch import segment_to_file
+    from .engine.domain import input_warnings
 
+    for w in input_warnings(vol, spec):  # out-of-distribution input: warn, never refuse
+        print(f"warning: {vol.name}: {w}", file=sys.stderr)
     total = vol.shape[0] if options.slices is None else len(options.slices)
     with tqdm(total=total, unit="slice", desc=vol.name, file=sys.stderr, disable=quiet) as bar:
         rec = segment_to_file(vol, out, spec, net, device, options, progress=lambda b: bar.update(len(b.z)))

@@ -1,7 +1,8 @@
 """Training loop shared by ``napari-gi-seg train`` and ``finetune``.
 
-Recipe (defaults): 2.5D input (slice offsets -1, 0, +1), slices resized to
-``size`` x ``size``, Dice + cross-entropy (softmax) or Dice + BCE (multi-label) with
+Recipe (defaults): 2.5D input (slice offsets -1, 0, +1), cases brought into the
+model's frame (reoriented, resampled in-plane, padded/cropped to ``size`` x ``size``:
+:mod:`napari_gi_seg.engine.frame`), Dice + cross-entropy (softmax) or Dice + BCE (multi-label) with
 the ignore label excluded from both terms, AdamW with a one-cycle schedule (warm-up,
 then cosine decay; Smith & Topin 2019), MONAI augmentation (affine, intensity,
 noise; left-right flips only when no class is lateralised), AMP on CUDA,
@@ -31,8 +32,10 @@ import torch.nn.functional as F
 
 from .._atomic import atomic_path, write_json, write_text
 from ..datasets import IGNORE_INDEX, Case, SegDataset, fingerprint, open_dataset, split_groups
+from ..engine.domain import training_frame
+from ..engine.frame import case_to_model_frame
 from ..engine.inference import resolve_device, segment_volume
-from ..engine.preprocess import context_indices, normalise_intensity, resize_images, resize_labels
+from ..engine.preprocess import context_indices
 from ..evaluation.metrics import dice_per_class
 from ..models.network import build_network, load_checkpoint, save_weights
 from ..models.spec import ClassInfo, ModelSpec
@@ -117,8 +120,10 @@ class SliceDataset(torch.utils.data.Dataset):
     """All labelled slices of a list of cases as 2.5D training samples (slices that
     are entirely the ignore label are left out; they still serve as 2.5D context).
 
-    Volumes are normalised per volume and resized in-plane to ``(size, size)`` once at
-    construction (float16 in memory). ``__getitem__`` returns ``(x, y)``:
+    Volumes are normalised per volume and brought into the model's frame
+    (reoriented, resampled to its spacing, padded/cropped to ``spec.input_size``:
+    :func:`~napari_gi_seg.engine.frame.case_to_model_frame`) once at construction
+    (float16 in memory). ``__getitem__`` returns ``(x, y)``:
     ``x`` ``(C, size, size)`` float32, ``y`` ``(size, size)`` int64 (softmax, with
     :data:`IGNORE_INDEX`) or ``(K, size, size)`` float32 (multi-label, 255 = ignore).
     """
@@ -137,15 +142,10 @@ class SliceDataset(torch.utils.data.Dataset):
         else:
             self.flip_lut, self.flip_channels = None, torch.tensor(perm)
         self.images, self.targets, self.index = [], [], []
-        size = spec.input_size
         for ci, c in enumerate(cases):
-            norm = normalise_intensity(c.image.data, spec.normalisation, spec.percentiles)
-            im = resize_images(torch.from_numpy(norm)[:, None], size)[:, 0].half()
-            t = torch.from_numpy(np.ascontiguousarray(c.target))
-            if t.ndim == 3:
-                t = resize_labels(t, size)
-            else:
-                t = torch.stack([resize_labels(tk, size) for tk in t])
+            # the model's frame, exactly as inference sees a scan (engine.frame)
+            im, t = case_to_model_frame(c.image, c.target, spec)
+            im = im.half()
             self.images.append(im)
             self.targets.append(t)
             # slices whose every voxel is the ignore label (not reviewed) teach nothing: skip them
@@ -408,6 +408,7 @@ def train(
     train_cases = [c.load() for c in ds.subset(train_groups).cases]
     val_cases = list(held_out) if held_out is not None else [c.load() for c in ds.subset(val_groups).cases]
     spec.data_fingerprint = fingerprint(train_cases)
+    spec.frame = training_frame([c.image for c in train_cases], spec, keep_frame=init is not None)
 
     allow_flip = cfg.flip_augment if cfg.flip_augment is not None else not any(c.mirror for c in spec.classes)
     spec.flip_augmented = bool(allow_flip and cfg.augment) or (init is not None and spec.flip_augmented)
