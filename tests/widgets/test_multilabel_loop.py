@@ -54,9 +54,9 @@ def gi_model(scans, data_dir, tmp_path):
 
     guard_triton_llvm_clash()
     import torch
-    import torch.nn.functional as F
 
-    from napari_gi_seg.engine.preprocess import context_batch, normalise_intensity, resize_images
+    from napari_gi_seg.engine.frame import case_to_model_frame
+    from napari_gi_seg.engine.preprocess import context_batch
     from napari_gi_seg.io import read_image
     from napari_gi_seg.io.uwmgi import read_uwmgi_multilabel, volume_case_day
     from napari_gi_seg.models.network import build_network
@@ -75,9 +75,10 @@ def gi_model(scans, data_dir, tmp_path):
             shape=v.shape,
             slice_numbers=v.metadata["slice_numbers"],
         )
-        norm = normalise_intensity(v.data.astype(np.float32), spec.normalisation, spec.percentiles)
-        xs.append(resize_images(torch.from_numpy(context_batch(norm, [0], spec.context_offsets)), spec.input_size))
-        ys.append(F.interpolate(torch.from_numpy(masks[:, :1].transpose(1, 0, 2, 3)).float(), spec.input_size))
+        # the model's frame, exactly as inference will see the slice
+        img, tgt = case_to_model_frame(v, masks, spec)
+        xs.append(torch.from_numpy(context_batch(np.asarray(img), [0], spec.context_offsets)))
+        ys.append(torch.as_tensor(tgt)[:, :1].permute(1, 0, 2, 3).float())
     x, y = torch.cat(xs), torch.cat(ys)
     opt = torch.optim.Adam(net.parameters(), lr=3e-3)
     net.train()
@@ -110,6 +111,7 @@ def test_sigmoid_model_through_the_whole_loop(qtbot, make_napari_viewer, scans, 
     from napari_gi_seg.curation.review import SliceState, slice_uncertainty
     from napari_gi_seg.datasets import as_multilabel, open_dataset
     from napari_gi_seg.engine.inference import segment_volume
+    from napari_gi_seg.io.volume import volume_from_layer_metadata
     from napari_gi_seg.models.registry import load_model
     from napari_gi_seg.training.finetune import finetune
 
@@ -134,7 +136,9 @@ def test_sigmoid_model_through_the_whole_loop(qtbot, make_napari_viewer, scans, 
         assert ctx.image_layer.name == name and ctx.activation == "sigmoid"
         assert np.asarray(ctx.labels_layer.data).any()  # the model finds some bowel or stomach
         # the uncertainty is the sigmoid one (binary entropy per channel), from the worker
-        ref = segment_volume(np.asarray(ctx.image_layer.data), spec, net, device="cpu", return_probs=True)
+        img = ctx.image_layer
+        vol = volume_from_layer_metadata(np.asarray(img.data), dict(img.metadata), img.scale)
+        ref = segment_volume(vol, spec, net, device="cpu", return_probs=True)
         np.testing.assert_allclose(ctx.slice_uncertainty, slice_uncertainty(ref.probs, "sigmoid"), atol=1e-3)
         assert not np.allclose(ctx.slice_uncertainty, slice_uncertainty(_softmaxish(ref.probs), "softmax"))
         # the clinician corrects the slice to the manual labels (undo-aware API) and reviews it
