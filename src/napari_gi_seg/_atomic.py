@@ -180,6 +180,35 @@ def _remove(p: Path) -> None:
             p.unlink()
 
 
+def _prepare(dest: str | Path) -> tuple[Path, Path]:
+    """Make ``dest``'s folder, sweep it of stale temporaries (once) and name a temporary.
+
+    Parameters
+    ----------
+    dest : str or Path
+        The final file or folder path.
+
+    Returns
+    -------
+    dest : Path
+        ``dest`` as a ``Path``.
+    tmp : Path
+        A fresh temporary name beside it (nothing is created there).
+
+    Raises
+    ------
+    OSError
+        The folder cannot be made; ``filename`` is ``dest``.
+    """
+    dest = Path(dest)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise _relabel(e, dest) from e
+    _sweep_once(dest.parent)
+    return dest, _temp_sibling(dest)
+
+
 @contextlib.contextmanager
 def atomic_path(dest: str | Path, *, mode: int | None = 0o644) -> Iterator[Path]:
     """Context manager yielding a temporary path beside ``dest`` to write one file to
@@ -204,13 +233,7 @@ def atomic_path(dest: str | Path, *, mode: int | None = 0o644) -> Iterator[Path]
     >>> with atomic_path(out) as tmp:       # doctest: +SKIP
     ...     nib.save(img, tmp)
     """
-    dest = Path(dest)
-    try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise _relabel(e, dest) from e
-    _sweep_once(dest.parent)
-    tmp = _temp_sibling(dest)
+    dest, tmp = _prepare(dest)
     try:
         yield tmp
         if not tmp.exists():
@@ -245,13 +268,7 @@ def atomic_dir(dest: str | Path) -> Iterator[Path]:
     OSError
         From the file system, naming ``dest``; the temporary folder is removed.
     """
-    dest = Path(dest)
-    try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise _relabel(e, dest) from e
-    _sweep_once(dest.parent)
-    tmp = _temp_sibling(dest)
+    dest, tmp = _prepare(dest)
     try:
         tmp.mkdir()
         yield tmp

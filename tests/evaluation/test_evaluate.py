@@ -12,6 +12,11 @@ from napari_gi_seg.evaluation.evaluate import match_classes
 from napari_gi_seg.models import registry
 
 
+def _evaluate_tiny(dataset, cases: str, *options: str) -> int:
+    """Exit status of ``napari-gi-seg evaluate`` of the tiny model on ``cases`` of ``dataset`` (CPU)."""
+    return cli.main(["evaluate", str(dataset), "--model", "tiny-chaos", "--cases", cases, *options, "--device", "cpu"])
+
+
 def test_default_model_on_a_held_out_chaos_patient(chaos_dir, tmp_path, capsys):
     entry = registry.get_entry()  # the registry default (bundled chaos-t2spir)
     spec = entry.spec()
@@ -28,25 +33,7 @@ def test_default_model_on_a_held_out_chaos_patient(chaos_dir, tmp_path, capsys):
 
 def test_evaluate_json_report_and_table(tiny_entry, chaos3, tmp_path, capsys):
     js, rep = tmp_path / "m.json", tmp_path / "rep" / "report.md"
-    assert (
-        cli.main(
-            [
-                "evaluate",
-                str(chaos3),
-                "--model",
-                "tiny-chaos",
-                "--cases",
-                "1",
-                "--json",
-                str(js),
-                "--report",
-                str(rep),
-                "--device",
-                "cpu",
-            ]
-        )
-        == 0
-    )
+    assert _evaluate_tiny(chaos3, "1", "--json", str(js), "--report", str(rep)) == 0
     m = json.loads(js.read_text())
     names = ["liver", "right_kidney", "left_kidney", "spleen"]
     assert m["classes"] == names and list(m["per_case"]) == ["1"]
@@ -76,28 +63,10 @@ def test_evaluate_json_report_and_table(tiny_entry, chaos3, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "left_kidney" in out and "HD95" in out
     # restricting classes
-    assert (
-        cli.main(
-            [
-                "evaluate",
-                str(chaos3),
-                "--model",
-                "tiny-chaos",
-                "--cases",
-                "1",
-                "--classes",
-                "liver",
-                "--json",
-                str(js),
-                "--device",
-                "cpu",
-            ]
-        )
-        == 0
-    )
+    assert _evaluate_tiny(chaos3, "1", "--classes", "liver", "--json", str(js)) == 0
     assert list(json.loads(js.read_text())["per_class"]) == ["liver"]
     # unknown case -> clear error, exit status 2
-    assert cli.main(["evaluate", str(chaos3), "--model", "tiny-chaos", "--cases", "99"]) == 2
+    assert _evaluate_tiny(chaos3, "99") == 2
     assert "unknown case" in capsys.readouterr().err
 
 

@@ -2,6 +2,7 @@
 
 * ``chaos3`` (three real CHAOS patients) comes from ``tests/conftest.py``;
 * the tiny model (``tiny_model``, ``tiny_entry``) comes from ``tests/conftest.py``;
+* ``tiny_train_args``: the ``napari-gi-seg train`` arguments of a short CPU run;
 * ``uwmgi_tree``: a stand-in UW-Madison Kaggle tree: REAL ``train.csv`` rows of three
   case-days (two patients + the faulty case7_day0) with synthetic 16-bit PNG scans
   whose bright regions are the real masks (marked synthetic; no scans exist here).
@@ -18,6 +19,41 @@ import pytest
 #: case-day -> slice numbers that get stand-in PNG scans
 UWMGI_SLICES = {"case123_day20": range(60, 72), "case2_day1": range(48, 58), "case7_day0": range(60, 64)}
 TINY = dict(size=64, epochs=1, batch_size=4, max_steps_per_epoch=1, augment=False, encoder="mobilenet_v2")
+
+
+@pytest.fixture
+def tiny_train_args():
+    """Factory of the ``napari-gi-seg train`` arguments of a short CPU run: 64 px,
+    2 epochs of at most 2 steps, one patient in three held out for validation.
+
+    Returns
+    -------
+    callable
+        ``make(dataset, name, batch_size) -> list[str]``: the arguments from ``train``
+        on, for ``dataset`` (a folder), registering the model as ``name``.
+    """
+
+    def make(dataset: Path, name: str, batch_size: int) -> list[str]:
+        return [
+            "train",
+            str(dataset),
+            "--name",
+            name,
+            "--size",
+            "64",
+            "--epochs",
+            "2",
+            "--max-steps-per-epoch",
+            "2",
+            "--batch-size",
+            str(batch_size),
+            "--val-fraction",
+            "0.34",
+            "--device",
+            "cpu",
+        ]
+
+    return make
 
 
 def _write_png16(path: Path, arr: np.ndarray) -> None:

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 
-def test_torchrun_two_processes_registers_one_model(chaos3, tmp_path):
+def test_torchrun_two_processes_registers_one_model(chaos3, tmp_path, tiny_train_args):
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
     assert torchrun, "torchrun not found next to the Python interpreter"
     home = tmp_path / "home"
@@ -21,22 +21,7 @@ def test_torchrun_two_processes_registers_one_model(chaos3, tmp_path):
         "2",
         "-m",
         "napari_gi_seg.cli",
-        "train",
-        str(chaos3),
-        "--name",
-        "ddp-tiny",
-        "--size",
-        "64",
-        "--epochs",
-        "2",
-        "--max-steps-per-epoch",
-        "2",
-        "--batch-size",
-        "2",
-        "--val-fraction",
-        "0.34",
-        "--device",
-        "cpu",
+        *tiny_train_args(chaos3, "ddp-tiny", batch_size=2),
     ]
     p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     assert p.returncode == 0, p.stderr[-3000:]

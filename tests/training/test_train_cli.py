@@ -11,31 +11,12 @@ from napari_gi_seg import cli
 from napari_gi_seg.models import registry
 
 
-def test_train_registers_loadable_model_and_resume_continues(chaos3, tmp_path):
+def test_train_registers_loadable_model_and_resume_continues(chaos3, tmp_path, tiny_train_args):
     from napari_gi_seg.io.nifti import read_nifti
 
     chaos_volume = read_nifti(chaos3 / "image_1.nii.gz", as_labels=False)
     work = tmp_path / "run"
-    base = [
-        "train",
-        str(chaos3),
-        "--name",
-        "cli-tiny",
-        "--size",
-        "64",
-        "--epochs",
-        "2",
-        "--max-steps-per-epoch",
-        "2",
-        "--batch-size",
-        "4",
-        "--val-fraction",
-        "0.34",
-        "--device",
-        "cpu",
-        "--work-dir",
-        str(work),
-    ]
+    base = [*tiny_train_args(chaos3, "cli-tiny", batch_size=4), "--work-dir", str(work)]
     # a time budget of ~6 ms stops the run after its first epoch (the best weights are registered)
     assert cli.main(base + ["--max-minutes", "0.0001"]) == 0
     e1 = registry.get_entry("cli-tiny")

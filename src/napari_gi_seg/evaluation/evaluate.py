@@ -24,11 +24,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .._atomic import atomic_path, write_text
+from .._atomic import write_text
 from ..datasets import IGNORE_INDEX, DatasetFormatError, SegDataset, detect_layout, open_dataset
 from ..paths import public_path
 from ..progress import ProgressCallback, emit
 from .metrics import SURFACE_DICE_TOLERANCE_MM, aggregate, evaluate_case
+from .plots import agg_pyplot, save_png
 
 
 @dataclass
@@ -332,11 +333,7 @@ def _colours(spec_colours: dict[int, str] | None, n: int) -> list:
 
 def plot_dice(summary: dict, path: Path) -> None:
     """Box plot with the per-case points (strip) of Dice per class."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = agg_pyplot()
     names = list(summary["per_class"])
     data = [[pc["per_class"][n]["dice"] for pc in summary["per_case"].values() if n in pc["per_class"]] for n in names]
     fig, ax = plt.subplots(figsize=(1.4 * len(names) + 2, 3.5), dpi=100)
@@ -349,21 +346,13 @@ def plot_dice(summary: dict, path: Path) -> None:
     ax.set_ylabel("Dice per case")
     ax.set_title(f"{summary['model']}: Dice per class ({summary['n_cases']} cases)")
     fig.tight_layout()
-    try:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png")
-    finally:
-        plt.close(fig)
+    save_png(fig, path)
 
 
 def plot_rt_metrics(summary: dict, path: Path) -> None:
     """Per organ: surface Dice at the stated tolerance, mean surface distance (mm) and
     added path length (mm per case), box plots with the per-case points."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = agg_pyplot()
     names = list(summary["per_class"])
     tol = summary.get("surface_dice_tolerance_mm")
     panels = [
@@ -393,11 +382,7 @@ def plot_rt_metrics(summary: dict, path: Path) -> None:
             ax.set_ylim(0, 1.02)
     fig.suptitle(f"{summary['model']}: contour metrics per organ ({summary['n_cases']} cases)")
     fig.tight_layout()
-    try:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png")
-    finally:
-        plt.close(fig)
+    save_png(fig, path)
 
 
 def plot_overlay(
@@ -412,13 +397,11 @@ def plot_overlay(
     """Two panels of one ``(y, x)`` slice (already oriented for display):
     reference and prediction labels over the image, a legend of ``class_names``
     ``{model index: organ}`` in their colours below."""
-    import matplotlib
+    from matplotlib.colors import ListedColormap
 
     from .overlay import add_legend
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.colors import ListedColormap
+    plt = agg_pyplot()
 
     n = int(max(ref.max(initial=0), pred.max(initial=0), max(class_colours or {0: 0}), 1))
     cmap = ListedColormap(_colours(class_colours, n))
@@ -434,11 +417,7 @@ def plot_overlay(
         add_legend(fig, class_names, {k: (r, g, b) for k, (r, g, b, _) in cols.items()})
     fig.suptitle(title)
     fig.tight_layout(rect=(0, 0.07 if class_names else 0, 1, 1))
-    try:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png")
-    finally:
-        plt.close(fig)
+    save_png(fig, path)
 
 
 def write_report(

@@ -162,52 +162,32 @@ def dice_per_class(
 
 
 # ----------------------------------------------------------------- distances
-def hd95_mm(
-    pred: np.ndarray,
-    ref: np.ndarray,
-    spacing_mm: Sequence[float],
-    ignore: np.ndarray | None = None,
-    percentile: float = 95.0,
-) -> float:
-    """95th percentile symmetric Hausdorff distance in mm between two boolean masks
-    ``(z, y, x)`` (or ``(y, x)``) with voxel size ``spacing_mm`` in the same axis order.
-
-    Uses :func:`monai.metrics.compute_hausdorff_distance`. Ignored voxels are cleared
-    in both masks first. Both empty -> 0.0; one empty -> NaN (module docstring).
-    Raises ``ValueError`` on a shape mismatch or a spacing of the wrong length.
-    """
-    import torch
-    from monai.metrics import compute_hausdorff_distance
-
-    p, r = np.asarray(pred, bool), np.asarray(ref, bool)
-    if p.shape != r.shape:
-        raise ValueError(f"shape mismatch: prediction {p.shape} vs reference {r.shape}")
-    if len(spacing_mm) != p.ndim:
-        raise ValueError(f"spacing_mm {tuple(spacing_mm)} must have one value per axis of {p.shape}")
-    if ignore is not None:
-        keep = ~np.asarray(ignore, bool)
-        p, r = p & keep, r & keep
-    pe, re_ = bool(p.any()), bool(r.any())
-    if not pe and not re_:
-        return 0.0
-    if pe != re_:
-        return float("nan")
-    # Crop to the union's bounding box (+1 voxel) so the distance transform stays small.
-    idx = np.nonzero(p | r)
-    sl = tuple(slice(max(0, int(i.min()) - 1), int(i.max()) + 2) for i in idx)
-    pt = torch.from_numpy(np.ascontiguousarray(p[sl]))[None, None]
-    rt = torch.from_numpy(np.ascontiguousarray(r[sl]))[None, None]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        d = compute_hausdorff_distance(
-            pt, rt, include_background=True, percentile=percentile, spacing=[float(s) for s in spacing_mm]
-        )
-    return float(d.reshape(-1)[0])
-
-
 def _surface_pair(pred, ref, spacing_mm, ignore):
-    """Boolean masks with ignored voxels cleared, cropped to the union's bounding box
-    (+1 voxel), as ``(1, 1, ...)`` tensors; ``None`` when either is empty."""
+    """The two masks as MONAI wants them for a surface distance: ignored voxels
+    cleared in both, cropped to the union's bounding box (+1 voxel, so the distance
+    transform stays small), as ``(1, 1, *shape)`` bool tensors.
+
+    Parameters
+    ----------
+    pred, ref : np.ndarray
+        Masks of equal shape ``(z, y, x)`` or ``(y, x)``, cast to bool.
+    spacing_mm : Sequence[float]
+        Voxel size in mm, one value per axis (only its length is checked here).
+    ignore : np.ndarray or None
+        Voxels to clear in both masks.
+
+    Returns
+    -------
+    pred_any, ref_any : bool
+        Whether each mask has a voxel left.
+    pair : tuple of torch.Tensor or None
+        ``(pred, ref)`` cropped tensors; ``None`` when either mask is empty.
+
+    Raises
+    ------
+    ValueError
+        Shapes differ, or ``spacing_mm`` has not one value per axis.
+    """
     import torch
 
     p, r = np.asarray(pred, bool), np.asarray(ref, bool)
@@ -226,6 +206,34 @@ def _surface_pair(pred, ref, spacing_mm, ignore):
     pt = torch.from_numpy(np.ascontiguousarray(p[sl]))[None, None]
     rt = torch.from_numpy(np.ascontiguousarray(r[sl]))[None, None]
     return pe, re_, (pt, rt)
+
+
+def hd95_mm(
+    pred: np.ndarray,
+    ref: np.ndarray,
+    spacing_mm: Sequence[float],
+    ignore: np.ndarray | None = None,
+    percentile: float = 95.0,
+) -> float:
+    """95th percentile symmetric Hausdorff distance in mm between two boolean masks
+    ``(z, y, x)`` (or ``(y, x)``) with voxel size ``spacing_mm`` in the same axis order.
+
+    Uses :func:`monai.metrics.compute_hausdorff_distance`. Ignored voxels are cleared
+    in both masks first. Both empty -> 0.0; one empty -> NaN (module docstring).
+    Raises ``ValueError`` on a shape mismatch or a spacing of the wrong length.
+    """
+    from monai.metrics import compute_hausdorff_distance
+
+    pe, re_, pair = _surface_pair(pred, ref, spacing_mm, ignore)
+    if pair is None:
+        return 0.0 if not pe and not re_ else float("nan")
+    pt, rt = pair
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        d = compute_hausdorff_distance(
+            pt, rt, include_background=True, percentile=percentile, spacing=[float(s) for s in spacing_mm]
+        )
+    return float(d.reshape(-1)[0])
 
 
 def surface_dice(

@@ -4,7 +4,56 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["plot_history"]
+from .._atomic import atomic_path
+
+__all__ = ["plot_history", "agg_pyplot", "save_png"]
+
+
+def agg_pyplot():
+    """``matplotlib.pyplot`` on the Agg backend (draws to files; no display needed).
+
+    Returns
+    -------
+    module
+        ``matplotlib.pyplot``.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_png(fig, path: str | Path) -> Path:
+    """Write ``fig`` as a PNG at ``path`` (temp-then-rename) and close it.
+
+    Parameters
+    ----------
+    fig : matplotlib.figure.Figure
+        The figure; closed afterwards, also when writing fails.
+    path : str or Path
+        The PNG to write; its folder is created if missing.
+
+    Returns
+    -------
+    Path
+        ``path``.
+
+    Raises
+    ------
+    OSError
+        From the file system, naming ``path`` (nothing is left there).
+    """
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png")
+    finally:
+        plt.close(fig)
+    return path
 
 
 def plot_history(history: list[dict], path: str | Path) -> Path:
@@ -23,12 +72,7 @@ def plot_history(history: list[dict], path: str | Path) -> Path:
     Path
         ``path``.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
+    plt = agg_pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
     ep = [r["epoch"] for r in history]
     ax.plot(ep, [r["train_loss"] for r in history], label="train loss", color="tab:blue")
@@ -42,11 +86,4 @@ def plot_history(history: list[dict], path: str | Path) -> Path:
         ax2.set_ylim(0, 1)
     ax.set_title("training curve")
     fig.tight_layout()
-    from .._atomic import atomic_path
-
-    try:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png")
-    finally:
-        plt.close(fig)
-    return path
+    return save_png(fig, path)

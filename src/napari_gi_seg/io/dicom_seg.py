@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .rtstruct import base_dataset, colour_rgb, find_referenced_series, require_reference, save_dataset
+from .rtstruct import base_dataset, check_labels, colour_rgb, find_referenced_series, save_dataset
 from .volume import InvalidInputError, Volume
 
 SEG_SOP_CLASS_UID = "1.2.840.10008.5.1.4.1.1.66.4"
@@ -122,27 +122,19 @@ def write_dicom_seg(
     Raises
     ------
     ValueError
-        ``like`` is not a DICOM image, shape mismatch, class values not 1..K, or a
-        label value without a class name.
+        ``like`` is not a DICOM image, shape mismatch, class values not 1..K, a
+        label value without a class name, or a series without a Frame of Reference UID.
     """
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
-    ref = require_reference(like, path)
-    arr = np.asarray(labels)
-    if arr.shape != like.shape:
-        raise ValueError(f"{path}: labels shape {arr.shape} differs from the image's (z, y, x) {like.shape}")
-    if arr.dtype.kind not in "biu" or (arr.size and arr.min() < 0):
-        raise ValueError(f"{path}: labels must be non-negative integers, got {arr.dtype}")
-    classes = sorted((int(k), str(v)) for k, v in class_names.items() if int(k) != 0)
+    ref, arr, classes = check_labels(path, labels, like, class_names, "a SEG")
     values = [k for k, _ in classes]
     if values != list(range(1, len(values) + 1)):
         raise ValueError(f"{path}: class values must be 1..K for a DICOM-SEG, got {values}")
     extra = sorted(set(np.unique(arr).tolist()) - {0, *values})
     if extra:
         raise ValueError(f"{path}: label values {extra} have no class name")
-    if not ref.frame_of_reference_uid:
-        raise ValueError(f"{path}: the image series has no FrameOfReferenceUID; a SEG cannot reference it")
     algo = hd.AlgorithmIdentificationSequence(
         name=model_name[:64], family=codes.cid7162.ArtificialIntelligence, version=str(model_version or "1")[:64]
     )

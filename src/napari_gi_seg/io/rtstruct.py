@@ -35,13 +35,12 @@ order); where ROIs overlap the later ROI wins.
 from __future__ import annotations
 
 import datetime as _dt
-import os
-import uuid
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
+from .._atomic import atomic_path
 from .volume import InvalidInputError, Volume
 
 RTSTRUCT_SOP_CLASS_UID = "1.2.840.10008.5.1.4.1.1.481.3"
@@ -96,18 +95,30 @@ def colour_rgb(colour) -> list[int]:
 
 
 def save_dataset(ds, path: str | Path) -> Path:
-    """Write a pydicom dataset as a DICOM Part 10 file via a temp file and rename."""
+    """Write a pydicom dataset as a DICOM Part 10 file, temp-then-rename.
+
+    Parameters
+    ----------
+    ds : pydicom.dataset.Dataset
+        The dataset, with its ``file_meta``.
+    path : str or Path
+        The output file; written through :func:`napari_gi_seg._atomic.atomic_path`.
+
+    Returns
+    -------
+    Path
+        ``path``.
+
+    Raises
+    ------
+    OSError
+        From the file system, naming ``path`` (nothing is left at ``path``).
+    """
     import pydicom
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         pydicom.dcmwrite(tmp, ds, enforce_file_format=True)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 
@@ -122,6 +133,51 @@ def require_reference(like: Volume, path) -> object:
     if tuple(ref.shape) != tuple(like.shape):
         raise ValueError(f"{path}: the image {like.shape} no longer matches its DICOM series {ref.shape}")
     return ref
+
+
+def check_labels(
+    path, labels: np.ndarray, like: Volume, class_names: Mapping[int, str], kind: str
+) -> tuple[object, np.ndarray, list[tuple[int, str]]]:
+    """The checks shared by the RTSTRUCT and DICOM-SEG writers, before anything is built.
+
+    Parameters
+    ----------
+    path : str or Path
+        The output file (named in the errors).
+    labels : np.ndarray
+        ``(z, y, x)`` integer labels on ``like``'s grid.
+    like : Volume
+        The image, read from a DICOM series.
+    class_names : Mapping[int, str]
+        ``{label value: name}``; value 0 (background) is dropped.
+    kind : str
+        The object written, as the error says it (``"an RTSTRUCT"``, ``"a SEG"``).
+
+    Returns
+    -------
+    ref : DicomReference
+        ``like``'s DICOM reference (see :func:`require_reference`).
+    arr : np.ndarray
+        ``labels`` as an array (not copied).
+    classes : list of (int, str)
+        ``(value, name)`` of the classes other than 0, by value.
+
+    Raises
+    ------
+    ValueError
+        ``like`` is not a DICOM image, the shapes differ, the labels are not
+        non-negative integers, or the series has no Frame of Reference UID.
+    """
+    ref = require_reference(like, path)
+    arr = np.asarray(labels)
+    if arr.shape != like.shape:
+        raise ValueError(f"{path}: labels shape {arr.shape} differs from the image's (z, y, x) {like.shape}")
+    if arr.dtype.kind not in "biu" or (arr.size and arr.min() < 0):
+        raise ValueError(f"{path}: labels must be non-negative integers, got {arr.dtype}")
+    if not ref.frame_of_reference_uid:
+        raise ValueError(f"{path}: the image series has no FrameOfReferenceUID; {kind} cannot reference it")
+    classes = sorted((int(k), str(v)) for k, v in class_names.items() if int(k) != 0)
+    return ref, arr, classes
 
 
 # ----------------------------------------------------------------- mask -> contours
@@ -286,15 +342,7 @@ def write_rtstruct(
         ``like`` is not a DICOM image, its series has no Frame of Reference UID, the
         shape differs, or the labels are not non-negative integers.
     """
-    ref = require_reference(like, path)
-    arr = np.asarray(labels)
-    if arr.shape != like.shape:
-        raise ValueError(f"{path}: labels shape {arr.shape} differs from the image's (z, y, x) {like.shape}")
-    if arr.dtype.kind not in "biu" or (arr.size and arr.min() < 0):
-        raise ValueError(f"{path}: labels must be non-negative integers, got {arr.dtype}")
-    if not ref.frame_of_reference_uid:
-        raise ValueError(f"{path}: the image series has no FrameOfReferenceUID; an RTSTRUCT cannot reference it")
-    classes = sorted((int(k), str(v)) for k, v in class_names.items() if int(k) != 0)
+    ref, arr, classes = check_labels(path, labels, like, class_names, "an RTSTRUCT")
     colours = dict(colours or {})
     ds = base_dataset(ref, RTSTRUCT_SOP_CLASS_UID, "RTSTRUCT", "GI-Seg structures", description)
     ds.OperatorsName = ""
