@@ -172,6 +172,23 @@ def _add_segment_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists (default: refuse)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--adapt",
+        metavar="LABELS",
+        default=None,
+        help="corrected labels on the scan's grid: fine-tune a copy of the model on the --adapt-slices of them "
+        "first, then segment with it (the corrected slices are written as drawn)",
+    )
+    p.add_argument(
+        "--adapt-slices",
+        metavar="Z,Z,...",
+        default=None,
+        help="the corrected slices of LABELS to adapt on, comma-separated 0-based indices as the reader numbers "
+        "slices (a NIfTI file's third voxel axis); only these are used",
+    )
+    p.add_argument(
+        "--save-model", metavar="NAME", default=None, help="register the adapted model as NAME (next free version)"
+    )
 
 
 def read_input_volumes(path: str):
@@ -251,6 +268,16 @@ def cmd_segment(args: argparse.Namespace) -> int:
             f"--tta needs a model trained with left-right flips; {spec.key} was not (spec.flip_augmented is false)"
         )
     net = load_network(spec, entry.weights_path, device)
+    adapted = None
+    if args.adapt or args.adapt_slices or args.save_model:
+        if not args.adapt:
+            raise CLIError("--adapt-slices and --save-model need --adapt LABELS")
+        from .training.adaptation import adapt_from_files
+
+        adapted = adapt_from_files(
+            args.adapt, args.adapt_slices, vols, spec, net, device=device, save_model=args.save_model, quiet=args.quiet
+        )
+        spec, net = adapted.spec, adapted.net
     for vol, out in zip(vols, outs):
         depth = vol.shape[0]
         slices = None
@@ -278,7 +305,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
                 precision=args.precision,
                 progress=lambda b: bar.update(len(b.z)),
             )
-        write_output_labels(out, res.labels, vol, spec.class_names)
+        labels = res.labels if adapted is None else adapted.merge(res.labels)
+        write_output_labels(out, labels, vol, spec.class_names)
         print(f"{out}: {len(res.segmented)} slices segmented with {spec.key} on {res.device} in {res.seconds:.1f} s")
     return 0
 
