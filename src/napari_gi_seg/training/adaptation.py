@@ -612,6 +612,10 @@ def adapt_from_files(
     if slices is None:
         raise ValueError("--adapt needs --adapt-slices: the corrected slices, e.g. 12,17,22")
     zs = parse_slices(slices, vol.shape[0])
+    if save_model:
+        from .patient_models import check_model_name
+
+        check_model_name(save_model)  # before the fine-tune, not after
     lab = read_labels(labels_path, like=vol)
     corrected = np.asarray(lab.data)
     try:

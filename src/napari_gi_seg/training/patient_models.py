@@ -116,6 +116,16 @@ def find_patient_model(key: str) -> registry.ModelEntry | None:
         return None
 
 
+def check_model_name(name: str) -> str:
+    """``name`` if it is a plain registry folder name (``[A-Za-z0-9._-]``, not starting
+    with a dot or a dash); else ``ValueError``."""
+    import re
+
+    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9._-]*", name or ""):
+        raise ValueError(f"model name {name!r}: use letters, digits, '.', '_' and '-' only")
+    return name
+
+
 def register_adapted(result, name: str, description: str = "") -> registry.ModelEntry:
     """Register an :class:`~napari_gi_seg.training.adaptation.AdaptationResult` as
     ``name`` (the next free version; float16 weights, spec and ``MODEL_CARD.md``).
@@ -138,10 +148,7 @@ def register_adapted(result, name: str, description: str = "") -> registry.Model
     ValueError
         A name that is not a plain folder name.
     """
-    import re
-
-    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9._-]*", name or ""):
-        raise ValueError(f"model name {name!r}: use letters, digits, '.', '_' and '-' only")
+    check_model_name(name)
     d = result.spec.to_dict()
     d.update(name=name, version=registry.next_version(name), created="", software_version="")
     if description:
