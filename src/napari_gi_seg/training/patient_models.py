@@ -178,7 +178,7 @@ def keep_for_patient(result, key: str) -> registry.ModelEntry:
 
 def _card(spec: ModelSpec) -> str:
     """Model card of an adapted model: the base's card plus the adaptation."""
-    from .trainer import model_card
+    from ..models.card import model_card
 
     a = spec.metrics.get("adaptation") or {}
     r = spec.training.get("adaptation") or {}

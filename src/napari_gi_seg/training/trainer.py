@@ -663,23 +663,7 @@ def plot_history(history: list[dict], path: Path) -> None:
 
 
 def model_card(spec: ModelSpec) -> str:
-    """A Markdown model card from the spec (data, recipe, validation metrics)."""
-    t = spec.training
-    lines = [
-        f"# {spec.key}",
-        "",
-        spec.description or "",
-        "",
-        f"- architecture: {spec.architecture} / {spec.encoder}, 2.5D offsets {list(spec.context_offsets)}, input {spec.input_size[0]}x{spec.input_size[1]} px",
-        f"- classes: {', '.join(f'{c.index} {c.name}' for c in spec.classes)} ({spec.activation})",
-        f"- parent: {spec.parent or 'none (trained from scratch)'}",
-        f"- training data: {t.get('dataset')} ({t.get('layout')}), train patients {t.get('train_patients')}, fingerprint {spec.data_fingerprint}",
-        f"- run: {t.get('epochs_run')} epochs, {t.get('minutes')} min on {t.get('device')} ({t.get('host')})",
-        "",
-    ]
-    v = spec.metrics.get("validation") or {}
-    if v.get("mean_dice") is not None:
-        lines += [f"## Validation (patients {v.get('patients')})", "", "| class | Dice |", "|---|---|"]
-        lines += [f"| {k} | {m['dice']:.3f} |" for k, m in v["per_class"].items()]
-        lines += [f"| **mean** | **{v['mean_dice']:.3f}** |", ""]
-    return "\n".join(lines) + "\n"
+    """A Markdown model card from the spec: :func:`napari_gi_seg.models.card.model_card`."""
+    from ..models.card import model_card as card
+
+    return card(spec)
