@@ -155,6 +155,7 @@ def corrected_target(labels: np.ndarray, slices: Sequence[int], spec: ModelSpec)
         uint8; softmax: ``(z, y, x)`` labels, :data:`IGNORE_INDEX` on the other slices;
         sigmoid: ``(K, z, y, x)`` masks, a ``(z, y, x)`` label volume is split into one
         mask per class (``labels == index``), :data:`IGNORE_INDEX` on the other slices.
+        Voxels already :data:`IGNORE_INDEX` on a corrected slice stay ignored.
 
     Raises
     ------
@@ -167,9 +168,11 @@ def corrected_target(labels: np.ndarray, slices: Sequence[int], spec: ModelSpec)
     zs = list(slices)
     if lab.ndim == 3:
         used = lab[zs]
-        if used.size and int(used.max()) > k:
+        bad = np.unique(used[(used > k) & (used != IGNORE_INDEX)])
+        if bad.size:
             raise ValueError(
-                f"label value {int(used.max())} on the corrected slices; the model {spec.key} has classes 1..{k}"
+                f"label value {int(bad[0])} on the corrected slices; the model {spec.key} has classes 1..{k} "
+                f"(and {IGNORE_INDEX} = ignore)"
             )
         if spec.activation == "softmax":
             out = np.full(lab.shape, IGNORE_INDEX, np.uint8)
@@ -177,11 +180,12 @@ def corrected_target(labels: np.ndarray, slices: Sequence[int], spec: ModelSpec)
             return out
         out = np.full((k, *lab.shape), IGNORE_INDEX, np.uint8)
         for c in spec.classes:
-            out[c.index - 1][zs] = used == c.index
+            out[c.index - 1][zs] = np.where(used == IGNORE_INDEX, IGNORE_INDEX, used == c.index)
         return out
     if lab.ndim == 4 and spec.activation == "sigmoid" and lab.shape[0] == k:
         out = np.full(lab.shape, IGNORE_INDEX, np.uint8)
-        out[:, zs] = lab[:, zs] > 0
+        used = lab[:, zs]
+        out[:, zs] = np.where(used == IGNORE_INDEX, IGNORE_INDEX, used > 0)
         return out
     raise ValueError(
         f"labels of shape {lab.shape} do not fit the {spec.activation} model {spec.key} "
