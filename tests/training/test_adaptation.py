@@ -181,3 +181,26 @@ def test_keep_for_patient_registers_under_a_pseudonymous_key(patient1, bundled, 
     assert scan_key(image.data) != key
     with pytest.raises(ValueError, match="not a patient key"):
         find_patient_model("liver")
+
+
+def test_same_seed_same_run_and_augmentation_keeps_labels(patient1, bundled):
+    from napari_gi_seg.training.adaptation import FewSliceAugment
+
+    image, truth = patient1
+    spec, net = bundled
+    runs = [adapt_to_scan(image, truth, USED, spec, net, steps=2, batch_size=2, seed=s) for s in (3, 3, 4)]
+    assert runs[0].losses == runs[1].losses and runs[0].losses != runs[2].losses
+    for k, v in runs[0].net.state_dict().items():
+        assert torch.equal(v, runs[1].net.state_dict()[k]), k
+    # the affine moves image and label together; nearest keeps label values (and the ignore label)
+    aug = FewSliceAugment(0)
+    x = torch.rand(3, 64, 64)
+    y = torch.zeros(1, 64, 64)
+    y[0, 20:40, 20:40], y[0, :5] = 2, IGNORE_INDEX
+    x[:, 20:40, 20:40] = 5.0  # bright square under label 2
+    for _ in range(10):
+        d = aug({"image": x, "label": y})
+        assert d["image"].shape == x.shape and d["label"].shape == y.shape
+        assert set(d["label"].unique().tolist()) <= {0.0, 2.0, float(IGNORE_INDEX)}
+        inside = d["label"][0] == 2
+        assert inside.any() and d["image"][:, inside].mean() > 2 * d["image"][:, ~inside & (d["label"][0] == 0)].mean()

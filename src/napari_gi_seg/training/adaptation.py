@@ -14,7 +14,7 @@ trainer's 2.5D sample pipeline (:class:`~napari_gi_seg.training.trainer.SliceDat
 the spec's normalisation, context offsets and input size) and loss
 (:func:`~napari_gi_seg.training.trainer.segmentation_loss`: Dice + cross-entropy or
 Dice + BCE, ignore label excluded), AdamW with a short warm-up and cosine decay, and an
-augmentation for few slices (:func:`few_slice_transform`): every step draws a batch of
+augmentation for few slices (:class:`FewSliceAugment`): every step draws a batch of
 random augmented copies of the corrected slices (with replacement), so 5 slices make
 a batch of 8 distinct samples. BatchNorm statistics are updated, which also adapts
 them to this scan's intensities.
@@ -193,45 +193,66 @@ def corrected_target(labels: np.ndarray, slices: Sequence[int], spec: ModelSpec)
     )
 
 
-def few_slice_transform():
-    """MONAI augmentation for fine-tuning on a few slices of one scan.
+class FewSliceAugment:
+    """Augmentation for fine-tuning on a few slices of one scan, in plain torch.
 
-    Geometry is what varies most between the slices of one scan (the organ's size and
-    shape change from slice to slice), so every sample is rotated (+-12 deg), scaled
-    (+-15 %), translated (+-10 px) and sheared; intensity varies little within one scan,
-    so only a mild gamma (0.7..1.5), scale (+-10 %) and noise are added. Left-right flips
-    are the trainer's (:class:`SliceDataset`: only for flip-trained models).
+    Geometry is what varies most between the slices of one scan (an organ's size and
+    shape change from slice to slice), so with probability 0.9 a sample is rotated
+    (+-12 deg), scaled (+-15 % per axis), sheared (+-0.05) and translated (+-10 px) by
+    one affine map (:func:`torch.nn.functional.affine_grid`; bilinear for the image,
+    nearest for the label, zeros outside: the ranges and modes of MONAI's ``RandAffined``
+    in the training recipe, a little milder). Intensity varies little within one scan,
+    so only a mild gamma (0.7..1.5 on the min-max range, p 0.3, as MONAI's
+    ``RandAdjustContrast``), scale (+-10 %, p 0.3) and Gaussian noise (sd 0.02, p 0.15).
 
-    Returns
-    -------
-    monai.transforms.Compose
-        Acting on ``{"image": (C, H, W), "label": (1 or K, H, W)}`` tensors.
+    Plain torch rather than MONAI's transforms here because the first ``import monai``
+    holds the GIL for up to 0.6 s at a time (measured on the 2-core development
+    machine), which would freeze the viewer while the widget's worker thread runs.
+
+    Parameters
+    ----------
+    seed:
+        Seeds the augmentation's own generator (reproducible runs).
+
+    Calling it on ``{"image": (C, H, W) float, "label": (1 or K, H, W) float}`` returns
+    the same keys, transformed (the interface of a MONAI dictionary transform, so it
+    stands in for :attr:`SliceDataset.transform`).
     """
-    from monai.transforms import (
-        Compose,
-        RandAdjustContrastd,
-        RandAffined,
-        RandGaussianNoised,
-        RandScaleIntensityd,
-    )
 
-    return Compose(
-        [
-            RandAffined(
-                keys=("image", "label"),
-                prob=0.9,
-                rotate_range=(math.radians(12),),
-                scale_range=(0.15, 0.15),
-                translate_range=(10, 10),
-                shear_range=(0.05, 0.05),
-                mode=("bilinear", "nearest"),
-                padding_mode="zeros",
-            ),
-            RandAdjustContrastd(keys="image", gamma=(0.7, 1.5), prob=0.3),
-            RandScaleIntensityd(keys="image", factors=0.1, prob=0.3),
-            RandGaussianNoised(keys="image", std=0.02, prob=0.15),
-        ]
-    )
+    def __init__(self, seed: int = 0):
+        self.g = torch.Generator().manual_seed(int(seed))
+
+    def _u(self, lo: float, hi: float) -> float:
+        return lo + (hi - lo) * float(torch.rand((), generator=self.g))
+
+    def _p(self, p: float) -> bool:
+        return float(torch.rand((), generator=self.g)) < p
+
+    def __call__(self, d: dict) -> dict:
+        import torch.nn.functional as F
+
+        x, y = torch.as_tensor(d["image"]).float(), torch.as_tensor(d["label"]).float()
+        if self._p(0.9):
+            h, w = x.shape[-2:]
+            a = math.radians(self._u(-12.0, 12.0))
+            sx, sy = 1.0 + self._u(-0.15, 0.15), 1.0 + self._u(-0.15, 0.15)
+            shx, shy = self._u(-0.05, 0.05), self._u(-0.05, 0.05)
+            rot = torch.tensor([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
+            lin = rot @ torch.tensor([[1.0, shx], [shy, 1.0]]) @ torch.diag(torch.tensor([1 / sx, 1 / sy]))
+            t = torch.tensor([2 * self._u(-10, 10) / w, 2 * self._u(-10, 10) / h])
+            theta = torch.cat([lin, t[:, None]], 1)[None]
+            grid = F.affine_grid(theta, [1, x.shape[0], h, w], align_corners=False)
+            x = F.grid_sample(x[None], grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0]
+            y = F.grid_sample(y[None], grid, mode="nearest", padding_mode="zeros", align_corners=False)[0]
+        if self._p(0.3):
+            lo, hi = x.min(), x.max()
+            span = (hi - lo).clamp_min(1e-6)
+            x = ((x - lo) / span) ** self._u(0.7, 1.5) * span + lo
+        if self._p(0.3):
+            x = x * (1.0 + self._u(-0.1, 0.1))
+        if self._p(0.15):
+            x = x + 0.02 * torch.randn(x.shape, generator=self.g)
+        return {"image": x, "label": y}
 
 
 def _dice_on(labels: np.ndarray, target: np.ndarray, spec: ModelSpec) -> dict[str, float]:
@@ -296,11 +317,11 @@ def adapt_to_scan(
     lr, weight_decay:
         Peak learning rate and AdamW weight decay.
     augment:
-        Use :func:`few_slice_transform` (and the trainer's left-right flip for
+        Use :class:`FewSliceAugment` (and the trainer's left-right flip for
         flip-trained models).
     seed:
-        Seeds torch, numpy and the MONAI transforms (``monai.utils.set_determinism``)
-        for a reproducible run on the CPU.
+        Seeds the batch draws, the augmentation and the flips (torch's global
+        generator): the same seed gives the same run on the CPU.
     device:
         ``"cpu"`` (default), ``"cuda"``, ``"mps"`` or ``"auto"``.
     max_seconds:
@@ -323,8 +344,6 @@ def adapt_to_scan(
         Labels whose shape differs from the scan, no or out-of-range slices, label
         values the model does not have, or a corrected slice that is entirely ignore.
     """
-    from monai.utils import set_determinism
-
     t0 = time.perf_counter()
     image = volume if isinstance(volume, Volume) else Volume(np.asarray(volume, np.float32), (1.0, 1.0, 1.0))
     lab = np.asarray(labels)
@@ -341,54 +360,48 @@ def adapt_to_scan(
     before_lab = segment_volume(image, spec, net, slices=zs, device=dev, postprocess=False, precision="fp32").labels
     before = _dice_on(before_lab, target, spec)
 
-    torch.manual_seed(seed)
-    np.random.seed(seed)  # noqa: NPY002  (MONAI's randomised transforms use the legacy API)
-    set_determinism(seed=seed)
-    try:
-        ds = SliceDataset([Case("scan", "patient", image, target)], spec, augment=False, allow_flip=spec.flip_augmented)
-        if len(ds) == 0:
-            raise ValueError("the corrected slices hold only the ignore label; nothing to learn from")
-        if augment:
-            ds.flip = bool(spec.flip_augmented)
-            ds.transform = few_slice_transform()
-            ds.transform.set_random_state(seed=seed)
-        model = copy.deepcopy(net).float().to(dev)
-        model = model.to(memory_format=torch.contiguous_format)
-        model.train()
-        params = [p for p in model.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-        warm = max(1, int(round(0.1 * steps)))
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt,
-            lambda s: (
-                (s + 1) / warm
-                if s < warm
-                else 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, steps - warm)))
-            ),
-        )
-        gen = torch.Generator().manual_seed(seed)
-        losses: list[float] = []
-        cancelled = False
-        t_train = time.perf_counter()
-        for step in range(steps):
-            if cancel is not None and cancel():
-                cancelled = True
-                break
-            if max_seconds is not None and time.perf_counter() - t_train > max_seconds:
-                log.info("adaptation: time budget of %.0f s reached after %d steps", max_seconds, step)
-                break
-            idx = torch.randint(len(ds), (batch_size,), generator=gen).tolist()
-            xs, ys = zip(*(ds[i] for i in idx))
-            x, y = torch.stack(xs).to(dev), torch.stack(ys).to(dev)
-            loss = segmentation_loss(model(x).float(), y, spec.activation == "sigmoid")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            losses.append(float(loss.detach()))
-            _emit(progress, stage="adapt", done=step + 1, total=steps, loss=losses[-1])
-    finally:
-        set_determinism(seed=None)
+    torch.manual_seed(seed)  # the trainer's left-right flip draws from torch's global generator
+    gen = torch.Generator().manual_seed(seed)  # which slices make each batch
+    ds = SliceDataset([Case("scan", "patient", image, target)], spec, augment=False, allow_flip=spec.flip_augmented)
+    if len(ds) == 0:
+        raise ValueError("the corrected slices hold only the ignore label; nothing to learn from")
+    if augment:
+        ds.flip = bool(spec.flip_augmented)
+        ds.transform = FewSliceAugment(seed)
+    model = copy.deepcopy(net).float().to(dev)
+    model = model.to(memory_format=torch.contiguous_format)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    warm = max(1, int(round(0.1 * steps)))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt,
+        lambda s: (
+            (s + 1) / warm
+            if s < warm
+            else 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, steps - warm)))
+        ),
+    )
+    losses: list[float] = []
+    cancelled = False
+    t_train = time.perf_counter()
+    for step in range(steps):
+        if cancel is not None and cancel():
+            cancelled = True
+            break
+        if max_seconds is not None and time.perf_counter() - t_train > max_seconds:
+            log.info("adaptation: time budget of %.0f s reached after %d steps", max_seconds, step)
+            break
+        idx = torch.randint(len(ds), (batch_size,), generator=gen).tolist()
+        xs, ys = zip(*(ds[i] for i in idx))
+        x, y = torch.stack(xs).to(dev), torch.stack(ys).to(dev)
+        loss = segmentation_loss(model(x).float(), y, spec.activation == "sigmoid")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(float(loss.detach()))
+        _emit(progress, stage="adapt", done=step + 1, total=steps, loss=losses[-1])
     model.eval()
 
     _emit(progress, stage="measure", done=1, total=2, message="adapted model on the corrected slices")
