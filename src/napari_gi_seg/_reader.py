@@ -72,7 +72,10 @@ def read_layers(path) -> list[LayerData]:
         if kind == "csv":
             out.append(_labels_tuple(io.read_labels(p), f"{p.stem} labels"))
             continue
-        vols = io.read_image(p)
+        try:
+            vols = io.read_image(p)
+        except MemoryError as e:  # a reader guard missed it: still a message, never a dead viewer
+            raise InvalidInputError(p, "not enough memory to read this volume") from e
         for v in vols:
             if kind == "uwmgi":
                 cd = uwmgi.volume_case_day(v) or v.name

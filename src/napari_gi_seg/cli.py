@@ -1,7 +1,12 @@
 """Command line: ``napari-gi-seg segment|models|train|finetune|evaluate|demo``.
 
-Every sub-command exits 0 on success and non-zero with one clear line on stderr
-(``napari-gi-seg: error: <file>: <problem>``) for bad input or an unknown model.
+Exit status: 0 on success; 2 with one line on stderr
+(``napari-gi-seg: error: <file>: <problem>``) for every expected failure: bad input
+(``InvalidInputError``, ``DatasetFormatError``, an invalid spec or model name), a
+missing file, an unknown model, a file-system error (disk full, read-only folder,
+permission denied: the line names the file), not enough memory; 130 when
+interrupted; 1 with one line for an unexpected internal error. ``--debug`` (before or
+after the sub-command) prints the full traceback too and sets logging to DEBUG.
 """
 
 from __future__ import annotations
@@ -10,9 +15,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-
-class CLIError(Exception):
-    """An error reported as one line and exit status 2."""
+from ._cli_errors import CLIError, run_guarded
 
 
 def _offsets(s: str) -> tuple[int, ...]:
@@ -24,13 +27,25 @@ def _offsets(s: str) -> tuple[int, ...]:
         ) from None
 
 
+def _model_name(s: str) -> str:
+    """argparse type of ``--name``: :data:`~napari_gi_seg.models.spec.MODEL_NAME_PATTERN`."""
+    from .models.spec import validate_model_name
+
+    try:
+        return validate_model_name(s)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _names(s: str) -> list[str]:
     return [n.strip() for n in s.split(",") if n.strip()]
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("dataset", help="dataset folder (nnU-Net v2, UW-Madison, or image_<id>/label_<id> NIfTI pairs)")
-    p.add_argument("--name", required=True, help="registry name of the new model")
+    p.add_argument(
+        "--name", required=True, type=_model_name, help="registry name of the new model (letters, digits, . _ -)"
+    )
     p.add_argument(
         "--classes",
         type=_names,
@@ -226,14 +241,33 @@ def write_output_labels(path: str, labels, volume, class_names: dict[int, str]) 
 
 def _output_paths(output: str, vols) -> list[str]:
     """One output per volume: OUTPUT itself, or ``<stem>_<volume name><suffix>`` when
-    the input holds several volumes (e.g. a folder of series)."""
+    the input holds several volumes (e.g. a folder of DICOM series: the volume name
+    is then suffixed with the series description and the first 8 hex digits of the
+    hashed ``SeriesInstanceUID``, so two series never share a path).
+
+    Raises :class:`CLIError` naming the clashing series if two outputs would still
+    have the same path (nothing is then written).
+    """
     if len(vols) == 1:
         return [output]
+    import re
+
     from .io import label_suffix
 
     suf = label_suffix(output) or ""
     stem = output[: len(output) - len(suf)]
-    return [f"{stem}_{v.name}{suf}" for v in vols]
+    outs = []
+    for v in vols:
+        tag = v.name
+        uid = v.metadata.get("series_instance_uid_hash")
+        if uid:
+            desc = re.sub(r"[^A-Za-z0-9._-]+", "-", str(v.metadata.get("series_description") or "")).strip("-")[:40]
+            tag = "_".join(t for t in (v.name, desc, uid[:8]) if t)
+        outs.append(f"{stem}_{tag}{suf}")
+    dup = sorted({o for o in outs if outs.count(o) > 1})
+    if dup:
+        raise CLIError(f"{dup[0]}: several volumes of the input would be written to this one file; nothing written")
+    return outs
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
@@ -399,7 +433,12 @@ def _add_finetune_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model", required=True, dest="base", metavar="BASE", help="registered base model NAME or NAME:VERSION"
     )
-    p.add_argument("--name", required=True, help="registry name of the fine-tuned model (next free version)")
+    p.add_argument(
+        "--name",
+        required=True,
+        type=_model_name,
+        help="registry name of the fine-tuned model (letters, digits, . _ -; next free version)",
+    )
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--lr", type=float, default=5e-4, help="peak learning rate of the one-cycle schedule (default 5e-4)")
     p.add_argument("--freeze-encoder", action="store_true", help="train only the decoder and segmentation head")
@@ -563,25 +602,21 @@ COMMANDS: list[tuple[str, str, object, object]] = [
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="napari-gi-seg", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks and DEBUG logging")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, help_, add_args, func in COMMANDS:
         p = sub.add_parser(name, help=help_, description=help_)
         add_args(p)
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         p.set_defaults(func=func)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status (see the module docstring)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except KeyboardInterrupt:
-        print("napari-gi-seg: interrupted", file=sys.stderr)
-        return 130
-    except (CLIError, OSError, ValueError, LookupError) as e:
-        print(f"napari-gi-seg: error: {e}", file=sys.stderr)
-        return 2
+    return run_guarded(args.func, args, debug=bool(getattr(args, "debug", False)))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from ._atomic import atomic_path
+
 
 def has_display() -> bool:
     """True when a GUI can open (always on macOS/Windows; X11/Wayland on Linux)."""
@@ -85,11 +87,11 @@ def overlay_png(
         ax.axis("off")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(".tmp-" + path.name)
-    fig.savefig(tmp, format="png")
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png")
+    finally:
+        plt.close(fig)
     return path
 
 

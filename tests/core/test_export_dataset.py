@@ -192,14 +192,16 @@ def test_interrupted_append_keeps_previous_dataset(
     assert _tree(ds) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]
     # failure during the final merge (replacing dataset.json) is rolled back too
-    real_replace = export_mod.os.replace
+    import napari_gi_seg._atomic as atomic_mod
+
+    real_replace = atomic_mod.os.replace
 
     def replace_fails_on_dataset_json(src, dst):
         if str(dst).endswith("dataset.json"):
             raise OSError("rename failed")
         return real_replace(src, dst)
 
-    monkeypatch.setattr(export_mod.os, "replace", replace_fails_on_dataset_json)
+    monkeypatch.setattr(atomic_mod.os, "replace", replace_fails_on_dataset_json)
     with pytest.raises(OSError, match="rename failed"):
         export_case(ds, img2, lab2, [12], chaos_class_names, case_id="chaos_p2")
     monkeypatch.undo()

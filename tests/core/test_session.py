@@ -38,7 +38,7 @@ def test_save_find_load_round_trip(tmp_path, chaos_image_volume, chaos_labels):
     review.mark_predicted(range(chaos_labels.shape[0]))
     review.mark_edited([20])
     review.mark_reviewed([18, 19])
-    info = {"model": "chaos-t2spir:1", "layer": "image_1"}
+    info = {"model_key": "chaos-t2spir:1", "layer": "image_1", "image_name": "DOE^JOHN"}
     path = store.save(fp, chaos_labels, pred, review, info)
     assert path.is_file() and store.find(fp) == path
     assert path.stat().st_size < chaos_labels.nbytes / 20  # compressed
@@ -47,7 +47,10 @@ def test_save_find_load_round_trip(tmp_path, chaos_image_volume, chaos_labels):
     assert np.array_equal(data.prediction, pred)
     assert np.array_equal(data.review.states, review.states)
     assert data.review.state(20) == SliceState.EDITED
-    assert data.info == info
+    assert data.info == {"model_key": "chaos-t2spir:1"}  # layer / folder names are never stored (privacy)
+    with np.load(path, allow_pickle=False) as z:  # the stored JSON itself (the npz is compressed)
+        stored = str(z["meta_json"])
+    assert "DOE^JOHN" not in stored and "image_1" not in stored and "chaos-t2spir:1" in stored
     saved = dt.datetime.fromisoformat(data.saved_at)
     assert abs((dt.datetime.now(dt.timezone.utc) - saved).total_seconds()) < 60
     assert store.list() == [fp]
@@ -73,7 +76,7 @@ def test_failure_mid_save_keeps_previous_session(tmp_path, chaos_labels, monkeyp
     fp = "f" * 64
     review = ReviewTracker(chaos_labels.shape[0])
     review.mark_reviewed([5])
-    store.save(fp, chaos_labels, None, review, {"n": 1})
+    store.save(fp, chaos_labels, None, review, {"model_key": "m:1"})
 
     real = np.savez_compressed
 
@@ -84,10 +87,10 @@ def test_failure_mid_save_keeps_previous_session(tmp_path, chaos_labels, monkeyp
     monkeypatch.setattr(session_mod.np, "savez_compressed", half_then_fail)
     new = np.zeros_like(chaos_labels)
     with pytest.raises(OSError, match="disk full"):
-        store.save(fp, new, None, ReviewTracker(chaos_labels.shape[0]), {"n": 2})
+        store.save(fp, new, None, ReviewTracker(chaos_labels.shape[0]), {"model_key": "m:2"})
     monkeypatch.undo()
     data = store.load(fp)
-    assert np.array_equal(data.labels, chaos_labels) and data.info == {"n": 1}
+    assert np.array_equal(data.labels, chaos_labels) and data.info == {"model_key": "m:1"}
     assert data.review.reviewed_slices() == [5]
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"{fp}.npz"]  # no temp file left
 
@@ -101,7 +104,7 @@ def test_bad_input_and_corrupt_file(tmp_path):
     with pytest.raises(ValueError, match="slices"):
         store.save("b" * 64, lab[:2], None, t, {})
     with pytest.raises(ValueError, match="JSON"):
-        store.save("b" * 64, lab, None, t, {"x": object()})
+        store.save("b" * 64, lab, None, t, {"model_key": object()})
     assert store.find("b" * 64) is None
     (tmp_path / ("c" * 64 + ".npz")).write_bytes(b"PK\x03\x04 not really a zip")
     with pytest.raises(InvalidInputError, match="c" * 64):

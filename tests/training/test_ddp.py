@@ -48,4 +48,6 @@ def test_torchrun_two_processes_registers_one_model(chaos3, tmp_path):
     spec = ModelSpec.load(versions[0] / "spec.json")
     assert spec.training["world_size"] == 2 and spec.training["epochs_run"] == 2
     assert p.stdout.count("registered ddp-tiny:1") == 1
-    assert [d.name for d in (home / "runs").iterdir()] == ["ddp-tiny-v1"]  # both ranks used rank 0's run folder
+    runs = [d.name for d in (home / "runs").iterdir()]
+    assert len(runs) == 1 and runs[0].startswith("ddp-tiny-v1-")  # both ranks used rank 0's (unique) run folder
+    assert (home / "runs" / runs[0] / "registered.json").is_file()

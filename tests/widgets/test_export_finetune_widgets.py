@@ -121,11 +121,11 @@ def test_export_errors_are_notifications(qtbot, segmented, tmp_path, monkeypatch
     def boom(*a, **k):
         raise OSError(28, "No space left on device")
 
-    real_write_json = export_mod._write_json
-    monkeypatch.setattr(export_mod, "_write_json", boom)
+    real_write_json = export_mod.write_json
+    monkeypatch.setattr(export_mod, "write_json", boom)
     assert exp.export(ds) is None and "No space left" in errors[-1]
     assert not ds.exists() and not list(tmp_path.iterdir())
-    monkeypatch.setattr(export_mod, "_write_json", real_write_json)
+    monkeypatch.setattr(export_mod, "write_json", real_write_json)
     assert exp.export(ds) == ds and (ds / "dataset.json").is_file()
     # a dataset with other classes refuses the case, with a message
     meta = json.loads((ds / "dataset.json").read_text())

@@ -18,30 +18,39 @@ Only reviewed slices carry supervision: every voxel of an unreviewed slice gets 
 ``"ignore"`` and be the highest label value). Our trainer maps it to
 :data:`~napari_gi_seg.datasets.IGNORE_INDEX`.
 
-Atomicity: all files of an export are written into a temporary folder beside the
-dataset (``.<name>.export-<random>``). A first export then renames that folder to
-``dataset_dir``; an append moves the two new NIfTI files into place and then
-replaces ``provenance.json`` and ``dataset.json`` (the commit), undoing the moves if
-any step fails. An exception while writing therefore leaves no dataset folder (first
-export) or the previous complete dataset (append).
+Atomicity (:mod:`napari_gi_seg._atomic`): a first export into a new folder is
+assembled in a temporary folder beside it and renamed into place. An append (or a
+first export into an existing empty folder, e.g. a mount point) stages everything
+**inside** the dataset folder, so no rename ever crosses a file system: the image and
+label files are written (each temp-then-rename) under names the reader ignores until
+``dataset.json`` lists them, then ``provenance.json`` and finally ``dataset.json``
+(the commit) are replaced atomically. ``dataset.json``'s ``groups`` is the single list
+of cases (:func:`napari_gi_seg.datasets.nnunet.listed_cases`): files of an
+interrupted append are never read for training. An exception removes the new case
+files; a ``kill -9`` leaves at most unlisted files (ignored, with a warning).
+
+Privacy: default case ids and groups are ``img<8 hex>``, an HMAC-SHA256 of the image
+file or folder name keyed with a per-installation secret
+(:func:`napari_gi_seg.paths.installation_secret`, mode 0600, never exported), so a
+short name (a 6-digit MRN) cannot be recovered by hashing every candidate.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import hmac
 import json
-import os
 import re
-import shutil
-import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from .. import __version__
+from .._atomic import atomic_dir, is_temp_name, write_bytes, write_json
 from ..datasets import NNUNET_FILE_ENDING, NNUNET_LABELS, nnunet_image_relpath, nnunet_label_relpath
+from ..datasets.nnunet import NNUNET_IMAGES, read_dataset_json
 from ..io.nifti import write_nifti
 from ..io.volume import Volume
 from .review import correction_dice_per_slice
@@ -84,15 +93,28 @@ def _utc_now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
+def pseudonym(text: str, n_hex: int = 8) -> str:
+    """HMAC-SHA256 of ``text`` keyed with the per-installation secret
+    (:func:`napari_gi_seg.paths.installation_secret`), first ``n_hex`` hex digits.
+
+    Unlike a plain hash it cannot be reversed by hashing candidate names (all
+    6-digit MRNs take well under a second to hash) without the key, which never
+    leaves this computer. The same name gives the same pseudonym on this
+    installation, so exports of one scan share a group.
+
+    Raises ``OSError`` when the user folder holding the key is not writable.
+    """
+    from ..paths import installation_secret
+
+    return hmac.new(installation_secret(), text.encode("utf-8"), hashlib.sha256).hexdigest()[:n_hex]
+
+
 def _source_key(image: Volume) -> str:
-    """A pseudonymous id of the image's source: sha256 of the file name (file names
-    may contain patient names, so they are never written out), or of the image data
-    when there is no file."""
-    if image.metadata.get("source_path"):
-        basis = image.name.encode()
-    else:
-        basis = image_fingerprint(image.data).encode()
-    return "img" + hashlib.sha256(basis).hexdigest()[:8]
+    """A pseudonymous id of the image's source: :func:`pseudonym` of the file or
+    folder name (names may contain patient names or MRNs, so they are never written
+    out), or of the image data's fingerprint when there is no file."""
+    basis = image.name if image.metadata.get("source_path") else image_fingerprint(image.data)
+    return "img" + pseudonym(basis)
 
 
 def _model_info(model_key: str | None) -> dict | None:
@@ -106,13 +128,24 @@ def _model_info(model_key: str | None) -> dict | None:
 
 def _read_json(path: Path) -> dict:
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
+        obj = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"{path}: cannot read ({e})") from e
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path}: must be a JSON object, got a {type(obj).__name__}")
+    return obj
 
 
-def _write_json(path: Path, obj) -> None:
-    path.write_text(json.dumps(obj, indent=2) + "\n")
+def _only_staging(folder: Path) -> bool:
+    """True for an empty folder, or one holding only what an interrupted first export
+    leaves (empty-ish ``imagesTr``/``labelsTr`` and temporaries): safe to export into."""
+    for p in folder.iterdir():
+        if is_temp_name(p.name):
+            continue
+        if p.name in (NNUNET_IMAGES, NNUNET_LABELS) and p.is_dir():
+            continue
+        return False
+    return True
 
 
 def export_case(
@@ -196,7 +229,7 @@ def export_case(
     # -- the existing dataset, if any ----------------------------------------------
     appending = (dataset_dir / "dataset.json").is_file()
     if appending:
-        meta = _read_json(dataset_dir / "dataset.json")
+        meta = read_dataset_json(dataset_dir)  # type-checked; DatasetFormatError names file and key
         old_labels = {str(n): int(v) for n, v in meta.get("labels", {}).items()}
         if old_labels != label_map:
             raise ValueError(f"{dataset_dir}: dataset classes {old_labels} differ from this export's {label_map}")
@@ -204,8 +237,13 @@ def export_case(
             raise ValueError(f"{dataset_dir}: file_ending {meta.get('file_ending')!r} is not {FILE_ENDING!r}")
         prov_path = dataset_dir / PROVENANCE_FILE
         prov = _read_json(prov_path) if prov_path.exists() else {"format_version": 1, "cases": []}
+        if not isinstance(prov.get("cases", []), list):
+            raise ValueError(f"{prov_path}: key 'cases' must be a list")
+        listed = set(meta.get("groups", {}))
+        if listed:  # drop entries of an interrupted append (dataset.json is the list of cases)
+            prov["cases"] = [c for c in prov.get("cases", []) if isinstance(c, dict) and c.get("case_id") in listed]
         existing = {p.name[: -len(FILE_ENDING)] for p in (dataset_dir / NNUNET_LABELS).glob(f"*{FILE_ENDING}")}
-    elif dataset_dir.exists() and (not dataset_dir.is_dir() or any(dataset_dir.iterdir())):
+    elif dataset_dir.exists() and (not dataset_dir.is_dir() or not _only_staging(dataset_dir)):
         raise ValueError(
             f"{dataset_dir}: exists and is not an nnU-Net dataset (no dataset.json); choose a new or empty folder"
         )
@@ -260,57 +298,41 @@ def export_case(
     prov = dict(prov)
     prov["cases"] = [*prov.get("cases", []), entry]
 
-    # -- write everything into a temp folder beside the dataset ------------------------
-    dataset_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dataset_dir.parent / f".{dataset_dir.name}.export-{uuid.uuid4().hex[:12]}"
+    # -- write --------------------------------------------------------------------------
     img_rel = nnunet_image_relpath(case_id, FILE_ENDING)
     lab_rel = nnunet_label_relpath(case_id, FILE_ENDING)
+    img_data = np.asarray(image.data, dtype=np.float32)
+    if not dataset_dir.exists():
+        # a new dataset: assembled in a temporary folder beside it, renamed into place
+        with atomic_dir(dataset_dir) as tmp:
+            (tmp / img_rel.parent).mkdir()
+            (tmp / lab_rel.parent).mkdir()
+            write_nifti(image, tmp / img_rel, data=img_data)
+            write_nifti(image, tmp / lab_rel, data=out_labels)
+            write_json(tmp / PROVENANCE_FILE, prov)
+            write_json(tmp / "dataset.json", meta)
+        return dataset_dir
+    # append, or a first export into an existing (empty) folder: staged inside it
+    prov_path = dataset_dir / PROVENANCE_FILE
+    old_prov = prov_path.read_bytes() if prov_path.is_file() else None
+    written: list[Path] = []
     try:
-        (tmp / img_rel.parent).mkdir(parents=True)
-        (tmp / lab_rel.parent).mkdir()
-        write_nifti(image, tmp / img_rel, data=np.asarray(image.data, dtype=np.float32))
-        write_nifti(image, tmp / lab_rel, data=out_labels)
-        _write_json(tmp / PROVENANCE_FILE, prov)
-        _write_json(tmp / "dataset.json", meta)
-        if not appending:
-            if dataset_dir.exists():  # an empty folder the user picked
-                dataset_dir.rmdir()
-            os.rename(tmp, dataset_dir)
-        else:
-            _merge(tmp, dataset_dir, [img_rel, lab_rel], [PROVENANCE_FILE, "dataset.json"])
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return dataset_dir
-
-
-def _merge(tmp: Path, dst: Path, new_files: Sequence[Path], replace_files: Sequence[str]) -> None:
-    """Move ``new_files`` (relative paths) from ``tmp`` into ``dst``, then replace
-    ``replace_files`` (``dataset.json`` last: the commit). On failure, undo."""
-    moved: list[Path] = []
-    backups: dict[str, Path] = {}
-    created: list[Path] = []
-    try:
-        for rel in new_files:
-            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
-            os.replace(tmp / rel, dst / rel)
-            moved.append(dst / rel)
-        for name in replace_files:
-            if (dst / name).exists():
-                backups[name] = tmp / f"{name}.previous"
-                shutil.copy2(dst / name, backups[name])
-            else:
-                created.append(dst / name)
-            os.replace(tmp / name, dst / name)
+        for rel, data in ((img_rel, img_data), (lab_rel, out_labels)):
+            if (dataset_dir / rel).exists():  # an unlisted file of an interrupted export with this id
+                (dataset_dir / rel).unlink()
+            written.append(dataset_dir / rel)
+            write_nifti(image, dataset_dir / rel, data=data)  # temp-then-rename; unlisted until the commit
+        written.append(prov_path)
+        write_json(prov_path, prov)
+        write_json(dataset_dir / "dataset.json", meta)  # the commit
     except BaseException:
-        for name, b in backups.items():
+        for f in written:
             try:
-                os.replace(b, dst / name)
-            except OSError:
-                pass
-        for p in moved + created:
-            try:
-                p.unlink()
+                if f == prov_path and old_prov is not None:
+                    write_bytes(prov_path, old_prov)
+                else:
+                    f.unlink()
             except OSError:
                 pass
         raise
+    return dataset_dir

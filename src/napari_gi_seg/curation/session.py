@@ -3,14 +3,15 @@
 A session is stored as **one file** ``<root>/<fingerprint>.npz`` (numpy's compressed
 zip, :func:`numpy.savez_compressed`) holding the ``(z, y, x)`` uint8 labels, the
 optional model prediction, the per-slice review states and a small JSON ``info``
-dict. It is written to a temporary file in the same folder and moved over the old
-one with :func:`os.replace`, which is atomic on POSIX and Windows: a crash or a
-full disk during a save leaves the previous session readable.
+dict. It is written through :func:`napari_gi_seg._atomic.atomic_path` (a temporary
+file in the same folder, fsync, :func:`os.replace`): a crash or a full disk during a
+save leaves the previous session readable.
 
 Sessions are keyed by :func:`image_fingerprint` of the image data, so reopening the
-same scan (whatever its path) offers to resume. No patient data is stored beyond
-what the caller puts into ``info``; the widget stores only the model key and layer
-names.
+same scan (whatever its path) offers to resume. Privacy: ``info`` keeps only the
+keys in :data:`SESSION_INFO_KEYS` (model key, class names, colours); anything else a
+caller passes (a layer name, which for a DICOM folder is often the patient's name,
+a folder or file path) is dropped before writing.
 """
 
 from __future__ import annotations
@@ -18,9 +19,8 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
-import os
+import logging
 import re
-import tempfile
 import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from .._atomic import atomic_path
 from ..io.volume import InvalidInputError
 from ..paths import user_dir
 from .review import ReviewTracker
@@ -38,6 +39,9 @@ __all__ = ["image_fingerprint", "SessionData", "SessionStore", "Autosaver"]
 _SAMPLE_ELEMENTS = 1 << 20  # ~1 M voxels hashed: ~4 MB for float32, a few ms
 _FP_RE = re.compile(r"^[A-Za-z0-9_-]{8,128}$")
 FORMAT_VERSION = 1
+#: The only ``info`` keys a session file stores (no layer, file or folder names).
+SESSION_INFO_KEYS = ("model_key", "class_names", "colours")
+log = logging.getLogger(__name__)
 
 
 def image_fingerprint(volume_data: np.ndarray) -> str:
@@ -79,6 +83,15 @@ class SessionData:
     path: Path | None = None
 
 
+def _public_info(info: Mapping[str, Any] | None) -> dict:
+    """``info`` restricted to :data:`SESSION_INFO_KEYS`."""
+    info = dict(info or {})
+    dropped = sorted(k for k in info if k not in SESSION_INFO_KEYS)
+    if dropped:
+        log.debug("session info keys not stored (privacy): %s", dropped)
+    return {k: info[k] for k in SESSION_INFO_KEYS if k in info}
+
+
 def _check_fp(fingerprint: str) -> str:
     if not isinstance(fingerprint, str) or not _FP_RE.match(fingerprint):
         raise ValueError(f"bad session fingerprint {fingerprint!r}: expected 8-128 letters, digits, '_' or '-'")
@@ -107,7 +120,8 @@ class SessionStore:
         """Save atomically (temp file + :func:`os.replace`) and return the file path.
 
         ``labels`` / ``prediction``: ``(z, y, x)`` integer arrays (stored uint8);
-        ``review.n_slices`` must equal ``z``; ``info`` must be JSON-serialisable.
+        ``review.n_slices`` must equal ``z``; ``info`` must be JSON-serialisable; only
+        its :data:`SESSION_INFO_KEYS` are stored (others are dropped).
 
         Raises ``ValueError`` for shape mismatches, labels > 255 or non-JSON ``info``;
         ``OSError`` from the file system (the previous save is then untouched).
@@ -133,26 +147,14 @@ class SessionStore:
                     "format_version": FORMAT_VERSION,
                     "saved_at": saved_at,
                     "review": review.to_dict(),
-                    "info": dict(info or {}),
+                    "info": _public_info(info),
                 }
             )
         except (TypeError, ValueError) as e:
             raise ValueError(f"session info must be JSON-serialisable: {e}") from e
         arrays["meta_json"] = np.array(meta)
-        self.root.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".tmp-{fingerprint}-", suffix=".npz", dir=self.root)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez_compressed(f, **arrays)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
+        with atomic_path(path, mode=0o600) as tmp, open(tmp, "wb") as f:
+            np.savez_compressed(f, **arrays)
         return path
 
     def find(self, fingerprint: str) -> Path | None:
@@ -180,7 +182,8 @@ class SessionStore:
             raise InvalidInputError(p, f"corrupt session file: {e}") from e
         if review.n_slices != labels.shape[0]:
             raise InvalidInputError(p, f"review has {review.n_slices} slices but labels {labels.shape[0]}")
-        return SessionData(labels, prediction, review, dict(meta.get("info", {})), str(meta.get("saved_at", "")), p)
+        info = _public_info(meta.get("info") if isinstance(meta.get("info"), dict) else {})
+        return SessionData(labels, prediction, review, info, str(meta.get("saved_at", "")), p)
 
     def delete(self, fingerprint: str) -> bool:
         """Remove a session; True if one existed."""

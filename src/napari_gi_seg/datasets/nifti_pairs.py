@@ -28,7 +28,10 @@ def open_nifti_pairs(root: Path, class_names: Sequence[str] | None = None) -> Se
     if missing:
         raise DatasetFormatError(f"{root}: cases without both image and label: {missing[:5]}")
     if class_names is None and (root / "classes.json").exists():
-        class_names = _parse_class_names(json.loads((root / "classes.json").read_text()))
+        try:
+            class_names = _parse_class_names(json.loads((root / "classes.json").read_text()))
+        except (OSError, UnicodeDecodeError, TypeError, ValueError, AttributeError) as e:  # JSONDecodeError too
+            raise DatasetFormatError(f"{root / 'classes.json'}: {e}") from e
     if not class_names:
         raise DatasetFormatError(
             f"{root}: class names unknown; pass them (e.g. --classes liver,right_kidney,left_kidney,spleen) "

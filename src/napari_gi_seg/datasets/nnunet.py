@@ -4,11 +4,18 @@ exported corrections use and what nnU-Net itself reads.
 A label named ``"ignore"`` in ``dataset.json`` (nnU-Net's ignore-label convention: it
 must be the highest value) marks voxels nobody reviewed; it is mapped to
 :data:`~.case.IGNORE_INDEX` and excluded from the loss.
+
+``dataset.json`` is the single list of cases when it has ``groups`` (what our
+exporter writes): files it does not list are ignored with a warning, so the image
+and label files of an interrupted append never reach training (without a group
+or provenance). Every key is type-checked (:func:`validate_dataset_json`).
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -21,6 +28,8 @@ from .case import IGNORE_INDEX, Case, CaseRef, DatasetFormatError, SegDataset, _
 NNUNET_FILE_ENDING = ".nii.gz"
 NNUNET_IMAGES, NNUNET_LABELS, NNUNET_JSON = "imagesTr", "labelsTr", "dataset.json"
 
+log = logging.getLogger(__name__)
+
 
 def nnunet_image_relpath(case_id: str, file_ending: str = NNUNET_FILE_ENDING) -> Path:
     """``imagesTr/<case>_0000<ending>``: the single-channel (channel 0) image of a case."""
@@ -32,18 +41,125 @@ def nnunet_label_relpath(case_id: str, file_ending: str = NNUNET_FILE_ENDING) ->
     return Path(NNUNET_LABELS) / f"{case_id}{file_ending}"
 
 
-def open_nnunet(root: Path, class_names: Sequence[str] | None = None) -> SegDataset:
-    """nnU-Net v2 raw layout (see module docstring). Groups: ``dataset.json``'s
-    optional ``"groups": {case: patient}`` (written by our exporter), else the case id."""
-    root = Path(root)
-    try:
-        meta = json.loads((root / NNUNET_JSON).read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise DatasetFormatError(f"{root / 'dataset.json'}: cannot read ({e})") from e
+#: Case ids a dataset.json may list (no path separators, no leading dot).
+_CASE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def validate_dataset_json(path: Path, meta: object) -> dict:
+    """Type-check a parsed ``dataset.json``; returns it.
+
+    Checked keys: the top level is an object; ``labels`` maps names to distinct
+    integer values with ``background`` = 0 (region lists, strings, objects and
+    booleans are refused); ``file_ending`` is a string starting with ``.``;
+    ``numTraining`` a non-negative integer; ``channel_names`` an object; ``groups``
+    an object mapping case ids (letters, digits, ``.``, ``_``, ``-``) to patient
+    strings; ``name``/``description`` strings.
+
+    Raises
+    ------
+    DatasetFormatError
+        Naming the file, the key and what is wrong.
+    """
+
+    def bad(key: str, what: str):
+        raise DatasetFormatError(f"{path}: key {key!r}: {what}")
+
+    if not isinstance(meta, dict):
+        raise DatasetFormatError(f"{path}: must be a JSON object ({{...}}), got a {type(meta).__name__}")
     labels = meta.get("labels")
-    if not isinstance(labels, dict) or "background" not in labels:
-        raise DatasetFormatError(f"{root / 'dataset.json'}: 'labels' must map names to values and include background")
-    by_value = {int(v): k for k, v in labels.items() if not isinstance(v, (list, tuple))}
+    if not isinstance(labels, dict):
+        bad("labels", f"must be an object mapping class names to label values, got {type(labels).__name__}")
+    for name, v in labels.items():
+        if isinstance(v, (list, tuple)):
+            bad(f"labels.{name}", f"region-based labels (lists such as {v!r}) are not supported")
+        if isinstance(v, bool) or not isinstance(v, int):
+            bad(f"labels.{name}", f"label values must be integers, got {type(v).__name__} {v!r}")
+        if not 0 <= v <= 255:
+            bad(f"labels.{name}", f"label values must be 0..255, got {v}")
+    if labels.get("background") != 0:
+        bad("labels", "must include 'background': 0")
+    if len(set(labels.values())) != len(labels):
+        bad("labels", f"label values must be distinct, got {sorted(labels.values())}")
+    fe = meta.get("file_ending", NNUNET_FILE_ENDING)
+    if not isinstance(fe, str) or not fe.startswith(".") or "/" in fe or "\\" in fe:
+        bad("file_ending", f"must be a file suffix such as '.nii.gz', got {fe!r}")
+    n = meta.get("numTraining", 0)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        bad("numTraining", f"must be a non-negative integer, got {n!r}")
+    if "channel_names" in meta and not isinstance(meta["channel_names"], dict):
+        bad("channel_names", f"must be an object such as {{'0': 'MR'}}, got {type(meta['channel_names']).__name__}")
+    groups = meta.get("groups", {})
+    if not isinstance(groups, dict):
+        bad("groups", f"must be an object mapping case ids to patient ids, got {type(groups).__name__}")
+    for cid, g in groups.items():
+        if not _CASE_ID_RE.match(cid):
+            bad(f"groups.{cid}", "case ids must be letters, digits, '.', '_' or '-' (no path separators)")
+        if not isinstance(g, str) or not g:
+            bad(f"groups.{cid}", f"the patient id must be a non-empty string, got {g!r}")
+    for k in ("name", "description"):
+        if k in meta and not isinstance(meta[k], str):
+            bad(k, f"must be a string, got {type(meta[k]).__name__}")
+    return meta
+
+
+def read_dataset_json(root: Path) -> dict:
+    """Read and type-check ``<root>/dataset.json`` (:func:`validate_dataset_json`).
+
+    Raises :class:`DatasetFormatError` naming the file (unreadable, not JSON, bad keys).
+    """
+    path = Path(root) / NNUNET_JSON
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DatasetFormatError(f"{path}: cannot read ({e})") from e
+    return validate_dataset_json(path, meta)
+
+
+def listed_cases(root: Path, meta: dict) -> list[str]:
+    """The dataset's cases: with a ``groups`` object (our exporter's list), exactly
+    its keys; label files it does not list (e.g. left by an interrupted append) are
+    ignored with a warning. Without ``groups`` (a plain nnU-Net dataset): every label
+    file, as nnU-Net does (a ``numTraining`` that differs is warned about).
+
+    Raises :class:`DatasetFormatError` for a listed case whose label file is missing.
+    """
+    suffix = meta.get("file_ending", NNUNET_FILE_ENDING)
+    lab_dir = root / NNUNET_LABELS
+    on_disk = {p.name[: -len(suffix)] for p in lab_dir.glob(f"*{suffix}") if not p.name.startswith(".")}
+    if "groups" in meta:
+        ids = sorted(meta["groups"], key=_natural_key)
+        missing = [c for c in ids if c not in on_disk]
+        if missing:
+            raise DatasetFormatError(
+                f"{lab_dir / (missing[0] + suffix)}: listed in dataset.json but missing ({len(missing)} case(s))"
+            )
+        extra = sorted(on_disk - set(ids), key=_natural_key)
+        if extra:
+            log.warning(
+                "%s: %d label file(s) not listed in dataset.json are ignored (an interrupted export?): %s",
+                root,
+                len(extra),
+                ", ".join(extra[:5]),
+            )
+        return ids
+    ids = sorted(on_disk, key=_natural_key)
+    if meta.get("numTraining") not in (None, len(ids)):
+        log.warning("%s: numTraining is %s but %d label files were found", root, meta.get("numTraining"), len(ids))
+    return ids
+
+
+def open_nnunet(root: Path, class_names: Sequence[str] | None = None) -> SegDataset:
+    """nnU-Net v2 raw layout (see module docstring). Cases: :func:`listed_cases`.
+    Groups: ``dataset.json``'s optional ``"groups": {case: patient}`` (written by our
+    exporter), else the case id.
+
+    Raises :class:`DatasetFormatError` naming the file and key for a malformed
+    ``dataset.json`` (:func:`validate_dataset_json`) or missing files.
+    """
+    root = Path(root)
+    meta = read_dataset_json(root)
+    labels = meta["labels"]
+    by_value = {int(v): k for k, v in labels.items()}
     ignore_value = labels.get("ignore")
     fg = sorted((v, k) for v, k in by_value.items() if v != 0 and k != "ignore")
     if [v for v, _ in fg] != list(range(1, len(fg) + 1)):
@@ -58,7 +174,7 @@ def open_nnunet(root: Path, class_names: Sequence[str] | None = None) -> SegData
     suffix = meta.get("file_ending", NNUNET_FILE_ENDING)
     groups = meta.get("groups", {})
     lab_dir = root / NNUNET_LABELS
-    ids = sorted((p.name[: -len(suffix)] for p in lab_dir.glob(f"*{suffix}")), key=_natural_key)
+    ids = listed_cases(root, meta)
     if not ids:
         raise DatasetFormatError(f"{lab_dir}: no label files ending in {suffix}")
 

@@ -15,8 +15,6 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import math
-import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -24,7 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .._atomic import atomic_path, write_text
 from ..datasets import IGNORE_INDEX, DatasetFormatError, SegDataset, detect_layout, open_dataset
+from ..paths import public_path
 from .metrics import aggregate, evaluate_case
 
 
@@ -206,7 +206,7 @@ def evaluate_dataset(
     agg = aggregate(per_case)
     summary = {
         "model": spec.key,
-        "dataset": str(ds.root),
+        "dataset": public_path(ds.root),
         "layout": ds.layout,
         "classes": names,
         "skipped_classes": [n for n in ds.class_names if n not in names],
@@ -237,15 +237,7 @@ def _clean(o):
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text(path, text)
 
 
 def write_json(summary: dict, path: str | Path) -> Path:
@@ -314,8 +306,11 @@ def plot_dice(summary: dict, path: Path) -> None:
     ax.set_ylabel("Dice per case")
     ax.set_title(f"{summary['model']}: Dice per class ({summary['n_cases']} cases)")
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png")
+    finally:
+        plt.close(fig)
 
 
 def plot_overlay(
@@ -344,8 +339,11 @@ def plot_overlay(
         ax.axis("off")
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png")
+    finally:
+        plt.close(fig)
 
 
 def write_report(

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .volume import InvalidInputError, Volume
+from .volume import InvalidInputError, Volume, check_claimed_size
 
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
 #: Slice positions closer than this (mm) count as the same position.
@@ -104,7 +104,9 @@ def read_dicom_folder(path: str | Path) -> list[Volume]:
         No DICOM image in the folder; a series mixing image sizes (names the folder and
         the sizes) or orientations; several slices at one position (multi-echo or
         time series); missing ``PixelSpacing``/``ImagePositionPatient``; unreadable
-        pixel data (e.g. a compressed transfer syntax without its decoder).
+        pixel data (e.g. a compressed transfer syntax without its decoder); a series
+        larger than the reader cap (``Rows x Columns x files``, checked before any
+        pixel data is decoded).
     """
     path = Path(path)
     only_uid = None
@@ -174,11 +176,14 @@ def _series_volume(folder: Path, uid: str, items: list) -> Volume:
         dz = float(getattr(ds0, "SpacingBetweenSlices", 0) or getattr(ds0, "SliceThickness", 0) or 1.0)
         step = normal * dz
     dy, dx = float(pss[0, 0]), float(pss[0, 1])
+    check_claimed_size(folder, (len(items), *sizes[0]), 4)  # before any pixel data is decoded
     slices = []
     for f, _ in items:
         try:
             ds = pydicom.dcmread(f)
             arr = ds.pixel_array
+        except MemoryError as e:
+            raise InvalidInputError(f, "not enough memory to decode the pixel data") from e
         except Exception as e:  # decoder missing, truncated pixel data, ...
             raise InvalidInputError(f, f"cannot decode pixel data: {e}") from e
         if arr.ndim != 2:

@@ -5,18 +5,35 @@ affine (qform/sform, RAS+ world mm). We transpose to ``(z, y, x) = (k, j, i)``
 (``index_order = (2, 1, 0)``) and keep the affine untouched, so
 :func:`write_nifti_labels` can transpose back and reuse it: labels written here
 overlay the source image in any NIfTI-aware tool.
+
+Guards before anything is allocated (:func:`check_nifti_header`): the raw header is
+read with nibabel's header class **without** its repairs (``check=False``; nibabel's
+loader silently turns a zero ``pixdim`` into 1 mm and a negative one positive), so a
+zero, negative or NaN voxel spacing is refused; the voxel data the header claims
+(``prod(dim) x bitpix / 8`` after ``vox_offset``) must fit the reader cap
+(:func:`~napari_gi_seg.io.volume.max_volume_bytes`, 2 GiB as float32 by default) and
+the file: an uncompressed file must be at least that long, and a ``.nii.gz`` must
+decompress to at least that many bytes. The gzip trailer's ``ISIZE`` field (the
+uncompressed length modulo 2**32, RFC 1952 section 2.3.1) answers that without
+decompressing; only when it disagrees (a multi-member gzip, or a lie) is the stream
+decompressed and counted, in 1 MiB chunks, up to the claimed length. A 63-byte file
+that claims 1.5 GB is thus refused in microseconds instead of driving the process
+to 2 GB.
 """
 
 from __future__ import annotations
 
 import gzip
+import io
 import re
+import struct
 import zlib
 from pathlib import Path
 
 import numpy as np
 
-from .volume import InvalidInputError, Volume
+from .._atomic import atomic_path
+from .volume import InvalidInputError, Volume, check_claimed_size
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 _LABEL_NAME = re.compile(r"(^|[_\-.])(label|labels|seg|segmentation|mask|gt)([_\-.0-9]|$)", re.I)
@@ -48,6 +65,100 @@ def looks_like_labels(path: str | Path, data: np.ndarray) -> bool:
     return np.unique(sample).size <= 32 and np.issubdtype(data.dtype, np.floating)
 
 
+def _raw_header(path: Path):
+    """nibabel header of ``path`` parsed without nibabel's repairs, and whether the
+    file is gzip-compressed (by its magic bytes, not its name)."""
+    import nibabel as nib
+
+    with open(path, "rb") as f:
+        gz = f.read(2) == b"\x1f\x8b"
+    try:
+        with gzip.open(path, "rb") if gz else open(path, "rb") as f:
+            raw = f.read(540)
+    except (EOFError, zlib.error, gzip.BadGzipFile) as e:
+        raise InvalidInputError(path, f"cannot read NIfTI (truncated or corrupt gzip stream): {e}") from e
+    for endian in ("<", ">"):
+        if len(raw) >= 4:
+            size = struct.unpack(endian + "i", raw[:4])[0]
+            cls = {348: nib.Nifti1Header, 540: nib.Nifti2Header}.get(size)
+            if cls is not None and len(raw) >= size:
+                try:
+                    return cls(binaryblock=raw[:size], endianness=endian, check=False), gz
+                except Exception as e:  # nibabel raises several kinds for garbage
+                    raise InvalidInputError(path, f"not a valid NIfTI header: {e}") from e
+    raise InvalidInputError(path, f"not a NIfTI file (header size field is not 348 or 540; {len(raw)} bytes read)")
+
+
+def _gzip_holds_at_least(path: Path, n: int) -> tuple[bool, int]:
+    """Whether the gzip file decompresses to >= ``n`` bytes: the trailer's ISIZE
+    (length mod 2**32) first, then a bounded streaming count. Returns (ok, bytes seen)."""
+    fsize = path.stat().st_size
+    if fsize >= 18 and n < 2**32:
+        with open(path, "rb") as f:
+            f.seek(-4, io.SEEK_END)
+            isize = struct.unpack("<I", f.read(4))[0]
+        if isize >= n:
+            return True, isize
+    seen = 0
+    try:
+        with gzip.open(path, "rb") as f:
+            while seen < n:
+                chunk = f.read(min(1 << 20, n - seen))
+                if not chunk:
+                    break
+                seen += len(chunk)
+    except (EOFError, zlib.error, gzip.BadGzipFile, OSError):
+        return False, seen
+    return seen >= n, seen
+
+
+def check_nifti_header(path: str | Path) -> tuple[tuple[int, ...], np.dtype]:
+    """Validate a NIfTI file's raw header against the file before any voxel is read
+    (see the module docstring); returns the claimed ``(shape, dtype)``.
+
+    Raises
+    ------
+    InvalidInputError
+        Not a NIfTI header; an unknown data type; a zero, negative or NaN spacing
+        (``pixdim[1..3]``) in the raw header; a claim above the reader cap; a file
+        (or gzip stream) shorter than the voxel data the header claims.
+    FileNotFoundError
+        ``path`` does not exist.
+    """
+    path = Path(path)
+    hdr, gz = _raw_header(path)
+    try:
+        shape = tuple(int(d) for d in hdr.get_data_shape())
+        dtype = np.dtype(hdr.get_data_dtype())
+        offset = int(hdr.get_data_offset())
+    except Exception as e:  # HeaderDataError, unknown datatype code, ...
+        raise InvalidInputError(path, f"invalid NIfTI header (dimensions or data type): {e}") from e
+    pix = np.asarray(hdr["pixdim"], dtype=np.float64)[1 : 1 + min(len(shape), 3)]
+    bad = [(i + 1, float(v)) for i, v in enumerate(pix) if not np.isfinite(v) or v <= 0]
+    if bad:
+        txt = ", ".join(f"pixdim[{i}] = {v:g}" for i, v in bad)
+        raise InvalidInputError(
+            path, f"invalid voxel spacing in the header ({txt}); spacing must be a positive number of mm"
+        )
+    check_claimed_size(path, shape, dtype.itemsize)
+    need = offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if gz:
+        ok, seen = _gzip_holds_at_least(path, need)
+        if not ok:
+            raise InvalidInputError(
+                path,
+                f"truncated: the header claims {need} bytes ({shape} x {dtype}) but the compressed stream "
+                f"holds {'only ' + str(seen) if seen else 'fewer'} bytes",
+            )
+    else:
+        size = path.stat().st_size
+        if size < need:
+            raise InvalidInputError(
+                path, f"truncated: the header claims {need} bytes ({shape} x {dtype}) but the file has {size}"
+            )
+    return shape, dtype
+
+
 def read_nifti(path: str | Path, as_labels: bool | None = None) -> Volume:
     """Read a 3D NIfTI file into a :class:`Volume` (``(z, y, x)``).
 
@@ -61,12 +172,22 @@ def read_nifti(path: str | Path, as_labels: bool | None = None) -> Volume:
     Raises
     ------
     InvalidInputError
-        Truncated or corrupt file, 4D data (a trailing singleton axis is dropped),
-        NaN/inf voxels, non-positive spacing.
+        Truncated or corrupt file, a header that claims more data than the file holds
+        or than the reader cap (:func:`check_nifti_header`), 4D data (a trailing
+        singleton axis is dropped), NaN/inf voxels, zero/negative/NaN spacing, not
+        enough memory.
     """
+    path = Path(path)
+    check_nifti_header(path)  # before nibabel repairs the header or allocates anything
+    try:
+        return _read_checked(path, as_labels)
+    except MemoryError as e:
+        raise InvalidInputError(path, "not enough memory to read this volume") from e
+
+
+def _read_checked(path: Path, as_labels: bool | None) -> Volume:
     import nibabel as nib
 
-    path = Path(path)
     try:
         img = nib.load(str(path))
         arr = np.asanyarray(img.dataobj)
@@ -125,9 +246,6 @@ def write_nifti(volume: Volume, path: str | Path, data: np.ndarray | None = None
     img.header.set_zooms(tuple(np.abs(np.array(volume.spacing_mm))[list(volume.index_order)]))
     img.set_qform(volume.affine, code=1)
     img.set_sform(volume.affine, code=1)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    name = path.name
-    tmp = path.with_name(".tmp-" + name)
-    nib.save(img, str(tmp))
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        nib.save(img, str(tmp))
     return path

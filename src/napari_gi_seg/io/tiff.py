@@ -21,13 +21,13 @@ reader get the spacing back.
 
 from __future__ import annotations
 
-import os
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
 
-from .volume import InvalidInputError, Volume
+from .._atomic import atomic_path
+from .volume import InvalidInputError, Volume, check_claimed_size
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 
@@ -105,7 +105,9 @@ def read_tiff(path: str | Path, as_labels: bool = False) -> Volume:
     Raises
     ------
     InvalidInputError
-        Unreadable/corrupt file; data that is not a grey ``(z, y, x)`` stack (RGB,
+        Unreadable/corrupt file; more data than the reader cap
+        (:func:`~napari_gi_seg.io.volume.check_claimed_size`, checked before
+        allocating); not enough memory; data that is not a grey ``(z, y, x)`` stack (RGB,
         channels or time points); NaN/inf voxels; non-integer or negative labels.
     """
     import tifffile
@@ -114,6 +116,7 @@ def read_tiff(path: str | Path, as_labels: bool = False) -> Volume:
     try:
         with tifffile.TiffFile(path) as tif:
             series = tif.series[0]
+            check_claimed_size(path, tuple(series.shape), np.dtype(series.dtype).itemsize)  # before allocating
             arr = series.asarray()
             axes = series.axes
             page = tif.pages[0]
@@ -122,8 +125,10 @@ def read_tiff(path: str | Path, as_labels: bool = False) -> Volume:
             res_unit = page.tags.get("ResolutionUnit")
             res_unit = int(res_unit.value) if res_unit is not None else 1
             rx, ry = _resolution(page, "XResolution"), _resolution(page, "YResolution")
-    except FileNotFoundError:
+    except (FileNotFoundError, InvalidInputError):
         raise
+    except MemoryError as e:
+        raise InvalidInputError(path, "not enough memory to read this stack") from e
     except Exception as e:  # tifffile raises TiffFileError, ValueError, struct.error, ...
         raise InvalidInputError(path, f"cannot read TIFF (truncated or corrupt file?): {e}") from e
 
@@ -198,9 +203,7 @@ def write_tiff_labels(
     arr = labels.astype(np.uint8 if labels.max(initial=0) <= 255 else np.uint16)
     sz, sy, sx = (float(s) for s in spacing_mm)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    try:
+    with atomic_path(path) as tmp:
         tifffile.imwrite(
             tmp,
             arr,
@@ -208,7 +211,4 @@ def write_tiff_labels(
             resolution=(1.0 / sx, 1.0 / sy),
             metadata={"axes": "ZYX", "spacing": sz, "unit": "mm"},
         )
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path

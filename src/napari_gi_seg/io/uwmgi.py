@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import csv
 import functools
-import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -46,6 +45,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._atomic import atomic_path
 from .rle import case_day_of, infer_mask_shape, parse_scan_name, parse_uwmgi_id, rle_decode, rle_encode
 from .volume import InvalidInputError, Volume
 
@@ -437,16 +437,10 @@ def write_uwmgi_csv(
         raise ValueError(f"case_day must look like 'case123_day20', got {case_day!r}")
     rows = uwmgi_csv_rows(labels, case_day, class_names, slice_numbers)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    try:
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
-            w = csv.writer(f, lineterminator="\n")
-            w.writerow(CSV_HEADER)
-            w.writerows(rows)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(CSV_HEADER)
+        w.writerows(rows)
     return path
 
 

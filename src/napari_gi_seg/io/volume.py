@@ -61,6 +61,53 @@ class InvalidInputError(ValueError):
         super().__init__(f"{self.path}: {problem}")
 
 
+#: Default cap on the voxel data one reader may hold (bytes, as float32): 2 GiB, i.e.
+#: 512 x 512 x 2048 voxels. ``$NAPARI_GI_SEG_MAX_VOLUME_BYTES`` overrides it.
+DEFAULT_MAX_VOLUME_BYTES = 2 * 1024**3
+
+
+def max_volume_bytes() -> int:
+    """The reader cap (bytes): ``$NAPARI_GI_SEG_MAX_VOLUME_BYTES`` (an integer; a
+    malformed value is ignored) or :data:`DEFAULT_MAX_VOLUME_BYTES`."""
+    import os
+
+    try:
+        v = int(float(os.environ.get("NAPARI_GI_SEG_MAX_VOLUME_BYTES", "")))
+    except ValueError:
+        return DEFAULT_MAX_VOLUME_BYTES
+    return v if v > 0 else DEFAULT_MAX_VOLUME_BYTES
+
+
+def check_claimed_size(path: str | Path, shape: tuple[int, ...], itemsize: int = 4) -> int:
+    """Refuse, before anything is allocated, a volume whose header claims more voxel
+    data than :func:`max_volume_bytes`.
+
+    ``shape``: the claimed array shape; ``itemsize``: bytes per voxel of the array the
+    reader will hold (at least 4: images become float32). Returns the claimed bytes.
+
+    Raises
+    ------
+    InvalidInputError
+        Negative dimensions or more bytes than the cap (the message gives both and the
+        environment variable that raises the cap).
+    """
+    dims = [int(d) for d in shape]
+    if any(d < 0 for d in dims):
+        raise InvalidInputError(path, f"the header claims a negative dimension {tuple(dims)}")
+    n = 1
+    for d in dims:
+        n *= d
+    claimed = n * max(int(itemsize), 4)
+    cap = max_volume_bytes()
+    if claimed > cap:
+        raise InvalidInputError(
+            path,
+            f"the header claims {tuple(dims)} voxels = {claimed / 1024**3:.1f} GiB as float32, above the "
+            f"{cap / 1024**3:.1f} GiB limit (damaged or hostile file?; set NAPARI_GI_SEG_MAX_VOLUME_BYTES to raise it)",
+        )
+    return claimed
+
+
 @dataclass
 class Volume:
     """An image or label stack with its geometry.

@@ -40,7 +40,9 @@ def save_weights(model: torch.nn.Module, path: str | Path, half: bool = False) -
     ``half=True`` stores floating tensors as float16 (halves the file; loading casts
     back to the network's dtype). Written to a temp file then renamed (atomic).
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save
+
+    from .._atomic import write_bytes
 
     path = Path(path)
     sd = {}
@@ -49,9 +51,7 @@ def save_weights(model: torch.nn.Module, path: str | Path, half: bool = False) -
         if half and v.is_floating_point():
             v = v.half()
         sd[k] = v
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    save_file(sd, str(tmp), metadata={"format": "pt"})
-    tmp.replace(path)
+    write_bytes(path, save(sd, metadata={"format": "pt"}))
     return path.stat().st_size
 
 
@@ -103,3 +103,34 @@ def load_network(spec: ModelSpec, weights_path: str | Path, device: str | torch.
             f"{weights_path}: weights do not match spec {spec.key} ({spec.architecture}/{spec.encoder}): {str(e)[:300]}"
         ) from e
     return net.to(device).eval()
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Read a training checkpoint (``checkpoint_last.pt``: tensors, numbers and strings
+    only) with ``torch.load(weights_only=True)``, which never runs pickled code.
+
+    Raises
+    ------
+    ValueError
+        Naming the file, when it holds anything else (a poisoned or foreign pickle) or
+        is damaged; the message says how to start afresh and never suggests
+        ``weights_only=False``.
+    FileNotFoundError
+        When it does not exist.
+    """
+    import pickle
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: checkpoint not found")
+    try:
+        st = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, TypeError, AttributeError) as e:
+        kind = type(e).__name__
+        raise ValueError(
+            f"{path}: refused: not a checkpoint this program wrote (it holds objects other than tensors, "
+            f"or it is damaged; {kind}). Delete it or choose another work folder to start afresh"
+        ) from None
+    if not isinstance(st, dict) or not {"model", "optimizer", "epoch"} <= set(st):
+        raise ValueError(f"{path}: not a training checkpoint (missing model/optimizer/epoch entries)")
+    return st

@@ -9,6 +9,7 @@ Weights are never unpickled: ``.pt``/``.pth`` files are refused
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,35 @@ DEFAULT_COLOURS = (
     "#469990",
     "#dcbeff",
 )
+
+
+#: Model names (registry folder names): a letter or digit, then up to 63 letters,
+#: digits, ``.``, ``_`` or ``-``. No path separators, no leading dot, never empty.
+MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+_NAME_RE = re.compile(MODEL_NAME_PATTERN)
+_ENCODER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+#: Bounds of the sizes a spec may ask for.
+INPUT_SIZE_RANGE = (8, 4096)
+MAX_CONTEXT = 15
+MAX_CONTEXT_OFFSET = 64
+MAX_CLASSES = 254
+MAX_VERSION = 1_000_000
+
+
+def validate_model_name(name: object) -> str:
+    """Return ``name`` if it matches :data:`MODEL_NAME_PATTERN`.
+
+    Raises
+    ------
+    ValueError
+        Naming the bad name and the pattern (``'../../escaped'``, ``'a/b'``, ``''``).
+    """
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise ValueError(
+            f"model name {name!r} is not allowed: use 1-64 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit (no '/', no leading '.')"
+        )
+    return name
 
 
 @dataclass
@@ -116,17 +146,64 @@ class ModelSpec:
     format_version: int = SPEC_FORMAT_VERSION
 
     def __post_init__(self) -> None:
-        self.context_offsets = tuple(int(o) for o in self.context_offsets)
-        self.input_size = tuple(int(s) for s in self.input_size)  # type: ignore[assignment]
-        self.percentiles = tuple(float(p) for p in self.percentiles)  # type: ignore[assignment]
-        self.classes = [c if isinstance(c, ClassInfo) else ClassInfo(**c) for c in self.classes]
+        try:
+            self.context_offsets = tuple(int(o) for o in self.context_offsets)
+        except (TypeError, ValueError):
+            raise ValueError(f"context_offsets must be a list of integers, got {self.context_offsets!r}") from None
+        try:
+            self.input_size = tuple(int(s) for s in self.input_size)  # type: ignore[assignment]
+        except (TypeError, ValueError):
+            raise ValueError(f"input_size must be [height, width] integers, got {self.input_size!r}") from None
+        try:
+            self.percentiles = tuple(float(p) for p in self.percentiles)  # type: ignore[assignment]
+        except (TypeError, ValueError):
+            raise ValueError(f"percentiles must be [low, high] numbers, got {self.percentiles!r}") from None
+        if not isinstance(self.classes, (list, tuple)) or len(self.classes) > MAX_CLASSES:
+            raise ValueError(f"classes must be a list of at most {MAX_CLASSES} classes")
+        try:
+            self.classes = [c if isinstance(c, ClassInfo) else ClassInfo(**c) for c in self.classes]
+        except TypeError as e:
+            raise ValueError(f"classes: each class needs index and name (and optional colour, mirror): {e}") from None
         for c in self.classes:
             if not c.colour:
                 c.colour = DEFAULT_COLOURS[c.index % len(DEFAULT_COLOURS)] if c.index else DEFAULT_COLOURS[1]
         self.validate()
 
     def validate(self) -> None:
-        """Raise ``ValueError`` naming the field when the spec is inconsistent."""
+        """Raise ``ValueError`` naming the field when the spec is inconsistent or any
+        size is out of bounds (:data:`MODEL_NAME_PATTERN`, :data:`INPUT_SIZE_RANGE`,
+        :data:`MAX_CONTEXT`, :data:`MAX_CONTEXT_OFFSET`, :data:`MAX_CLASSES`): a spec is
+        read from a file someone else may have written, and its sizes decide what is
+        allocated (an ``input_size`` of 100000 x 100000 would ask for 120 GB)."""
+        validate_model_name(self.name)
+        if not isinstance(self.version, int) or isinstance(self.version, bool) or not 1 <= self.version <= MAX_VERSION:
+            raise ValueError(f"version must be an integer 1..{MAX_VERSION}, got {self.version!r}")
+        lo, hi = INPUT_SIZE_RANGE
+        if len(self.input_size) != 2 or not all(lo <= v <= hi for v in self.input_size):
+            raise ValueError(
+                f"input_size must be [height, width] with each in {lo}..{hi} pixels, got {list(self.input_size)}"
+            )
+        if not 1 <= len(self.context_offsets) <= MAX_CONTEXT:
+            raise ValueError(f"context_offsets must hold 1..{MAX_CONTEXT} offsets, got {len(self.context_offsets)}")
+        if any(abs(o) > MAX_CONTEXT_OFFSET for o in self.context_offsets):
+            raise ValueError(
+                f"context_offsets must lie in -{MAX_CONTEXT_OFFSET}..{MAX_CONTEXT_OFFSET}, got {list(self.context_offsets)}"
+            )
+        if len(set(self.context_offsets)) != len(self.context_offsets):
+            raise ValueError(f"context_offsets must be distinct, got {list(self.context_offsets)}")
+        if len(self.percentiles) != 2 or not 0.0 <= self.percentiles[0] < self.percentiles[1] <= 100.0:
+            raise ValueError(
+                f"percentiles must be [low, high] with 0 <= low < high <= 100, got {list(self.percentiles)}"
+            )
+        if not isinstance(self.encoder, str) or not _ENCODER_RE.match(self.encoder):
+            raise ValueError(f"encoder must be a segmentation-models-pytorch encoder name, got {self.encoder!r}")
+        if len(self.classes) > MAX_CLASSES:
+            raise ValueError(f"classes: at most {MAX_CLASSES} classes, got {len(self.classes)}")
+        for c in self.classes:
+            if not isinstance(c.name, str) or not 1 <= len(c.name) <= 64:
+                raise ValueError(f"classes: names must be 1..64 characters, got {c.name!r}")
+            if not isinstance(c.index, int) or isinstance(c.index, bool):
+                raise ValueError(f"classes: index of {c.name!r} must be an integer, got {c.index!r}")
         if self.architecture not in ARCHITECTURES:
             raise ValueError(f"architecture {self.architecture!r} is not one of {ARCHITECTURES}")
         if self.normalisation not in NORMALISATIONS:
@@ -146,8 +223,6 @@ class ModelSpec:
         for c in self.classes:
             if c.mirror is not None and c.mirror not in names:
                 raise ValueError(f"class {c.name!r} mirrors unknown class {c.mirror!r}")
-        if int(self.version) < 1:
-            raise ValueError(f"version must be >= 1, got {self.version}")
 
     # ------------------------------------------------------------------ derived
     @property
@@ -207,8 +282,10 @@ class ModelSpec:
         return cls(**d)
 
     def save(self, path: str | Path) -> None:
-        """Write the spec as indented JSON to ``path``."""
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        """Write the spec as indented JSON to ``path`` (atomically: temp file, rename)."""
+        from .._atomic import write_json
+
+        write_json(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str | Path) -> ModelSpec:

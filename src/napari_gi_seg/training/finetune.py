@@ -186,13 +186,16 @@ def finetune(
     """
     import torch
 
+    from .._atomic import write_text
     from ..engine.inference import resolve_device
     from ..models import registry
     from ..models.network import load_network, load_weights
-    from ..paths import user_dir
     from .trainer import TrainConfig, model_card, train, validate
 
     t0 = time.time()
+    registry.validate_name(name)
+    if work_dir:
+        registry.check_work_dir(work_dir)  # before any work: never inside the registry
     entry = registry.get_entry(base)
     base_spec = entry.spec()
     state_dict = load_weights(entry.weights_path)
@@ -252,8 +255,8 @@ def finetune(
             }
         )
 
-    version = registry.next_version(name)
-    work = Path(work_dir) if work_dir else user_dir() / "runs" / f"{name}-v{version}"
+    version = registry.next_version(name)  # tentative: registration takes the next free one
+    work = registry.check_work_dir(work_dir) if work_dir else registry.new_run_dir(name, version)
     cfg = TrainConfig(
         dataset=str(ds.root),
         name=name,
@@ -302,11 +305,13 @@ def finetune(
     }
     spec.training["split"] = split
     spec.training["held_back"] = held_back
-    card = work / "MODEL_CARD.md"
-    card.write_text(
-        model_card(spec) + f"\n## Fine-tuning\n\nFrom `{entry.key}`; held-back ({split}-level) mean Dice "
-        f"{before['mean_dice']:.3f} before -> {after['mean_dice']:.3f} after.\n"
-    )
+
+    def card(s) -> str:
+        return (
+            model_card(s) + f"\n## Fine-tuning\n\nFrom `{entry.key}`; held-back ({split}-level) mean Dice "
+            f"{before['mean_dice']:.3f} before -> {after['mean_dice']:.3f} after.\n"
+        )
+
     new_entry = registry.register_model(
         spec,
         model=res.model.cpu(),
@@ -316,7 +321,10 @@ def finetune(
             "metrics.csv": work / "metrics.csv",
             "training_curve.png": work / "training_curve.png",
         },
+        next_free=True,  # a concurrent fine-tune with the same name takes the next version
     )
+    write_text(work / "MODEL_CARD.md", card(spec))
+    registry.mark_run_registered(work, new_entry)
     torch.cuda.empty_cache() if torch.cuda.is_available() else None
     out = FinetuneResult(new_entry, spec, before["mean_dice"], after["mean_dice"], held_back, split, res.history, work)
     if on_event is not None:

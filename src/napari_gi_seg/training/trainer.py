@@ -22,20 +22,22 @@ import platform
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .._atomic import atomic_path, write_json, write_text
 from ..datasets import IGNORE_INDEX, Case, SegDataset, fingerprint, open_dataset, split_groups
 from ..engine.inference import resolve_device, segment_volume
 from ..engine.preprocess import context_indices, normalise_intensity, resize_images, resize_labels
 from ..evaluation.metrics import dice_per_class
-from ..models.network import build_network, save_weights
+from ..models.network import build_network, load_checkpoint, save_weights
 from ..models.spec import ClassInfo, ModelSpec
-from ..paths import user_dir
+from ..paths import public_path
+from .runs import public_config, work_dir_for
 
 
 def mirror_pairs(names: list[str]) -> dict[str, str]:
@@ -371,6 +373,8 @@ def train(
         device = resolve_device(cfg.device)
 
     t_start = time.time()
+    if cfg.work_dir:
+        registry.check_work_dir(cfg.work_dir)  # before any work: never inside the registry
     ds = (
         dataset
         if dataset is not None
@@ -466,12 +470,12 @@ def train(
     )
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
 
-    work = Path(cfg.work_dir) if cfg.work_dir else user_dir() / "runs" / f"{spec.name}-v{spec.version}"
+    work = work_dir_for(cfg, spec, rank, distributed)
     work.mkdir(parents=True, exist_ok=True)
     ckpt_path, best_path, csv_path = work / "checkpoint_last.pt", work / "best.safetensors", work / "metrics.csv"
     start_epoch, best, best_metrics, history, bad_epochs = 0, -1.0, {}, [], 0
     if cfg.resume and ckpt_path.exists():
-        st = torch.load(ckpt_path, map_location="cpu", weights_only=True)  # never unpickles objects
+        st = load_checkpoint(ckpt_path)  # never unpickles objects; a clear error for a poisoned file
         net.load_state_dict(st["model"])
         opt.load_state_dict(st["optimizer"])
         if int(st["scheduler"].get("total_steps", -1)) == sched.total_steps:
@@ -491,7 +495,7 @@ def train(
     elif cfg.resume:
         _log(f"--resume: no checkpoint in {work}, starting fresh", rank)
     if rank == 0:
-        (work / "config.json").write_text(json.dumps(asdict(cfg), indent=2, default=str))
+        write_json(work / "config.json", public_config(cfg), default=str)
 
     try:
         from tqdm.auto import tqdm
@@ -559,20 +563,20 @@ def train(
                 save_weights(net, best_path)
             history.append(row)
             _write_csv(csv_path, history)
-            torch.save(
-                {
-                    "model": net.state_dict(),
-                    "optimizer": opt.state_dict(),
-                    "scheduler": sched.state_dict(),
-                    "epoch": epoch,
-                    "best": best,
-                    "bad_epochs": bad_epochs,
-                    "best_metrics_json": json.dumps(best_metrics),
-                    "history_json": json.dumps(history),
-                },
-                str(ckpt_path) + ".tmp",
-            )
-            os.replace(str(ckpt_path) + ".tmp", ckpt_path)
+            with atomic_path(ckpt_path) as tmp:
+                torch.save(
+                    {
+                        "model": net.state_dict(),
+                        "optimizer": opt.state_dict(),
+                        "scheduler": sched.state_dict(),
+                        "epoch": epoch,
+                        "best": best,
+                        "bad_epochs": bad_epochs,
+                        "best_metrics_json": json.dumps(best_metrics),
+                        "history_json": json.dumps(history),
+                    },
+                    tmp,
+                )
             msg = " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
             _log(msg, rank)
             if on_epoch is not None:
@@ -618,12 +622,12 @@ def train(
             else {}
         )
         spec.training = {
-            "dataset": str(ds.root),
+            "dataset": public_path(ds.root),
             "layout": ds.layout,
             "train_patients": train_groups,
             "val_patients": val_groups,
             "epochs_run": epoch + 1,
-            "config": {k: v for k, v in asdict(cfg).items() if k not in ("dataset",)},
+            "config": {k: v for k, v in public_config(cfg).items() if k not in ("dataset",)},
             "minutes": round((time.time() - t_start) / 60, 1),
             "device": str(device),
             "world_size": world,
@@ -633,14 +637,17 @@ def train(
         png = work / "training_curve.png"
         plot_history(history, png)
         card = work / "MODEL_CARD.md"
-        card.write_text(model_card(spec))
+        write_text(card, model_card(spec))
         if cfg.register:
             entry = registry.register_model(
                 spec,
                 model=net,
                 half=cfg.half_weights,
-                extra_files={"MODEL_CARD.md": card, "metrics.csv": csv_path, "training_curve.png": png},
+                extra_files={"MODEL_CARD.md": model_card, "metrics.csv": csv_path, "training_curve.png": png},
+                next_free=cfg.version is None,  # another run may have taken the version meanwhile
             )
+            write_text(card, model_card(spec))
+            registry.mark_run_registered(work, entry)
             _log(f"registered {spec.key} in {entry.folder}", rank)
     if distributed:
         import torch.distributed as dist
@@ -654,12 +661,10 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
     keys: list[str] = []
     for r in rows:
         keys += [k for k in r if k not in keys]
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=keys)
         w.writeheader()
         w.writerows(rows)
-    os.replace(tmp, path)
 
 
 def plot_history(history: list[dict], path: Path) -> None:
@@ -682,8 +687,11 @@ def plot_history(history: list[dict], path: Path) -> None:
         ax2.set_ylim(0, 1)
     ax.set_title("training curve")
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png")
+    finally:
+        plt.close(fig)
 
 
 def model_card(spec: ModelSpec) -> str:
