@@ -184,7 +184,7 @@ def test_keep_for_patient_registers_under_a_pseudonymous_key(patient1, bundled, 
 
 
 def test_same_seed_same_run_and_augmentation_keeps_labels(patient1, bundled):
-    from napari_gi_seg.training.adaptation import FewSliceAugment
+    from napari_gi_seg.training.augment import FewSliceAugment
 
     image, truth = patient1
     spec, net = bundled

@@ -232,12 +232,10 @@ def model_card(spec: ModelSpec, evaluations: Sequence[tuple[str, dict]] = ()) ->
 def write_model_card(folder: str | Path, evaluations: Sequence[tuple[str, dict]] = ()) -> Path:
     """(Re)write ``folder/MODEL_CARD.md`` from ``folder/spec.json`` (weights untouched).
     Returns the card's path. Raises ``ValueError`` for an invalid spec."""
+    from .._atomic import write_text
+
     folder = Path(folder)
-    path = folder / "MODEL_CARD.md"
-    tmp = path.with_suffix(".md.tmp")
-    tmp.write_text(model_card(ModelSpec.load(folder / "spec.json"), evaluations))
-    tmp.replace(path)
-    return path
+    return write_text(folder / "MODEL_CARD.md", model_card(ModelSpec.load(folder / "spec.json"), evaluations))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

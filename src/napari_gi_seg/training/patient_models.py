@@ -117,13 +117,9 @@ def find_patient_model(key: str) -> registry.ModelEntry | None:
 
 
 def check_model_name(name: str) -> str:
-    """``name`` if it is a plain registry folder name (``[A-Za-z0-9._-]``, not starting
-    with a dot or a dash); else ``ValueError``."""
-    import re
-
-    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9._-]*", name or ""):
-        raise ValueError(f"model name {name!r}: use letters, digits, '.', '_' and '-' only")
-    return name
+    """``name`` if it is a valid registry name (:func:`napari_gi_seg.models.registry.validate_name`);
+    else ``ValueError`` naming it and the rule."""
+    return registry.validate_name(name)
 
 
 def register_adapted(result, name: str, description: str = "") -> registry.ModelEntry:
@@ -154,10 +150,10 @@ def register_adapted(result, name: str, description: str = "") -> registry.Model
     if description:
         d["description"] = description
     spec = ModelSpec.from_dict(d)
-    with tempfile.TemporaryDirectory(prefix="gi-seg-card-") as td:
-        card = Path(td) / "MODEL_CARD.md"
-        card.write_text(_card(spec))
-        return registry.register_model(spec, model=result.net, half=True, extra_files={"MODEL_CARD.md": card})
+    # next_free: another process keeping a model for the same patient takes the next version
+    return registry.register_model(
+        spec, model=result.net, half=True, extra_files={"MODEL_CARD.md": _card}, next_free=True
+    )
 
 
 def keep_for_patient(result, key: str) -> registry.ModelEntry:

@@ -218,6 +218,19 @@ class SliceDataset(torch.utils.data.Dataset):
         return x.contiguous(), y.contiguous()
 
 
+def _seed_worker(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: seed numpy, ``random`` and the worker's copy of
+    the MONAI transforms from the worker's torch seed (set by the loader's generator)."""
+    import random
+
+    from monai.data.utils import worker_init_fn
+
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)  # noqa: NPY002
+    random.seed(seed)
+    worker_init_fn(worker_id)
+
+
 # ----------------------------------------------------------------- loss
 def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, multilabel: bool) -> torch.Tensor:
     """Dice + cross-entropy (softmax) or Dice + BCE (multi-label).
@@ -356,8 +369,9 @@ def train(
 
     world, rank, local_rank = _dist_info()
     distributed = world > 1
-    torch.manual_seed(cfg.seed + rank)
-    np.random.seed(cfg.seed + rank)  # noqa: NPY002  (seeds legacy-API users: MONAI transforms)
+    from monai.utils import set_determinism
+
+    set_determinism(seed=cfg.seed + rank)  # torch, numpy, random (and deterministic cuDNN)
     if distributed:
         import torch.distributed as dist
 
@@ -429,6 +443,11 @@ def train(
     allow_flip = cfg.flip_augment if cfg.flip_augment is not None else not any(c.mirror for c in spec.classes)
     spec.flip_augmented = bool(allow_flip and cfg.augment) or (init is not None and spec.flip_augmented)
     tds = SliceDataset(train_cases, spec, augment=cfg.augment, allow_flip=allow_flip)
+    if tds.transform is not None:
+        # MONAI's random transforms draw from their own generators, which no global seed
+        # reaches: seed them here, and per DataLoader worker (MONAI's worker_init_fn seeds
+        # each worker's copy from torch.initial_seed(), itself derived from `g` below).
+        tds.transform.set_random_state(seed=cfg.seed + rank)
     sampler = DistributedSampler(tds, world, rank, shuffle=True, seed=cfg.seed) if distributed else None
     g = torch.Generator().manual_seed(cfg.seed)
     loader = DataLoader(
@@ -440,6 +459,7 @@ def train(
         drop_last=len(tds) > cfg.batch_size * world,
         generator=g,
         persistent_workers=cfg.num_workers > 0,
+        worker_init_fn=_seed_worker if cfg.num_workers > 0 else None,
     )
 
     net = build_network(spec)
