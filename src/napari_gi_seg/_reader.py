@@ -10,7 +10,11 @@ data tuples ``(data, kwargs, layer_type)``:
 * label files (NIfTI detected by name/content, TIFF with a label-like name, UW-Madison
   CSV) -> ``"labels"``;
 * a UW-Madison case-day folder -> its image and, when a ``train.csv`` is found up the
-  tree, its labels.
+  tree, its labels;
+* a DICOM RT Structure Set or Segmentation file -> ``"labels"`` on the grid of the
+  series it references (found in the same folder or its parent; its geometry and
+  DICOM reference come along, so Save Layer can write an RTSTRUCT again), ROI /
+  segment names as ``metadata["class_names"]``.
 """
 
 from __future__ import annotations
@@ -71,6 +75,11 @@ def read_layers(path) -> list[LayerData]:
             raise InvalidInputError(p, "not a file or folder this plugin reads")
         if kind == "csv":
             out.append(_labels_tuple(io.read_labels(p), f"{p.stem} labels"))
+            continue
+        if kind in ("rtstruct", "seg"):
+            out.append(
+                _labels_tuple(io.read_labels(p), f"{p.name.split('.')[0]} {'ROIs' if kind == 'rtstruct' else 'SEG'}")
+            )
             continue
         try:
             vols = io.read_image(p)

@@ -15,7 +15,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from ._cli_errors import CLIError, run_guarded
+from ._cli_errors import run_guarded
 
 
 def _offsets(s: str) -> tuple[int, ...]:
@@ -138,211 +138,24 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------- segment
-def _slice_range(s: str) -> tuple[int | None, int | None]:
-    """``"A:B"`` -> (A, B): 0-based, B exclusive, either side may be empty (Python slice)."""
-    parts = s.split(":")
-    try:
-        if len(parts) != 2:
-            raise ValueError
-        a, b = (int(v) if v.strip() else None for v in parts)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"slices must be A:B (0-based, B exclusive, e.g. 10:20 or :5), got {s!r}"
-        ) from None
-    return a, b
-
-
 def _add_segment_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("input", help="image: NIfTI, TIFF stack, DICOM series folder, ... (anything the readers take)")
-    p.add_argument(
-        "-o",
-        "--output",
-        required=True,
-        help="label file to write; the format follows the extension: "
-        ".nii.gz/.nii (the input's affine), .tif/.tiff, .csv (UW-Madison RLE)",
-    )
-    p.add_argument(
-        "--model",
-        default=None,
-        help="registered model NAME or NAME:VERSION (default: the bundled default model, newest version)",
-    )
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
-    p.add_argument("--batch-size", type=int, default=8, help="slices per forward pass (default 8)")
-    p.add_argument(
-        "--tta", action="store_true", help="average with a left-right flipped pass (left/right classes swapped back)"
-    )
-    p.add_argument(
-        "--slices",
-        type=_slice_range,
-        default=None,
-        metavar="A:B",
-        help="segment only slices A..B-1 (0-based z index; others stay 0)",
-    )
-    p.add_argument(
-        "--precision",
-        default="auto",
-        choices=["auto", "fp32", "bf16", "fp16"],
-        help="number type of the forward pass (default auto: fp16 on CUDA, bf16 on CPUs with native "
-        "bfloat16, else fp32)",
-    )
-    p.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists (default: refuse)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument(
-        "--adapt",
-        metavar="LABELS",
-        default=None,
-        help="corrected labels on the scan's grid: fine-tune a copy of the model on the --adapt-slices of them "
-        "first, then segment with it (the corrected slices are written as drawn)",
-    )
-    p.add_argument(
-        "--adapt-slices",
-        metavar="Z,Z,...",
-        default=None,
-        help="the corrected slices of LABELS to adapt on, comma-separated 0-based indices as the reader numbers "
-        "slices (a NIfTI file's third voxel axis); only these are used",
-    )
-    p.add_argument(
-        "--save-model", metavar="NAME", default=None, help="register the adapted model as NAME (next free version)"
-    )
+    from .cli_segment import add_segment_args
 
-
-def read_input_volumes(path: str):
-    """Read ``path`` with :func:`napari_gi_seg.io.read_image` (all formats) -> list of
-    image :class:`~napari_gi_seg.io.volume.Volume` (several for a DICOM folder with
-    several series or a UW-Madison case folder with several days).
-
-    Raises :class:`CLIError` for a missing path or a label file, and
-    ``InvalidInputError`` (a ``ValueError`` naming the file) for unreadable or
-    unsupported input.
-    """
-    from pathlib import Path
-
-    from .io import read_image
-
-    if not Path(path).exists():
-        raise CLIError(f"{path}: file not found")
-    vols = read_image(path)
-    if not vols:
-        raise CLIError(f"{path}: no image found")
-    for v in vols:
-        if v.metadata.get("is_labels"):
-            raise CLIError(f"{path}: looks like a label volume, not an image (segment the image it belongs to)")
-    return vols
-
-
-def write_output_labels(path: str, labels, volume, class_names: dict[int, str]) -> None:
-    """Write ``labels`` (``(z, y, x)`` uint8) to ``path`` in the format of its
-    extension via :func:`napari_gi_seg.io.write_labels` (temp file + rename);
-    ``class_names`` are the foreground names by label value (used by the RLE CSV)."""
-    from .io import write_labels
-
-    write_labels(path, labels, like=volume, class_names={k: v for k, v in class_names.items() if k != 0})
-
-
-def _output_paths(output: str, vols) -> list[str]:
-    """One output per volume: OUTPUT itself, or ``<stem>_<volume name><suffix>`` when
-    the input holds several volumes (e.g. a folder of DICOM series: the volume name
-    is then suffixed with the series description and the first 8 hex digits of the
-    hashed ``SeriesInstanceUID``, so two series never share a path).
-
-    Raises :class:`CLIError` naming the clashing series if two outputs would still
-    have the same path (nothing is then written).
-    """
-    if len(vols) == 1:
-        return [output]
-    import re
-
-    from .io import label_suffix
-
-    suf = label_suffix(output) or ""
-    stem = output[: len(output) - len(suf)]
-    outs = []
-    for v in vols:
-        tag = v.name
-        uid = v.metadata.get("series_instance_uid_hash")
-        if uid:
-            desc = re.sub(r"[^A-Za-z0-9._-]+", "-", str(v.metadata.get("series_description") or "")).strip("-")[:40]
-            tag = "_".join(t for t in (v.name, desc, uid[:8]) if t)
-        outs.append(f"{stem}_{tag}{suf}")
-    dup = sorted({o for o in outs if outs.count(o) > 1})
-    if dup:
-        raise CLIError(f"{dup[0]}: several volumes of the input would be written to this one file; nothing written")
-    return outs
+    add_segment_args(p)
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
-    """``napari-gi-seg segment INPUT -o OUTPUT``: segment every slice (or ``--slices``)
-    of INPUT with a registered model and write the label volume."""
-    import os
+    """``napari-gi-seg segment``: see :func:`napari_gi_seg.cli_segment.cmd_segment`."""
+    from .cli_segment import cmd_segment as run
 
-    from tqdm import tqdm
+    return run(args)
 
-    from .engine.inference import resolve_device, segment_volume
-    from .io import LABEL_WRITE_SUFFIXES, label_suffix
-    from .models import registry
-    from .models.network import load_network
 
-    if label_suffix(args.output) is None:
-        raise CLIError(f"{args.output}: unknown output format; use one of {', '.join(LABEL_WRITE_SUFFIXES)}")
-    if args.batch_size < 1:
-        raise CLIError(f"--batch-size must be >= 1, got {args.batch_size}")
-    if not os.path.exists(args.input):
-        raise CLIError(f"{args.input}: file not found")
-    device = resolve_device(args.device)
-    entry = registry.get_entry(args.model)  # ModelNotFoundError lists the known models
-    vols = read_input_volumes(args.input)
-    outs = _output_paths(args.output, vols)
-    if not args.overwrite:
-        for o in outs:
-            if os.path.exists(o):
-                raise CLIError(f"{o}: already exists (pass --overwrite to replace it)")
-    spec = entry.spec()
-    if args.tta and not spec.flip_augmented:
-        raise CLIError(
-            f"--tta needs a model trained with left-right flips; {spec.key} was not (spec.flip_augmented is false)"
-        )
-    net = load_network(spec, entry.weights_path, device)
-    adapted = None
-    if args.adapt or args.adapt_slices or args.save_model:
-        if not args.adapt:
-            raise CLIError("--adapt-slices and --save-model need --adapt LABELS")
-        from .training.adaptation import adapt_from_files
+def read_input_volumes(path: str):
+    """See :func:`napari_gi_seg.cli_segment.read_input_volumes`."""
+    from .cli_segment import read_input_volumes as read
 
-        adapted = adapt_from_files(
-            args.adapt, args.adapt_slices, vols, spec, net, device=device, save_model=args.save_model, quiet=args.quiet
-        )
-        spec, net = adapted.spec, adapted.net
-    for vol, out in zip(vols, outs):
-        depth = vol.shape[0]
-        slices = None
-        if args.slices is not None:
-            a, b = args.slices
-            a = 0 if a is None else (a + depth if a < 0 else a)
-            b = depth if b is None else (b + depth if b < 0 else b)
-            if not (0 <= a < b <= depth):
-                raise CLIError(
-                    f"--slices {args.slices[0] if args.slices[0] is not None else ''}:"
-                    f"{args.slices[1] if args.slices[1] is not None else ''} is empty or outside 0..{depth} "
-                    f"for {args.input} ({depth} slices)"
-                )
-            slices = range(a, b)
-        total = depth if slices is None else len(slices)
-        with tqdm(total=total, unit="slice", desc=vol.name, file=sys.stderr, disable=args.quiet) as bar:
-            res = segment_volume(
-                vol,
-                spec,
-                net,
-                slices=slices,
-                batch_size=args.batch_size,
-                device=device,
-                tta=args.tta,
-                precision=args.precision,
-                progress=lambda b: bar.update(len(b.z)),
-            )
-        labels = res.labels if adapted is None else adapted.merge(res.labels)
-        write_output_labels(out, labels, vol, spec.class_names)
-        print(f"{out}: {len(res.segmented)} slices segmented with {spec.key} on {res.device} in {res.seconds:.1f} s")
-    return 0
+    return read(path)
 
 
 # ----------------------------------------------------------------- models
@@ -601,8 +414,11 @@ COMMANDS: list[tuple[str, str, object, object]] = [
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="napari-gi-seg", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show full tracebacks and DEBUG logging")
+    parser.add_argument("--version", action="version", version=f"napari-gi-seg {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, help_, add_args, func in COMMANDS:
         p = sub.add_parser(name, help=help_, description=help_)

@@ -148,7 +148,7 @@ def test_dicom_folder_with_two_series_writes_one_output_per_series(tmp_path, cha
 
 def test_clashing_outputs_are_refused(tmp_path):
     from napari_gi_seg._cli_errors import CLIError
-    from napari_gi_seg.cli import _output_paths
+    from napari_gi_seg.cli_segment import _output_paths
     from napari_gi_seg.io.volume import Volume
 
     v = Volume(np.zeros((1, 2, 2), np.float32), (1, 1, 1), metadata={"source_path": "/x/a.nii.gz"})

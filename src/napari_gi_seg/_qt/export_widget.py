@@ -2,8 +2,10 @@
 
 Thin over :func:`napari_gi_seg.curation.export.export_case`: only REVIEWED slices carry
 labels, every other slice becomes the ignore label; the model key and the
-per-slice correction Dice go to ``provenance.json``. Errors are shown as napari
-notifications, never raised into the event loop.
+per-slice correction Dice go to ``provenance.json``. "Save RTSTRUCT..." writes the
+whole labels layer as a DICOM RT Structure Set for the planning system (images read
+from a DICOM series only; :func:`napari_gi_seg.io.write_labels`). Errors are shown as
+napari notifications, never raised into the event loop.
 """
 
 from __future__ import annotations
@@ -53,6 +55,8 @@ class ExportWidget(QWidget):
         self.summary_label = QLabel("")
         self.summary_label.setWordWrap(True)
         self.export_button = QPushButton("Export reviewed slices")
+        self.rtstruct_button = QPushButton("Save RTSTRUCT...")
+        self.rtstruct_button.setToolTip("All slices as a DICOM RT Structure Set referencing the DICOM series")
         self.result_label = QLabel("")
         self.result_label.setWordWrap(True)
 
@@ -65,11 +69,13 @@ class ExportWidget(QWidget):
         lay.addLayout(form)
         lay.addWidget(self.summary_label)
         lay.addWidget(self.export_button)
+        lay.addWidget(self.rtstruct_button)
         lay.addWidget(self.result_label)
         lay.addStretch(1)
 
         self.browse_button.clicked.connect(self._browse)
         self.export_button.clicked.connect(lambda: self.export())
+        self.rtstruct_button.clicked.connect(lambda: self.save_rtstruct())
         self.labels_combo.currentIndexChanged.connect(self._update_summary)
         self.viewer.layers.events.inserted.connect(self._refresh)
         self.viewer.layers.events.removed.connect(self._refresh)
@@ -158,4 +164,42 @@ class ExportWidget(QWidget):
         msg = f"Exported {len(reviewed)} reviewed slices of {img.name} to {out}"
         show_info(msg)
         self.result_label.setText(msg)
+        return Path(out)
+
+    def save_rtstruct(self, path: str | Path | None = None) -> Path | None:
+        """Write the selected labels layer (all slices) as an RT Structure Set to
+        ``path`` (asked for when ``None``); ROI names and colours from the
+        case, ``ROIGenerationAlgorithm`` SEMIAUTOMATIC. Returns the file, or ``None``
+        after an error notification (no DICOM image, cancelled, unwritable)."""
+        from napari.utils.notifications import show_error, show_info
+
+        from ..io import write_labels
+        from ..io.volume import volume_from_layer_metadata
+
+        ctx = self.context()
+        if ctx is None or ctx.image_layer is None:
+            show_error("Nothing to save: no labels layer with its image in the viewer.")
+            return None
+        if path is None:
+            path, _ = QFileDialog.getSaveFileName(self, "RT Structure Set", "", "DICOM RTSTRUCT (*.dcm)")
+            if not path:
+                return None
+        img = ctx.image_layer
+        try:
+            image = volume_from_layer_metadata(np.asarray(img.data), dict(img.metadata), scale=img.scale)
+            out = write_labels(
+                Path(path) if str(path).lower().endswith(".dcm") else Path(f"{path}.dcm"),
+                np.asarray(ctx.labels_layer.data),
+                image,
+                ctx.foreground_names,
+                colours=ctx.colours,
+                model_key=ctx.model_key,
+                generation="SEMIAUTOMATIC",
+            )
+        except (OSError, ValueError) as e:
+            show_error(f"RTSTRUCT not written: {e}")
+            self.result_label.setText(f"<span style='color:#e6194b'>RTSTRUCT not written: {e}</span>")
+            return None
+        show_info(f"RT Structure Set written: {out}")
+        self.result_label.setText(f"RT Structure Set written: {out}")
         return Path(out)

@@ -7,7 +7,8 @@ Layout (nnU-Net v2 ``dataset_format.md``; read back by
         dataset.json            channel_names, labels (+ "ignore"), numTraining,
                                 file_ending ".nii.gz", groups {case: patient}
         provenance.json         one entry per case (model, software, time, reviewed
-                                slices, per-slice correction Dice); no patient data
+                                slices, per-slice correction Dice, RT contour metrics
+                                of the model vs the final labels); no patient data
         imagesTr/<case>_0000.nii.gz   the image, with its own affine
         labelsTr/<case>.nii.gz        labels; slices NOT reviewed = ignore label
 
@@ -51,6 +52,7 @@ from .. import __version__
 from .._atomic import atomic_dir, is_temp_name, write_bytes, write_json
 from ..datasets import NNUNET_FILE_ENDING, NNUNET_LABELS, nnunet_image_relpath, nnunet_label_relpath
 from ..datasets.nnunet import NNUNET_IMAGES, read_dataset_json
+from ..evaluation.metrics import rt_contour_metrics
 from ..io.nifti import write_nifti
 from ..io.volume import Volume
 from .review import correction_dice_per_slice
@@ -126,6 +128,15 @@ def _model_info(model_key: str | None) -> dict | None:
     return {"key": str(model_key), "name": name, "version": int(version)}
 
 
+def _finite(o):
+    """``o`` with NaN/inf floats replaced by ``None`` (strict JSON)."""
+    if isinstance(o, float):
+        return o if np.isfinite(o) else None
+    if isinstance(o, dict):
+        return {k: _finite(v) for k, v in o.items()}
+    return o
+
+
 def _read_json(path: Path) -> dict:
     try:
         obj = json.loads(path.read_text())
@@ -187,7 +198,11 @@ def export_case(
         ``img<hash8>``, i.e. exports of the same image file share a group.
     prediction:
         ``(z, y, x)`` model labels before correction; gives the per-slice
-        correction Dice in ``provenance.json``.
+        correction Dice and, on the reviewed slices, the radiotherapy contour metrics
+        of the model against the clinician's final labels (``rt_metrics``: surface
+        Dice at a stated tolerance, mean surface distance, HD95 and added path length
+        per organ and slice; :func:`~napari_gi_seg.evaluation.metrics.rt_contour_metrics`)
+        in ``provenance.json``.
     model_key:
         ``"name:version"`` of the model that produced the prediction.
 
@@ -291,6 +306,9 @@ def export_case(
         "n_ignored_slices": int(unreviewed.size),
         "correction_dice_per_slice": None if dice_z is None else {str(z): round(d, 6) for z, d in dice_z.items()},
         "mean_correction_dice": None if dice_z is None else round(float(np.mean(list(dice_z.values()))), 6),
+        "rt_metrics": None
+        if prediction is None
+        else _finite(rt_contour_metrics(prediction, labels, image.spacing_mm, class_names, zs)),
     }
     meta = dict(meta)
     meta["groups"] = {**meta.get("groups", {}), case_id: group}

@@ -1,6 +1,8 @@
 """Evaluate a registered model on a labelled dataset: per-class and per-case Dice,
-IoU, precision, recall, HD95 (mm), the UW-Madison Kaggle Hausdorff term and score,
-as JSON, a printed table and a Markdown report with plots.
+IoU, precision, recall, HD95 (mm), the radiotherapy contour metrics (surface Dice at
+a stated tolerance, mean surface distance, added path length per organ and slice),
+the UW-Madison Kaggle Hausdorff term and score, as JSON, a printed table and a
+Markdown report with plots.
 
 Used by ``napari-gi-seg evaluate DATASET [--model NAME] ...``; metric definitions and
 empty-mask conventions are those of :mod:`napari_gi_seg.evaluation.metrics`.
@@ -25,7 +27,7 @@ import numpy as np
 from .._atomic import atomic_path, write_text
 from ..datasets import IGNORE_INDEX, DatasetFormatError, SegDataset, detect_layout, open_dataset
 from ..paths import public_path
-from .metrics import aggregate, evaluate_case
+from .metrics import SURFACE_DICE_TOLERANCE_MM, aggregate, evaluate_case
 
 
 @dataclass
@@ -213,6 +215,7 @@ def evaluate_dataset(
         "class_names_assumed": assumed,
         "tta": bool(tta),
         "device": str(dev),
+        "surface_dice_tolerance_mm": SURFACE_DICE_TOLERANCE_MM,
         "n_cases": len(per_case),
         **{k: v for k, v in agg.items() if k != "per_class"},
         "per_class": agg["per_class"],
@@ -260,6 +263,9 @@ def format_table(summary: dict) -> str:
         ("precision", "prec", 3),
         ("recall", "recall", 3),
         ("hd95_mm", "HD95 mm", 1),
+        ("surface_dice", "sDice", 3),
+        ("msd_mm", "MSD mm", 2),
+        ("apl_mm", "APL mm", 0),
         ("kaggle_hd", "kaggleHD", 3),
         ("kaggle_score", "kaggle", 3),
     ]
@@ -271,6 +277,8 @@ def format_table(summary: dict) -> str:
     lines.append(f"{'mean':<{w}}  " + "  ".join(f"{_f(summary.get('mean_' + k), nd):>8}" for k, _, nd in cols))
     undefined = {n: m.get("hd95_undefined", 0) for n, m in summary["per_class"].items() if m.get("hd95_undefined")}
     tail = f"{summary['n_cases']} case(s), model {summary['model']}"
+    if summary.get("surface_dice_tolerance_mm") is not None:
+        tail += f"; surface Dice (sDice) at {summary['surface_dice_tolerance_mm']:g} mm; APL per case"
     if undefined:
         tail += f"; HD95 undefined (organ missing in prediction or reference) for {undefined}"
     return "\n".join(lines + [tail])
@@ -305,6 +313,50 @@ def plot_dice(summary: dict, path: Path) -> None:
     ax.set_ylim(0, 1.02)
     ax.set_ylabel("Dice per case")
     ax.set_title(f"{summary['model']}: Dice per class ({summary['n_cases']} cases)")
+    fig.tight_layout()
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png")
+    finally:
+        plt.close(fig)
+
+
+def plot_rt_metrics(summary: dict, path: Path) -> None:
+    """Per organ: surface Dice at the stated tolerance, mean surface distance (mm) and
+    added path length (mm per case), box plots with the per-case points."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(summary["per_class"])
+    tol = summary.get("surface_dice_tolerance_mm")
+    panels = [
+        ("surface_dice", f"surface Dice at {tol:g} mm" if tol is not None else "surface Dice"),
+        ("msd_mm", "mean surface distance (mm)"),
+        ("apl_mm", "added path length (mm)"),
+    ]
+    fig, axes = plt.subplots(1, 3, figsize=(3 * (1.1 * len(names) + 1.5), 3.6), dpi=100)
+    rng = np.random.default_rng(0)
+    for ax, (key, label) in zip(axes, panels):
+        data = [
+            [
+                v
+                for pc in summary["per_case"].values()
+                if n in pc["per_class"]
+                for v in [pc["per_class"][n].get(key)]
+                if v is not None and math.isfinite(v)
+            ]
+            for n in names
+        ]
+        ax.boxplot([d or [np.nan] for d in data], showfliers=False)
+        for i, d in enumerate(data, start=1):
+            ax.scatter(i + rng.uniform(-0.12, 0.12, len(d)), d, s=12, alpha=0.7, color="tab:blue", zorder=3)
+        ax.set_xticks(range(1, len(names) + 1), names, rotation=25)
+        ax.set_title(label, fontsize=10)
+        if key == "surface_dice":
+            ax.set_ylim(0, 1.02)
+    fig.suptitle(f"{summary['model']}: contour metrics per organ ({summary['n_cases']} cases)")
     fig.tight_layout()
     try:
         with atomic_path(path) as tmp:
@@ -358,6 +410,9 @@ def write_report(
     files.mkdir(parents=True, exist_ok=True)
     class_colours = class_colours or ev.colours
     plot_dice(s, files / "dice_per_class.png")
+    has_rt = any("surface_dice" in m for m in s["per_class"].values())
+    if has_rt:
+        plot_rt_metrics(s, files / "rt_metrics_per_class.png")
     order = sorted(s["per_case"], key=lambda c: s["per_case"][c]["mean_dice"])
     overlays = []
     for cid in order[:max_overlays]:
@@ -381,6 +436,9 @@ def write_report(
         ("precision", "precision"),
         ("recall", "recall"),
         ("hd95_mm", "HD95 (mm)"),
+        ("surface_dice", f"surface Dice ({s.get('surface_dice_tolerance_mm', 0):g} mm)"),
+        ("msd_mm", "MSD (mm)"),
+        ("apl_mm", "APL (mm)"),
         ("kaggle_hd", "Kaggle HD term"),
         ("kaggle_score", "Kaggle score"),
     ]
@@ -397,7 +455,9 @@ def write_report(
     L += [
         "",
         "Definitions and empty-mask conventions: `napari_gi_seg.evaluation.metrics` / docs/training.md "
-        "(HD95 via MONAI, both empty = 0 mm, one empty = undefined; Kaggle term = normalised 3D Hausdorff "
+        "(HD95 via MONAI, both empty = 0 mm, one empty = undefined; surface Dice via MONAI at the stated "
+        "tolerance; MSD = symmetric mean surface distance; APL = added path length per case, the reference "
+        "contour the model did not provide (Vaassen et al. 2020); Kaggle term = normalised 3D Hausdorff "
         "distance, score = 0.4 Dice(2D) + 0.6 (1 - distance)).",
         "",
         "## Per class (mean ± std over cases)",
@@ -419,10 +479,10 @@ def write_report(
         + " | ".join(f"**{_f(s.get('mean_' + k), 1 if k == 'hd95_mm' else 3)}**" for k, _ in cols)
         + " |"
     )
+    L += ["", f"![Dice per class]({rel}/dice_per_class.png)", ""]
+    if has_rt:
+        L += [f"![Contour metrics per organ]({rel}/rt_metrics_per_class.png)", ""]
     L += [
-        "",
-        f"![Dice per class]({rel}/dice_per_class.png)",
-        "",
         "## Per case",
         "",
         "| case | patient | mean Dice | "

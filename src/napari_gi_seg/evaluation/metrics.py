@@ -23,6 +23,30 @@ symmetric: the larger of the two directed 95th percentiles; surfaces from
 **0.0 mm**; exactly one empty -> **NaN** (the distance is undefined; aggregation
 skips NaN and counts it in ``hd95_undefined``, and the miss shows in Dice = 0).
 
+Radiotherapy contour metrics
+----------------------------
+How much contour a clinician must redraw matters more in radiotherapy than volume
+overlap (Vaassen F. et al., "Evaluation of measures for assessing time-saving of
+automatic organ-at-risk segmentation in radiotherapy", Phys Imaging Radiat Oncol 13
+(2020) 1-6):
+
+* surface Dice at tolerance ``tau`` mm (Nikolov et al. 2021): the share of both
+  surfaces lying within ``tau`` of the other, MONAI's
+  :func:`monai.metrics.compute_surface_dice` (edge voxels of each mask, Euclidean
+  distances with the voxel spacing; ``tau`` = :data:`SURFACE_DICE_TOLERANCE_MM` unless
+  stated). Both empty -> **1.0**; one empty -> **0.0**.
+* mean surface distance (mm): symmetric average surface distance, MONAI's
+  :func:`monai.metrics.compute_average_surface_distance`. Both empty -> 0.0; one
+  empty -> NaN.
+* added path length (APL, mm), per slice: the length of the clinician's final contour
+  (the reference) that the model's contour does not already provide, i.e. the number
+  of reference boundary pixels (4-connected inner boundary of the slice's mask) farther
+  than ``tolerance_mm`` (default 0: not on the predicted boundary) from every
+  predicted boundary pixel, times the in-plane pixel size (the mean of the row and
+  column spacing). A slice with an organ the model missed adds its whole boundary; a
+  spurious prediction adds nothing (deleting is fast). The case's APL is the sum
+  over slices.
+
 UW-Madison GI Tract (Kaggle 2022) score
 ---------------------------------------
 The competition's evaluation page
@@ -60,7 +84,22 @@ import numpy as np
 KAGGLE_DICE_WEIGHT = 0.4
 KAGGLE_HD_WEIGHT = 0.6
 
-METRIC_NAMES = ("dice", "iou", "precision", "recall", "hd95_mm", "kaggle_hd", "kaggle_dice_2d", "kaggle_score")
+#: Tolerance (mm) of the surface Dice reported by evaluate and the export's provenance.
+SURFACE_DICE_TOLERANCE_MM = 2.0
+
+METRIC_NAMES = (
+    "dice",
+    "iou",
+    "precision",
+    "recall",
+    "hd95_mm",
+    "surface_dice",
+    "msd_mm",
+    "apl_mm",
+    "kaggle_hd",
+    "kaggle_dice_2d",
+    "kaggle_score",
+)
 
 
 # ----------------------------------------------------------------- overlap
@@ -166,6 +205,114 @@ def hd95_mm(
     return float(d.reshape(-1)[0])
 
 
+def _surface_pair(pred, ref, spacing_mm, ignore):
+    """Boolean masks with ignored voxels cleared, cropped to the union's bounding box
+    (+1 voxel), as ``(1, 1, ...)`` tensors; ``None`` when either is empty."""
+    import torch
+
+    p, r = np.asarray(pred, bool), np.asarray(ref, bool)
+    if p.shape != r.shape:
+        raise ValueError(f"shape mismatch: prediction {p.shape} vs reference {r.shape}")
+    if len(spacing_mm) != p.ndim:
+        raise ValueError(f"spacing_mm {tuple(spacing_mm)} must have one value per axis of {p.shape}")
+    if ignore is not None:
+        keep = ~np.asarray(ignore, bool)
+        p, r = p & keep, r & keep
+    pe, re_ = bool(p.any()), bool(r.any())
+    if not (pe and re_):
+        return pe, re_, None
+    idx = np.nonzero(p | r)
+    sl = tuple(slice(max(0, int(i.min()) - 1), int(i.max()) + 2) for i in idx)
+    pt = torch.from_numpy(np.ascontiguousarray(p[sl]))[None, None]
+    rt = torch.from_numpy(np.ascontiguousarray(r[sl]))[None, None]
+    return pe, re_, (pt, rt)
+
+
+def surface_dice(
+    pred: np.ndarray,
+    ref: np.ndarray,
+    spacing_mm: Sequence[float],
+    tolerance_mm: float = SURFACE_DICE_TOLERANCE_MM,
+    ignore: np.ndarray | None = None,
+) -> float:
+    """Surface Dice of two boolean masks ``(z, y, x)`` at ``tolerance_mm`` (MONAI's
+    :func:`monai.metrics.compute_surface_dice`, voxel size ``spacing_mm``); ignored
+    voxels cleared in both. Both empty -> 1.0, one empty -> 0.0 (module docstring).
+    Raises ``ValueError`` on a shape mismatch or a spacing of the wrong length."""
+    from monai.metrics import compute_surface_dice
+
+    pe, re_, pair = _surface_pair(pred, ref, spacing_mm, ignore)
+    if pair is None:
+        return 1.0 if not pe and not re_ else 0.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        d = compute_surface_dice(
+            *pair,
+            class_thresholds=[float(tolerance_mm)],
+            include_background=True,
+            spacing=[float(s) for s in spacing_mm],
+        )
+    return float(d.reshape(-1)[0])
+
+
+def mean_surface_distance_mm(
+    pred: np.ndarray, ref: np.ndarray, spacing_mm: Sequence[float], ignore: np.ndarray | None = None
+) -> float:
+    """Symmetric mean surface distance (mm) of two boolean masks (MONAI's
+    :func:`monai.metrics.compute_average_surface_distance`). Both empty -> 0.0, one
+    empty -> NaN."""
+    from monai.metrics import compute_average_surface_distance
+
+    pe, re_, pair = _surface_pair(pred, ref, spacing_mm, ignore)
+    if pair is None:
+        return 0.0 if not pe and not re_ else float("nan")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        d = compute_average_surface_distance(
+            *pair, include_background=True, symmetric=True, spacing=[float(s) for s in spacing_mm]
+        )
+    return float(d.reshape(-1)[0])
+
+
+def added_path_length_per_slice(
+    pred: np.ndarray,
+    ref: np.ndarray,
+    spacing_mm: Sequence[float],
+    tolerance_mm: float = 0.0,
+    ignore: np.ndarray | None = None,
+) -> np.ndarray:
+    """Added path length (mm) per slice of ``(z, y, x)`` boolean masks: the length of
+    the reference's boundary not within ``tolerance_mm`` of the prediction's boundary
+    (Vaassen et al. 2020; module docstring). ``spacing_mm`` is ``(z, y, x)``; slices
+    whose voxels are all ignored give NaN. Returns ``(z,)`` float64."""
+    from scipy import ndimage
+
+    p, r = np.asarray(pred, bool), np.asarray(ref, bool)
+    if p.shape != r.shape or p.ndim != 3:
+        raise ValueError(f"expected two (z, y, x) masks of one shape, got {p.shape} and {r.shape}")
+    dy, dx = float(spacing_mm[1]), float(spacing_mm[2])
+    px = (dy + dx) / 2.0
+    keep = None if ignore is None else ~np.asarray(ignore, bool)
+    out = np.zeros(p.shape[0])
+    cross = ndimage.generate_binary_structure(2, 1)
+    for z in range(p.shape[0]):
+        if keep is not None and not keep[z].any():
+            out[z] = np.nan
+            continue
+        rz = r[z] if keep is None else r[z] & keep[z]
+        if not rz.any():
+            continue
+        pz = p[z] if keep is None else p[z] & keep[z]
+        rb = rz & ~ndimage.binary_erosion(rz, cross, border_value=0)
+        pb = pz & ~ndimage.binary_erosion(pz, cross, border_value=0)
+        if not pb.any():
+            out[z] = rb.sum() * px
+            continue
+        dist = ndimage.distance_transform_edt(~pb, sampling=(dy, dx))
+        out[z] = np.count_nonzero(dist[rb] > tolerance_mm + 1e-6) * px
+    return out
+
+
 def hausdorff_voxels(pred: np.ndarray, ref: np.ndarray) -> float:
     """Symmetric (maximum) Hausdorff distance between two boolean voxel sets in voxel
     units (unit spacing on every axis), over all voxels: ``max(max_{a in A} d(a, B),
@@ -254,6 +401,8 @@ def evaluate_case(
     class_names: Sequence[str] | Mapping[int, str],
     ignore_index: int | None = 255,
     kaggle: bool = True,
+    rt: bool = True,
+    surface_tolerance_mm: float = SURFACE_DICE_TOLERANCE_MM,
 ) -> dict:
     """All metrics of one case, per class.
 
@@ -272,12 +421,17 @@ def evaluate_case(
     kaggle:
         Also compute the UW-Madison terms (``kaggle_hd``, ``kaggle_dice_2d``,
         ``kaggle_score``).
+    rt:
+        Also compute the radiotherapy contour metrics: ``surface_dice`` at
+        ``surface_tolerance_mm``, ``msd_mm``, ``apl_mm`` (total added path length) and
+        ``apl_mm_per_slice`` (list over z, NaN where the slice is ignored).
 
     Returns
     -------
     ``{"per_class": {name: {"dice", "iou", "precision", "recall", "hd95_mm",
-    "kaggle_hd", "kaggle_dice_2d", "kaggle_score", "ref_voxels", "pred_voxels"}},
-    "mean_dice": float}``. See the module docstring for definitions and empty-mask
+    "surface_dice", "msd_mm", "apl_mm", "apl_mm_per_slice", "kaggle_hd",
+    "kaggle_dice_2d", "kaggle_score", "ref_voxels", "pred_voxels"}},
+    "mean_dice": float, "surface_dice_tolerance_mm": float}``. See the module docstring for definitions and empty-mask
     conventions.
 
     Raises ``ValueError`` for mismatched shapes.
@@ -303,13 +457,55 @@ def evaluate_case(
             ign = None
         m = overlap_metrics(p, r, ign)
         m["hd95_mm"] = hd95_mm(p, r, spacing_mm, ign)
+        if rt:
+            m["surface_dice"] = surface_dice(p, r, spacing_mm, surface_tolerance_mm, ign)
+            m["msd_mm"] = mean_surface_distance_mm(p, r, spacing_mm, ign)
+            apl = added_path_length_per_slice(p, r, spacing_mm, 0.0, ign)
+            m["apl_mm"] = float(np.nansum(apl))
+            m["apl_mm_per_slice"] = [round(float(v), 3) for v in apl]
         if kaggle:
             m.update(kaggle_score(p, r, ign))
         keep = ~ign if ign is not None else slice(None)
         m["ref_voxels"] = int(np.count_nonzero(r[keep]))
         m["pred_voxels"] = int(np.count_nonzero(p[keep]))
         per_class[name] = m
-    return {"per_class": per_class, "mean_dice": float(np.mean([m["dice"] for m in per_class.values()]))}
+    out = {"per_class": per_class, "mean_dice": float(np.mean([m["dice"] for m in per_class.values()]))}
+    if rt:
+        out["surface_dice_tolerance_mm"] = float(surface_tolerance_mm)
+    return out
+
+
+def rt_contour_metrics(
+    pred: np.ndarray,
+    ref: np.ndarray,
+    spacing_mm: Sequence[float],
+    class_names: Mapping[int, str],
+    slices: Sequence[int] | None = None,
+    tolerance_mm: float = SURFACE_DICE_TOLERANCE_MM,
+) -> dict:
+    """Radiotherapy contour metrics between the model's labels ``pred`` and the
+    clinician's final labels ``ref`` (``(z, y, x)`` integer volumes), per organ, on
+    ``slices`` only (default all): ``{"surface_dice_tolerance_mm": tau, "per_class":
+    {name: {"surface_dice", "msd_mm", "hd95_mm", "apl_mm", "apl_mm_per_slice": {z: mm}}}}``
+    (APL per slice listed for the given slices). Definitions: module docstring."""
+    pred, ref = np.asarray(pred), np.asarray(ref)
+    if pred.shape != ref.shape:
+        raise ValueError(f"shape mismatch: prediction {pred.shape} vs reference {ref.shape}")
+    zs = list(range(ref.shape[0])) if slices is None else sorted({int(z) for z in slices})
+    ignore = np.ones(ref.shape, bool)
+    ignore[zs] = False
+    per_class = {}
+    for value, name in _class_items(class_names):
+        p, r = pred == value, ref == value
+        apl = added_path_length_per_slice(p, r, spacing_mm, 0.0, ignore)
+        per_class[name] = {
+            "surface_dice": round(surface_dice(p, r, spacing_mm, tolerance_mm, ignore), 6),
+            "msd_mm": round(mean_surface_distance_mm(p, r, spacing_mm, ignore), 4),
+            "hd95_mm": round(hd95_mm(p, r, spacing_mm, ignore), 4),
+            "apl_mm": round(float(np.nansum(apl[zs])), 3),
+            "apl_mm_per_slice": {str(z): round(float(apl[z]), 3) for z in zs},
+        }
+    return {"surface_dice_tolerance_mm": float(tolerance_mm), "per_class": per_class}
 
 
 def aggregate(per_case: Mapping[str, dict]) -> dict:

@@ -1,7 +1,8 @@
 """Reading and writing MRI stacks and label volumes: one entry point per direction.
 
 * :func:`read_image` — any supported image file or folder -> ``list[Volume]``;
-* :func:`read_labels` — a label file (NIfTI, TIFF, UW-Madison CSV) -> ``Volume``;
+* :func:`read_labels` — a label file (NIfTI, TIFF, UW-Madison CSV, DICOM RTSTRUCT or
+  SEG) -> ``Volume``;
 * :func:`write_labels` — a ``(z, y, x)`` label array next to its image, format by
   file extension;
 * :func:`is_supported` — cheap check used by the napari reader hook (never raises).
@@ -9,7 +10,8 @@
 Formats (details and geometry conventions in ``docs/data-formats.md`` and in each
 module): NIfTI (:mod:`.nifti`), DICOM series (:mod:`.dicom`), TIFF stacks
 (:mod:`.tiff`), UW-Madison GI Tract case-days and RLE CSV (:mod:`.uwmgi`,
-:mod:`.rle`). All readers return :class:`~.volume.Volume` with ``(z, y, x)`` data;
+:mod:`.rle`), DICOM RT Structure Sets (:mod:`.rtstruct`) and Segmentations
+(:mod:`.dicom_seg`) on the grid of the DICOM series they reference. All readers return :class:`~.volume.Volume` with ``(z, y, x)`` data;
 all problems with an input are :class:`~.volume.InvalidInputError` naming the file.
 """
 
@@ -23,15 +25,26 @@ import numpy as np
 from .volume import InvalidInputError, Volume, volume_from_layer_metadata
 
 #: File suffixes :func:`write_labels` understands.
-LABEL_WRITE_SUFFIXES = (".nii.gz", ".nii", ".tif", ".tiff", ".csv")
+LABEL_WRITE_SUFFIXES = (".nii.gz", ".nii", ".tif", ".tiff", ".csv", ".seg.dcm", ".dcm")
+#: Output format of each suffix (``.dcm`` is an RT Structure Set, ``.seg.dcm`` a DICOM-SEG).
+LABEL_FORMATS = {
+    ".nii.gz": "nifti",
+    ".nii": "nifti",
+    ".tif": "tiff",
+    ".tiff": "tiff",
+    ".csv": "uwmgi-csv",
+    ".seg.dcm": "dicom-seg",
+    ".dcm": "rtstruct",
+}
 
 # LPS (DICOM) <-> RAS (NIfTI) world frames differ by flipping x and y.
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
 def _kind(path: str | Path) -> str | None:
-    """``"nifti" | "tiff" | "csv" | "dicom" | "uwmgi" | None`` (cheap, never raises)."""
-    from .dicom import DICOM_SUFFIXES, is_dicom_folder, looks_like_dicom
+    """``"nifti" | "tiff" | "csv" | "dicom" | "rtstruct" | "seg" | "uwmgi" | None``
+    (cheap, never raises)."""
+    from .dicom import DICOM_SUFFIXES, dicom_object_kind, is_dicom_folder, looks_like_dicom
     from .nifti import is_nifti
     from .tiff import is_tiff
     from .uwmgi import is_uwmgi_csv, is_uwmgi_folder
@@ -54,7 +67,8 @@ def _kind(path: str | Path) -> str | None:
         if name.endswith(".csv"):
             return "csv" if is_uwmgi_csv(p) else None
         if name.endswith(DICOM_SUFFIXES) or looks_like_dicom(p):
-            return "dicom" if looks_like_dicom(p) else None
+            obj = dicom_object_kind(p)
+            return {"rtstruct": "rtstruct", "seg": "seg", "image": "dicom"}.get(obj or "")
     except (OSError, ValueError):
         return None
     return None
@@ -62,8 +76,9 @@ def _kind(path: str | Path) -> str | None:
 
 def is_supported(path: str | Path) -> bool:
     """True if :func:`read_image` or :func:`read_labels` can try ``path``: a NIfTI or
-    TIFF file, a UW-Madison ``id,class,segmentation`` CSV, a DICOM file, a folder with
-    DICOM files, or a UW-Madison case-day / case folder. Never raises."""
+    TIFF file, a UW-Madison ``id,class,segmentation`` CSV, a DICOM file (image,
+    RTSTRUCT or SEG), a folder with DICOM files, or a UW-Madison case-day / case
+    folder. Never raises."""
     return _kind(path) is not None
 
 
@@ -107,6 +122,8 @@ def read_image(path: str | Path, slice_spacing_mm: float | None = None) -> list[
         return [read_uwmgi_case_day(f, dz) for f in case_day_folders(p)]
     if kind == "csv":
         raise InvalidInputError(p, "a UW-Madison label CSV holds labels, not an image; use read_labels")
+    if kind in ("rtstruct", "seg"):
+        raise InvalidInputError(p, f"a DICOM {kind.upper()} holds labels, not an image; use read_labels")
     raise InvalidInputError(
         p,
         "unsupported input; expected NIfTI (.nii/.nii.gz), TIFF stack, DICOM series folder "
@@ -140,6 +157,12 @@ def read_labels(path: str | Path, like: Volume | None = None) -> Volume:
       ``spacing_assumed``). Values 1 large_bowel, 2 small_bowel, 3 stomach, later
       class wins where organs overlap (:func:`.uwmgi.read_uwmgi_labels`).
     * UW-Madison case-day folder: its labels from the ``train.csv`` found up the tree.
+    * DICOM RTSTRUCT: contours rasterised on ``like``'s grid (any image in the
+      structure set's world frame) or, without ``like``, on the referenced series found
+      in the file's folder or its parent; ROI names become class names
+      (:func:`.rtstruct.read_rtstruct`).
+    * DICOM-SEG: on the referenced series (``like`` must be that series); segment
+      labels become class names (:func:`.dicom_seg.read_dicom_seg`).
 
     ``metadata["class_names"]`` (value -> name) is set where the format names classes.
 
@@ -211,9 +234,19 @@ def read_labels(path: str | Path, like: Volume | None = None) -> Volume:
                 "spacing_source": "none in the CSV; in-plane 1 mm assumed",
             },
         )
+    if kind == "rtstruct":
+        from .rtstruct import read_rtstruct
+
+        return read_rtstruct(p, like)
+    if kind == "seg":
+        from .dicom_seg import read_dicom_seg
+
+        return read_dicom_seg(p, like)
     if kind == "dicom":
-        raise InvalidInputError(p, "DICOM label objects (SEG/RTSTRUCT) are not supported; save labels as NIfTI")
-    raise InvalidInputError(p, "unsupported label file; expected .nii/.nii.gz, .tif/.tiff or a UW-Madison CSV")
+        raise InvalidInputError(p, "a DICOM image, not a label object (RTSTRUCT or SEG)")
+    raise InvalidInputError(
+        p, "unsupported label file; expected .nii/.nii.gz, .tif/.tiff, a UW-Madison CSV, a DICOM RTSTRUCT or SEG"
+    )
 
 
 def nifti_affine(volume: Volume) -> np.ndarray:
@@ -235,6 +268,10 @@ def write_labels(
     labels: np.ndarray,
     like: Volume,
     class_names: Mapping[int, str] | None = None,
+    *,
+    colours: Mapping[int, object] | None = None,
+    model_key: str | None = None,
+    generation: str = "AUTOMATIC",
 ) -> Path:
     """Write a label volume aligned with the image ``like``; format by extension.
 
@@ -246,6 +283,11 @@ def write_labels(
       ``labels`` may also be ``(K, z, y, x)`` 0/1 masks (lossless for overlaps).
       ``class_names`` (value -> name) defaults to the image's ``metadata["class_names"]``
       or large_bowel/small_bowel/stomach.
+    * ``.dcm``: a DICOM RT Structure Set, ``.seg.dcm``: a DICOM-SEG; both need ``like``
+      read from a DICOM series and reference it (:func:`.rtstruct.write_rtstruct`,
+      :func:`.dicom_seg.write_dicom_seg`); one ROI/segment per ``class_names`` entry
+      with ``colours`` (value -> ``#rrggbb``); ``model_key`` (``"name:version"``) names
+      the algorithm; ``generation`` is ``"AUTOMATIC"`` or ``"SEMIAUTOMATIC"``.
 
     Files are written to a temp name and renamed. Returns the path written.
 
@@ -278,6 +320,22 @@ def write_labels(
         return write_nifti(geom, p, arr)
     if suffix in (".tif", ".tiff"):
         return write_tiff_labels(p, arr, like.spacing_mm)
+    if suffix in (".dcm", ".seg.dcm"):
+        names = dict(class_names or like.metadata.get("class_names") or {})
+        names = {int(k): str(v) for k, v in names.items() if int(k) != 0}
+        if not names:
+            names = {int(v): f"label_{int(v)}" for v in np.unique(arr) if v != 0}
+        if suffix == ".dcm":
+            from .rtstruct import write_rtstruct
+
+            return write_rtstruct(p, arr, like, names, colours, generation=generation, description=str(model_key or ""))
+        from .dicom_seg import write_dicom_seg
+
+        key = str(model_key or "napari-gi-seg")
+        name, version = key.rsplit(":", 1) if ":" in key else (key, "")
+        return write_dicom_seg(
+            p, arr, like, names, colours, model_name=name, model_version=version, generation=generation
+        )
     cd = uwmgi.volume_case_day(like)
     if cd is None:
         raise ValueError(f"{p}: the image has no UW-Madison case/day (metadata case_id, day); cannot name the rows")
@@ -296,4 +354,5 @@ __all__ = [
     "nifti_affine",
     "label_suffix",
     "LABEL_WRITE_SUFFIXES",
+    "LABEL_FORMATS",
 ]

@@ -25,13 +25,24 @@ Reading (:func:`read_dicom_folder`):
 
 Only non-identifying metadata is kept: ``modality``, ``series_description`` and a
 sha256 hash of the ``SeriesInstanceUID``. Patient-module attributes (name, id, birth
-date, ...) are never copied (see PS3.15 Annex E).
+date, ...) are never copied into :attr:`Volume.metadata` (see PS3.15 Annex E).
+
+What DICOM outputs (RTSTRUCT, DICOM-SEG) must reference, i.e. the Study, Series, SOP
+Instance and Frame of Reference UIDs, per-slice ``ImagePositionPatient`` and the
+Patient/Study module values the standard requires an RT object to repeat, is kept in
+the volume's private field ``Volume._dicom_ref`` (a :class:`DicomReference`), which is
+never part of metadata, layer metadata, exports, sessions or logs.
+
+RT Structure Sets and Segmentation objects (``Modality`` RTSTRUCT / SEG) are not image
+series: the series reader skips them; :func:`dicom_object_kind` tells them apart.
 """
 
 from __future__ import annotations
 
 import hashlib
+import secrets
 from collections import defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +52,139 @@ from .volume import InvalidInputError, Volume, check_claimed_size
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
 #: Slice positions closer than this (mm) count as the same position.
 POSITION_TOLERANCE_MM = 1e-3
+
+
+#: Patient and General Study module attributes repeated in RTSTRUCT/SEG outputs (the
+#: standard requires an RT object to carry the same Patient and Study as its images).
+#: Kept only in :class:`DicomReference`, never in metadata.
+REFERENCE_PATIENT_STUDY_TAGS = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyInstanceUID",
+    "StudyDate",
+    "StudyTime",
+    "StudyID",
+    "AccessionNumber",
+    "ReferringPhysicianName",
+    "StudyDescription",
+)
+#: ``Modality`` values of DICOM label objects (not image series).
+LABEL_MODALITIES = ("RTSTRUCT", "SEG")
+
+
+@dataclass(frozen=True, eq=False)
+class DicomReference:
+    """What an RTSTRUCT or DICOM-SEG written for a series must reference.
+
+    Private to the volume (``Volume._dicom_ref``): its ``repr`` shows no UID or patient
+    value, it is never put into metadata, and layers carry only :attr:`token`.
+
+    Attributes
+    ----------
+    series_instance_uid, frame_of_reference_uid, sop_class_uid:
+        Of the image series (``FrameOfReferenceUID`` may be ``""`` when absent).
+    sop_instance_uids:
+        ``SOPInstanceUID`` of each slice, in the volume's ``z`` order.
+    positions:
+        ``(z, 3)`` float64 ``ImagePositionPatient`` (LPS mm) of each slice, ``z`` order.
+    orientation:
+        ``ImageOrientationPatient``: row then column direction cosines (6 floats).
+    pixel_spacing:
+        ``PixelSpacing`` ``(between rows, between columns)`` in mm.
+    rows, columns:
+        Image size in pixels.
+    slice_thickness:
+        ``SliceThickness`` in mm, ``None`` when absent.
+    modality:
+        ``Modality`` of the images (e.g. ``"MR"``).
+    patient_study:
+        Values of :data:`REFERENCE_PATIENT_STUDY_TAGS` present in the series (strings).
+    token:
+        Random hex token under which layers find this reference in the current process.
+    """
+
+    series_instance_uid: str
+    frame_of_reference_uid: str
+    sop_class_uid: str
+    sop_instance_uids: tuple[str, ...]
+    positions: np.ndarray
+    orientation: tuple[float, ...]
+    pixel_spacing: tuple[float, float]
+    rows: int
+    columns: int
+    slice_thickness: float | None = None
+    modality: str = ""
+    patient_study: dict[str, str] = field(default_factory=dict)
+    token: str = field(default_factory=lambda: secrets.token_hex(8))
+
+    def __repr__(self) -> str:  # never show UIDs or patient values
+        return f"DicomReference({len(self.sop_instance_uids)} slices, {self.rows}x{self.columns})"
+
+    __str__ = __repr__
+
+    @property
+    def study_instance_uid(self) -> str:
+        """``StudyInstanceUID`` of the series."""
+        return self.patient_study.get("StudyInstanceUID", "")
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """``(z, y, x)`` = (slices, rows, columns) of the series."""
+        return (len(self.sop_instance_uids), int(self.rows), int(self.columns))
+
+    @property
+    def normal(self) -> np.ndarray:
+        """Unit slice normal ``row cosine x column cosine`` (LPS)."""
+        o = np.asarray(self.orientation, float)
+        n = np.cross(o[:3], o[3:])
+        return n / np.linalg.norm(n)
+
+
+def _reference(uid: str, items: list, ipps: np.ndarray, iop: np.ndarray, ps: np.ndarray) -> DicomReference:
+    """The :class:`DicomReference` of a series whose ``items`` ``(path, header)`` are in z order."""
+    ds0 = items[0][1]
+    ps_tags = {}
+    for tag in REFERENCE_PATIENT_STUDY_TAGS:
+        v = getattr(ds0, tag, None)
+        if v is not None and str(v) != "":
+            ps_tags[tag] = str(v)
+    thick = getattr(ds0, "SliceThickness", None)
+    return DicomReference(
+        series_instance_uid=str(uid),
+        frame_of_reference_uid=str(getattr(ds0, "FrameOfReferenceUID", "") or ""),
+        sop_class_uid=str(getattr(ds0, "SOPClassUID", "") or ""),
+        sop_instance_uids=tuple(str(getattr(ds, "SOPInstanceUID", "") or "") for _, ds in items),
+        positions=np.asarray(ipps, dtype=np.float64).copy(),
+        orientation=tuple(float(v) for v in iop),
+        pixel_spacing=(float(ps[0]), float(ps[1])),
+        rows=int(ds0.Rows),
+        columns=int(ds0.Columns),
+        slice_thickness=float(thick) if thick not in (None, "") else None,
+        modality=str(getattr(ds0, "Modality", "") or ""),
+        patient_study=ps_tags,
+    )
+
+
+def dicom_object_kind(path: str | Path) -> str | None:
+    """``"rtstruct"`` or ``"seg"`` for a DICOM RT Structure Set / Segmentation file,
+    ``"image"`` for any other DICOM file, ``None`` if not DICOM. Never raises."""
+    if not looks_like_dicom(path):
+        return None
+    try:
+        import pydicom
+
+        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["Modality", "SOPClassUID"])
+    except Exception:  # noqa: BLE001 - a detector never raises
+        return "image"
+    mod = str(getattr(ds, "Modality", "") or "").upper()
+    sop = str(getattr(ds, "SOPClassUID", "") or "")
+    if mod == "RTSTRUCT" or sop == "1.2.840.10008.5.1.4.1.1.481.3":
+        return "rtstruct"
+    if mod == "SEG" or sop == "1.2.840.10008.5.1.4.1.1.66.4":
+        return "seg"
+    return "image"
 
 
 def looks_like_dicom(path: str | Path) -> bool:
@@ -87,6 +231,8 @@ def _headers(folder: Path):
         except (InvalidDicomError, OSError, ValueError, EOFError, AttributeError):
             continue
         if "Rows" not in ds or "Columns" not in ds:  # not an image (DICOMDIR, SR, RT structure set, ...)
+            continue
+        if str(getattr(ds, "Modality", "") or "").upper() in LABEL_MODALITIES:  # a SEG beside its series
             continue
         if int(getattr(ds, "NumberOfFrames", 1) or 1) > 1:
             raise InvalidInputError(f, "multi-frame (enhanced) DICOM is not supported; export single-frame slices")
@@ -208,7 +354,16 @@ def _series_volume(folder: Path, uid: str, items: list) -> Volume:
         "coordinate_system": "LPS",
         "spacing_source": "PixelSpacing and slice positions",
     }
-    return Volume(data, (dz, dy, dx), affine, (2, 1, 0), md)
+    ref = _reference(uid, items, ipps, iops[0], pss[0])
+    return Volume(data, (dz, dy, dx), affine, (2, 1, 0), md, _dicom_ref=ref)
 
 
-__all__ = ["read_dicom_folder", "is_dicom_folder", "looks_like_dicom", "series_uid_hash", "DICOM_SUFFIXES"]
+__all__ = [
+    "read_dicom_folder",
+    "is_dicom_folder",
+    "looks_like_dicom",
+    "dicom_object_kind",
+    "series_uid_hash",
+    "DicomReference",
+    "DICOM_SUFFIXES",
+]

@@ -47,6 +47,32 @@ SAFE_METADATA_KEYS = (
     "coordinate_system",  # world frame of `affine`: "RAS" (NIfTI), "LPS" (DICOM), "none"
 )
 
+#: Layer-metadata key holding the random token of a volume's DICOM reference (see
+#: :func:`register_dicom_ref`); the token means nothing outside this Python process.
+DICOM_REF_TOKEN_KEY = "dicom_ref_token"
+
+# Process-local store of DICOM references by random token, so that a napari layer
+# (whose metadata may be saved or exported) carries only the token, never the UIDs.
+# Bounded: the oldest references are dropped first.
+_DICOM_REFS: dict[str, Any] = {}
+_MAX_DICOM_REFS = 256
+
+
+def register_dicom_ref(ref: Any) -> str:
+    """Keep ``ref`` (a :class:`~napari_gi_seg.io.dicom.DicomReference`) in this process
+    and return its random token (``ref.token``). Nothing is written anywhere."""
+    token = str(ref.token)
+    _DICOM_REFS.pop(token, None)
+    _DICOM_REFS[token] = ref
+    while len(_DICOM_REFS) > _MAX_DICOM_REFS:
+        _DICOM_REFS.pop(next(iter(_DICOM_REFS)))
+    return token
+
+
+def lookup_dicom_ref(token: Any) -> Any:
+    """The DICOM reference registered under ``token`` in this process, else ``None``."""
+    return _DICOM_REFS.get(str(token)) if token else None
+
 
 class InvalidInputError(ValueError):
     """A file or folder of a supported format that cannot be read.
@@ -127,6 +153,12 @@ class Volume:
         Permutation that maps ``(z, y, x)`` axes to the source's voxel axes.
     metadata:
         Safe, non-identifying metadata only (keys in :data:`SAFE_METADATA_KEYS`).
+    _dicom_ref:
+        Private: for a DICOM series, the UIDs, per-slice positions and Patient/Study
+        module values that RTSTRUCT and DICOM-SEG outputs must reference
+        (:class:`~napari_gi_seg.io.dicom.DicomReference`), else ``None``. Kept out of
+        ``repr``, comparisons, :attr:`metadata` and layer metadata (which carry only a
+        random token), so it never reaches exported datasets, sessions or logs.
     """
 
     data: np.ndarray
@@ -134,6 +166,7 @@ class Volume:
     affine: np.ndarray = field(default_factory=lambda: np.eye(4))
     index_order: tuple[int, int, int] = (2, 1, 0)
     metadata: dict[str, Any] = field(default_factory=dict)
+    _dicom_ref: Any = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.data.ndim != 3:
@@ -185,17 +218,20 @@ class Volume:
         return np.transpose(arr, self.index_order)
 
     def layer_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for a napari layer: ``scale`` = spacing (mm), name, metadata."""
-        return {
-            "scale": self.spacing_mm,
-            "name": self.name,
-            "metadata": {
-                **self.metadata,
-                "affine": self.affine.tolist(),
-                "index_order": list(self.index_order),
-                "spacing_mm": list(self.spacing_mm),
-            },
+        """Keyword arguments for a napari layer: ``scale`` = spacing (mm), name, metadata.
+
+        A DICOM volume's private reference is registered in this process and only its
+        random token goes into the metadata (:data:`DICOM_REF_TOKEN_KEY`).
+        """
+        md = {
+            **self.metadata,
+            "affine": self.affine.tolist(),
+            "index_order": list(self.index_order),
+            "spacing_mm": list(self.spacing_mm),
         }
+        if self._dicom_ref is not None:
+            md[DICOM_REF_TOKEN_KEY] = register_dicom_ref(self._dicom_ref)
+        return {"scale": self.spacing_mm, "name": self.name, "metadata": md}
 
 
 def volume_from_layer_metadata(data: np.ndarray, metadata: dict[str, Any], scale=None) -> Volume:
@@ -204,9 +240,15 @@ def volume_from_layer_metadata(data: np.ndarray, metadata: dict[str, Any], scale
     Used by writers and widgets: the affine and axis order stored by
     :meth:`Volume.layer_kwargs` survive a round trip through napari.
     ``scale`` (the layer's scale, mm) is used when the metadata has no spacing.
+    The DICOM reference registered under the metadata's token (if any, and if its
+    slice count and image size match ``data``) is re-attached.
     """
     spacing = metadata.get("spacing_mm") or (list(scale) if scale is not None else [1.0, 1.0, 1.0])
     spacing = [float(s) for s in spacing][-3:]
     affine = np.asarray(metadata.get("affine", np.diag([spacing[2], spacing[1], spacing[0], 1.0])))
     index_order = tuple(metadata.get("index_order", (2, 1, 0)))
-    return Volume(np.asarray(data), tuple(spacing), affine, index_order, dict(metadata))
+    data = np.asarray(data)
+    ref = lookup_dicom_ref(metadata.get(DICOM_REF_TOKEN_KEY))
+    if ref is not None and data.ndim == 3 and tuple(ref.shape) != tuple(data.shape):
+        ref = None
+    return Volume(data, tuple(spacing), affine, index_order, dict(metadata), _dicom_ref=ref)

@@ -1,0 +1,514 @@
+"""DICOM RT Structure Sets (RTSTRUCT): label volume -> contours -> file, and back.
+
+Writing (:func:`write_rtstruct`) needs the image's :class:`~.dicom.DicomReference`
+(kept privately by the DICOM reader in ``Volume._dicom_ref``):
+
+* one ROI per class (``ROIName`` = the class name, ``ROIDisplayColor`` = its colour,
+  ``RTROIInterpretedType`` ``ORGAN``), numbered like the label values, so a structure
+  set read back gives the same label values;
+* per slice and class, one ``CLOSED_PLANAR`` contour per connected island
+  (8-connected). Contours are marching-squares iso-lines at 0.5
+  (:func:`skimage.measure.find_contours`) of the island with its holes filled: they
+  pass half-way between inside and outside pixel centres, so a rasteriser that tests
+  pixel centres (as planning systems and plastimatch do) gets the mask back exactly.
+  Holes are joined to their island's outline by a zero-width cut ("keyhole"), so the
+  result is right whether a reader ORs or XORs the contours of a slice;
+* points are converted to patient coordinates (LPS mm) with the slice's
+  ``ImagePositionPatient``, ``ImageOrientationPatient`` and ``PixelSpacing``
+  (PS3.3 C.7.6.2.1.1); every Decimal String is written with at most 16 characters
+  (:func:`format_ds`, PS3.5 6.2);
+* every contour references its slice's ``SOPInstanceUID``; the structure set references
+  the Frame of Reference, Study and Series (``ReferencedFrameOfReferenceSequence``).
+
+Patient data: the standard requires a structure set to carry the same Patient and
+Study modules as the images it outlines (a planning system files it under that
+patient). These values are therefore copied from the source series into the RTSTRUCT,
+the one object that goes back to the planning system, and nowhere else.
+
+Reading (:func:`read_rtstruct`): the contours are rasterised (pixel centres inside,
+contours of one ROI and slice combined by XOR, so both keyholes and separate hole
+contours work) onto the grid of ``like`` or of the referenced series, found in the
+file's folder or its parent. ROI names become the class names (label value = ROI
+order); where ROIs overlap the later ROI wins.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+from .volume import InvalidInputError, Volume
+
+RTSTRUCT_SOP_CLASS_UID = "1.2.840.10008.5.1.4.1.1.481.3"
+#: Study Component Management SOP Class, conventionally referenced by RTReferencedStudySequence.
+_STUDY_SOP_CLASS_UID = "1.2.840.10008.3.1.2.3.1"
+_FALLBACK_COLOURS = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#46f0f0", "#f032e6", "#bcf60c")
+#: Type 2 Patient/Study attributes: present (maybe empty) in every RT object.
+_TYPE2_PATIENT_STUDY = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "StudyID",
+    "AccessionNumber",
+)
+
+
+# ----------------------------------------------------------------- small helpers
+def format_ds(value: float) -> str:
+    """A Decimal String (DS) of at most 16 characters for ``value``: fixed point with
+    3 decimals (1 µm) when that fits, else pydicom's 16-character formatting.
+
+    Raises ``ValueError`` for NaN or infinity.
+    """
+    v = float(value)
+    if not np.isfinite(v):
+        raise ValueError(f"cannot write {v} as a DICOM Decimal String")
+    s = f"{v:.3f}".rstrip("0").rstrip(".")
+    if s in ("-0", ""):
+        s = "0"
+    if len(s) > 16:
+        from pydicom.valuerep import format_number_as_ds
+
+        s = format_number_as_ds(v)
+    return s
+
+
+def colour_rgb(colour) -> list[int]:
+    """``"#rrggbb"`` or an RGB triple (0-255 ints or 0-1 floats) -> ``[r, g, b]`` ints."""
+    if isinstance(colour, str):
+        c = colour.lstrip("#")
+        if len(c) >= 6:
+            return [int(c[i : i + 2], 16) for i in (0, 2, 4)]
+        raise ValueError(f"colour {colour!r} is not #rrggbb")
+    vals = [float(v) for v in list(colour)[:3]]
+    if max(vals) <= 1.0:
+        vals = [v * 255 for v in vals]
+    return [int(round(min(255, max(0, v)))) for v in vals]
+
+
+def save_dataset(ds, path: str | Path) -> Path:
+    """Write a pydicom dataset as a DICOM Part 10 file via a temp file and rename."""
+    import pydicom
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        pydicom.dcmwrite(tmp, ds, enforce_file_format=True)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def require_reference(like: Volume, path) -> object:
+    """``like._dicom_ref`` or a ``ValueError`` naming ``path`` (the image is not a DICOM series)."""
+    ref = getattr(like, "_dicom_ref", None)
+    if ref is None:
+        raise ValueError(
+            f"{path}: RTSTRUCT and DICOM-SEG need an image read from a DICOM series "
+            "(its UIDs and slice positions); save NIfTI for other images"
+        )
+    if tuple(ref.shape) != tuple(like.shape):
+        raise ValueError(f"{path}: the image {like.shape} no longer matches its DICOM series {ref.shape}")
+    return ref
+
+
+# ----------------------------------------------------------------- mask -> contours
+def _simplify(poly: np.ndarray) -> np.ndarray:
+    """Drop repeated points and points in the middle of straight runs (same direction)."""
+    keep = np.ones(len(poly), bool)
+    d = np.diff(np.vstack([poly, poly[:1]]), axis=0)
+    keep &= np.abs(d).sum(1) > 1e-9  # drop duplicates of the next point
+    poly = poly[keep]
+    if len(poly) < 4:
+        return poly
+    prev = poly - np.roll(poly, 1, axis=0)
+    nxt = np.roll(poly, -1, axis=0) - poly
+    cross = prev[:, 0] * nxt[:, 1] - prev[:, 1] * nxt[:, 0]
+    dot = (prev * nxt).sum(1)
+    return poly[~((np.abs(cross) < 1e-9) & (dot > 0))]
+
+
+def _closed(contours: list[np.ndarray]) -> np.ndarray:
+    """The longest contour without its repeated closing point."""
+    c = max(contours, key=len)
+    return c[:-1] if len(c) > 1 and np.allclose(c[0], c[-1]) else c
+
+
+def mask_contours(mask: np.ndarray) -> list[np.ndarray]:
+    """Closed planar contours of a 2D boolean mask ``(y, x)``.
+
+    One polygon per 8-connected island, ``(n, 2)`` float ``(row, column)`` pixel
+    coordinates (pixel centres at integers), not repeating the first point. Each
+    polygon runs half-way between inside and outside pixel centres (marching squares
+    at 0.5, :func:`skimage.measure.find_contours`); the island's holes (4-connected
+    background regions) are spliced in through zero-width cuts (keyholes), which leave
+    the even-odd and the non-zero winding interior unchanged. Testing pixel centres
+    against the polygons gives ``mask`` back exactly.
+    """
+    from scipy import ndimage
+    from skimage import measure
+
+    mask = np.asarray(mask, bool)
+    islands, n = ndimage.label(mask, structure=np.ones((3, 3), bool))
+    out = []
+    for i, sl in enumerate(ndimage.find_objects(islands), start=1):
+        r0, c0 = sl[0].start - 1, sl[1].start - 1
+        comp = np.pad(islands[sl] == i, 1)
+        filled = ndimage.binary_fill_holes(comp)
+        poly = _closed(measure.find_contours(filled.astype(np.uint8), 0.5, fully_connected="high"))
+        holes, nh = ndimage.label(filled & ~comp)
+        for h in range(1, nh + 1):
+            hole = _closed(measure.find_contours((holes == h).astype(np.uint8), 0.5, fully_connected="low"))
+            d = ((poly[:, None, :] - hole[None, :, :]) ** 2).sum(-1)
+            a, b = np.unravel_index(int(np.argmin(d)), d.shape)
+            hole_loop = np.vstack([hole[b:], hole[: b + 1]])
+            poly = np.vstack([poly[: a + 1], hole_loop, poly[a:]])
+        out.append(_simplify(poly) + [r0, c0])
+    return out
+
+
+def contour_to_patient(rc: np.ndarray, position, orientation, pixel_spacing) -> np.ndarray:
+    """``(n, 2)`` (row, column) pixel coordinates of one slice -> ``(n, 3)`` LPS mm:
+    ``P = IPP + column * dx * row_cosine + row * dy * column_cosine`` with
+    ``dy, dx = PixelSpacing`` (PS3.3 C.7.6.2.1.1)."""
+    o = np.asarray(orientation, float)
+    dy, dx = float(pixel_spacing[0]), float(pixel_spacing[1])
+    return np.asarray(position, float)[None, :] + rc[:, 1:2] * dx * o[None, :3] + rc[:, 0:1] * dy * o[None, 3:]
+
+
+# ----------------------------------------------------------------- writer
+def _seq(items):
+    from pydicom.sequence import Sequence
+
+    return Sequence(list(items))
+
+
+def _item(**kw):
+    from pydicom.dataset import Dataset
+
+    ds = Dataset()
+    for k, v in kw.items():
+        setattr(ds, k, v)
+    return ds
+
+
+def base_dataset(ref, sop_class_uid: str, modality: str, series_description: str, software: str):
+    """A dataset with the file meta, SOP Common, Patient, General Study, series and
+    General Equipment attributes shared by RTSTRUCT and SEG outputs of a series."""
+    import pydicom
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    from .. import __version__
+
+    now = _dt.datetime.now()
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class_uid
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = pydicom.uid.PYDICOM_IMPLEMENTATION_UID
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    ds.SOPClassUID, ds.SOPInstanceUID = sop_class_uid, meta.MediaStorageSOPInstanceUID
+    ds.InstanceCreationDate, ds.InstanceCreationTime = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
+    for tag in _TYPE2_PATIENT_STUDY:
+        setattr(ds, tag, ref.patient_study.get(tag, ""))
+    ds.StudyInstanceUID = ref.study_instance_uid or generate_uid()
+    if ref.patient_study.get("StudyDescription"):
+        ds.StudyDescription = ref.patient_study["StudyDescription"]
+    ds.Modality = modality
+    ds.SeriesInstanceUID = generate_uid()
+    ds.SeriesNumber = 901 if modality == "RTSTRUCT" else 902
+    ds.SeriesDate, ds.SeriesTime = ds.InstanceCreationDate, ds.InstanceCreationTime
+    ds.SeriesDescription = series_description[:64]
+    ds.Manufacturer = "napari-gi-seg"
+    ds.ManufacturerModelName = (software or "napari-gi-seg")[:64]
+    ds.SoftwareVersions = __version__
+    ds.InstanceNumber = 1
+    return ds
+
+
+def write_rtstruct(
+    path: str | Path,
+    labels: np.ndarray,
+    like: Volume,
+    class_names: Mapping[int, str],
+    colours: Mapping[int, object] | None = None,
+    *,
+    generation: str = "AUTOMATIC",
+    description: str = "",
+    label: str = "GI-Seg",
+) -> Path:
+    """Write ``labels`` as an RT Structure Set referencing ``like``'s DICOM series.
+
+    Parameters
+    ----------
+    path:
+        Output file (conventionally ``*.dcm``); written to a temp name and renamed.
+    labels:
+        ``(z, y, x)`` integer labels on ``like``'s grid; value ``v`` is class ``v``.
+    like:
+        The image, read from a DICOM series (it carries the private
+        :class:`~.dicom.DicomReference`).
+    class_names:
+        ``{label value: name}``; one ROI per value >= 1 (0/background skipped), even
+        when the class is absent (an ROI without contours), so values survive a round trip.
+    colours:
+        ``{label value: "#rrggbb" or RGB}`` for ``ROIDisplayColor``; default a fixed palette.
+    generation:
+        ``ROIGenerationAlgorithm``: ``"AUTOMATIC"`` (model output) or
+        ``"SEMIAUTOMATIC"`` (corrected by a clinician).
+    description:
+        ``ROIGenerationDescription``, e.g. the model key (at most 64 characters).
+    label:
+        ``StructureSetLabel`` (at most 16 characters).
+
+    Returns
+    -------
+    The path written.
+
+    Raises
+    ------
+    ValueError
+        ``like`` is not a DICOM image, its series has no Frame of Reference UID, the
+        shape differs, or the labels are not non-negative integers.
+    """
+    ref = require_reference(like, path)
+    arr = np.asarray(labels)
+    if arr.shape != like.shape:
+        raise ValueError(f"{path}: labels shape {arr.shape} differs from the image's (z, y, x) {like.shape}")
+    if arr.dtype.kind not in "biu" or (arr.size and arr.min() < 0):
+        raise ValueError(f"{path}: labels must be non-negative integers, got {arr.dtype}")
+    if not ref.frame_of_reference_uid:
+        raise ValueError(f"{path}: the image series has no FrameOfReferenceUID; an RTSTRUCT cannot reference it")
+    classes = sorted((int(k), str(v)) for k, v in class_names.items() if int(k) != 0)
+    colours = dict(colours or {})
+    ds = base_dataset(ref, RTSTRUCT_SOP_CLASS_UID, "RTSTRUCT", "GI-Seg structures", description)
+    ds.OperatorsName = ""
+    ds.FrameOfReferenceUID = ref.frame_of_reference_uid  # Frame of Reference module (same frame as the images)
+    ds.PositionReferenceIndicator = ""
+    ds.StructureSetLabel = label[:16]
+    ds.StructureSetName = label[:64]
+    ds.StructureSetDate, ds.StructureSetTime = ds.InstanceCreationDate, ds.InstanceCreationTime
+
+    def image_ref(k):
+        return _item(ReferencedSOPClassUID=ref.sop_class_uid, ReferencedSOPInstanceUID=ref.sop_instance_uids[k])
+
+    series = _item(
+        SeriesInstanceUID=ref.series_instance_uid, ContourImageSequence=_seq(map(image_ref, range(arr.shape[0])))
+    )
+    study = _item(
+        ReferencedSOPClassUID=_STUDY_SOP_CLASS_UID,
+        ReferencedSOPInstanceUID=ds.StudyInstanceUID,
+        RTReferencedSeriesSequence=_seq([series]),
+    )
+    ds.ReferencedFrameOfReferenceSequence = _seq(
+        [_item(FrameOfReferenceUID=ref.frame_of_reference_uid, RTReferencedStudySequence=_seq([study]))]
+    )
+    rois, contours, observations = [], [], []
+    for n, (value, name) in enumerate(classes, start=1):
+        roi = _item(ROINumber=value, ReferencedFrameOfReferenceUID=ref.frame_of_reference_uid, ROIName=name[:64])
+        roi.ROIGenerationAlgorithm = generation
+        if description:
+            roi.ROIGenerationDescription = description[:64]
+        rois.append(roi)
+        colour = colours.get(value) or _FALLBACK_COLOURS[(value - 1) % len(_FALLBACK_COLOURS)]
+        roi_contour = _item(ROIDisplayColor=colour_rgb(colour), ReferencedROINumber=value)
+        items = []
+        for k in np.flatnonzero((arr == value).reshape(arr.shape[0], -1).any(1)):
+            for poly in mask_contours(arr[k] == value):
+                pts = contour_to_patient(poly, ref.positions[k], ref.orientation, ref.pixel_spacing)
+                c = _item(ContourImageSequence=_seq([image_ref(int(k))]), ContourGeometricType="CLOSED_PLANAR")
+                c.NumberOfContourPoints = len(pts)
+                c.ContourNumber = len(items) + 1
+                c.ContourData = [format_ds(v) for v in pts.ravel()]
+                items.append(c)
+        if items:
+            roi_contour.ContourSequence = _seq(items)
+        contours.append(roi_contour)
+        obs = _item(ObservationNumber=n, ReferencedROINumber=value, ROIObservationLabel=name[:16])
+        obs.RTROIInterpretedType, obs.ROIInterpreter = "ORGAN", ""
+        observations.append(obs)
+    ds.StructureSetROISequence = _seq(rois)
+    ds.ROIContourSequence = _seq(contours)
+    ds.RTROIObservationsSequence = _seq(observations)
+    ds.ApprovalStatus = "UNAPPROVED"
+    return save_dataset(ds, path)
+
+
+# ----------------------------------------------------------------- reader
+def find_referenced_series(path: str | Path, series_uid: str, max_files: int = 20000) -> Volume:
+    """Read the image series ``series_uid`` that a DICOM label object at ``path``
+    references, searching the file's folder and then its parent (recursively), as
+    planning systems export them; at most ``max_files`` files are looked at.
+
+    Raises
+    ------
+    InvalidInputError
+        The series is not found there.
+    """
+    import pydicom
+
+    from .dicom import looks_like_dicom, read_dicom_folder, series_uid_hash
+
+    p = Path(path)
+    seen = 0
+    for folder in (p.parent, p.parent.parent):
+        for f in folder.rglob("*"):
+            if seen >= max_files:  # files looked at, so a structure set in a huge folder stays quick
+                break
+            if not f.is_file() or f == p:
+                continue
+            seen += 1
+            if not looks_like_dicom(f):
+                continue
+            try:
+                h = pydicom.dcmread(f, stop_before_pixels=True, specific_tags=["SeriesInstanceUID", "Modality"])
+            except Exception:  # noqa: BLE001 - unreadable neighbours are skipped
+                continue
+            if str(getattr(h, "SeriesInstanceUID", "")) == series_uid and str(getattr(h, "Modality", "")) not in (
+                "RTSTRUCT",
+                "SEG",
+            ):
+                return read_dicom_folder(f)[0]
+    raise InvalidInputError(
+        p,
+        f"the image series it references ({series_uid_hash(series_uid)}) is not in this folder or its parent; "
+        "put the structure set beside its series",
+    )
+
+
+def _grid_lps(like: Volume) -> np.ndarray:
+    """``like``'s voxel (source order) -> LPS mm matrix."""
+    from . import nifti_affine
+
+    if like.metadata.get("coordinate_system") == "LPS" or like.metadata.get("format") == "dicom":
+        return like.affine
+    return np.diag([-1.0, -1.0, 1.0, 1.0]) @ nifti_affine(like)
+
+
+def rasterise_contours(contours_lps, like: Volume, tolerance: float = 0.25) -> np.ndarray:
+    """Rasterise closed planar contours ``[(n, 3) LPS mm, ...]`` of one ROI onto the
+    ``(z, y, x)`` grid of ``like``: pixel centres inside a contour are set; contours
+    on the same slice are combined by XOR (holes, keyholes). Returns a bool mask.
+
+    Raises
+    ------
+    ValueError
+        A contour does not lie on one of ``like``'s slices (off-plane by more than
+        ``tolerance`` slices, or outside the stack).
+    """
+    from skimage.draw import polygon
+
+    inv = np.linalg.inv(_grid_lps(like))
+    order = like.index_order
+    out = np.zeros(like.shape, bool)
+    for pts in contours_lps:
+        src = (inv @ np.c_[pts, np.ones(len(pts))].T)[:3].T  # (n, 3) source-order voxel coords
+        zyx = np.empty_like(src)
+        for k in range(3):
+            zyx[:, order[k]] = src[:, k]
+        z = zyx[:, 0]
+        zk = int(round(float(np.median(z))))
+        if np.abs(z - zk).max() > tolerance or not 0 <= zk < like.shape[0]:
+            raise ValueError(
+                f"a contour lies off the image's slices (slice index {float(np.median(z)):.2f}); "
+                "it was drawn on another grid"
+            )
+        rr, cc = polygon(zyx[:, 1], zyx[:, 2], shape=like.shape[1:])
+        sl = np.zeros(like.shape[1:], bool)
+        sl[rr, cc] = True
+        out[zk] ^= sl
+    return out
+
+
+def read_rtstruct(path: str | Path, like: Volume | None = None) -> Volume:
+    """Read an RT Structure Set as a ``(z, y, x)`` uint8/uint16 label :class:`Volume`.
+
+    Parameters
+    ----------
+    path:
+        The RTSTRUCT file.
+    like:
+        The grid to rasterise on (any image whose world frame is the structure set's);
+        default the referenced series, found in the file's folder or its parent.
+
+    Returns
+    -------
+    Labels on the grid (``like.with_data``: its geometry and DICOM reference), with
+    ``metadata["class_names"]`` ``{value: ROI name}`` in ROI order (value = position
+    1..K) and ``"format": "rtstruct"``.
+
+    Raises
+    ------
+    InvalidInputError
+        Not a readable RT Structure Set, the referenced series is not found, or a
+        contour is not on the grid's slices.
+    """
+    import pydicom
+
+    p = Path(path)
+    try:
+        ds = pydicom.dcmread(p)
+    except Exception as e:  # noqa: BLE001
+        raise InvalidInputError(p, f"not a readable DICOM file: {e}") from e
+    if str(getattr(ds, "Modality", "")) != "RTSTRUCT" or "StructureSetROISequence" not in ds:
+        raise InvalidInputError(p, "not an RT Structure Set (Modality RTSTRUCT with StructureSetROISequence)")
+    if like is None:
+        try:
+            uid = ds.ReferencedFrameOfReferenceSequence[0].RTReferencedStudySequence[0].RTReferencedSeriesSequence[0]
+            uid = str(uid.SeriesInstanceUID)
+        except (AttributeError, IndexError) as e:
+            raise InvalidInputError(p, "names no referenced image series; open it with its image") from e
+        like = find_referenced_series(p, uid)
+    names = {
+        int(r.ROINumber): str(getattr(r, "ROIName", "") or f"roi{r.ROINumber}") for r in ds.StructureSetROISequence
+    }
+    numbers = list(names)
+    value_of = {num: i + 1 for i, num in enumerate(numbers)}
+    labels = np.zeros(like.shape, np.uint8 if len(numbers) < 255 else np.uint16)
+    for rc in getattr(ds, "ROIContourSequence", []):
+        num = int(rc.ReferencedROINumber)
+        if num not in value_of:
+            continue
+        pts = [
+            np.asarray(c.ContourData, float).reshape(-1, 3)
+            for c in getattr(rc, "ContourSequence", [])
+            if str(getattr(c, "ContourGeometricType", "CLOSED_PLANAR")) == "CLOSED_PLANAR" and len(c.ContourData) >= 9
+        ]
+        try:
+            mask = rasterise_contours(pts, like)
+        except ValueError as e:
+            raise InvalidInputError(p, f"ROI {names[num]!r}: {e}") from e
+        labels[mask] = value_of[num]
+    return like.with_data(
+        labels,
+        is_labels=True,
+        class_names={value_of[n]: names[n] for n in numbers},
+        format="rtstruct",
+        source_path=str(p),
+    )
+
+
+__all__ = [
+    "write_rtstruct",
+    "read_rtstruct",
+    "mask_contours",
+    "rasterise_contours",
+    "format_ds",
+    "find_referenced_series",
+    "RTSTRUCT_SOP_CLASS_UID",
+]
