@@ -97,3 +97,7 @@ def test_segment_adapt_errors_are_one_line(chaos_image_path, chaos_label_path, c
         assert len(err) == 1 and err[0].startswith("napari-gi-seg: error:") and msg in err[0], (extra, err)
         assert not out.exists()
     assert registry.next_version("x") == 1
+    # a folder of scans: adaptation is per scan
+    rc = main(["segment", "-i", str(chaos_dir), "-o", str(tmp_path / "outdir"), "--adapt", str(chaos_label_path)])
+    err = _err(capsys)
+    assert rc == 2 and len(err) == 1 and "--adapt works on one scan" in err[0]
