@@ -218,7 +218,7 @@ def markdown(report: dict) -> str:
         "",
         f"Measured {report['date']} with `benchmarks/patient_adaptation.py` on {report['machine']} "
         f"(1-min load average {report['load_average_1min_at_end']:.1f} at the end: the machine is shared); torch "
-        f"{report['torch']}, {s['threads']} threads, device {s['device']}. Base model: {report['model']}. For each "
+        f"{report['torch']}, {s['threads']} torch thread(s), device {s['device']}. Base model: {report['model']}. For each "
         f"CHAOS patient the model never trained on, {s['n_slices']} slices spread over the organ-bearing slices "
         "stand in for the clinician's corrections (their ground truth); the product's "
         "`training.adaptation.adapt_to_scan` fine-tunes a copy of the model on them only "
