@@ -1,23 +1,35 @@
-"""Shared fixtures: the real data in ``../shared/data`` and an isolated user folder.
+"""Shared fixtures: the real data in ``../shared/data``, an isolated user folder, the
+one tiny test model, and the test markers.
 
 Real data is found through :func:`napari_gi_seg.paths.data_dir` (``$NAPARI_GI_SEG_DATA``
 or ``../shared/data`` beside the repository). Under CI (``CI=true``) missing data is a
-test **failure**; elsewhere the test is skipped with the reason.
+test **failure**. Elsewhere, CHAOS patient 1 (image and labels) falls back to the
+plugin's pinned pooch download (:mod:`napari_gi_seg._sample_data`, sha256-checked,
+cached in pooch's user cache folder), so a fresh clone without ``../shared`` still runs
+the tests that need only that patient; other data tests are skipped with the reason.
+
+Markers (applied here, see :func:`pytest_collection_modifyitems`): every test under
+``tests/widgets/`` is ``gui``; tests listed in :data:`SLOW_TESTS` (over ~20 s on 2
+cores) are ``slow``. Fast subset: ``bash scripts/test.sh -m "not slow"``.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from _tiny import CHAOS_CLASS_NAMES, TINY_NAME, TinyModel, fit_tiny, tiny_spec
 from dicom_series import RAS_TO_LPS, write_mr_series  # noqa: E402 - tests/ is on sys.path
 from napari_gi_seg.paths import data_dir as _data_dir
 
 #: A small CHAOS patient is not needed: patient 1 (256 x 256 x 37) reads in ~0.2 s.
 CHAOS_PATIENT = 1
+#: The CHAOS patients of the ``chaos3`` training fixture.
+CHAOS_PATIENTS = ("1", "2", "3")
 
 
 def _on_ci() -> bool:
@@ -44,6 +56,15 @@ def _isolated_user_dir(tmp_path_factory, monkeypatch):
     yield home
 
 
+@pytest.fixture
+def model_home(_isolated_user_dir) -> Path:
+    """This test's empty user folder (``$NAPARI_GI_SEG_HOME``), so the registry starts
+    with the bundled model only."""
+    from napari_gi_seg.paths import user_dir
+
+    return user_dir()
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     """The real-data folder (``chaos_mr_t2spir/``, ``uwmgi/``, ``totalseg_example_mr/``)."""
@@ -56,16 +77,103 @@ def chaos_dir(data_dir) -> Path:
     return require_path(data_dir / "chaos_mr_t2spir", "CHAOS T2-SPIR folder")
 
 
+def _chaos_patient_file(kind: str) -> Path:
+    """``<data>/chaos_mr_t2spir/<kind>_1.nii.gz``; outside CI, when the shared data is
+    missing, the plugin's pinned sample download of the same file (sha256-checked)."""
+    name = f"{kind}_{CHAOS_PATIENT}.nii.gz"
+    d = _data_dir()
+    local = d / "chaos_mr_t2spir" / name if d is not None else None
+    if local is not None and local.exists():
+        return local
+    if _on_ci():
+        return require_path(local, f"CHAOS {kind}")
+    try:
+        import pooch
+
+        from napari_gi_seg._sample_data import SAMPLE_FILES
+
+        url, sha = SAMPLE_FILES[name]
+        cache = Path(os.environ.get("NAPARI_GI_SEG_TEST_CACHE") or pooch.os_cache("napari-gi-seg-tests"))
+        return Path(pooch.retrieve(url, known_hash=f"sha256:{sha}", fname=name, path=cache, progressbar=False))
+    except Exception as e:  # noqa: BLE001 - no network, or a changed file: skip with the reason
+        pytest.skip(f"real data missing: {local} and the sample download failed ({type(e).__name__}: {e})")
+
+
 @pytest.fixture(scope="session")
-def chaos_image_path(chaos_dir) -> Path:
+def chaos_image_path() -> Path:
     """CHAOS patient 1 image: 256 x 256 x 37 (x, y, z), spacing 1.25 x 1.25 x 7.7 mm."""
-    return require_path(chaos_dir / f"image_{CHAOS_PATIENT}.nii.gz", "CHAOS image")
+    return _chaos_patient_file("image")
 
 
 @pytest.fixture(scope="session")
-def chaos_label_path(chaos_dir) -> Path:
+def chaos_label_path() -> Path:
     """CHAOS patient 1 labels: 0 background, 1 liver, 2 right kidney, 3 left kidney, 4 spleen."""
-    return require_path(chaos_dir / f"label_{CHAOS_PATIENT}.nii.gz", "CHAOS labels")
+    return _chaos_patient_file("label")
+
+
+@pytest.fixture(scope="session")
+def chaos_volumes(chaos_image_path, chaos_label_path):
+    """(image Volume, label Volume) of CHAOS patient 1, read once."""
+    from napari_gi_seg.io.nifti import read_nifti
+
+    return read_nifti(chaos_image_path, as_labels=False), read_nifti(chaos_label_path, as_labels=True)
+
+
+@pytest.fixture(scope="session")
+def chaos3(chaos_dir, tmp_path_factory) -> Path:
+    """A temp folder with three real CHAOS patients (1, 2, 3: symlinks to the shared data,
+    plus ``classes.json``), small enough for a few training steps."""
+    root = tmp_path_factory.mktemp("chaos3")
+    for pid in CHAOS_PATIENTS:
+        for kind in ("image", "label"):
+            os.symlink(chaos_dir / f"{kind}_{pid}.nii.gz", root / f"{kind}_{pid}.nii.gz")
+    (root / "classes.json").write_text(json.dumps(CHAOS_CLASS_NAMES))
+    return root
+
+
+# ----------------------------------------------------------------- the one tiny model
+@pytest.fixture(scope="session")
+def tiny_model(chaos_volumes, tmp_path_factory) -> TinyModel:
+    """The tiny test model (see ``tests/_tiny.py``), fitted once per session:
+    ``.spec``, ``.weights`` (safetensors), ``.state_dict``, ``.network()``."""
+    image, labels = chaos_volumes
+    return TinyModel(fit_tiny(image, labels, tmp_path_factory.mktemp("tiny_model") / "model.safetensors"))
+
+
+@pytest.fixture
+def tiny_entry(tiny_model, _isolated_user_dir):
+    """The tiny model registered as ``tiny-chaos:1`` in this test's user folder."""
+    from napari_gi_seg.models.registry import register_model
+
+    return register_model(tiny_spec(), weights_path=tiny_model.weights)
+
+
+@pytest.fixture
+def tiny_key(tiny_entry) -> str:
+    """``"tiny-chaos:1"``, registered in this test's user folder."""
+    assert tiny_entry.key == f"{TINY_NAME}:1"
+    return tiny_entry.key
+
+
+# ----------------------------------------------------------------- markers
+#: Tests that take more than ~20 s on 2 CPU cores (measured; see docs/development.md).
+SLOW_TESTS = {
+    "test_clinician_loop",
+    "test_torchrun_two_processes_registers_one_model",
+    "test_finetune_cancel_stops_gracefully_and_keeps_best_epoch",
+    "test_torchrun_two_processes_share_the_scans",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark every test under ``tests/widgets/`` as ``gui`` and the tests in
+    :data:`SLOW_TESTS` as ``slow``."""
+    for item in items:
+        parts = Path(str(item.fspath)).parts
+        if "widgets" in parts:
+            item.add_marker(pytest.mark.gui)
+        if item.originalname in SLOW_TESTS or item.name in SLOW_TESTS:
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")

@@ -12,129 +12,18 @@ after the sub-command) prints the full traceback too and sets logging to DEBUG.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Sequence
 
 from ._cli_errors import run_guarded
+from ._cli_training import _add_finetune_args, _add_train_args, cmd_finetune, cmd_train
 
-
-def _offsets(s: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(v) for v in s.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"context must be comma-separated integers such as -1,0,1, got {s!r}"
-        ) from None
-
-
-def _model_name(s: str) -> str:
-    """argparse type of ``--name``: :data:`~napari_gi_seg.models.spec.MODEL_NAME_PATTERN`."""
-    from .models.spec import validate_model_name
-
-    try:
-        return validate_model_name(s)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
+log = logging.getLogger("napari_gi_seg.cli")
 
 
 def _names(s: str) -> list[str]:
     return [n.strip() for n in s.split(",") if n.strip()]
-
-
-def _add_train_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("dataset", help="dataset folder (nnU-Net v2, UW-Madison, or image_<id>/label_<id> NIfTI pairs)")
-    p.add_argument(
-        "--name", required=True, type=_model_name, help="registry name of the new model (letters, digits, . _ -)"
-    )
-    p.add_argument(
-        "--classes",
-        type=_names,
-        default=None,
-        help="foreground class names in label order, comma-separated (NIfTI pairs without classes.json)",
-    )
-    p.add_argument("--arch", default="Unet", choices=["Unet", "UnetPlusPlus", "DeepLabV3Plus", "FPN"])
-    p.add_argument(
-        "--encoder", default="mobilenet_v2", help="any segmentation-models-pytorch encoder (default mobilenet_v2)"
-    )
-    p.add_argument("--context", type=_offsets, default=(-1, 0, 1), help="2.5D slice offsets (default -1,0,1)")
-    p.add_argument("--size", type=int, default=160, help="in-plane input size in pixels (default 160)")
-    p.add_argument("--epochs", type=int, default=100)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate of the one-cycle schedule")
-    p.add_argument(
-        "--val-fraction", type=float, default=0.25, help="fraction of patients held out for validation (0: none)"
-    )
-    p.add_argument("--fold", type=int, default=0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
-    p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
-    p.add_argument("--patience", type=int, default=30, help="early stopping: epochs without validation improvement")
-    p.add_argument(
-        "--max-minutes", type=float, default=None, help="stop after this many minutes (best checkpoint kept)"
-    )
-    p.add_argument("--max-steps-per-epoch", type=int, default=None, help=argparse.SUPPRESS)
-    p.add_argument("--work-dir", default=None, help="run folder (checkpoints, metrics.csv, training_curve.png)")
-    p.add_argument(
-        "--exclude",
-        type=_names,
-        default=[],
-        help="case-days/cases to leave out, comma-separated (UW-Madison: known faulty ones)",
-    )
-    p.add_argument("--description", default="")
-    p.add_argument("--num-workers", type=int, default=0)
-    p.add_argument(
-        "--single-component",
-        type=_names,
-        default=[],
-        help="classes that are one connected organ (e.g. liver,spleen): inference keeps their largest 3D component",
-    )
-    flip = p.add_mutually_exclusive_group()
-    flip.add_argument(
-        "--flip-augment",
-        dest="flip_augment",
-        action="store_true",
-        default=None,
-        help="left-right flip augmentation, swapping left/right classes (makes --tta usable); "
-        "default: only when no class is lateralised",
-    )
-    flip.add_argument("--no-flip-augment", dest="flip_augment", action="store_false")
-
-
-def cmd_train(args: argparse.Namespace) -> int:
-    from .training.trainer import TrainConfig, train
-
-    cfg = TrainConfig(
-        dataset=args.dataset,
-        name=args.name,
-        class_names=args.classes,
-        arch=args.arch,
-        encoder=args.encoder,
-        context=args.context,
-        size=args.size,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        val_fraction=args.val_fraction,
-        fold=args.fold,
-        seed=args.seed,
-        device=args.device,
-        resume=args.resume,
-        patience=args.patience,
-        max_minutes=args.max_minutes,
-        max_steps_per_epoch=args.max_steps_per_epoch,
-        work_dir=args.work_dir,
-        exclude=args.exclude,
-        description=args.description,
-        num_workers=args.num_workers,
-        single_component=args.single_component,
-        flip_augment=args.flip_augment,
-    )
-    res = train(cfg)
-    if res.entry is not None:
-        print(
-            f"registered {res.spec.key}  validation mean Dice {res.best_metrics.get('mean_dice', float('nan')):.4f}  ({res.entry.folder})"
-        )
-    return 0
 
 
 # ----------------------------------------------------------------- segment
@@ -163,17 +52,12 @@ def _add_models_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
 
 
-def _mean_dice(metrics: dict) -> float | None:
-    """Validation mean Dice from ``spec.metrics`` (``{"validation": {"mean_dice"}}``
-    as the trainer writes it, or a top-level ``mean_dice``)."""
-    v = (metrics.get("validation") or {}).get("mean_dice") if isinstance(metrics.get("validation"), dict) else None
-    v = metrics.get("mean_dice") if v is None else v
-    return float(v) if isinstance(v, (int, float)) else None
-
-
 def model_rows() -> list[dict]:
-    """One dict per registered model version (see ``napari-gi-seg models --json``)."""
+    """One dict per registered model version (see ``napari-gi-seg models --json``);
+    ``mean_dice`` is the headline figure and ``dice_measured_on`` says where it was
+    measured (:func:`napari_gi_seg.models.card.headline_metric`)."""
     from .models import registry
+    from .models.card import headline_metric
 
     rows = []
     for e in registry.list_models():
@@ -196,9 +80,9 @@ def model_rows() -> list[dict]:
                 input_size=list(s.input_size),
                 context_offsets=list(s.context_offsets),
                 parent=s.parent,
-                mean_dice=_mean_dice(s.metrics),
                 created=s.created,
             )
+            row["mean_dice"], row["dice_measured_on"] = headline_metric(s)
         rows.append(row)
     return rows
 
@@ -216,11 +100,11 @@ def cmd_models(args: argparse.Namespace) -> int:
     if not rows:
         print(f"no models registered (user folder: {registry.user_models_root()})")
         return 0
-    head = ("model", "source", "architecture", "classes", "parent", "val. Dice")
+    head = ("model", "source", "architecture", "classes", "parent", "Dice", "measured on")
     table = [head]
     for r in rows:
         if "error" in r:
-            table.append((r["key"], r["source"], "INVALID", r["error"], "", ""))
+            table.append((r["key"], r["source"], "INVALID", r["error"], "", "", ""))
             continue
         table.append(
             (
@@ -230,6 +114,7 @@ def cmd_models(args: argparse.Namespace) -> int:
                 ",".join(r["classes"]),
                 r["parent"] or "-",
                 "-" if r["mean_dice"] is None else f"{r['mean_dice']:.3f}",
+                r["dice_measured_on"] if r["mean_dice"] is not None else "",
             )
         )
     widths = [max(len(str(row[i])) for row in table) for i in range(len(head))]
@@ -238,92 +123,7 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
-# ----------------------------------------------------------------- finetune / evaluate
-def _add_finetune_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "dataset", help="labelled dataset folder (nnU-Net v2 export of corrections, UW-Madison, NIfTI pairs)"
-    )
-    p.add_argument(
-        "--model", required=True, dest="base", metavar="BASE", help="registered base model NAME or NAME:VERSION"
-    )
-    p.add_argument(
-        "--name",
-        required=True,
-        type=_model_name,
-        help="registry name of the fine-tuned model (letters, digits, . _ -; next free version)",
-    )
-    p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--lr", type=float, default=5e-4, help="peak learning rate of the one-cycle schedule (default 5e-4)")
-    p.add_argument("--freeze-encoder", action="store_true", help="train only the decoder and segmentation head")
-    p.add_argument(
-        "--val-fraction",
-        type=float,
-        default=0.25,
-        help="share of patients held back (a single patient: share of its labelled slices)",
-    )
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
-    p.add_argument("--max-minutes", type=float, default=None, help="time budget (best weights so far are registered)")
-    p.add_argument(
-        "--classes",
-        type=_names,
-        default=None,
-        help="the dataset's class names in label order (NIfTI pairs without classes.json; default: the base's)",
-    )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--work-dir", default=None, help="run folder (default <user folder>/runs/NAME-vN)")
-    p.add_argument(
-        "--jsonl", action="store_true", help="print one JSON object per line on stdout (start, each epoch, done)"
-    )
-    p.add_argument("--max-steps-per-epoch", type=int, default=None, help=argparse.SUPPRESS)
-
-
-def cmd_finetune(args: argparse.Namespace) -> int:
-    """``napari-gi-seg finetune DATASET --model BASE --name NEW``: fine-tune and register NEW (parent BASE)."""
-    import json
-    import math
-
-    from .training.finetune import finetune
-
-    def clean(o):
-        if isinstance(o, float) and not math.isfinite(o):
-            return None
-        if isinstance(o, dict):
-            return {str(k): clean(v) for k, v in o.items()}
-        if isinstance(o, (list, tuple)):
-            return [clean(v) for v in o]
-        return o
-
-    def emit(obj: dict) -> None:
-        if args.jsonl:
-            print(json.dumps(clean(obj)), flush=True)
-
-    res = finetune(
-        args.dataset,
-        args.base,
-        args.name,
-        epochs=args.epochs,
-        lr=args.lr,
-        freeze_encoder=args.freeze_encoder,
-        val_fraction=args.val_fraction,
-        batch_size=args.batch_size,
-        device=args.device,
-        max_minutes=args.max_minutes,
-        class_names=args.classes,
-        seed=args.seed,
-        max_steps_per_epoch=args.max_steps_per_epoch,
-        work_dir=args.work_dir,
-        on_epoch=lambda row: emit({"event": "epoch", **row}),
-        on_event=emit,
-    )
-    if not args.jsonl:
-        print(
-            f"registered {res.spec.key} (parent {res.spec.parent}); held-back ({res.split}-level) mean Dice "
-            f"{res.dice_before:.4f} -> {res.dice_after:.4f}  ({res.entry.folder})"
-        )
-    return 0
-
-
+# ----------------------------------------------------------------- evaluate
 def _add_evaluate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("dataset", help="labelled dataset folder (any layout the trainer reads)")
     p.add_argument("--model", default=None, help="registered model NAME or NAME:VERSION (default: the default model)")
@@ -361,7 +161,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         tta=args.tta,
         device=args.device,
         batch_size=args.batch_size,
-        progress=lambda cid, i, n: print(f"[{i + 1}/{n}] {cid}", file=sys.stderr, flush=True),
+        progress=lambda ev: log.info("[%d/%d] %s", ev.done + 1, ev.total, ev.message),
     )
     print(format_table(ev.summary))
     if args.json:
@@ -397,7 +197,12 @@ COMMANDS: list[tuple[str, str, object, object]] = [
     ("segment", "segment an MRI volume with a registered model and write the labels", _add_segment_args, cmd_segment),
     ("models", "list the registered models", _add_models_args, cmd_models),
     ("train", "train a new model and register it", _add_train_args, cmd_train),
-    ("finetune", "fine-tune a registered model on new labelled data and register it", _add_finetune_args, cmd_finetune),
+    (
+        "finetune",
+        "fine-tune a registered model on new labelled data; register it unless it is worse",
+        _add_finetune_args,
+        cmd_finetune,
+    ),
     (
         "evaluate",
         "score a model on a labelled dataset (Dice, IoU, HD95, Kaggle score)",
@@ -414,25 +219,31 @@ COMMANDS: list[tuple[str, str, object, object]] = [
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``napari-gi-seg`` parser: one sub-command per :data:`COMMANDS` entry, a
+    global ``--debug`` (accepted before or after the sub-command) and ``--version``."""
     from . import __version__
 
     parser = argparse.ArgumentParser(prog="napari-gi-seg", description=__doc__.splitlines()[0])
-    parser.add_argument("--debug", action="store_true", help="show full tracebacks and DEBUG logging")
+    debug_help = "log at DEBUG level (with logger names) and show tracebacks of errors"
+    parser.add_argument("--debug", action="store_true", help=debug_help)
     parser.add_argument("--version", action="version", version=f"napari-gi-seg {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, help_, add_args, func in COMMANDS:
         p = sub.add_parser(name, help=help_, description=help_)
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug_help)
         add_args(p)
-        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         p.set_defaults(func=func)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (see the module docstring)."""
+    from ._logging import setup_cli_logging
+
     parser = build_parser()
     args = parser.parse_args(argv)
-    return run_guarded(args.func, args, debug=bool(getattr(args, "debug", False)))
+    setup_cli_logging(debug=args.debug)
+    return run_guarded(args.func, args, debug=bool(args.debug))
 
 
 if __name__ == "__main__":  # pragma: no cover

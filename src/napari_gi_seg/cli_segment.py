@@ -214,13 +214,12 @@ def _segment_options(args, slices=None, merge=None):
 
 
 def _run_one(vol, out, spec, net, device, options, quiet: bool) -> dict:
-    from tqdm import tqdm
-
     from .engine.batch import segment_to_file
+    from .progress import TqdmProgress
 
-    total = vol.shape[0] if options.slices is None else len(options.slices)
-    with tqdm(total=total, unit="slice", desc=vol.name, file=sys.stderr, disable=quiet) as bar:
-        rec = segment_to_file(vol, out, spec, net, device, options, progress=lambda b: bar.update(len(b.z)))
+    # out-of-distribution input: the engine logs a warning (stderr, via the CLI's logging), never refuses
+    with TqdmProgress(disable=quiet, desc=vol.name) as bar:
+        rec = segment_to_file(vol, out, spec, net, device, options, progress=bar)
     print(f"{out}: {rec['slices_segmented']} slices segmented with {spec.key} on {device} in {rec['seconds']:.1f} s")
     return rec
 

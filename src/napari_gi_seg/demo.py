@@ -43,12 +43,6 @@ def load_sample():
     return image, np.asarray(lab, dtype=np.uint8), names
 
 
-def match_classes(model_names: dict[int, str], truth_names: dict[int, str]) -> list[tuple[int, int, str]]:
-    """``[(model index, ground-truth index, name)]`` for organs both know (by name)."""
-    by_name = {v: k for k, v in truth_names.items() if k != 0}
-    return [(i, by_name[n], n) for i, n in sorted(model_names.items()) if i != 0 and n in by_name]
-
-
 def overlay_png(
     path: Path,
     image: np.ndarray,
@@ -106,6 +100,7 @@ def run_headless(
     registered (the message lists the registered ones).
     """
     from .engine.inference import segment_volume
+    from .evaluation.evaluate import match_classes
     from .evaluation.metrics import dice_per_class
     from .io.nifti import write_nifti
     from .models.registry import get_entry, load_model
@@ -115,9 +110,13 @@ def run_headless(
     entry = get_entry(model)
     spec, net = load_model(entry.key, device="cpu")
     res = segment_volume(image, spec, net, device=device, tta=tta)
-    pairs = match_classes(spec.class_names, truth_names)
     dice: dict[str, float] = {}
-    for mi, ti, name in pairs:
+    try:
+        pairs = match_classes(spec.class_names, truth_names)
+    except ValueError:  # a model of other organs: no Dice, still the labels and overlay
+        pairs = []
+    for m in pairs:
+        mi, ti, name = m.model_index, m.dataset_value, m.name
         dice[name] = dice_per_class(
             (res.labels == mi).astype(np.uint8), (truth == ti).astype(np.uint8), [1], ignore_index=None
         )[1]

@@ -32,6 +32,17 @@ def user_dir() -> Path:
     return p
 
 
+def default_dataset_dir() -> Path:
+    """Where exported corrections go unless another folder is chosen.
+
+    Returns
+    -------
+    Path
+        ``<user_dir>/datasets/corrections`` (not created here).
+    """
+    return user_dir() / "datasets" / "corrections"
+
+
 def public_path(path: str | Path, root: str | Path | None = None, root_name: str | None = None) -> str:
     """How a path is written into anything that may leave this computer (model specs,
     model cards, run configs, evaluation reports): never the absolute local path.

@@ -54,7 +54,7 @@ def _args(src, out, *extra):
     ]
 
 
-def test_folder_run_one_output_per_series_and_a_manifest(registered_tiny, scan_folder, tmp_path, capsys):
+def test_folder_run_one_output_per_series_and_a_manifest(tiny_entry, scan_folder, tmp_path, capsys):
     assert [p.name for p in find_scans(scan_folder)] == ["p1_dicom", "p2_nifti.nii.gz", "p3_tiff.tif"]
     out = tmp_path / "out"
     assert main(_args(scan_folder, out, "--save-probabilities")) == 0, capsys.readouterr().err
@@ -73,7 +73,7 @@ def test_folder_run_one_output_per_series_and_a_manifest(registered_tiny, scan_f
             assert np.allclose(p.astype(np.float32).sum(0), 1.0, atol=0.02)
             assert list(npz["class_names"]) == ["background", "liver", "right_kidney", "left_kidney", "spleen"]
     m = json.loads((out / MANIFEST_NAME).read_text())
-    weights = registered_tiny.weights_path.read_bytes()
+    weights = tiny_entry.weights_path.read_bytes()
     assert m["model"] == {"key": "tiny-chaos:1", "weights_sha256": hashlib.sha256(weights).hexdigest()}
     assert m["device"]["type"] == "cpu" and m["precision"]["forward"] == "float32" and m["tta"] is False
     assert m["packages"]["torch"] and m["packages"]["napari-gi-seg"] and m["world_size"] == 1
@@ -85,7 +85,7 @@ def test_folder_run_one_output_per_series_and_a_manifest(registered_tiny, scan_f
         assert secret not in text
 
 
-def test_folder_run_rtstruct_fails_only_for_non_dicom(registered_tiny, scan_folder, tmp_path, capsys):
+def test_folder_run_rtstruct_fails_only_for_non_dicom(tiny_entry, scan_folder, tmp_path, capsys):
     out = tmp_path / "rt"
     rc = main(_args(scan_folder, out, "--format", "rtstruct"))
     err = capsys.readouterr().err
@@ -112,7 +112,7 @@ def test_shards_are_disjoint_and_complete():
 
 
 @pytest.mark.slow
-def test_torchrun_two_processes_share_the_scans(registered_tiny, scan_folder, model_home, tmp_path):
+def test_torchrun_two_processes_share_the_scans(tiny_entry, scan_folder, model_home, tmp_path):
     single = tmp_path / "single"
     assert main(_args(scan_folder, single)) == 0
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")

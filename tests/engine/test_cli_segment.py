@@ -19,7 +19,7 @@ def _err_lines(capsys) -> list[str]:
     return [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
 
 
-def test_segment_writes_nifti_with_input_affine(registered_tiny, chaos_image_path, tmp_path, capsys):
+def test_segment_writes_nifti_with_input_affine(tiny_entry, chaos_image_path, tmp_path, capsys):
     out = tmp_path / "sub" / "labels.nii.gz"
     rc = main(["segment", str(chaos_image_path), "-o", str(out), "--model", "tiny-chaos", "--device", "cpu", "--quiet"])
     assert rc == 0, capsys.readouterr().err
@@ -32,7 +32,7 @@ def test_segment_writes_nifti_with_input_affine(registered_tiny, chaos_image_pat
     assert [p.name for p in out.parent.iterdir()] == ["labels.nii.gz"]  # no temp files left
 
 
-def test_segment_slice_range_and_progress(registered_tiny, chaos_image_path, tmp_path, capsys):
+def test_segment_slice_range_and_progress(tiny_entry, chaos_image_path, tmp_path, capsys):
     out = tmp_path / "part.nii.gz"
     rc = main(
         [
@@ -61,7 +61,7 @@ def test_segment_slice_range_and_progress(registered_tiny, chaos_image_path, tmp
     assert rc != 0 and "already exists" in _err_lines(capsys)[0]
 
 
-def test_segment_missing_file(registered_tiny, tmp_path, capsys):
+def test_segment_missing_file(tiny_entry, tmp_path, capsys):
     missing = tmp_path / "nope.nii.gz"
     rc = main(["segment", str(missing), "-o", str(tmp_path / "o.nii.gz"), "--model", "tiny-chaos"])
     lines = _err_lines(capsys)
@@ -70,7 +70,7 @@ def test_segment_missing_file(registered_tiny, tmp_path, capsys):
     assert not (tmp_path / "o.nii.gz").exists()
 
 
-def test_segment_unreadable_file(registered_tiny, chaos_image_path, tmp_path, capsys):
+def test_segment_unreadable_file(tiny_entry, chaos_image_path, tmp_path, capsys):
     bad = tmp_path / "broken.nii.gz"
     bad.write_bytes(chaos_image_path.read_bytes()[:5000])  # truncated gzip
     rc = main(["segment", str(bad), "-o", str(tmp_path / "o.nii.gz"), "--model", "tiny-chaos", "--quiet"])
@@ -80,14 +80,14 @@ def test_segment_unreadable_file(registered_tiny, chaos_image_path, tmp_path, ca
     assert not (tmp_path / "o.nii.gz").exists()
 
 
-def test_segment_unknown_model_lists_known(registered_tiny, chaos_image_path, tmp_path, capsys):
+def test_segment_unknown_model_lists_known(tiny_entry, chaos_image_path, tmp_path, capsys):
     rc = main(["segment", str(chaos_image_path), "-o", str(tmp_path / "o.nii.gz"), "--model", "no-such-model"])
     lines = _err_lines(capsys)
     assert rc != 0 and len(lines) == 1
     assert "unknown model 'no-such-model'" in lines[0] and "tiny-chaos:1" in lines[0]
 
 
-def test_segment_bad_output_suffix_and_slices(registered_tiny, chaos_image_path, tmp_path, capsys):
+def test_segment_bad_output_suffix_and_slices(tiny_entry, chaos_image_path, tmp_path, capsys):
     rc = main(["segment", str(chaos_image_path), "-o", str(tmp_path / "o.png"), "--model", "tiny-chaos"])
     lines = _err_lines(capsys)
     assert rc != 0 and len(lines) == 1 and "unknown output format" in lines[0]
@@ -113,13 +113,13 @@ def test_segment_bad_output_suffix_and_slices(registered_tiny, chaos_image_path,
     assert not (tmp_path / "o.nii.gz").exists()
 
 
-def test_models_lists_registry(registered_tiny, capsys):
+def test_models_lists_registry(tiny_entry, capsys):
     assert main(["models"]) == 0
     out = capsys.readouterr().out
     assert "tiny-chaos:1" in out and "Unet/mobilenet_v2" in out and "liver,right_kidney,left_kidney,spleen" in out
 
 
-def test_console_script_models_json(registered_tiny, model_home):
+def test_console_script_models_json(tiny_entry, model_home):
     exe = Path(sys.executable).with_name("napari-gi-seg")
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "napari_gi_seg.cli"]
     env = {**os.environ, "NAPARI_GI_SEG_HOME": str(model_home), "OMP_NUM_THREADS": "1"}

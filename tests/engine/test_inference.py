@@ -112,7 +112,7 @@ def test_cancellation_stops_within_one_batch(chaos_volume, tiny_model):
     assert res.cancelled and len(batches) == 1
     assert res.segmented == [0, 1, 2, 3]
     assert not res.labels[4:].any()
-    assert batches[0].done == 4 and batches[0].total == chaos_volume.shape[0]
+    assert batches[0].stage == "segment" and batches[0].done == 4 and batches[0].total == chaos_volume.shape[0]
     # the generator form: stop asking -> nothing more is computed
     it = iter_segment(chaos_volume, tiny_model.spec, tiny_model.network(), batch_size=4, device="cpu")
     first = next(it)

@@ -10,61 +10,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from dicom_helpers import PATIENT_ID, PATIENT_NAME, RAS_TO_LPS, SLOPE, write_dicom_series, write_enhanced_mr
 from napari_gi_seg._reader import napari_get_reader
 from napari_gi_seg.io import InvalidInputError, read_image, write_labels
 from napari_gi_seg.io.dicom import series_uid_hash
 from napari_gi_seg.io.nifti import read_nifti
 from napari_gi_seg.io.volume import Volume
-
-PATIENT_NAME = "Doe^Jane"
-PATIENT_ID = "PID-0042-SECRET"
-SLOPE, INTERCEPT = 0.02, -10.0
-RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
-
-
-def write_dicom_series(
-    vol: Volume, folder: Path, series_uid: str, description: str, rows_cols: tuple[int, int] | None = None, names=None
-) -> list[Path]:
-    """Test helper (not product code): write ``vol`` (NIfTI-sourced, RAS affine) as
-    single-frame MR DICOM slices, uint16 with rescale slope/intercept, LPS geometry."""
-    import pydicom
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
-
-    lps = RAS_TO_LPS @ vol.affine  # voxel (x, y, z) -> LPS mm
-    dx, dy = np.linalg.norm(lps[:3, 0]), np.linalg.norm(lps[:3, 1])
-    row_cos, col_cos = lps[:3, 0] / dx, lps[:3, 1] / dy
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for k in range(vol.shape[0]):
-        px = np.round((vol.data[k] - INTERCEPT) / SLOPE).astype(np.uint16)  # (rows=y, cols=x)
-        if rows_cols is not None and k == 1:
-            px = np.zeros(rows_cols, np.uint16)
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = MRImageStorage
-        meta.MediaStorageSOPInstanceUID = generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, meta.MediaStorageSOPInstanceUID
-        ds.PatientName, ds.PatientID, ds.PatientBirthDate = PATIENT_NAME, PATIENT_ID, "19700101"
-        ds.StudyInstanceUID, ds.SeriesInstanceUID = "1.2.826.0.1.3680043.8.498.1", series_uid
-        ds.Modality, ds.SeriesDescription, ds.InstanceNumber = "MR", description, k + 1
-        ds.ImageOrientationPatient = [f"{v:.6f}" for v in (*row_cos, *col_cos)]
-        ds.ImagePositionPatient = [f"{v:.4f}" for v in (lps @ [0, 0, k, 1])[:3]]
-        ds.PixelSpacing = [f"{dy:.6f}", f"{dx:.6f}"]
-        ds.SliceThickness = f"{np.linalg.norm(lps[:3, 2]):.4f}"
-        ds.Rows, ds.Columns = px.shape
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-        ds.RescaleSlope, ds.RescaleIntercept = str(SLOPE), str(INTERCEPT)
-        ds.PixelData = px.tobytes()
-        # Names that do not sort by position: the reader must sort by geometry.
-        name = names[k] if names else f"IM{(k * 7919) % 1000:04d}.dcm"
-        p = folder / name
-        pydicom.dcmwrite(p, ds, enforce_file_format=True)
-        paths.append(p)
-    return paths
 
 
 @pytest.fixture(scope="module")
@@ -174,3 +125,90 @@ def test_folder_without_dicom_is_not_ours(tmp_path):
     assert napari_get_reader(str(tmp_path)) is None
     with pytest.raises(InvalidInputError, match="unsupported input"):
         read_image(tmp_path)
+
+
+# --------------------------------------------------------------- slice gaps
+def test_a_missing_slice_is_a_clear_error_naming_the_gap(tmp_path, chaos_volume):
+    files = write_dicom_series(chaos_volume, tmp_path / "gap", "1.2.826.0.1.3680043.8.498.14", "gap")
+    # file k holds NIfTI slice k; the DICOM stack runs the other way (normal to the feet)
+    files[20].unlink()
+    msg = r"gap: series [0-9a-f]{16} has uneven slice gaps .*15\.40 mm between slices 15 and 16 .*about 1 missing.*expected 7\.70 mm"
+    with pytest.raises(InvalidInputError, match=msg):
+        read_image(tmp_path / "gap")
+    # explicitly allowed: a warning, the missing position interpolated, the geometry exact
+    from napari_gi_seg.io.dicom import read_dicom_folder
+
+    with pytest.warns(UserWarning, match="uneven slice gaps.*interpolated onto an even 7.70 mm grid"):
+        (vol,) = read_dicom_folder(tmp_path / "gap", allow_uneven=True)
+    ref = next(v for v in read_image(_full_series(tmp_path, chaos_volume)))
+    assert vol.shape == ref.shape and np.allclose(vol.spacing_mm, ref.spacing_mm, atol=1e-3)
+    assert np.allclose(vol.affine, ref.affine, atol=1e-3)
+    z = 16  # the DICOM-order index of the removed NIfTI slice 20 (36 - 20)
+    keep = np.arange(ref.shape[0]) != z
+    assert np.abs(vol.data[keep] - ref.data[keep]).max() < 1e-3
+    np.testing.assert_allclose(vol.data[z], 0.5 * (ref.data[z - 1] + ref.data[z + 1]), atol=1e-3)
+    assert "interpolated" in vol.metadata["spacing_source"]
+
+
+def _full_series(tmp_path, chaos_volume):
+    folder = tmp_path / "full"
+    if not folder.exists():
+        write_dicom_series(chaos_volume, folder, "1.2.826.0.1.3680043.8.498.15", "full")
+    return folder
+
+
+def test_uneven_spacing_is_refused(tmp_path, chaos_volume):
+    import pydicom
+
+    files = write_dicom_series(chaos_volume.with_data(chaos_volume.data), tmp_path / "uneven", "1.2.3.4.16", "u")
+    ds = pydicom.dcmread(files[10])
+    ds.ImagePositionPatient[2] = str(float(ds.ImagePositionPatient[2]) + 2.0)  # one slice 2 mm off
+    ds.save_as(files[10])
+    with pytest.raises(
+        InvalidInputError,
+        match=r"uneven slice gaps along the slice normal: 5\.70 mm between slices 25 and 26.*; 9\.70 mm between slices 26 and 27",
+    ):
+        read_image(tmp_path / "uneven")
+
+
+# --------------------------------------------------------------- Enhanced MR
+def test_enhanced_mr_multiframe_reads_back_voxels_and_geometry(tmp_path, chaos_volume, dicom_folder):
+    path = write_enhanced_mr(chaos_volume, tmp_path / "enh" / "mr.dcm", "1.2.826.0.1.3680043.8.498.17")
+    (vol,) = read_image(tmp_path / "enh")
+    single = next(v for v in read_image(dicom_folder) if v.metadata["series_description"] == "T2 SPIR")
+    assert vol.shape == single.shape == (37, 256, 256)
+    assert np.allclose(vol.spacing_mm, (7.7, 1.25, 1.25), atol=1e-3)
+    assert vol.metadata["coordinate_system"] == "LPS"
+    assert np.allclose(vol.affine, single.affine, atol=1e-4)
+    np.testing.assert_array_equal(vol.data, single.data)
+    # and so to the same RAS points as the NIfTI it came from
+    assert np.allclose(np.linalg.inv(RAS_TO_LPS @ chaos_volume.affine) @ vol.affine, _z_flip(37), atol=1e-4)
+    assert np.abs(vol.data - chaos_volume.data[::-1]).max() <= SLOPE / 2 + 1e-3
+    # the single file opens its series through the napari reader too
+    layers = napari_get_reader(str(path))(str(path))
+    assert len(layers) == 1 and layers[0][0].shape == (37, 256, 256)
+    assert PATIENT_ID.lower() not in repr(layers[0][1]).lower()
+
+
+# --------------------------------------------------------------- export
+def test_case_exported_from_dicom_overlays_the_scan_in_world_space(dicom_folder, chaos_label_path, tmp_path):
+    from napari_gi_seg.curation.export import export_case
+
+    t2 = next(v for v in read_image(dicom_folder) if v.metadata["series_description"] == "T2 SPIR")
+    labels = read_nifti(chaos_label_path, as_labels=True).data[::-1].copy()  # DICOM stack order
+    names = {1: "liver", 2: "right_kidney", 3: "left_kidney", 4: "spleen"}
+    ds = export_case(tmp_path / "Dataset501_T", t2, labels, range(t2.shape[0]), names, case_id="c1")
+    img = nib.load(str(ds / "imagesTr" / "c1_0000.nii.gz"))
+    lab = nib.load(str(ds / "labelsTr" / "c1.nii.gz"))
+    src_img, src_lab = nib.load(str(chaos_label_path).replace("label_", "image_")), nib.load(str(chaos_label_path))
+    # exported image and labels share the scan's RAS geometry (not LPS mirrored)
+    assert np.allclose(img.affine, lab.affine) and np.allclose(img.affine, src_img.affine @ _z_flip(37), atol=1e-3)
+    assert nib.aff2axcodes(img.affine) == nib.aff2axcodes(src_img.affine)[:2] + ("I",)
+    can = [np.asarray(nib.as_closest_canonical(x).dataobj) for x in (img, lab, src_img, src_lab)]
+    assert np.array_equal(can[1], can[3])  # every label voxel at its original RAS point
+    assert np.abs(can[0] - can[2]).max() <= SLOPE / 2 + 1e-3
+    # a world point inside the liver maps to liver in the export
+    ijk = np.argwhere(np.asarray(src_lab.dataobj) == 1)[len(np.argwhere(np.asarray(src_lab.dataobj) == 1)) // 2]
+    world = src_lab.affine @ [*ijk, 1]
+    back = np.round(np.linalg.inv(lab.affine) @ world).astype(int)[:3]
+    assert np.asarray(lab.dataobj)[tuple(back)] == 1

@@ -1,10 +1,7 @@
 """Fixtures for the training / fine-tuning / evaluation tests.
 
-* ``chaos3``: a temp folder with three real CHAOS patients (symlinks to the shared
-  data, plus ``classes.json``), small enough for a few training steps.
-* ``trained_tiny``: a tiny model trained on it through the real trainer
-  (``register=False``, once per session) that tests register into their own
-  user folder (``$NAPARI_GI_SEG_HOME`` is per test, see ``tests/conftest.py``).
+* ``chaos3`` (three real CHAOS patients) comes from ``tests/conftest.py``;
+* the tiny model (``tiny_model``, ``tiny_entry``) comes from ``tests/conftest.py``;
 * ``uwmgi_tree``: a stand-in UW-Madison Kaggle tree: REAL ``train.csv`` rows of three
   case-days (two patients + the faulty case7_day0) with synthetic 16-bit PNG scans
   whose bright regions are the real masks (marked synthetic; no scans exist here).
@@ -13,59 +10,14 @@
 from __future__ import annotations
 
 import csv
-import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-CHAOS_CLASS_NAMES = ["liver", "right_kidney", "left_kidney", "spleen"]
-CHAOS_PATIENTS = ("1", "2", "3")
 #: case-day -> slice numbers that get stand-in PNG scans
 UWMGI_SLICES = {"case123_day20": range(60, 72), "case2_day1": range(48, 58), "case7_day0": range(60, 64)}
 TINY = dict(size=64, epochs=1, batch_size=4, max_steps_per_epoch=1, augment=False, encoder="mobilenet_v2")
-
-
-@pytest.fixture(scope="session")
-def chaos3(chaos_dir, tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("chaos3")
-    for pid in CHAOS_PATIENTS:
-        for kind in ("image", "label"):
-            os.symlink(chaos_dir / f"{kind}_{pid}.nii.gz", root / f"{kind}_{pid}.nii.gz")
-    (root / "classes.json").write_text(json.dumps(CHAOS_CLASS_NAMES))
-    return root
-
-
-@pytest.fixture(scope="session")
-def trained_tiny(chaos3, tmp_path_factory):
-    """``(spec, weights_path)`` of a tiny CHAOS model trained for 1 step (unregistered)."""
-    from napari_gi_seg.models.network import save_weights
-    from napari_gi_seg.training.trainer import TrainConfig, train
-
-    out = tmp_path_factory.mktemp("tiny_model")
-    cfg = TrainConfig(
-        dataset=str(chaos3),
-        name="tiny",
-        val_fraction=0.34,
-        device="cpu",
-        register=False,
-        work_dir=str(out / "run"),
-        **TINY,
-    )
-    res = train(cfg)
-    save_weights(res.model, out / "model.safetensors")
-    return res.spec, out / "model.safetensors"
-
-
-@pytest.fixture
-def tiny_entry(trained_tiny):
-    """The tiny model registered as ``tiny:1`` in this test's user folder."""
-    from napari_gi_seg.models import registry
-    from napari_gi_seg.models.spec import ModelSpec
-
-    spec, weights = trained_tiny
-    return registry.register_model(ModelSpec.from_dict(spec.to_dict()), weights_path=weights)
 
 
 def _write_png16(path: Path, arr: np.ndarray) -> None:

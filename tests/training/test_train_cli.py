@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 
 import numpy as np
 
@@ -56,3 +57,32 @@ def test_train_registers_loadable_model_and_resume_continues(chaos3, tmp_path):
         rows = list(csv.DictReader(f))
     assert [int(r["epoch"]) for r in rows] == [1, 2]  # epoch 1 from the checkpoint, epoch 2 trained now
     assert np.isfinite(float(rows[1]["val_mean_dice"]))
+    # the run folder records the run: manifest (config, split, versions, hardware, status) and one log
+    man = json.loads((work / "run.json").read_text())
+    assert man["kind"] == "train" and man["status"] == "registered" and man["model"] == "cli-tiny:2"
+    assert man["split"] == {"train": s2.training["train_patients"], "validation": s2.training["val_patients"]}
+    assert man["config"]["dataset"] == chaos3.name and man["config"]["work_dir"] == "run"  # names only
+    assert man["start_epoch"] == 1 and man["epochs_run"] == 2 and man["log_file"] == "train.log"
+    assert man["versions"]["napari-gi-seg"] and man["hardware"]["cpus"] >= 1
+    assert str(tmp_path) not in (work / "run.json").read_text()
+    log = (work / "train.log").read_text()
+    assert "time budget" in log and "resumed from checkpoint_last.pt at epoch 2" in log and "epoch=2" in log
+    assert log.count("registered cli-tiny:") == 2  # both runs appended to the same log
+    # the model card says where the validation Dice was measured
+    assert s2.metrics["validation"]["measured_on"] == f"1 held-out patient(s) of {chaos3.name}"
+
+
+def test_debug_flag_before_or_after_the_command(capsys):
+    import logging
+
+    assert cli.main(["--debug", "models"]) == 0
+    assert logging.getLogger("napari_gi_seg").level == logging.DEBUG
+    assert cli.main(["models", "--debug"]) == 0 and cli.main(["models"]) == 0
+    assert logging.getLogger("napari_gi_seg").level == logging.INFO
+    # --debug adds the traceback of an error to the one-line message
+    assert cli.main(["--debug", "segment", "missing.nii.gz", "-o", "x.nii.gz"]) == 2
+    err = capsys.readouterr().err
+    assert "missing.nii.gz: file not found" in err and "Traceback" in err
+    assert cli.main(["segment", "missing.nii.gz", "-o", "x.nii.gz"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("napari-gi-seg: error:")

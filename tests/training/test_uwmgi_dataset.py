@@ -78,4 +78,8 @@ def test_multilabel_training_and_evaluation_end_to_end(uwmgi_tree, tmp_path):
     ev = evaluate_dataset(uwmgi_tree, model="gi-tiny", cases=["case2"], device="cpu")
     assert ev.summary["classes"] == list(UWMGI_CLASSES)
     assert list(ev.summary["per_case"]) == ["case2_day1"]
-    assert 0 <= ev.summary["mean_kaggle_score"] <= 1
+    pcs = ev.summary["per_case"]["case2_day1"]["per_class"]
+    for n in UWMGI_CLASSES:  # 0.4 * 2D Dice + 0.6 * (1 - normalised Hausdorff) per class (Kaggle's definition)
+        assert pcs[n]["kaggle_score"] == pytest.approx(0.4 * pcs[n]["kaggle_dice_2d"] + 0.6 * (1 - pcs[n]["kaggle_hd"]))
+    # one case: the summary is the mean over classes of that case's scores
+    assert ev.summary["mean_kaggle_score"] == pytest.approx(np.mean([pcs[n]["kaggle_score"] for n in UWMGI_CLASSES]))

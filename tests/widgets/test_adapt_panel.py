@@ -84,7 +84,7 @@ def test_adapt_resegments_untouched_slices_through_undo_and_keeps_for_patient(co
     assert e2.name != entry.name and panel.use_kept_model() == e2.key
 
 
-def test_adapt_needs_reviewed_slices(qtbot, chaos_image_layer, tiny_model):
+def test_adapt_needs_reviewed_slices(qtbot, chaos_image_layer, tiny_key):
     from napari_gi_seg._qt.correct_widget import CorrectWidget
     from napari_gi_seg._qt.segment_widget import SegmentWidget
 
@@ -94,7 +94,7 @@ def test_adapt_needs_reviewed_slices(qtbot, chaos_image_layer, tiny_model):
     qtbot.addWidget(cor)
     assert not cor.adapt_panel.adapt_button.isEnabled()  # no case yet
     assert cor.adapt_panel.adapt() is False
-    seg.select_model(tiny_model)
+    seg.select_model(tiny_key)
     seg.device_combo.setCurrentText("cpu")
     seg.run_sync()
     cor.select_labels(seg.context.labels_layer)

@@ -163,6 +163,7 @@ def test_autosave_and_restore_in_new_viewer(qtbot, segmented, make_napari_viewer
     v2 = make_napari_viewer()
     image, _ = chaos_volumes
     cor2 = CorrectWidget(v2)
+    qtbot.addWidget(cor2)
     v2.add_image(image.data, **image.layer_kwargs())
     ctx2 = cor2.context
     assert ctx2 is not None and ctx2 is not ctx
@@ -173,7 +174,7 @@ def test_autosave_and_restore_in_new_viewer(qtbot, segmented, make_napari_viewer
     # "no" leaves the viewer alone
     monkeypatch.setenv("NAPARI_GI_SEG_RESTORE", "no")
     v3 = make_napari_viewer()
-    CorrectWidget(v3)
+    qtbot.addWidget(CorrectWidget(v3))
     v3.add_image(image.data, **image.layer_kwargs())
     assert [lyr.name for lyr in v3.layers] == [image.name]
 
@@ -184,5 +185,6 @@ def test_tools_without_case_report_error(qtbot, make_napari_viewer, monkeypatch)
     errors = []
     monkeypatch.setattr(n, "show_error", errors.append)
     cor = CorrectWidget(make_napari_viewer())
+    qtbot.addWidget(cor)
     assert cor.fill_holes() is None and errors
     assert cor.mark_reviewed_and_next() is None

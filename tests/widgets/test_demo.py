@@ -7,8 +7,8 @@ import numpy as np
 from napari_gi_seg.cli import main
 
 
-def test_headless_demo_writes_labels_overlay_and_dice(tiny_model, tmp_path, capsys, chaos_volumes):
-    rc = main(["demo", "--headless", "--out", str(tmp_path), "--model", tiny_model, "--device", "cpu"])
+def test_headless_demo_writes_labels_overlay_and_dice(tiny_key, tmp_path, capsys, chaos_volumes):
+    rc = main(["demo", "--headless", "--out", str(tmp_path), "--model", tiny_key, "--device", "cpu"])
     assert rc == 0
     out = capsys.readouterr().out
     for organ in ("liver", "right_kidney", "left_kidney", "spleen", "mean"):
@@ -23,12 +23,12 @@ def test_headless_demo_writes_labels_overlay_and_dice(tiny_model, tmp_path, caps
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
 
 
-def test_headless_demo_dice_matches_metrics(tiny_model, tmp_path, chaos_volumes):
+def test_headless_demo_dice_matches_metrics(tiny_key, tmp_path, chaos_volumes):
     from napari_gi_seg.demo import run_headless
     from napari_gi_seg.evaluation.metrics import dice
     from napari_gi_seg.io.nifti import read_nifti
 
-    res = run_headless(tmp_path, model=tiny_model, device="cpu", quiet=True)
+    res = run_headless(tmp_path, model=tiny_key, device="cpu", quiet=True)
     _, truth = chaos_volumes
     pred = read_nifti(res["labels_path"], as_labels=True).data
     assert res["dice"]["liver"] == dice(pred == 1, truth.data == 1)
@@ -43,10 +43,10 @@ def test_unknown_model_is_one_line_error(tmp_path, capsys):
     assert "no-such-model" in err and err.count("\n") == 1
 
 
-def test_gui_demo_docks_widgets_and_segments(qtbot, tiny_model, monkeypatch):
+def test_gui_demo_docks_widgets_and_segments(qtbot, tiny_key, monkeypatch):
     from napari_gi_seg._qt.demo import open_demo_viewer
 
-    viewer, widgets = open_demo_viewer(model=tiny_model, device="cpu", show=False)
+    viewer, widgets = open_demo_viewer(model=tiny_key, device="cpu", show=False)
     try:
         seg = widgets["Segment"]
         assert seg.is_running

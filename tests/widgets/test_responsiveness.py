@@ -17,21 +17,22 @@ from napari_gi_seg._qt.segment_widget import SegmentWidget
 MAX_STALL_S = 0.200
 
 
-def _model_for_benchmark(tiny_model) -> str:
+def _model_for_benchmark(tiny_key) -> str:
     """The default (bundled) model when it is installed, else the tiny test model."""
     from napari_gi_seg.models.registry import DEFAULT_MODEL, ModelNotFoundError, get_entry
 
     try:
         return get_entry(DEFAULT_MODEL).key
     except ModelNotFoundError:
-        return tiny_model
+        return tiny_key
 
 
-def test_heartbeat_during_cpu_segmentation(qtbot, chaos_image_layer, tiny_model):
+def test_heartbeat_during_cpu_segmentation(qtbot, chaos_image_layer, tiny_key):
     viewer, image_layer = chaos_image_layer
     seg = SegmentWidget(viewer)
-    CorrectWidget(viewer)  # its read-outs update on every batch too
-    key = _model_for_benchmark(tiny_model)
+    qtbot.addWidget(seg)
+    qtbot.addWidget(CorrectWidget(viewer))  # its read-outs update on every batch too
+    key = _model_for_benchmark(tiny_key)
     seg.select_model(key)
     seg.device_combo.setCurrentText("cpu")
     beats: list[float] = []

@@ -10,18 +10,19 @@ from napari_gi_seg._qt import _context as C
 from napari_gi_seg._qt.segment_widget import SegmentWidget
 
 
-def test_models_listed_with_classes_and_selectable(qtbot, chaos_image_layer, tiny_model, tiny_weights):
+def test_models_listed_with_classes_and_selectable(qtbot, chaos_image_layer, tiny_key, tiny_model):
     viewer, _ = chaos_image_layer
     w = SegmentWidget(viewer)
+    qtbot.addWidget(w)
     keys = w.refresh_models()
-    assert tiny_model in keys
+    assert tiny_key in keys
     w.select_model(TINY_NAME)
-    assert w.model_key() == tiny_model
+    assert w.model_key() == tiny_key
     assert "right_kidney" in w.classes_label.text()
     # a new version appears after refresh_models() and can be selected by key
     from napari_gi_seg.models.registry import register_model
 
-    register_model(tiny_spec(version=2), weights_path=tiny_weights)
+    register_model(tiny_spec(version=2), weights_path=tiny_model.weights)
     with pytest.raises(LookupError):
         w.select_model("nonexistent-model")
     assert f"{TINY_NAME}:2" in w.refresh_models()
@@ -29,12 +30,11 @@ def test_models_listed_with_classes_and_selectable(qtbot, chaos_image_layer, tin
     assert w.model_key() == f"{TINY_NAME}:2"
 
 
-def test_worker_segments_whole_stack_into_labels_with_model_classes(
-    qtbot, chaos_image_layer, chaos_volumes, tiny_model
-):
+def test_worker_segments_whole_stack_into_labels_with_model_classes(qtbot, chaos_image_layer, chaos_volumes, tiny_key):
     viewer, image_layer = chaos_image_layer
     w = SegmentWidget(viewer)
-    w.select_model(tiny_model)
+    qtbot.addWidget(w)
+    w.select_model(tiny_key)
     w.device_combo.setCurrentText("cpu")
     batches = []
     w.batch_spin.setValue(8)
@@ -72,10 +72,11 @@ def test_worker_segments_whole_stack_into_labels_with_model_classes(
     assert len(batches) >= image.shape[0] // 8  # one update per batch, on the main thread
 
 
-def test_cancel_stops_and_keeps_finished_slices(qtbot, chaos_image_layer, tiny_model):
+def test_cancel_stops_and_keeps_finished_slices(qtbot, chaos_image_layer, tiny_key):
     viewer, image_layer = chaos_image_layer
     w = SegmentWidget(viewer)
-    w.select_model(tiny_model)
+    qtbot.addWidget(w)
+    w.select_model(tiny_key)
     w.device_combo.setCurrentText("cpu")
     w.batch_spin.setValue(2)
     results = []
@@ -98,10 +99,11 @@ def test_cancel_stops_and_keeps_finished_slices(qtbot, chaos_image_layer, tiny_m
     assert not ctx.labels_layer.data[rest].any()
 
 
-def test_current_slice_scope_and_edited_slices_kept(qtbot, chaos_image_layer, tiny_model):
+def test_current_slice_scope_and_edited_slices_kept(qtbot, chaos_image_layer, tiny_key):
     viewer, image_layer = chaos_image_layer
     w = SegmentWidget(viewer)
-    w.select_model(tiny_model)
+    qtbot.addWidget(w)
+    w.select_model(tiny_key)
     w.device_combo.setCurrentText("cpu")
     w.run_sync()
     ctx = w.context
@@ -131,5 +133,6 @@ def test_errors_are_notifications_not_crashes(qtbot, make_napari_viewer, monkeyp
 
     monkeypatch.setattr(n, "show_error", errors.append)
     w = SegmentWidget(viewer)
+    qtbot.addWidget(w)
     w.run_sync()  # no image
     assert errors and "image" in errors[-1].lower()

@@ -17,8 +17,10 @@ Thin over :mod:`napari_gi_seg.training.adaptation` and
    **Use kept model** finds it again on the next treatment day and selects it in the
    Segment widget.
 
-Progress crosses from the worker thread to the widget through a Qt signal (queued
-connection). ``NAPARI_GI_SEG_SYNC=1`` runs the job in the calling thread (tests).
+Progress follows the one protocol (:mod:`napari_gi_seg.progress`): the events cross
+from the worker thread to the GUI thread through Qt signals, to napari's activity dock
+(:class:`~napari_gi_seg._qt._progress.NapariProgress`) and to the panel's status line.
+``NAPARI_GI_SEG_SYNC=1`` runs the job in the calling thread (tests).
 """
 
 from __future__ import annotations
@@ -42,9 +44,11 @@ from . import _context as C
 SYNC_ENV = "NAPARI_GI_SEG_SYNC"
 
 
-def _job(data, labels, train_slices, keep, model_key, device, progress, cancel):
-    """Worker body: load the model, adapt, re-segment. Returns ``(AdaptationResult,
-    ResegmentResult | None)`` (``None`` when cancelled during the fine-tune)."""
+def _job(volume, labels, train_slices, keep, model_key, device, progress, cancel):
+    """Worker body: load the model, adapt, re-segment. ``volume``: the scan as a
+    :class:`~napari_gi_seg.io.volume.Volume` (its geometry brings it into the model's
+    frame). Returns ``(AdaptationResult, ResegmentResult | None)`` (``None`` when
+    cancelled during the fine-tune)."""
     from ..engine.inference import resolve_device
     from ..models.registry import load_model
     from ..training import adaptation as A
@@ -52,11 +56,11 @@ def _job(data, labels, train_slices, keep, model_key, device, progress, cancel):
     dev = resolve_device(device)
     spec, net = load_model(model_key, device="cpu")
     res = A.adapt_to_scan(
-        data, labels, train_slices, spec, net, steps=A.DEFAULT_STEPS, device=dev, progress=progress, cancel=cancel
+        volume, labels, train_slices, spec, net, steps=A.DEFAULT_STEPS, device=dev, progress=progress, cancel=cancel
     )
     if res.cancelled:
         return res, None
-    reseg = A.resegment_except(data, labels, keep, res.spec, res.net, device=dev, progress=progress, cancel=cancel)
+    reseg = A.resegment_except(volume, labels, keep, res.spec, res.net, device=dev, progress=progress, cancel=cancel)
     return res, reseg
 
 
@@ -168,25 +172,26 @@ class AdaptPanel(QGroupBox):
         self._cancel = False
         self.result = None
         self.keep_button.setEnabled(False)
+        from ..io.volume import volume_from_layer_metadata
+
+        layer = ctx.image_layer
         args = (
-            np.asarray(ctx.image_layer.data),
+            volume_from_layer_metadata(np.asarray(layer.data), dict(layer.metadata), layer.scale),
             np.array(ctx.labels_layer.data, copy=True),
             reviewed,
             touched,
             ctx.model_key or DEFAULT_MODEL,
             "auto",
         )
-        from napari.utils import progress
+        from ._progress import NapariProgress
 
-        from ..training.adaptation import DEFAULT_STEPS
-
-        self._progress = progress(total=DEFAULT_STEPS, desc="Adapting to this scan")
+        self._progress = NapariProgress("Adapt to this scan:", parent=self)
         self._set_running(True)
         self.status_label.setText(f"Fine-tuning on slices {', '.join(map(str, reviewed))}...")
         if os.environ.get(SYNC_ENV, "") not in ("", "0"):
             self._worker = "sync"
             try:
-                out = _job(*args, progress=self._on_event, cancel=lambda: self._cancel)
+                out = _job(*args, progress=self._report, cancel=lambda: self._cancel)
             except Exception as e:  # noqa: BLE001 - reported, never a crash
                 self._on_error(e)
             else:
@@ -194,7 +199,7 @@ class AdaptPanel(QGroupBox):
             return True
         from napari.qt.threading import create_worker
 
-        worker = create_worker(_job, *args, progress=self._event.emit, cancel=lambda: self._cancel, _start_thread=False)
+        worker = create_worker(_job, *args, progress=self._report, cancel=lambda: self._cancel, _start_thread=False)
         worker.returned.connect(self._on_returned)
         worker.errored.connect(self._on_error)
         self._worker = worker
@@ -210,21 +215,19 @@ class AdaptPanel(QGroupBox):
         self.adapt_button.setEnabled(not running)
         self.cancel_button.setEnabled(running)
 
-    def _on_event(self, ev: dict) -> None:
-        """A progress event from :func:`adapt_to_scan` / :func:`resegment_except` (main thread)."""
-        if self._progress is None:
-            return
-        stage = ev.get("stage")
-        if stage in ("adapt", "segment"):
-            if self._progress.total != ev["total"]:
-                self._progress.total = ev["total"]
-                self._progress.set_description("Adapting to this scan" if stage == "adapt" else "Re-segmenting")
-            self._progress.n = ev["done"]
-            self._progress.refresh()
-            if stage == "adapt":
-                self.status_label.setText(f"Fine-tuning: step {ev['done']}/{ev['total']}, loss {ev['loss']:.3f}")
-            else:
-                self.status_label.setText(f"Re-segmenting: {ev['done']}/{ev['total']} slices")
+    def _report(self, event) -> None:
+        """The ``progress`` callback handed to the core (any thread): napari's bars and
+        the status line, both updated on the GUI thread through Qt signals."""
+        if self._progress is not None:
+            self._progress(event)
+        self._event.emit(event)
+
+    def _on_event(self, ev) -> None:
+        """Status line for a :class:`~napari_gi_seg.progress.ProgressEvent` (GUI thread)."""
+        if ev.stage == "step":
+            self.status_label.setText(f"Fine-tuning: step {ev.done}/{ev.total}, loss {ev.metrics['loss']:.3f}")
+        elif ev.stage == "segment":
+            self.status_label.setText(f"Re-segmenting: {ev.done}/{ev.total} slices")
 
     def _close_progress(self) -> None:
         if self._progress is not None:

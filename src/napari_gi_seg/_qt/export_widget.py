@@ -25,14 +25,8 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ..paths import default_dataset_dir
 from . import _context as C
-
-
-def default_dataset_dir() -> Path:
-    """``<user_dir>/datasets/corrections`` (where exports go unless a folder is chosen)."""
-    from ..paths import user_dir
-
-    return user_dir() / "datasets" / "corrections"
 
 
 class ExportWidget(QWidget):

@@ -37,7 +37,7 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
 def _run_model(
-    data: np.ndarray, model_key: str, slices: Sequence[int], device: str, tta: bool, batch_size: int, cancel
+    data, model_key: str, slices: Sequence[int], device: str, tta: bool, batch_size: int, cancel
 ) -> Iterator:
     """Load the model and yield :class:`~napari_gi_seg.engine.inference.BatchResult`
     batches (runs in the worker thread)."""
@@ -279,7 +279,10 @@ class SegmentWidget(QWidget):
     def _prepare(self):
         """Validate the choices and create the case layers; returns the generator
         arguments or ``None`` (after a notification) when something is missing."""
-        from napari.utils.notifications import show_error
+        from napari.utils.notifications import show_error, show_warning
+
+        from ..engine.domain import input_warnings
+        from ..io.volume import volume_from_layer_metadata
 
         if self.is_running:
             show_error("A segmentation is already running; cancel it first.")
@@ -316,7 +319,11 @@ class SegmentWidget(QWidget):
         self._pending = list(slices)
         self._done = []
         self._cancel_requested = False
-        data = np.asarray(layer.data)
+        # the layer's geometry (affine, axis order, world frame) travels with the data:
+        # the engine segments in the model's frame and warns about unusual inputs
+        data = volume_from_layer_metadata(np.asarray(layer.data), dict(layer.metadata), layer.scale)
+        for w in input_warnings(data, spec):
+            show_warning(f"{layer.name}: {w}")
         return data, key, slices, self.device_combo.currentText(), self.tta_check.isChecked(), self.batch_spin.value()
 
     def run(self) -> None:

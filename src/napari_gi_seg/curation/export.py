@@ -53,10 +53,11 @@ from .._atomic import atomic_dir, is_temp_name, write_bytes, write_json
 from ..datasets import NNUNET_FILE_ENDING, NNUNET_LABELS, nnunet_image_relpath, nnunet_label_relpath
 from ..datasets.nnunet import NNUNET_IMAGES, read_dataset_json
 from ..evaluation.metrics import rt_contour_metrics
+from ..io.fingerprint import image_fingerprint
 from ..io.nifti import write_nifti
 from ..io.volume import Volume
+from ..progress import ProgressCallback, emit
 from .review import correction_dice_per_slice
-from .session import image_fingerprint
 
 __all__ = ["export_case", "IGNORE_NAME", "FILE_ENDING", "dataset_labels"]
 
@@ -170,6 +171,7 @@ def export_case(
     group: str | None = None,
     prediction: np.ndarray | None = None,
     model_key: str | None = None,
+    progress: ProgressCallback | None = None,
 ) -> Path:
     """Add one reviewed case to an nnU-Net v2 raw dataset (created if missing).
 
@@ -205,6 +207,9 @@ def export_case(
         in ``provenance.json``.
     model_key:
         ``"name:version"`` of the model that produced the prediction.
+    progress:
+        Gets ``"export"`` :class:`~napari_gi_seg.progress.ProgressEvent` s (3 steps:
+        image written, labels written, dataset committed); see :mod:`napari_gi_seg.progress`.
 
     Returns
     -------
@@ -326,20 +331,24 @@ def export_case(
             (tmp / img_rel.parent).mkdir()
             (tmp / lab_rel.parent).mkdir()
             write_nifti(image, tmp / img_rel, data=img_data)
+            emit(progress, "export", 1, 3, f"{case_id}: image written")
             write_nifti(image, tmp / lab_rel, data=out_labels)
+            emit(progress, "export", 2, 3, f"{case_id}: labels written")
             write_json(tmp / PROVENANCE_FILE, prov)
             write_json(tmp / "dataset.json", meta)
+        emit(progress, "export", 3, 3, f"{case_id}: added to {dataset_dir.name}")
         return dataset_dir
     # append, or a first export into an existing (empty) folder: staged inside it
     prov_path = dataset_dir / PROVENANCE_FILE
     old_prov = prov_path.read_bytes() if prov_path.is_file() else None
     written: list[Path] = []
     try:
-        for rel, data in ((img_rel, img_data), (lab_rel, out_labels)):
+        for i, (rel, data) in enumerate(((img_rel, img_data), (lab_rel, out_labels)), start=1):
             if (dataset_dir / rel).exists():  # an unlisted file of an interrupted export with this id
                 (dataset_dir / rel).unlink()
             written.append(dataset_dir / rel)
             write_nifti(image, dataset_dir / rel, data=data)  # temp-then-rename; unlisted until the commit
+            emit(progress, "export", i, 3, f"{case_id}: {'image' if i == 1 else 'labels'} written")
         written.append(prov_path)
         write_json(prov_path, prov)
         write_json(dataset_dir / "dataset.json", meta)  # the commit
@@ -353,4 +362,5 @@ def export_case(
             except OSError:
                 pass
         raise
+    emit(progress, "export", 3, 3, f"{case_id}: added to {dataset_dir.name}")
     return dataset_dir

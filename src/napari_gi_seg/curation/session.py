@@ -17,7 +17,6 @@ a folder or file path) is dropped before writing.
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import logging
 import re
@@ -30,39 +29,18 @@ from typing import Any
 import numpy as np
 
 from .._atomic import atomic_path
+from ..io.fingerprint import image_fingerprint
 from ..io.volume import InvalidInputError
 from ..paths import user_dir
 from .review import ReviewTracker
 
 __all__ = ["image_fingerprint", "SessionData", "SessionStore", "Autosaver"]
 
-_SAMPLE_ELEMENTS = 1 << 20  # ~1 M voxels hashed: ~4 MB for float32, a few ms
 _FP_RE = re.compile(r"^[A-Za-z0-9_-]{8,128}$")
 FORMAT_VERSION = 1
 #: The only ``info`` keys a session file stores (no layer, file or folder names).
 SESSION_INFO_KEYS = ("model_key", "class_names", "colours")
 log = logging.getLogger(__name__)
-
-
-def image_fingerprint(volume_data: np.ndarray) -> str:
-    """A fast identity of an image: sha256 hex of its shape, dtype and a strided sample
-    of about 2**20 voxels (always including the first and last voxel).
-
-    ``volume_data``: ``(z, y, x)`` array of any dtype. Two different scans of the same
-    shape collide only if they agree on every sampled voxel, which does not happen
-    for real MRI; it is meant to recognise "the same scan again", not as an
-    integrity check.
-    """
-    a = np.asarray(volume_data)
-    h = hashlib.sha256()
-    h.update(repr(tuple(a.shape)).encode())
-    h.update(a.dtype.str.encode())
-    flat = a.reshape(-1)
-    if flat.size:
-        step = max(1, flat.size // _SAMPLE_ELEMENTS)
-        h.update(np.ascontiguousarray(flat[::step]).tobytes())
-        h.update(np.ascontiguousarray(flat[-1:]).tobytes())
-    return h.hexdigest()
 
 
 @dataclass

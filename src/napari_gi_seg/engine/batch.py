@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from ..io.volume import Volume
+from ..progress import ProgressCallback
 
 MANIFEST_NAME = "segment-manifest.json"
 PROBABILITIES_SUFFIX = ".probabilities.npz"
@@ -226,11 +227,13 @@ def segment_to_file(
     net: torch.nn.Module,
     device: torch.device,
     options: SegmentOptions,
-    progress: Callable | None = None,
+    progress: ProgressCallback | None = None,
 ) -> dict:
     """Segment one ``volume`` with :func:`~.inference.segment_volume` and write the
     labels to ``out`` (format by suffix: NIfTI, TIFF, UW-Madison CSV, RTSTRUCT
     ``.dcm``, DICOM-SEG ``.seg.dcm``; class names and colours from ``spec``).
+    ``progress`` gets ``"segment"`` :class:`~napari_gi_seg.progress.ProgressEvent` s
+    (the protocol of :mod:`napari_gi_seg.progress`).
 
     Returns the manifest record of the series (no path other than the output's name).
 

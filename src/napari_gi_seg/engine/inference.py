@@ -20,8 +20,11 @@ import torch
 
 from ..io.volume import Volume
 from ..models.spec import ModelSpec
+from ..progress import CancelCallback, ProgressCallback, emit
+from .domain import log_input_warnings
+from .frame import plan_frame
 from .postprocess import keep_largest_components
-from .preprocess import context_batch, normalise_intensity, resize_images
+from .preprocess import context_batch, normalise_intensity
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -139,14 +142,11 @@ def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype
 
 
 def _forward(
-    net: torch.nn.Module, x: torch.Tensor, spec: ModelSpec, tta: bool, out_size, amp_dtype: torch.dtype | None = None
+    net: torch.nn.Module, x: torch.Tensor, spec: ModelSpec, tta: bool, amp_dtype: torch.dtype | None = None
 ) -> torch.Tensor:
-    """Probabilities ``(n, C, *out_size)`` float32 for a ``(n, ch, H, W)`` input batch.
-
-    The probabilities are made channels-last before resizing: bilinear resize and
-    the channel argmax are several times faster on CPU in that memory layout
-    (same values).
-    """
+    """Probabilities ``(n, C, H, W)`` float32, channels-last, for a ``(n, ch, H, W)``
+    input batch. Channels-last makes the later bilinear resize and the channel argmax
+    several times faster on CPU (same values)."""
     ctx = (
         torch.autocast(device_type=x.device.type, dtype=amp_dtype)
         if amp_dtype is not None
@@ -155,8 +155,8 @@ def _forward(
     with ctx:
         logits = net(x).float()
         if tta:
-            # Left-right flip (x axis). A flip turns the left kidney into a right one,
-            # so the flipped prediction's channels are permuted back before averaging.
+            # Left-right flip (x axis of the model's frame). A flip turns the left kidney
+            # into a right one, so the flipped prediction's channels are permuted back.
             lf = net(torch.flip(x, dims=(-1,))).float()
     if tta:
         lf = torch.flip(lf, dims=(-1,))[:, spec.mirror_permutation()]
@@ -164,7 +164,7 @@ def _forward(
     p = act(logits)
     if tta:
         p = 0.5 * (p + act(lf))
-    return resize_images(p.contiguous(memory_format=torch.channels_last), out_size)
+    return p.contiguous(memory_format=torch.channels_last)
 
 
 def iter_segment(
@@ -179,22 +179,37 @@ def iter_segment(
     cancel: Callable[[], bool] | None = None,
     precision: str = "auto",
 ) -> Iterator[BatchResult]:
-    """Segment ``volume`` batch by batch, yielding a :class:`BatchResult` per batch.
+    """Segment ``volume`` batch by batch in the model's frame, yielding a
+    :class:`BatchResult` per batch on the input's own grid.
 
-    ``volume``: a :class:`Volume` or a ``(z, y, x)`` array (raw intensities; the
-    spec's per-volume normalisation is applied here). Each target slice is fed with
-    its 2.5D neighbours (``spec.context_offsets``, clamped at the first and last
-    slice), resized to ``spec.input_size`` and the probabilities resized back to the
-    input's ``(y, x)``. ``cancel()`` is polled before each batch: when it returns
-    True the generator stops (slices already yielded stay valid). ``precision``
-    chooses the forward pass's number type (see :func:`autocast_dtype`).
+    ``volume``: a :class:`Volume` (raw intensities) or a bare ``(z, y, x)`` array. A
+    Volume is brought into the model's frame (:mod:`napari_gi_seg.engine.frame`):
+    normalised per volume (``spec.normalisation``), reoriented to ``spec.frame.axcodes``,
+    each slice resampled to ``spec.frame.spacing_mm`` keeping its aspect ratio and
+    padded for the network; the probabilities come back through the exact inverse
+    (crop, resample, reorientation) to the input's ``(y, x)``. A bare array has no
+    geometry: it is taken as stored in the model's frame and squashed to
+    ``spec.input_size``. Each target slice is fed with its 2.5D neighbours
+    (``spec.context_offsets``, along the model's slice axis, clamped at its ends).
 
-    On CUDA, an out-of-memory error halves the batch and retries; at batch size 1 it
-    falls back to the CPU with a ``RuntimeWarning``.
+    ``slices`` and every yielded ``BatchResult.z`` are the **input's** slice indices
+    (the model's slice order may be reversed). When the input's slice axis is not the
+    model's (a sagittal or coronal stack), every model slice is needed for any input
+    slice: the whole volume is segmented first (``cancel`` still polled per batch),
+    then the requested input slices are yielded in batches.
 
-    Raises ``ValueError`` for a non-3D volume, NaN voxels, or ``tta=True`` with a
-    model not trained with flips (``spec.flip_augmented``), ``IndexError`` for slice
-    indices out of range.
+    ``cancel()`` is polled before each batch: when it returns True the generator stops
+    (slices already yielded stay valid). ``precision`` chooses the forward pass's number
+    type (see :func:`autocast_dtype`). On CUDA, an out-of-memory error halves the batch
+    and retries; at batch size 1 it falls back to the CPU with a ``RuntimeWarning``.
+
+    Raises
+    ------
+    ValueError
+        A non-3D volume, NaN voxels, or ``tta=True`` with a model not trained with
+        flips (``spec.flip_augmented``).
+    IndexError
+        Slice indices out of range.
     """
     data = volume.data if isinstance(volume, Volume) else np.asarray(volume)
     if data.ndim != 3:
@@ -209,6 +224,11 @@ def iter_segment(
     amp_dtype = autocast_dtype(dev, precision)
     norm = normalise_intensity(data, spec.normalisation, spec.percentiles)
     targets = normalise_slices(spec, slices, data.shape[0])
+    plan = plan_frame(volume, spec)
+    fm, grid = plan.frame, plan.grid
+    log_input_warnings(volume, spec)  # out-of-distribution input: logged, never refused
+    fill = float(norm.min()) if norm.size else 0.0
+    model_vol = fm.to_model(norm)  # (Z, Y, X) view in the model's frame
     net = net.to(dev).eval()
     # channels-last (NHWC) convolutions are faster with oneDNN on CPU (2.4x with
     # bfloat16, ~10 % in float32, measured on mobilenet_v2) and with cuDNN tensor
@@ -216,45 +236,82 @@ def iter_segment(
     nhwc = dev.type in ("cpu", "cuda")
     if nhwc:
         net = net.to(memory_format=torch.channels_last)
-    out_size = data.shape[1:]
-    bs = max(1, int(batch_size))
-    done, i = 0, 0
-    with torch.inference_mode():
-        while i < len(targets):
-            if cancel is not None and cancel():
-                return
-            z = targets[i : i + bs]
-            x = torch.from_numpy(context_batch(norm, z, spec.context_offsets)).to(dev)
-            x = resize_images(x, spec.input_size)
+    state = {"bs": max(1, int(batch_size)), "dev": dev, "net": net, "amp": amp_dtype}
+
+    def predict(mz: np.ndarray) -> torch.Tensor:
+        """Model-frame probabilities ``(n, C, Y, X)`` float32 for model slices ``mz``."""
+        while True:
+            x = torch.from_numpy(context_batch(model_vol, mz, spec.context_offsets)).to(state["dev"])
+            x = grid.to_network(x, fill)
             if nhwc:
                 x = x.contiguous(memory_format=torch.channels_last)
             try:
-                p = _forward(net, x, spec, tta, out_size, amp_dtype)
+                return grid.from_network(_forward(state["net"], x, spec, tta, state["amp"]))
             except torch.cuda.OutOfMemoryError:
-                if dev.type != "cuda":
+                if state["dev"].type != "cuda":
                     raise
                 torch.cuda.empty_cache()
-                if bs > 1:
-                    bs = max(1, bs // 2)
-                    warnings.warn(f"CUDA out of memory: batch size reduced to {bs}", RuntimeWarning, stacklevel=2)
-                else:
+                if state["bs"] > 1 and len(mz) > 1:
+                    state["bs"] = max(1, state["bs"] // 2)
                     warnings.warn(
-                        "CUDA out of memory at batch size 1: continuing on the CPU", RuntimeWarning, stacklevel=2
+                        f"CUDA out of memory: batch size reduced to {state['bs']}", RuntimeWarning, stacklevel=3
                     )
-                    dev = torch.device("cpu")
-                    net = net.to(dev)
-                    amp_dtype = autocast_dtype(dev, precision)
+                    raise _Retry() from None
+                warnings.warn("CUDA out of memory at batch size 1: continuing on the CPU", RuntimeWarning, stacklevel=3)
+                state["dev"] = torch.device("cpu")
+                state["net"] = state["net"].to(state["dev"])
+                state["amp"] = autocast_dtype(state["dev"], precision)
+
+    def result(z, p: torch.Tensor, done: int) -> BatchResult:
+        return BatchResult(
+            z=np.asarray(z),
+            labels=probabilities_to_labels(p, spec).cpu().numpy(),
+            probs=np.ascontiguousarray(p.to(torch.float16).cpu().numpy()) if return_probs else None,
+            done=done,
+            total=len(targets),
+        )
+
+    with torch.inference_mode():
+        if fm.slice_axis_kept:
+            done, i = 0, 0
+            while i < len(targets):
+                if cancel is not None and cancel():
+                    return
+                z = targets[i : i + state["bs"]]
+                try:
+                    p = predict(fm.model_slices(z))
+                except _Retry:
+                    continue
+                p = fm.inplane_from_model(p)
+                done += len(z)
+                i += len(z)
+                yield result(z, p, done)
+            return
+        # The input's slice axis is another axis of the model's frame: segment every
+        # model slice, bring the whole probability volume back, then yield input slices.
+        depth = fm.model_shape[0]
+        full = torch.zeros((spec.out_channels, *fm.model_shape), dtype=torch.float32)
+        i = 0
+        while i < depth:
+            if cancel is not None and cancel():
+                return
+            mz = np.arange(i, min(depth, i + state["bs"]))
+            try:
+                full[:, mz] = predict(mz).cpu().movedim(1, 0)
+            except _Retry:
                 continue
-            lab = probabilities_to_labels(p, spec)
-            done += len(z)
-            i += len(z)
-            yield BatchResult(
-                z=np.asarray(z),
-                labels=lab.cpu().numpy(),
-                probs=np.ascontiguousarray(p.to(torch.float16).cpu().numpy()) if return_probs else None,
-                done=done,
-                total=len(targets),
-            )
+            i += len(mz)
+        back = torch.from_numpy(np.ascontiguousarray(fm.from_model(full.numpy())))  # (C, z, y, x)
+        bs = max(1, int(batch_size))
+        for j in range(0, len(targets), bs):
+            if cancel is not None and cancel():
+                return
+            z = targets[j : j + bs]
+            yield result(z, back[:, z].movedim(0, 1), j + len(z))
+
+
+class _Retry(Exception):
+    """Internal: a CUDA out-of-memory halved the batch; the caller retries it."""
 
 
 def segment_volume(
@@ -266,15 +323,17 @@ def segment_volume(
     device: str | torch.device = "auto",
     tta: bool = False,
     return_probs: bool = False,
-    progress: Callable[[BatchResult], None] | None = None,
-    cancel: Callable[[], bool] | None = None,
+    progress: ProgressCallback | None = None,
+    cancel: CancelCallback | None = None,
     postprocess: bool = True,
     precision: str = "auto",
 ) -> SegmentationResult:
     """Run :func:`iter_segment` to the end and assemble the ``(z, y, x)`` uint8
     label volume (and ``(C, z, y, x)`` float16 probabilities if asked).
 
-    ``progress(batch)`` is called after each batch. If ``cancel()`` turns True the
+    ``progress(event)`` gets a ``"segment"`` :class:`~napari_gi_seg.progress.ProgressEvent`
+    after each batch (``done``/``total`` slices; the protocol of
+    :mod:`napari_gi_seg.progress`). If ``cancel()`` turns True the
     run stops between batches and the result has ``cancelled=True`` with the
     finished slices filled in. ``postprocess``: when the whole stack was segmented,
     apply :func:`keep_largest_components` for the spec's single-component classes.
@@ -292,8 +351,7 @@ def segment_volume(
         if probs is not None and b.probs is not None:
             probs[:, b.z] = np.moveaxis(b.probs, 1, 0)
         seg.extend(int(z) for z in b.z)
-        if progress is not None:
-            progress(b)
+        emit(progress, "segment", b.done, b.total)
     cancelled = len(seg) < total
     if postprocess and not cancelled and len(seg) == data.shape[0]:
         labels = keep_largest_components(labels, spec)

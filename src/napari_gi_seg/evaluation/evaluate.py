@@ -18,7 +18,7 @@ import datetime as _dt
 import json
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +27,7 @@ import numpy as np
 from .._atomic import atomic_path, write_text
 from ..datasets import IGNORE_INDEX, DatasetFormatError, SegDataset, detect_layout, open_dataset
 from ..paths import public_path
+from ..progress import ProgressCallback, emit
 from .metrics import SURFACE_DICE_TOLERANCE_MM, aggregate, evaluate_case
 
 
@@ -56,22 +57,44 @@ class Evaluation:
 
 
 def match_classes(
-    model_classes: Sequence[str] | dict[int, str], dataset_classes: Sequence[str], only: Sequence[str] | None = None
+    model_classes: Sequence[str] | dict[int, str],
+    dataset_classes: Sequence[str] | dict[int, str],
+    only: Sequence[str] | None = None,
 ) -> list[ClassMatch]:
-    """Map dataset classes (label value = position + 1) to model classes by name.
+    """Map dataset classes to model classes by name (the one class matcher of the
+    package: ``evaluate``, the demo and the fine-tune class check use it).
 
-    ``model_classes``: names in model index order (index = position + 1) or
-    ``{index: name}``. ``only``: restrict to these names.
+    Parameters
+    ----------
+    model_classes : sequence of str or dict
+        Names in model index order (index = position + 1) or ``{index: name}``
+        (index 0, the background, is ignored).
+    dataset_classes : sequence of str or dict
+        Names in label-value order (value = position + 1) or ``{value: name}``.
+    only : sequence of str, optional
+        Restrict to these names.
 
-    Raises ``ValueError`` when no name is shared (listing both sides), or when a name in
-    ``only`` is not shared.
+    Returns
+    -------
+    list of ClassMatch
+        One per shared name, in the dataset's label order.
+
+    Raises
+    ------
+    ValueError
+        When no name is shared (listing both sides), or when a name in ``only`` is not shared.
     """
     mc = dict(model_classes) if isinstance(model_classes, dict) else {i + 1: n for i, n in enumerate(model_classes)}
+    dc = (
+        dict(dataset_classes)
+        if isinstance(dataset_classes, dict)
+        else {i + 1: n for i, n in enumerate(dataset_classes)}
+    )
     by_name = {n: i for i, n in mc.items() if i != 0}
-    out = [ClassMatch(n, v + 1, by_name[n]) for v, n in enumerate(dataset_classes) if n in by_name]
+    out = [ClassMatch(n, v, by_name[n]) for v, n in sorted(dc.items()) if v != 0 and n in by_name]
     if not out:
         raise ValueError(
-            f"the dataset's classes {list(dataset_classes)} share no name with the model's "
+            f"the dataset's classes {[n for v, n in sorted(dc.items()) if v != 0]} share no name with the model's "
             f"{list(by_name)}; rename them (classes.json / dataset.json) or pick another model"
         )
     if only:
@@ -124,7 +147,7 @@ def evaluate_dataset(
     tta: bool = False,
     device: str = "auto",
     batch_size: int = 8,
-    progress: Callable[[str, int, int], None] | None = None,
+    progress: ProgressCallback | None = None,
     loaded_model: tuple | None = None,
 ) -> Evaluation:
     """Segment every case of ``dataset`` with ``model`` and score it.
@@ -140,7 +163,8 @@ def evaluate_dataset(
         ``classes.json``; when omitted there, the model's class order is assumed
         (``summary["class_names_assumed"] = True``).
     tta: left-right flip test-time augmentation. device: ``auto``/``cpu``/``cuda``/``mps``.
-    progress: ``progress(case_id, i, n)`` before each case.
+    progress: gets an ``"evaluate"`` :class:`~napari_gi_seg.progress.ProgressEvent`
+    (``done`` cases of ``total``, ``message`` the case id) before each case.
     loaded_model: ``(spec, network)`` to use instead of loading ``model``.
 
     Returns
@@ -175,8 +199,7 @@ def evaluate_dataset(
     names = [m.name for m in matches]
     per_case, slices = {}, {}
     for i, ref in enumerate(refs):
-        if progress is not None:
-            progress(ref.case_id, i, len(refs))
+        emit(progress, "evaluate", i, len(refs), ref.case_id)
         c = ref.load()
         res = segment_volume(
             c.image, spec, net, batch_size=batch_size, device=dev, tta=tta, return_probs=spec.activation == "sigmoid"

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .nifti import nifti_affine
 from .volume import InvalidInputError, Volume, volume_from_layer_metadata
 
 #: File suffixes :func:`write_labels` understands.
@@ -36,9 +37,6 @@ LABEL_FORMATS = {
     ".seg.dcm": "dicom-seg",
     ".dcm": "rtstruct",
 }
-
-# LPS (DICOM) <-> RAS (NIfTI) world frames differ by flipping x and y.
-_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
 def _kind(path: str | Path) -> str | None:
@@ -249,14 +247,6 @@ def read_labels(path: str | Path, like: Volume | None = None) -> Volume:
     )
 
 
-def nifti_affine(volume: Volume) -> np.ndarray:
-    """The volume's affine in NIfTI's RAS+ world frame: DICOM (LPS) affines get x and y
-    flipped (``diag(-1, -1, 1, 1) @ A``); others are returned unchanged."""
-    if volume.metadata.get("coordinate_system") == "LPS" or volume.metadata.get("format") == "dicom":
-        return _LPS_TO_RAS @ volume.affine
-    return volume.affine
-
-
 def label_suffix(path: str | Path) -> str | None:
     """The :data:`LABEL_WRITE_SUFFIXES` entry ``path`` ends with (lower case), else ``None``."""
     n = str(path).lower()
@@ -275,9 +265,10 @@ def write_labels(
 ) -> Path:
     """Write a label volume aligned with the image ``like``; format by extension.
 
-    * ``.nii``/``.nii.gz``: the source affine of ``like`` (RAS; a DICOM source's LPS
-      affine is converted), transposed back to the source axis order, so the labels
-      overlay the image in 3D Slicer / ITK-SNAP;
+    * ``.nii``/``.nii.gz``: :func:`.nifti.write_nifti` with ``like``'s geometry (its
+      affine in RAS: the writer converts a DICOM source's LPS affine itself), transposed
+      back to the source axis order, so the labels overlay the image in 3D Slicer /
+      ITK-SNAP;
     * ``.tif``/``.tiff``: ImageJ TIFF, uint8, with ``like``'s spacing;
     * ``.csv``: UW-Madison ``id,class,segmentation`` RLE for ``like``'s case-day;
       ``labels`` may also be ``(K, z, y, x)`` 0/1 masks (lossless for overlaps).
@@ -316,8 +307,7 @@ def write_labels(
     if tuple(arr.shape[-3:] if multi else arr.shape) != like.shape:
         raise ValueError(f"{p}: labels shape {arr.shape} differs from the image's (z, y, x) {like.shape}")
     if suffix in (".nii", ".nii.gz"):
-        geom = Volume(arr, like.spacing_mm, nifti_affine(like), like.index_order, {})
-        return write_nifti(geom, p, arr)
+        return write_nifti(like, p, arr)
     if suffix in (".tif", ".tiff"):
         return write_tiff_labels(p, arr, like.spacing_mm)
     if suffix in (".dcm", ".seg.dcm"):

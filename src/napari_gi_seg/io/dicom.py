@@ -1,4 +1,5 @@
-"""DICOM series (a folder of single-frame image files) with pydicom.
+"""DICOM series (a folder of single-frame image files, or Enhanced multi-frame
+files) with pydicom.
 
 Reading (:func:`read_dicom_folder`):
 
@@ -6,9 +7,21 @@ Reading (:func:`read_dicom_folder`):
   (no ``DICM`` preamble), have no pixel data or no image geometry are ignored
   (DICOMDIR, structured reports, ``README.txt``, ...);
 * images are grouped by ``SeriesInstanceUID``; each series gives one :class:`Volume`;
+* an Enhanced (multi-frame) image, e.g. Enhanced MR Image Storage as current
+  scanners write it, contributes one slice per frame: position from each frame's
+  ``PerFrameFunctionalGroupsSequence`` > ``PlanePositionSequence`` >
+  ``ImagePositionPatient``, orientation (``PlaneOrientationSequence``), pixel spacing
+  (``PixelMeasuresSequence``) and rescale (``PixelValueTransformationSequence``) from
+  the per-frame groups or else the ``SharedFunctionalGroupsSequence`` (PS3.3 C.7.6.16);
 * slices are sorted by their position along the slice normal,
   ``n = row_cosine x column_cosine`` (``ImageOrientationPatient``), position
   ``d = n . ImagePositionPatient``;
+* the slice gaps must be even: a gap differing from the median gap by more than
+  :data:`GAP_TOLERANCE` (a missing file, uneven spacing) is an
+  :class:`InvalidInputError` naming the positions and the expected spacing. With
+  ``allow_uneven=True`` it is a ``UserWarning`` instead and the slices are linearly
+  interpolated along the normal onto an even grid at the median spacing (so the
+  affine below is exact; a missing position is interpolated from its neighbours);
 * voxel values = stored value x ``RescaleSlope`` + ``RescaleIntercept`` (float32);
 * spacing ``(z, y, x)`` mm: ``z`` = median distance between consecutive slice
   positions, ``y`` = ``PixelSpacing[0]`` (between rows), ``x`` = ``PixelSpacing[1]``
@@ -41,6 +54,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +66,9 @@ from .volume import InvalidInputError, Volume, check_claimed_size
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
 #: Slice positions closer than this (mm) count as the same position.
 POSITION_TOLERANCE_MM = 1e-3
+#: A slice gap may differ from the median gap by ``max(absolute mm, relative x median)``.
+GAP_TOLERANCE = {"absolute_mm": 0.05, "relative": 0.02}
+ENHANCED_MR_STORAGE = "1.2.840.10008.5.1.4.1.1.4.1"
 
 
 #: Patient and General Study module attributes repeated in RTSTRUCT/SEG outputs (the
@@ -234,25 +251,40 @@ def _headers(folder: Path):
             continue
         if str(getattr(ds, "Modality", "") or "").upper() in LABEL_MODALITIES:  # a SEG beside its series
             continue
-        if int(getattr(ds, "NumberOfFrames", 1) or 1) > 1:
-            raise InvalidInputError(f, "multi-frame (enhanced) DICOM is not supported; export single-frame slices")
         yield f, ds
 
 
-def read_dicom_folder(path: str | Path) -> list[Volume]:
+def read_dicom_folder(path: str | Path, allow_uneven: bool = False) -> list[Volume]:
     """Read every DICOM image series under ``path`` (recursively) into Volumes
     ``(z, y, x)``, float32, one per ``SeriesInstanceUID``, sorted by series description
     then UID hash. A single ``.dcm`` file reads the series it belongs to from its folder.
+    Single-frame slices and Enhanced multi-frame files are both read (module docstring).
+
+    Parameters
+    ----------
+    path:
+        A folder (searched recursively) or one DICOM file.
+    allow_uneven:
+        Read series with uneven slice gaps (a missing slice, variable spacing) with a
+        ``UserWarning``, interpolating them onto an even grid at the median spacing,
+        instead of refusing them.
+
+    Returns
+    -------
+    list[Volume]
+        ``metadata["coordinate_system"] = "LPS"``; affine in LPS mm, source voxel order
+        ``(column, row, slice)``.
 
     Raises
     ------
     InvalidInputError
         No DICOM image in the folder; a series mixing image sizes (names the folder and
         the sizes) or orientations; several slices at one position (multi-echo or
-        time series); missing ``PixelSpacing``/``ImagePositionPatient``; unreadable
-        pixel data (e.g. a compressed transfer syntax without its decoder); a series
-        larger than the reader cap (``Rows x Columns x files``, checked before any
-        pixel data is decoded).
+        time series); uneven slice gaps (names the positions and the expected spacing)
+        unless ``allow_uneven``; missing ``PixelSpacing``/``ImagePositionPatient``;
+        unreadable pixel data (e.g. a compressed transfer syntax without its decoder); a
+        series larger than the reader cap (``Rows x Columns x slices``, checked before
+        any pixel data is decoded).
     """
     path = Path(path)
     only_uid = None
@@ -276,12 +308,100 @@ def read_dicom_folder(path: str | Path) -> list[Volume]:
         groups[uid].append((f, ds))
     if not groups:
         raise InvalidInputError(folder, "no DICOM image files found")
-    vols = [_series_volume(folder, uid, items) for uid, items in groups.items()]
+    vols = [_series_volume(folder, uid, items, allow_uneven) for uid, items in groups.items()]
     vols.sort(key=lambda v: (str(v.metadata.get("series_description", "")), v.metadata["series_instance_uid_hash"]))
     return vols
 
 
-def _series_volume(folder: Path, uid: str, items: list) -> Volume:
+def _first(seq_owner, name: str):
+    """Item 0 of the sequence ``name`` in ``seq_owner`` (a functional group), or None."""
+    seq = getattr(seq_owner, name, None) if seq_owner is not None else None
+    return seq[0] if seq else None
+
+
+def _group_attr(per_frame, shared, seq: str, attr: str):
+    """``attr`` of functional group ``seq``: per-frame first, then shared (PS3.3 C.7.6.16)."""
+    for owner in (per_frame, shared):
+        item = _first(owner, seq)
+        if item is not None and attr in item:
+            return getattr(item, attr)
+    return None
+
+
+def _frames(f: Path, ds) -> list[dict]:
+    """One dict per image plane of a file: ``ipp``, ``iop``, ``ps`` (floats), ``slope``,
+    ``inter``, ``path`` and ``frame`` (index into a multi-frame file, or None)."""
+    n = int(getattr(ds, "NumberOfFrames", 1) or 1)
+    if n <= 1 and "PerFrameFunctionalGroupsSequence" not in ds:
+        return [
+            {
+                "path": f,
+                "frame": None,
+                "ds": ds,
+                "ipp": getattr(ds, "ImagePositionPatient", None),
+                "iop": getattr(ds, "ImageOrientationPatient", None),
+                "ps": getattr(ds, "PixelSpacing", None),
+                "slope": getattr(ds, "RescaleSlope", None),
+                "inter": getattr(ds, "RescaleIntercept", None),
+            }
+        ]
+    shared = _first(ds, "SharedFunctionalGroupsSequence")
+    per = list(getattr(ds, "PerFrameFunctionalGroupsSequence", []) or [])
+    if len(per) != n:
+        raise InvalidInputError(f, f"multi-frame image with {n} frames has {len(per)} per-frame functional groups")
+    out = []
+    for i, pf in enumerate(per):
+        out.append(
+            {
+                "path": f,
+                "frame": i,
+                "ipp": _group_attr(pf, shared, "PlanePositionSequence", "ImagePositionPatient"),
+                "iop": _group_attr(pf, shared, "PlaneOrientationSequence", "ImageOrientationPatient"),
+                "ps": _group_attr(pf, shared, "PixelMeasuresSequence", "PixelSpacing"),
+                "slope": _group_attr(pf, shared, "PixelValueTransformationSequence", "RescaleSlope")
+                or getattr(ds, "RescaleSlope", None),
+                "inter": _group_attr(pf, shared, "PixelValueTransformationSequence", "RescaleIntercept")
+                or getattr(ds, "RescaleIntercept", None),
+            }
+        )
+    return out
+
+
+def _check_gaps(folder: Path, label: str, pos: np.ndarray, allow_uneven: bool) -> float:
+    """The even slice spacing (median gap, mm) of sorted positions ``pos``; uneven gaps
+    raise :class:`InvalidInputError` (or warn with ``allow_uneven``)."""
+    gaps = np.diff(pos)
+    dz = float(np.median(gaps))
+    tol = max(GAP_TOLERANCE["absolute_mm"], GAP_TOLERANCE["relative"] * dz)
+    bad = np.flatnonzero(np.abs(gaps - dz) > tol)
+    if bad.size:
+        txt = "; ".join(
+            f"{gaps[i]:.2f} mm between slices {i} and {i + 1} (positions {pos[i]:.2f} and {pos[i + 1]:.2f} mm"
+            f"{', about ' + str(round(gaps[i] / dz) - 1) + ' missing' if gaps[i] > 1.5 * dz else ''})"
+            for i in bad[:3]
+        )
+        more = f" and {bad.size - 3} more" if bad.size > 3 else ""
+        msg = (
+            f"{label} has uneven slice gaps along the slice normal: {txt}{more}; expected {dz:.2f} mm "
+            "(the median gap). A missing file or variable spacing would misplace later slices"
+        )
+        if not allow_uneven:
+            raise InvalidInputError(folder, msg + "; read it with allow_uneven=True to interpolate onto an even grid")
+        warnings.warn(f"{folder}: {msg}; interpolated onto an even {dz:.2f} mm grid", UserWarning, stacklevel=4)
+    return dz
+
+
+def _even_grid(data: np.ndarray, pos: np.ndarray, dz: float) -> tuple[np.ndarray, np.ndarray]:
+    """Linear interpolation of ``(n, y, x)`` slices at sorted positions ``pos`` onto
+    ``pos[0] + k * dz``; returns the new slices and positions."""
+    n = int(round((pos[-1] - pos[0]) / dz)) + 1
+    new = pos[0] + dz * np.arange(n)
+    i = np.clip(np.searchsorted(pos, new, side="right") - 1, 0, len(pos) - 2)
+    w = np.clip((new - pos[i]) / (pos[i + 1] - pos[i]), 0.0, 1.0).astype(np.float32)[:, None, None]
+    return (1 - w) * data[i] + w * data[i + 1], new
+
+
+def _series_volume(folder: Path, uid: str, items: list, allow_uneven: bool = False) -> Volume:
     import pydicom
 
     label = f"series {series_uid_hash(uid)}"
@@ -289,10 +409,11 @@ def _series_volume(folder: Path, uid: str, items: list) -> Volume:
     if len(sizes) > 1:
         txt = ", ".join(f"{c}x{r}" for r, c in sizes)
         raise InvalidInputError(folder, f"{label} mixes image sizes (columns x rows): {txt}")
+    frames = [fr for f, ds in items for fr in _frames(f, ds)]
     try:
-        iops = np.array([[float(v) for v in ds.ImageOrientationPatient] for _, ds in items])
-        ipps = np.array([[float(v) for v in ds.ImagePositionPatient] for _, ds in items])
-        pss = np.array([[float(v) for v in ds.PixelSpacing] for _, ds in items])
+        iops = np.array([[float(v) for v in fr["iop"]] for fr in frames])
+        ipps = np.array([[float(v) for v in fr["ipp"]] for fr in frames])
+        pss = np.array([[float(v) for v in fr["ps"]] for fr in frames])
     except (AttributeError, TypeError, ValueError) as e:
         raise InvalidInputError(
             folder, f"{label}: missing or malformed ImageOrientationPatient, ImagePositionPatient or PixelSpacing ({e})"
@@ -306,7 +427,8 @@ def _series_volume(folder: Path, uid: str, items: list) -> Volume:
     pos = ipps @ normal
     order = np.argsort(pos, kind="stable")
     pos, ipps = pos[order], ipps[order]
-    items = [items[i] for i in order]
+    frames = [frames[i] for i in order]
+    uneven = False
     if len(pos) > 1:
         gaps = np.diff(pos)
         if gaps.min() < POSITION_TOLERANCE_MM:
@@ -315,29 +437,38 @@ def _series_volume(folder: Path, uid: str, items: list) -> Volume:
                 f"{label} has several images at the same slice position "
                 "(multi-echo, multi-phase or time series?); split it into one series per volume",
             )
-        dz = float(np.median(gaps))
-        step = (ipps[-1] - ipps[0]) / (len(pos) - 1)
+        dz = _check_gaps(folder, label, pos, allow_uneven)
+        uneven = bool(np.abs(gaps - dz).max() > max(GAP_TOLERANCE["absolute_mm"], GAP_TOLERANCE["relative"] * dz))
     else:
         ds0 = items[0][1]
         dz = float(getattr(ds0, "SpacingBetweenSlices", 0) or getattr(ds0, "SliceThickness", 0) or 1.0)
-        step = normal * dz
     dy, dx = float(pss[0, 0]), float(pss[0, 1])
-    check_claimed_size(folder, (len(items), *sizes[0]), 4)  # before any pixel data is decoded
-    slices = []
-    for f, _ in items:
+    check_claimed_size(folder, (len(frames), *sizes[0]), 4)  # before any pixel data is decoded
+    slices, pixels = [], {}
+    for fr in frames:
+        f = fr["path"]
         try:
-            ds = pydicom.dcmread(f)
-            arr = ds.pixel_array
+            if f not in pixels:
+                pixels = {f: pydicom.dcmread(f).pixel_array}  # one file in memory at a time
+            arr = pixels[f] if fr["frame"] is None else pixels[f][fr["frame"]]
         except MemoryError as e:
             raise InvalidInputError(f, "not enough memory to decode the pixel data") from e
         except Exception as e:  # decoder missing, truncated pixel data, ...
             raise InvalidInputError(f, f"cannot decode pixel data: {e}") from e
         if arr.ndim != 2:
             raise InvalidInputError(f, f"expected a grey 2D image, got pixel array shape {arr.shape}")
-        slope = float(getattr(ds, "RescaleSlope", 1.0) or 1.0)
-        inter = float(getattr(ds, "RescaleIntercept", 0.0) or 0.0)
+        slope = float(fr["slope"] if fr["slope"] not in (None, "") else 1.0)
+        inter = float(fr["inter"] if fr["inter"] not in (None, "") else 0.0)
         slices.append(arr.astype(np.float32) * np.float32(slope) + np.float32(inter))
     data = np.stack(slices)
+    if uneven:
+        data, new_pos = _even_grid(data, pos, dz)
+        # in-plane drift of the positions (sheared stacks) follows the first-to-last line
+        step = (ipps[-1] - ipps[0]) / (pos[-1] - pos[0]) * dz
+    elif len(pos) > 1:
+        step = (ipps[-1] - ipps[0]) / (len(pos) - 1)
+    else:
+        step = normal * dz
     affine = np.eye(4)
     affine[:3, 0] = row_cos * dx
     affine[:3, 1] = col_cos * dy
@@ -352,9 +483,15 @@ def _series_volume(folder: Path, uid: str, items: list) -> Volume:
         "series_instance_uid_hash": series_uid_hash(uid),
         "is_labels": False,
         "coordinate_system": "LPS",
-        "spacing_source": "PixelSpacing and slice positions",
+        "spacing_source": "PixelSpacing and slice positions"
+        + (" (uneven gaps interpolated onto an even grid)" if uneven else ""),
     }
-    ref = _reference(uid, items, ipps, iops[0], pss[0])
+    # RTSTRUCT / DICOM-SEG references need one SOP instance per slice: a classic,
+    # evenly spaced single-frame series (not an Enhanced multi-frame file, not slices
+    # interpolated onto an even grid)
+    ref = None
+    if not uneven and all(fr["frame"] is None for fr in frames):
+        ref = _reference(uid, [(fr["path"], fr["ds"]) for fr in frames], ipps, iops[0], pss[0])
     return Volume(data, (dz, dy, dx), affine, (2, 1, 0), md, _dicom_ref=ref)
 
 

@@ -224,12 +224,61 @@ def _read_checked(path: Path, as_labels: bool | None) -> Volume:
     )
 
 
+def nifti_affine(volume: Volume) -> np.ndarray:
+    """The volume's affine in NIfTI's RAS+ world frame (source voxel order), the one
+    place where a world frame is decided for writing:
+
+    * DICOM (LPS): x and y flipped, ``diag(-1, -1, 1, 1) @ A`` (PS3.3 C.7.6.2.1.1);
+    * NIfTI (RAS): unchanged;
+    * TIFF / UW-Madison PNG (no orientation): the format's documented assumption
+      (:func:`.orientation.assumed_affine`), with a
+      :class:`~.orientation.FrameGuessWarning`;
+    * no geometry recorded at all (a bare array's volume): unchanged.
+    """
+    import warnings
+
+    from .orientation import LPS_TO_RAS, FrameGuessWarning, assumed_affine, world_frame
+
+    frame = world_frame(volume)
+    if frame == "LPS":
+        return LPS_TO_RAS @ volume.affine
+    if frame == "none":
+        warnings.warn(
+            f"{volume.name}: {volume.metadata.get('format', 'this')} input has no patient orientation; the NIfTI "
+            "affine states the documented assumption (docs/data-formats.md)",
+            FrameGuessWarning,
+            stacklevel=3,
+        )
+        return assumed_affine(volume)
+    return np.asarray(volume.affine, dtype=np.float64)
+
+
 def write_nifti(volume: Volume, path: str | Path, data: np.ndarray | None = None) -> Path:
     """Write ``data`` (default ``volume.data``; ``(z, y, x)``) as NIfTI with the
-    volume's affine and source axis order. Integer data is stored as uint8/uint16
-    (labels), floats as float32. Written to a temp file then renamed (atomic).
+    volume's geometry, so it overlays the source scan in any NIfTI-aware tool.
 
-    Raises ``ValueError`` if the shape differs from the volume's.
+    Parameters
+    ----------
+    volume:
+        The image whose geometry is written: its affine, converted to RAS from the
+        world frame in its metadata (:func:`nifti_affine`: DICOM's LPS is flipped here,
+        by every writer: labels, exported cases, demo output), and its source axis
+        order (``index_order``).
+    path:
+        ``.nii`` or ``.nii.gz`` file; written to a temp file then renamed (atomic).
+    data:
+        ``(z, y, x)`` array of the volume's shape. Integer data is stored as
+        uint8/uint16 (labels), floats as float32.
+
+    Returns
+    -------
+    Path
+        ``path``.
+
+    Raises
+    ------
+    ValueError
+        If the shape differs from the volume's.
     """
     import nibabel as nib
 
@@ -242,10 +291,11 @@ def write_nifti(volume: Volume, path: str | Path, data: np.ndarray | None = None
     else:
         arr = arr.astype(np.float32)
     src = volume.to_source_order(arr)
-    img = nib.Nifti1Image(src, volume.affine)
+    affine = nifti_affine(volume)
+    img = nib.Nifti1Image(src, affine)
     img.header.set_zooms(tuple(np.abs(np.array(volume.spacing_mm))[list(volume.index_order)]))
-    img.set_qform(volume.affine, code=1)
-    img.set_sform(volume.affine, code=1)
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
     with atomic_path(path) as tmp:
         nib.save(img, str(tmp))
     return path

@@ -14,6 +14,14 @@ Reading: the first series of the file as ``(z, y, x)`` (a single page becomes
 affine is ``diag(sx, sy, sz, 1)`` in NIfTI voxel order ``(x, y, z)``
 (``index_order = (2, 1, 0)``, ``coordinate_system = "none"``).
 
+Frame assumption (documented, never silent): a TIFF stack is taken as axial slices
+displayed radiologically, as viewers export them: rows run anterior -> posterior,
+columns the patient's right -> left, the first page at the head (axis codes
+``("L", "P", "I")`` in (x, y, z), :data:`napari_gi_seg.io.orientation.ASSUMED_AXCODES`).
+The engine, which reorients every scan into the model's frame, and the NIfTI writer
+use that assumption and emit a
+:class:`~napari_gi_seg.io.orientation.FrameGuessWarning` when they do.
+
 Writing labels: ImageJ hyperstack ``ZYX``, uint8 (uint16 above 255), ``unit = mm``,
 ``spacing`` = z spacing and resolution = 1 / in-plane spacing, so ImageJ/Fiji and this
 reader get the spacing back.

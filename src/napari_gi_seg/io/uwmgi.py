@@ -18,6 +18,15 @@ Geometry
   overridden.
 * PNGs carry no orientation: ``affine`` is ``diag(sx, sy, sz, 1)`` in NIfTI voxel order
   ``(x, y, z)`` (``index_order = (2, 1, 0)``, ``coordinate_system = "none"``).
+* Frame assumption (documented, never silent): the dataset's acquisition frame as the
+  paper describes and shows it (Lee et al. 2024: axial MR-Linac slices, displayed
+  radiologically): rows run anterior -> posterior, columns the patient's right -> left,
+  slice numbers increase toward the feet (in every case-day of ``train.csv`` the
+  stomach lies at lower slice numbers than the large bowel, in the anterior half of
+  the rows and in the columns' patient-left half). Axis codes ``("L", "P", "I")`` in
+  (x, y, z) (:data:`napari_gi_seg.io.orientation.ASSUMED_AXCODES`). The engine and the
+  NIfTI writer use it and emit a
+  :class:`~napari_gi_seg.io.orientation.FrameGuessWarning` when they do.
 
 Labels
 ------

@@ -24,9 +24,11 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from pathlib import Path
+from pathlib import Path, PurePath
 
 from .spec import ModelSpec
+
+__all__ = ["headline_metric", "model_card", "write_model_card", "DATA_SOURCES"]
 
 #: Facts about the public datasets models are trained on, keyed by a token of the
 #: dataset path recorded in ``spec.training["dataset"]``.
@@ -66,6 +68,54 @@ NOT_A_DEVICE = (
 )
 
 
+def _dataset_name(value) -> str:
+    return PurePath(str(value)).name if value else "an unnamed dataset"
+
+
+def headline_metric(spec: ModelSpec) -> tuple[float | None, str]:
+    """The model's headline mean Dice and a phrase saying where it was measured.
+
+    Parameters
+    ----------
+    spec : ModelSpec
+        A registered model's spec (``spec.metrics`` as the trainer and
+        :func:`~napari_gi_seg.training.finetune.finetune` write it).
+
+    Returns
+    -------
+    (float or None, str)
+        ``(0.887, "validation Dice on 4 held-out patients of chaos_mr_t2spir")`` for a
+        trained model; ``(0.91, "held-back Dice on 9 slices of 1 patient of
+        Dataset501_Corrections (slice-level; parent chaos-t2spir:1: 0.90 on the same
+        slices)")`` for a fine-tuned one; ``(None, "no metrics")`` otherwise.
+    """
+    m = spec.metrics or {}
+    ft = m.get("finetune")
+    if isinstance(ft, dict) and isinstance(ft.get("dice_after"), (int, float)):
+        ds = _dataset_name(ft.get("dataset") or (spec.training or {}).get("dataset"))
+        held = ft.get("held_back")
+        if ft.get("split") == "slice" and isinstance(held, dict):
+            n = sum(len(v) for v in held.values())
+            where = f"held-back Dice on {n} slices of {len(held)} case(s) of {ds} (slice-level)"
+        else:
+            n = len(held) if isinstance(held, (list, tuple)) else 0
+            where = f"held-back Dice on {n} patient(s) of {ds} (patient-level)"
+        before = ft.get("dice_before")
+        if isinstance(before, (int, float)):
+            where += f"; parent {ft.get('base', spec.parent)}: {before:.3f} on the same data"
+        return float(ft["dice_after"]), where
+    v = m.get("validation")
+    if isinstance(v, dict) and isinstance(v.get("mean_dice"), (int, float)):
+        if v.get("measured_on"):
+            return float(v["mean_dice"]), f"validation Dice on {v['measured_on']}"
+        pts = v.get("patients") or []
+        ds = _dataset_name((spec.training or {}).get("dataset"))
+        return float(v["mean_dice"]), f"validation Dice on {len(pts)} held-out patient(s) of {ds}"
+    if isinstance(m.get("mean_dice"), (int, float)):
+        return float(m["mean_dice"]), "mean Dice (where it was measured is not recorded)"
+    return None, "no metrics"
+
+
 def data_source(spec: ModelSpec) -> dict[str, str] | None:
     """The :data:`DATA_SOURCES` entry for the dataset in ``spec.training`` (or its
     parent's, recorded by fine-tuning), or ``None``."""
@@ -77,27 +127,33 @@ def data_source(spec: ModelSpec) -> dict[str, str] | None:
 
 
 def _frame_lines(spec: ModelSpec, src: dict[str, str] | None) -> list[str]:
-    """The frame section: the spec's own frame fields when it has them (orientation,
-    target spacing), else the training data's frame and how the engine feeds slices."""
-    fields = {}
-    for name in ("orientation", "axis_codes", "target_spacing_mm", "spacing_mm", "frame"):
-        v = getattr(spec, name, None)
-        if v not in (None, "", [], {}, ()):
-            fields[name] = v
+    """The frame section: the spec's :class:`~napari_gi_seg.models.spec.ModelFrame`
+    (orientation, in-plane target spacing, the ranges it was trained on) and how the
+    engine feeds slices."""
     lines = [
         f"- input: 2.5D, slice offsets {list(spec.context_offsets)} along the slice axis (clamped at the ends), "
-        f"each slice resized to {spec.input_size[0]} x {spec.input_size[1]} px; {spec.normalisation} "
-        f"normalisation per volume (percentiles {list(spec.percentiles)})",
+        f"{spec.input_size[0]} x {spec.input_size[1]} px; {spec.normalisation} normalisation per volume "
+        f"(percentiles {list(spec.percentiles)})",
     ]
-    if fields:
-        lines.append("- frame in the spec: " + "; ".join(f"`{k}` = {v}" for k, v in fields.items()))
-    else:
+    f = getattr(spec, "frame", None)
+    if f is not None:
         lines.append(
-            "- the spec records no frame: slices are fed in the order and orientation the reader gives "
-            "(z = the third voxel axis of a NIfTI file), without resampling; use scans in the training data's frame"
+            f"- frame (`spec.frame`): orientation {''.join(f.axcodes)} (nibabel axis codes of the voxel axes x, y, z; "
+            f"every input is reoriented to it), in-plane spacing {f.spacing_mm[0]:g} x {f.spacing_mm[1]:g} mm "
+            "(every slice is resampled to it, then padded or cropped to the input size)"
         )
+        for name, what in (("spacing_range_mm", "voxel spacing (mm)"), ("fov_range_mm", "field of view (mm)")):
+            rng = getattr(f, name, None)
+            if rng:
+                lines.append(
+                    f"- trained on {what}: "
+                    + ", ".join(f"{k} {v[0]:g}-{v[1]:g}" for k, v in rng.items())
+                    + " (inputs outside get a warning)"
+                )
+    else:
+        lines.append("- the spec records no frame: slices are fed as the reader gives them, without resampling")
     if src:
-        lines.append(f"- training data frame: {src['frame']}")
+        lines.append(f"- training data: {src['frame']}")
     return lines
 
 
@@ -138,10 +194,11 @@ def _metric_tables(spec: ModelSpec, evaluations: Sequence[tuple[str, dict]]) -> 
         )
     f = m.get("finetune") or {}
     if f.get("per_class_after"):
+        where = headline_metric(spec)[1]
+        worse = " **Worse than the parent; registered on an explicit choice.**" if f.get("worse") else ""
         table(
             "Fine-tuning",
-            f"3D Dice on the data held back from fine-tuning ({f.get('split')}-level: {f.get('held_back')}), "
-            f"base `{f.get('base')}` before and this model after.",
+            f"From `{f.get('base')}`: {where}; the parent (before) and this model (after).{worse}",
             {"before": f.get("per_class_before") or {}, "after": f["per_class_after"]},
             {"before": f.get("dice_before"), "after": f.get("dice_after")},
         )
@@ -214,7 +271,7 @@ def model_card(spec: ModelSpec, evaluations: Sequence[tuple[str, dict]] = ()) ->
     if src:
         lines += [f"- data: {src['name']}", f"- licence: {src['licence']}", f"- cite: {src['citation']}"]
     else:
-        lines.append(f"- data: {t.get('dataset', 'not recorded')} (no licence on record: check it before sharing)")
+        lines.append(f"- data: {_dataset_name(t.get('dataset'))} (no licence on record: check it before sharing)")
     if t.get("train_patients") is not None:
         lines.append(f"- training patients ({len(t['train_patients'])}): {', '.join(map(str, t['train_patients']))}")
     if t.get("val_patients"):

@@ -14,7 +14,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-SPEC_FORMAT_VERSION = 1
+SPEC_FORMAT_VERSION = 2
+#: Field of view (mm, square) of the CHAOS NIfTI files the bundled model was trained on
+#: (256 x 256 pixels of 1.25 mm): the default frame of format-1 specs (see :class:`ModelFrame`).
+CHAOS_FOV_MM = 320.0
+#: Orientation axis codes of the CHAOS NIfTI files, nibabel voxel-axis order (x, y, z).
+CHAOS_AXCODES = ("L", "A", "S")
+_AXIS_PAIRS = ({"L", "R"}, {"A", "P"}, {"S", "I"})
 ARCHITECTURES = ("Unet", "UnetPlusPlus", "DeepLabV3Plus", "FPN")
 NORMALISATIONS = ("percentile", "zscore")
 ACTIVATIONS = ("softmax", "sigmoid")
@@ -34,6 +40,36 @@ DEFAULT_COLOURS = (
     "#469990",
     "#dcbeff",
 )
+
+
+def mirror_pairs(names: list[str]) -> dict[str, str]:
+    """Pairs of class names that differ only by left/right.
+
+    Tokens ``left``/``right`` and ``l``/``r`` (any case, separated by ``_``, ``-`` or a
+    space) are recognised, e.g. ``left_kidney`` <-> ``right_kidney``.
+
+    Parameters
+    ----------
+    names : list of str
+        Class names.
+
+    Returns
+    -------
+    dict
+        ``{"left_kidney": "right_kidney", "right_kidney": "left_kidney"}``; names
+        without a mirror are absent.
+    """
+    import re
+
+    def key(n):
+        return re.sub(r"(?i)(^|[_\- ])(left|right|l|r)($|[_\- ])", r"\1@\3", n)
+
+    out = {}
+    for a in names:
+        for b in names:
+            if a != b and key(a) == key(b) and "@" in key(a):
+                out[a] = b
+    return out
 
 
 #: Model names (registry folder names): a letter or digit, then up to 63 letters,
@@ -85,6 +121,69 @@ class ClassInfo:
 
 
 @dataclass
+class ModelFrame:
+    """The geometric frame a model works in, and the range of inputs it was trained on.
+
+    Attributes
+    ----------
+    axcodes:
+        Orientation axis codes of the training data in **nibabel's voxel-axis order
+        (x, y, z)** = (column, row, slice), i.e. ``nibabel.aff2axcodes`` of a NIfTI file
+        holding the training array: ``("L", "A", "S")`` means columns run toward the
+        patient's Left, rows toward Anterior, slices toward Superior. In the project's
+        ``(z, y, x)`` array order the same frame reads ``("S", "A", "L")``. The engine
+        reorients every input into this frame before the network
+        (:func:`napari_gi_seg.io.orientation.frame_map`).
+    spacing_mm:
+        In-plane target pixel spacing ``(y, x)`` in mm: each slice is resampled to it
+        (keeping the aspect ratio), then padded to ``input_size`` (or to the next
+        multiple of 32 when larger) for the network.
+    spacing_range_mm:
+        ``{"z": [min, max], "y": [...], "x": [...]}`` voxel spacing (mm) of the
+        training volumes in this frame, or ``None`` (unknown: not checked).
+    fov_range_mm:
+        ``{"y": [min, max], "x": [min, max]}`` in-plane field of view (mm) of the
+        training volumes in this frame, or ``None``.
+    intensity_range:
+        ``{"p25": [min, max], "p50": [...], "p75": [...]}``: per training volume, the
+        25th/50th/75th percentile of the percentile-normalised intensity of its body
+        voxels (normalised value > 0.05), or ``None``
+        (:func:`napari_gi_seg.engine.domain.intensity_profile`).
+
+    The default (and the frame of every format-1 spec) is the frame of the CHAOS
+    NIfTI files the bundled model saw: ``("L", "A", "S")`` and a 320 mm field of view
+    over ``input_size`` pixels (2.0 mm for 160 px), ranges unknown.
+    """
+
+    axcodes: tuple[str, str, str] = CHAOS_AXCODES
+    spacing_mm: tuple[float, float] = (2.0, 2.0)
+    spacing_range_mm: dict[str, list[float]] | None = None
+    fov_range_mm: dict[str, list[float]] | None = None
+    intensity_range: dict[str, list[float]] | None = None
+
+    def __post_init__(self) -> None:
+        self.axcodes = tuple(str(a).upper() for a in self.axcodes)  # type: ignore[assignment]
+        self.spacing_mm = tuple(float(s) for s in self.spacing_mm)  # type: ignore[assignment]
+        pairs = [next((i for i, p in enumerate(_AXIS_PAIRS) if a in p), -1) for a in self.axcodes]
+        if sorted(pairs) != [0, 1, 2]:
+            raise ValueError(f"frame axcodes {self.axcodes} must name one of L/R, A/P and S/I each")
+        if len(self.spacing_mm) != 2 or min(self.spacing_mm) <= 0:
+            raise ValueError(f"frame spacing_mm {self.spacing_mm} must be 2 positive numbers (y, x)")
+        for name in ("spacing_range_mm", "fov_range_mm", "intensity_range"):
+            rng = getattr(self, name)
+            if rng is None:
+                continue
+            if not isinstance(rng, dict) or any(len(v) != 2 or float(v[0]) > float(v[1]) for v in rng.values()):
+                raise ValueError(f"frame {name} must map names to [min, max], got {rng!r}")
+            setattr(self, name, {k: [float(v[0]), float(v[1])] for k, v in rng.items()})
+
+    @classmethod
+    def chaos_default(cls, input_size: tuple[int, int]) -> ModelFrame:
+        """The documented default frame: CHAOS orientation, 320 mm over ``input_size`` pixels."""
+        return cls(CHAOS_AXCODES, (CHAOS_FOV_MM / int(input_size[0]), CHAOS_FOV_MM / int(input_size[1])))
+
+
+@dataclass
 class ModelSpec:
     """How to build, feed and read a segmentation network.
 
@@ -123,6 +222,11 @@ class ModelSpec:
         The network was trained with left-right flips (lateralised classes swapped with
         their mirror). Only then is flip test-time augmentation meaningful: a network
         that never saw a flipped abdomen (liver on the left) fails on one.
+    frame:
+        The model's frame (:class:`ModelFrame`): orientation, in-plane target spacing and
+        training ranges. ``None`` (the default when building a spec in code) becomes
+        :meth:`ModelFrame.chaos_default` for ``input_size``; format-1 spec files, which
+        have no frame, get the same default.
     """
 
     name: str
@@ -143,6 +247,7 @@ class ModelSpec:
     software_version: str = ""
     training: dict[str, Any] = field(default_factory=dict)
     flip_augmented: bool = False
+    frame: ModelFrame | None = None
     format_version: int = SPEC_FORMAT_VERSION
 
     def __post_init__(self) -> None:
@@ -164,6 +269,13 @@ class ModelSpec:
             self.classes = [c if isinstance(c, ClassInfo) else ClassInfo(**c) for c in self.classes]
         except TypeError as e:
             raise ValueError(f"classes: each class needs index and name (and optional colour, mirror): {e}") from None
+        if self.frame is None:
+            self.frame = ModelFrame.chaos_default(tuple(max(1, v) for v in self.input_size))
+        elif not isinstance(self.frame, ModelFrame):
+            try:
+                self.frame = ModelFrame(**self.frame)
+            except TypeError as e:
+                raise ValueError(f"frame: {e}") from None
         for c in self.classes:
             if not c.colour:
                 c.colour = DEFAULT_COLOURS[c.index % len(DEFAULT_COLOURS)] if c.index else DEFAULT_COLOURS[1]
@@ -223,6 +335,11 @@ class ModelSpec:
         for c in self.classes:
             if c.mirror is not None and c.mirror not in names:
                 raise ValueError(f"class {c.name!r} mirrors unknown class {c.mirror!r}")
+        if int(self.format_version) > SPEC_FORMAT_VERSION:
+            raise ValueError(
+                f"spec format {self.format_version} is newer than this napari-gi-seg reads "
+                f"({SPEC_FORMAT_VERSION}); update napari-gi-seg"
+            )
 
     # ------------------------------------------------------------------ derived
     @property
@@ -270,15 +387,26 @@ class ModelSpec:
         d["context_offsets"] = list(self.context_offsets)
         d["input_size"] = list(self.input_size)
         d["percentiles"] = list(self.percentiles)
+        d["frame"]["axcodes"] = list(self.frame.axcodes)
+        d["frame"]["spacing_mm"] = list(self.frame.spacing_mm)
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelSpec:
-        """Build a spec from parsed JSON; unknown keys raise ``ValueError``."""
+        """Build a spec from parsed JSON; unknown keys raise ``ValueError``.
+
+        Format 1 (no ``frame``) is upgraded to the current format with the documented
+        default frame (:meth:`ModelFrame.chaos_default`).
+        """
         known = {f for f in cls.__dataclass_fields__}
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"unknown spec fields: {sorted(unknown)}")
+        d = dict(d)
+        if int(d.get("format_version", 1)) < 2:
+            if d.get("frame") is not None:
+                raise ValueError("a format-1 spec has no 'frame' field")
+            d["format_version"] = SPEC_FORMAT_VERSION
         return cls(**d)
 
     def save(self, path: str | Path) -> None:

@@ -30,9 +30,8 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -44,8 +43,10 @@ from ..engine.postprocess import keep_largest_components
 from ..evaluation.metrics import dice_per_class
 from ..io.volume import Volume
 from ..models.spec import ModelSpec
+from ..progress import CancelCallback, ProgressCallback, emit
 from .augment import FewSliceAugment
-from .trainer import SliceDataset, segmentation_loss
+from .data import SliceDataset
+from .losses import segmentation_loss
 
 log = logging.getLogger(__name__)
 
@@ -208,11 +209,6 @@ def _dice_on(labels: np.ndarray, target: np.ndarray, spec: ModelSpec) -> dict[st
     return {c.name: float(d[c.index]) for c in spec.classes}
 
 
-def _emit(progress, **event) -> None:
-    if progress is not None:
-        progress(event)
-
-
 # ----------------------------------------------------------------- adapt
 def adapt_to_scan(
     volume: Volume | np.ndarray,
@@ -229,8 +225,8 @@ def adapt_to_scan(
     seed: int = 0,
     device: str | torch.device = "cpu",
     max_seconds: float | None = None,
-    progress: Callable[[dict], None] | None = None,
-    cancel: Callable[[], bool] | None = None,
+    progress: ProgressCallback | None = None,
+    cancel: CancelCallback | None = None,
 ) -> AdaptationResult:
     """Fine-tune a copy of ``net`` on the corrected slices of one scan.
 
@@ -267,9 +263,9 @@ def adapt_to_scan(
         Stop after this many seconds of fine-tuning (the weights of the last step are
         kept).
     progress:
-        Called with a dict per event: ``{"stage": "adapt", "done": step, "total": steps,
-        "loss": float}`` after each step and ``{"stage": "measure", ...}`` around the Dice
-        measurements.
+        ``progress(event)`` (:mod:`napari_gi_seg.progress`): a ``"step"`` event after each
+        optimiser step (``metrics={"loss": float}``) and a ``"done"`` event at the end
+        (``metrics``: Dice before/after on the corrected slices, steps, seconds).
     cancel:
         Polled before each step; True stops (``cancelled=True``, weights kept).
 
@@ -295,7 +291,6 @@ def adapt_to_scan(
     target = corrected_target(lab, zs, spec)
     dev = resolve_device(device)
 
-    _emit(progress, stage="measure", done=0, total=2, message="base model on the corrected slices")
     before_lab = segment_volume(image, spec, net, slices=zs, device=dev, postprocess=False, precision="fp32").labels
     before = _dice_on(before_lab, target, spec)
 
@@ -340,16 +335,24 @@ def adapt_to_scan(
         opt.step()
         sched.step()
         losses.append(float(loss.detach()))
-        _emit(progress, stage="adapt", done=step + 1, total=steps, loss=losses[-1])
+        emit(progress, "step", step + 1, steps, "adapting to this scan", loss=losses[-1])
     model.eval()
 
-    _emit(progress, stage="measure", done=1, total=2, message="adapted model on the corrected slices")
     after_lab = segment_volume(image, spec, model, slices=zs, device=dev, postprocess=False, precision="fp32").labels
     after = _dice_on(after_lab, target, spec)
     model = model.cpu().eval()
     seconds = time.perf_counter() - t0
     new_spec = adapted_spec(spec, zs, before, after, len(losses), seconds, lr=lr, batch_size=batch_size)
-    _emit(progress, stage="measure", done=2, total=2, message="done")
+    emit(
+        progress,
+        "done",
+        len(losses),
+        steps,
+        "adapted to this scan",
+        dice_before=float(np.mean(list(before.values()))),
+        dice_after=float(np.mean(list(after.values()))),
+        seconds=round(seconds, 1),
+    )
     return AdaptationResult(
         net=model,
         spec=new_spec,
@@ -428,8 +431,8 @@ def resegment_except(
     *,
     device: str | torch.device = "cpu",
     batch_size: int = 8,
-    progress: Callable[[dict], None] | None = None,
-    cancel: Callable[[], bool] | None = None,
+    progress: ProgressCallback | None = None,
+    cancel: CancelCallback | None = None,
 ) -> ResegmentResult:
     """Re-segment every slice except ``keep`` (the edited or reviewed ones).
 
@@ -451,7 +454,8 @@ def resegment_except(
     device, batch_size:
         As in :func:`~napari_gi_seg.engine.inference.segment_volume`.
     progress:
-        ``{"stage": "segment", "done": n, "total": m}`` after each batch.
+        ``progress(event)``: the ``"segment"`` events of
+        :func:`~napari_gi_seg.engine.inference.segment_volume` (one per batch).
     cancel:
         Polled between batches.
 
@@ -482,7 +486,7 @@ def resegment_except(
         device=device,
         postprocess=False,
         cancel=cancel,
-        progress=lambda b: _emit(progress, stage="segment", done=b.done, total=b.total),
+        progress=progress,
     )
     done = sorted(res.segmented)
     out[done] = res.labels[done]
@@ -558,9 +562,8 @@ def adapt_from_files(
         grid (``InvalidInputError`` naming the file), bad slice list, label values
         the model does not have; ``FileNotFoundError`` for a missing label file.
     """
-    from tqdm import tqdm
-
     from ..io import read_labels
+    from ..progress import TqdmProgress
 
     if len(volumes) != 1:
         raise ValueError(f"--adapt needs a single scan; the input holds {len(volumes)} volumes")
@@ -578,13 +581,11 @@ def adapt_from_files(
         corrected_target(corrected, zs, spec)
     except ValueError as e:
         raise ValueError(f"{labels_path}: {e}") from None
-    with tqdm(total=DEFAULT_STEPS, unit="step", desc="adapt", file=sys.stderr, disable=quiet) as bar:
-
-        def progress(ev: dict) -> None:
-            if ev.get("stage") == "adapt":
-                bar.update(ev["done"] - bar.n)
-
-        res = adapt_to_scan(vol, corrected, zs, spec, net, steps=DEFAULT_STEPS, device=device, progress=progress)
+    bars = TqdmProgress(disable=quiet, desc="adapt")
+    try:
+        res = adapt_to_scan(vol, corrected, zs, spec, net, steps=DEFAULT_STEPS, device=device, progress=bars)
+    finally:
+        bars.close()
     print(
         f"adapted {spec.key} on slices {','.join(map(str, zs))}: Dice on those slices "
         f"{res.dice_before:.3f} -> {res.dice_after:.3f}, {res.steps} steps in {res.seconds:.0f} s"

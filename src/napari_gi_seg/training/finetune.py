@@ -1,5 +1,6 @@
 """Fine-tune a registered model on new labelled data (e.g. exported corrections) and
-register the result as a new model whose ``parent`` is the base.
+register the result as a new model whose ``parent`` is the base, only when it is not
+worse than the base on the same held-back data (or on an explicit choice).
 
 What :func:`finetune` does
 --------------------------
@@ -20,54 +21,83 @@ What :func:`finetune` does
      slices still feed the 2.5D input, and adjacent slices look alike, so this
      estimate is optimistic compared with a patient-level one.
 
-4. Measures the held-back Dice of the base model (``dice_before``), trains with
-   :func:`~napari_gi_seg.training.trainer.train` from the base weights
-   (``init=(base_spec, state_dict)``), validating on the held-back part each epoch
-   (the best epoch is kept), then measures ``dice_after`` with the kept weights.
-   Because the held-back part also picks the best epoch, ``dice_after`` is slightly
-   optimistic; ``epochs_run`` and the per-epoch curve are recorded.
+4. Measures the held-back Dice of the base model (``dice_before``), trains with the
+   :class:`~napari_gi_seg.training.trainer.Trainer` from the base weights, validating
+   on the held-back part each epoch (the best epoch is kept): ``dice_after`` is the
+   best epoch's held-back Dice. Because the held-back part also picks the best epoch,
+   ``dice_after`` is slightly optimistic; ``epochs_run`` and the per-epoch curve are
+   recorded.
 5. Registers ``name`` (next free version) with ``parent = base key``, the training
    data fingerprint and ``metrics.finetune = {dice_before, dice_after, held_back,
-   split, per_class_before, per_class_after}``.
+   split, per_class_before, per_class_after, worse}`` **unless** the new model is
+   worse than its parent on the held-back data (``dice_after < dice_before``) and
+   ``register_if_worse`` is false, or the run was stopped (``cancel``). The candidate
+   (``candidate.json`` + ``best.safetensors``) then stays in the run folder, and
+   :func:`register_run` registers it on an explicit choice.
 
 Voxels with the ignore label (unreviewed slices of exported corrections) are left
 out of the loss and of every Dice.
 
-For a widget: call :func:`finetune` in a worker thread with ``on_epoch`` (gets each
-epoch's metrics row) and ``should_stop`` (polled between steps), or run
-``napari-gi-seg finetune ... --jsonl`` as a subprocess and read one JSON object per
-line from stdout (``{"event": "start" | "epoch" | "done", ...}``).
+An interrupted run continues with ``resume=True`` (``napari-gi-seg finetune --resume``)
+from its ``checkpoint_last.pt``, with the same held-back data (checked against the
+run's ``run.json``).
+
+For a widget: call :func:`finetune` in a worker with the progress/cancel protocol
+(:mod:`napari_gi_seg.progress`), or run ``napari-gi-seg finetune ... --jsonl`` as a
+subprocess and read one :class:`~napari_gi_seg.progress.ProgressEvent` per line
+(``{"event": "baseline" | "step" | "validate" | "epoch" | "done", ...}``).
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
+from .._atomic import write_json
+from .._logging import run_log_file
+from ..datasets import DatasetFormatError
+from ..paths import public_path
+from ..progress import CancelCallback, ProgressCallback, emit
+from .holdback import open_for_base, slice_split, split_for_finetune
+from .manifest import LOG_FILE, read_manifest, write_manifest
+from .runs import CANDIDATE_FILE, register_run, resumable_run, run_folder
 
-from ..datasets import (
-    IGNORE_INDEX,
-    Case,
-    CaseRef,
-    DatasetFormatError,
-    SegDataset,
-    detect_layout,
-    open_dataset,
-    split_groups,
-)
+__all__ = ["FinetuneResult", "finetune", "register_run", "resumable_run", "slice_split", "CANDIDATE_FILE"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
 class FinetuneResult:
-    """``entry``: the registered :class:`~napari_gi_seg.models.registry.ModelEntry`;
-    ``spec``: its spec; ``dice_before``/``dice_after``: held-back mean Dice of the base
-    and of the new model; ``held_back``: held-back patients (patient split) or
-    ``{case_id: [slice indices]}`` (slice split); ``history``: per-epoch rows."""
+    """What :func:`finetune` produced.
 
-    entry: object
+    Attributes
+    ----------
+    entry : ModelEntry or None
+        The registered model, ``None`` when it was not registered (see ``reason``).
+    spec : ModelSpec
+        The new model's spec (``metrics["finetune"]`` filled).
+    dice_before, dice_after : float
+        Held-back mean Dice of the base and of the new model (same held-back data).
+    held_back : list or dict
+        Held-back patients (patient split) or ``{case_id: [slice indices]}`` (slice split).
+    split : str
+        ``"patient"`` or ``"slice"``.
+    history : list of dict
+        Per-epoch rows.
+    work_dir : Path
+        The run folder (candidate, log, checkpoint, manifest).
+    reason : str
+        Why it was not registered (``""`` when it was).
+    stopped : str or None
+        ``"cancelled"`` etc. when the run ended early (see :class:`~napari_gi_seg.training.trainer.TrainResult`).
+    """
+
+    entry: object | None
     spec: object
     dice_before: float
     dice_after: float
@@ -75,61 +105,18 @@ class FinetuneResult:
     split: str
     history: list[dict] = field(default_factory=list)
     work_dir: Path | None = None
+    reason: str = ""
+    stopped: str | None = None
 
+    @property
+    def registered(self) -> bool:
+        """True when the new model was registered."""
+        return self.entry is not None
 
-def _remap(target: np.ndarray, order: list[int]) -> np.ndarray:
-    """Re-order classes: ``order[k]`` = dataset label value (or channel + 1) of the base's
-    class ``k + 1``."""
-    if order == list(range(1, len(order) + 1)):
-        return target
-    if target.ndim == 4:
-        return np.ascontiguousarray(target[[v - 1 for v in order]])
-    out = np.zeros_like(target)
-    for k, v in enumerate(order):
-        out[target == v] = k + 1
-    out[target == IGNORE_INDEX] = IGNORE_INDEX
-    return out
-
-
-def _labelled_slices(target: np.ndarray) -> list[int]:
-    valid = np.asarray(target) != IGNORE_INDEX
-    if valid.ndim == 4:  # (K, z, y, x): a slice is labelled when any channel is
-        valid = valid.any(0)
-    reviewed = valid.reshape(valid.shape[0], -1).any(1)
-    return [int(z) for z in np.nonzero(reviewed)[0]]
-
-
-def slice_split(case: Case, val_fraction: float) -> tuple[Case, Case, list[int]]:
-    """Slice-level hold-back within one case (see module docstring).
-
-    Returns ``(train_case, held_back_case, held_back_slices)``; both cases share the
-    image, their targets have the other part set to :data:`IGNORE_INDEX`.
-    Raises ``ValueError`` when the case has fewer than 2 labelled slices.
-    """
-    lab = _labelled_slices(case.target)
-    if len(lab) < 2:
-        raise ValueError(f"case {case.case_id}: need at least 2 labelled slices to hold some back, found {len(lab)}")
-    k = max(2, int(round(1.0 / max(val_fraction, 1e-6))))
-    held = lab[k // 2 :: k] or [lab[len(lab) // 2]]
-    t_train, t_val = case.target.copy(), np.full_like(case.target, IGNORE_INDEX)
-    if case.target.ndim == 3:
-        t_train[held] = IGNORE_INDEX
-        t_val[held] = case.target[held]
-    else:
-        t_train[:, held] = IGNORE_INDEX
-        t_val[:, held] = case.target[:, held]
-    return (
-        Case(case.case_id, case.group, case.image, t_train),
-        Case(case.case_id, case.group, case.image, t_val),
-        held,
-    )
-
-
-def _open_for(dataset, class_names, base_names) -> SegDataset:
-    root = Path(dataset)
-    if class_names is None and detect_layout(root) == "nifti-pairs" and not (root / "classes.json").exists():
-        class_names = base_names  # unnamed label values: assume the base's order
-    return open_dataset(root, class_names)
+    @property
+    def worse(self) -> bool:
+        """True when the new model's held-back Dice is below its parent's."""
+        return bool(self.dice_after < self.dice_before)
 
 
 def finetune(
@@ -150,30 +137,56 @@ def finetune(
     augment: bool = True,
     work_dir: str | Path | None = None,
     description: str = "",
-    on_epoch: Callable[[dict], None] | None = None,
-    should_stop: Callable[[], bool] | None = None,
-    on_event: Callable[[dict], None] | None = None,
+    register_if_worse: bool = False,
+    resume: bool = False,
+    progress: ProgressCallback | None = None,
+    cancel: CancelCallback | None = None,
 ) -> FinetuneResult:
-    """Fine-tune registered model ``base`` on ``dataset`` and register it as ``name``.
+    """Fine-tune registered model ``base`` on ``dataset`` and register it as ``name``
+    when it is not worse than ``base`` on the held-back data.
 
     Parameters
     ----------
-    dataset: dataset folder (nnU-Net v2 export, UW-Madison, NIfTI pairs).
-    base: registry key of the base model (``"name"`` or ``"name:version"``).
-    name: registry name of the new model (its version is the next free one).
-    epochs, lr (peak of the one-cycle schedule), batch_size, device, seed: training.
-    freeze_encoder: train only the decoder and head.
-    val_fraction: share of patients (or of labelled slices, single patient) held back.
-    max_minutes: time budget; the best weights so far are registered.
-    class_names: the dataset's class names in label order (NIfTI pairs without
+    dataset : str or Path
+        Dataset folder (nnU-Net v2 export, UW-Madison, NIfTI pairs).
+    base : str
+        Registry key of the base model (``"name"`` or ``"name:version"``).
+    name : str
+        Registry name of the new model (its version is the next free one).
+    epochs, lr, batch_size, device, seed, patience, augment, max_steps_per_epoch
+        Training (``lr``: peak of the one-cycle schedule).
+    freeze_encoder : bool
+        Train only the decoder and head.
+    val_fraction : float
+        Share of patients (or of labelled slices, single patient) held back.
+    max_minutes : float, optional
+        Time budget; the best epoch so far is kept.
+    class_names : sequence of str, optional
+        The dataset's class names in label order (NIfTI pairs without
         ``classes.json``; default: the base's).
-    on_epoch(row): each epoch's row (``epoch``, ``train_loss``, ``lr``, ``seconds``,
-        ``val_mean_dice`` = held-back Dice, ``val_dice_<class>``).
-    should_stop(): polled between steps; True ends the run early (still registered).
-    on_event(obj): ``{"event": "start", "dice_before": ..., ...}`` and
-        ``{"event": "done", ...}`` (used by ``--jsonl``).
+    work_dir : str or Path, optional
+        Run folder (default ``<user folder>/runs/NAME-vN``; with ``resume``: the newest
+        interrupted run of ``name``).
+    description : str
+        The new model's description.
+    register_if_worse : bool
+        Register even when the held-back Dice fell (an explicit choice; recorded as
+        ``metrics.finetune.worse``).
+    resume : bool
+        Continue an interrupted run from its ``checkpoint_last.pt``.
+    progress, cancel : callable, optional
+        The progress/cancel protocol (:mod:`napari_gi_seg.progress`): events
+        ``"baseline"`` (``dice_before``, ``per_class_before``, ``split``, ``held_back``),
+        ``"step"``, ``"validate"``, ``"epoch"`` (the epoch's row: ``epoch``,
+        ``train_loss``, ``lr``, ``seconds``, ``val_mean_dice`` = held-back Dice,
+        ``val_dice_<class>``) and ``"done"`` (``model``, ``registered``, ``reason``,
+        ``dice_before``, ``dice_after``, ``worse``, ``run_dir``, ...). ``cancel()``
+        stops after the current epoch; the model is then not registered and the best
+        epoch so far stays in the run folder for :func:`register_run`.
 
-    Returns a :class:`FinetuneResult`.
+    Returns
+    -------
+    FinetuneResult
 
     Raises
     ------
@@ -182,15 +195,13 @@ def finetune(
     DatasetFormatError
         Bad dataset, or class names that differ from the base's (lists both).
     ValueError
-        Too little labelled data to hold some back.
+        Too little labelled data to hold some back; ``resume`` with nothing to resume or
+        with other held-back data than the interrupted run.
+    CheckpointError
+        ``resume`` with an unusable checkpoint.
     """
-    import torch
-
-    from .._atomic import write_text
-    from ..engine.inference import resolve_device
     from ..models import registry
-    from ..models.network import load_network, load_weights
-    from .trainer import TrainConfig, model_card, train, validate
+    from ..models.network import load_weights
 
     t0 = time.time()
     registry.validate_name(name)
@@ -198,10 +209,8 @@ def finetune(
         registry.check_work_dir(work_dir)  # before any work: never inside the registry
     entry = registry.get_entry(base)
     base_spec = entry.spec()
-    state_dict = load_weights(entry.weights_path)
     base_names = [c.name for c in base_spec.classes]
-
-    ds = _open_for(dataset, class_names, base_names)
+    ds = open_for_base(dataset, class_names, base_names)
     if sorted(ds.class_names) != sorted(base_names):
         raise DatasetFormatError(
             f"{ds.root}: classes {ds.class_names} differ from the base model {entry.key}'s "
@@ -212,132 +221,195 @@ def finetune(
             f"{ds.root}: a {'multi-label' if ds.multilabel else 'single-label'} dataset cannot fine-tune "
             f"the {base_spec.activation} model {entry.key}"
         )
-    order = [ds.class_names.index(n) + 1 for n in base_names]
+    train_ds, held_cases, held_back, split = split_for_finetune(ds, base_names, val_fraction, seed)
+    held_json = json.loads(json.dumps(held_back))  # {case: [z]} as JSON writes it (str keys)
+    version = registry.next_version(name)
+    work = run_folder(name, version, work_dir, resume)
+    prior = read_manifest(work) if resume else None
+    if prior is not None:
+        if prior.get("held_back") != held_json or prior.get("base") != entry.key:
+            raise ValueError(
+                f"{work.name}: cannot resume: the run fine-tuned {prior.get('base')} holding back "
+                f"{prior.get('held_back')}, this call gives {entry.key} holding back {held_json} "
+                "(use the same dataset, --model, --val-fraction and --seed)"
+            )
+        version = int(prior.get("version", version))
+    work.mkdir(parents=True, exist_ok=True)
+    with run_log_file(work / LOG_FILE):
+        log.info("fine-tuning %s on %s as %s (run folder %s)", entry.key, public_path(ds.root), name, work.name)
+        before = (prior or {}).get("baseline")
+        if not before:
+            before = _baseline(entry, base_spec, held_cases, device)
+        write_manifest(work, kind="finetune", name=name, version=version, base=entry.key, split=split)
+        write_manifest(work, held_back=held_json, baseline=before)
+        emit(
+            progress,
+            "baseline",
+            1,
+            1,
+            f"{entry.key}: held-back mean Dice {before['mean_dice']:.3f}",
+            base=entry.key,
+            split=split,
+            held_back=held_json,
+            dice_before=before["mean_dice"],
+            per_class_before=before["per_class"],
+        )
+        args = dict(
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            val_fraction=val_fraction,
+            seed=seed,
+            device=device,
+            resume=resume,
+            patience=patience,
+            max_minutes=max_minutes,
+            max_steps_per_epoch=max_steps_per_epoch,
+            augment=augment,
+            description=description,
+            freeze_encoder=freeze_encoder,
+        )
+        state_dict = load_weights(entry.weights_path)
+        res = _train(
+            ds, train_ds, held_cases, entry, base_spec, name, version, work, args, state_dict, progress, cancel
+        )
+        out = _decide(res, entry, before, held_json, split, work, register_if_worse, ds)
+        emit(
+            progress,
+            "done",
+            1,
+            1,
+            out.reason or f"registered {out.spec.key}",
+            model=out.spec.key,
+            parent=entry.key,
+            registered=out.registered,
+            reason=out.reason,
+            stopped=out.stopped,
+            worse=out.worse,
+            dice_before=out.dice_before,
+            dice_after=out.dice_after,
+            split=split,
+            epochs_run=len(res.history),
+            minutes=round((time.time() - t0) / 60, 2),
+            run_dir=str(work),
+            log_file=str(work / LOG_FILE),
+        )
+    return out
 
-    def remapped(ref: CaseRef) -> CaseRef:
-        def load() -> Case:
-            c = ref.load()
-            return Case(c.case_id, c.group, c.image, _remap(c.target, order))
 
-        return CaseRef(ref.case_id, ref.group, load)
-
-    groups = ds.groups
-    if len(groups) >= 2:
-        split = "patient"
-        train_groups, held_groups = split_groups(groups, val_fraction, 0, seed)
-        train_refs = [remapped(c) for c in ds.subset(train_groups).cases]
-        held_cases = [remapped(c).load() for c in ds.subset(held_groups).cases]
-        held_back: object = held_groups
-    else:
-        split = "slice"
-        train_refs, held_cases, held_back = [], [], {}
-        for ref in ds.cases:
-            c = remapped(ref).load()
-            tr, va, held = slice_split(c, val_fraction)
-            train_refs.append(CaseRef(tr.case_id, tr.group, (lambda tr=tr: tr)))
-            held_cases.append(va)
-            held_back[c.case_id] = held
-    train_ds = SegDataset(ds.root, ds.layout, list(base_names), train_refs, ds.multilabel, ds.extra)
+def _baseline(entry, base_spec, held_cases, device) -> dict:
+    from ..engine.inference import resolve_device
+    from ..models.network import load_network
+    from .validation import validate
 
     dev = resolve_device(device)
     base_net = load_network(base_spec, entry.weights_path, dev)
-    before = validate(base_net, base_spec, held_cases, dev)
-    del base_net
-    if on_event is not None:
-        on_event(
-            {
-                "event": "start",
-                "base": entry.key,
-                "split": split,
-                "held_back": held_back,
-                "dice_before": before["mean_dice"],
-                "per_class_before": {k: v["dice"] for k, v in before["per_class"].items()},
-            }
-        )
+    m = validate(base_net, base_spec, held_cases, dev)
+    log.info("base %s: held-back mean Dice %.4f", entry.key, m["mean_dice"])
+    return {"mean_dice": m["mean_dice"], "per_class": {k: v["dice"] for k, v in m["per_class"].items()}}
 
-    version = registry.next_version(name)  # tentative: registration takes the next free one
-    work = registry.check_work_dir(work_dir) if work_dir else registry.new_run_dir(name, version)
+
+def _train(ds, train_ds, held_cases, entry, base_spec, name, version, work, args: dict, state_dict, progress, cancel):
+    """Run the :class:`~napari_gi_seg.training.trainer.Trainer` from the base weights
+    (nothing registered)."""
+    from .trainer import TrainConfig, Trainer
+
     cfg = TrainConfig(
         dataset=str(ds.root),
         name=name,
-        class_names=list(base_names),
+        class_names=[c.name for c in base_spec.classes],
         arch=base_spec.architecture,
         encoder=base_spec.encoder,
         context=tuple(base_spec.context_offsets),
         size=int(base_spec.input_size[0]),
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        val_fraction=val_fraction,
-        seed=seed,
-        device=str(dev),
-        patience=patience,
-        max_minutes=max_minutes,
-        max_steps_per_epoch=max_steps_per_epoch,
+        epochs=args["epochs"],
+        batch_size=args["batch_size"],
+        lr=args["lr"],
+        val_fraction=args["val_fraction"],
+        seed=args["seed"],
+        device=args["device"],
+        resume=args["resume"],
+        patience=args["patience"],
+        max_minutes=args["max_minutes"],
+        max_steps_per_epoch=args["max_steps_per_epoch"],
         normalisation=base_spec.normalisation,
-        augment=augment,
+        augment=args["augment"],
         work_dir=str(work),
         version=version,
-        description=description or f"{entry.key} fine-tuned on {ds.root.name}",
+        description=args["description"] or f"{entry.key} fine-tuned on {public_path(ds.root)}",
         base_model=entry.key,
-        freeze_encoder=freeze_encoder,
+        freeze_encoder=args["freeze_encoder"],
         register=False,
     )
-    res = train(
+    t = Trainer(
         cfg,
-        on_epoch=on_epoch,
-        should_stop=should_stop,
         init=(base_spec, state_dict),
         dataset=train_ds,
         held_out=held_cases,
+        progress=progress,
+        cancel=cancel,
     )
+    return t.fit()
+
+
+def _decide(res, entry, before, held_json, split, work, register_if_worse, ds) -> FinetuneResult:
+    """Fill the spec's fine-tune metrics, keep the candidate in the run folder and
+    register it unless it is worse than its parent (without ``register_if_worse``) or
+    the run was stopped."""
     spec = res.spec
-    after = validate(res.model.to(dev), spec, held_cases, dev)
+    bm = res.best_metrics or {}
+    after = {
+        "mean_dice": float(bm.get("mean_dice", float("nan"))),
+        "per_class": {k: v["dice"] for k, v in bm.get("per_class", {}).items()},
+    }
+    worse = not (after["mean_dice"] >= before["mean_dice"])  # NaN counts as worse
     spec.parent = entry.key
     spec.metrics["finetune"] = {
         "dice_before": before["mean_dice"],
         "dice_after": after["mean_dice"],
-        "held_back": held_back,
+        "worse": worse,
+        "held_back": held_json,
         "split": split,
-        "per_class_before": {k: v["dice"] for k, v in before["per_class"].items()},
-        "per_class_after": {k: v["dice"] for k, v in after["per_class"].items()},
+        "dataset": public_path(ds.root),
+        "per_class_before": before["per_class"],
+        "per_class_after": after["per_class"],
         "base": entry.key,
     }
     spec.training["split"] = split
-    spec.training["held_back"] = held_back
-
-    def card(s) -> str:
-        return (
-            model_card(s) + f"\n## Fine-tuning\n\nFrom `{entry.key}`; held-back ({split}-level) mean Dice "
-            f"{before['mean_dice']:.3f} before -> {after['mean_dice']:.3f} after.\n"
-        )
-
-    new_entry = registry.register_model(
-        spec,
-        model=res.model.cpu(),
-        half=True,
-        extra_files={
-            "MODEL_CARD.md": card,
-            "metrics.csv": work / "metrics.csv",
-            "training_curve.png": work / "training_curve.png",
-        },
-        next_free=True,  # a concurrent fine-tune with the same name takes the next version
+    spec.training["held_back"] = held_json
+    write_json(work / CANDIDATE_FILE, spec.to_dict())
+    log.info(
+        "held-back (%s-level) mean Dice: parent %s %.4f -> fine-tuned %.4f%s",
+        split,
+        entry.key,
+        before["mean_dice"],
+        after["mean_dice"],
+        " (worse)" if worse else "",
     )
-    write_text(work / "MODEL_CARD.md", card(spec))
-    registry.mark_run_registered(work, new_entry)
-    torch.cuda.empty_cache() if torch.cuda.is_available() else None
-    out = FinetuneResult(new_entry, spec, before["mean_dice"], after["mean_dice"], held_back, split, res.history, work)
-    if on_event is not None:
-        on_event(
-            {
-                "event": "done",
-                "model": spec.key,
-                "parent": entry.key,
-                "folder": str(new_entry.folder),
-                "dice_before": before["mean_dice"],
-                "dice_after": after["mean_dice"],
-                "epochs_run": len(res.history),
-                "minutes": round((time.time() - t0) / 60, 2),
-            }
+    reason = ""
+    if res.stopped == "cancelled":
+        reason = f"stopped after {len(res.history)} epoch(s): not registered; the best epoch so far is kept in the run folder"
+    elif worse and not register_if_worse:
+        reason = (
+            f"held-back Dice fell from {before['mean_dice']:.3f} ({entry.key}) to {after['mean_dice']:.3f}: "
+            "not registered (register it anyway with --register-if-worse)"
         )
-    return out
+    new_entry = None
+    if reason:
+        log.warning(reason)
+        write_manifest(work, status="not-registered", reason=reason, dice_after=after["mean_dice"], worse=worse)
+    else:
+        new_entry = register_run(work, allow_worse=True)
+        spec = new_entry.spec()
+    return FinetuneResult(
+        new_entry,
+        spec,
+        before["mean_dice"],
+        after["mean_dice"],
+        held_json,
+        split,
+        res.history,
+        work,
+        reason,
+        res.stopped,
+    )

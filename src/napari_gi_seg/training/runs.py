@@ -1,22 +1,34 @@
 """Run folders of training runs: where a run writes (unique per run, never inside the
-model registry) and what of its configuration may be written down (no local paths).
-See docs/robustness.md."""
+model registry), what of its configuration may be written down (no local paths), which
+interrupted run a ``--resume`` continues, and the registration of the candidate a
+fine-tune left behind (an explicit choice). See docs/robustness.md and docs/training.md."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict
 from pathlib import Path
 
 from ..paths import public_path
+from .manifest import write_manifest
+
+__all__ = ["CANDIDATE_FILE", "public_config", "work_dir_for", "resumable_run", "run_folder", "register_run"]
+
+log = logging.getLogger(__name__)
+
+#: The unregistered candidate's spec in the run folder (its weights: ``best.safetensors``).
+CANDIDATE_FILE = "candidate.json"
 
 
 def public_config(cfg) -> dict:
-    """A :class:`~.trainer.TrainConfig` as a dict fit for a run's ``config.json`` or a
-    spec: the dataset and work folders by name only (no local absolute paths).
+    """A :class:`~.config.TrainConfig` as a dict fit for a run's ``config.json``,
+    ``run.json`` or a spec: the dataset and work folders by name only (no local
+    absolute paths).
 
     Parameters
     ----------
-    cfg: the run's ``TrainConfig`` (a dataclass).
+    cfg : TrainConfig
+        The run's configuration (a dataclass).
 
     Returns
     -------
@@ -56,3 +68,122 @@ def work_dir_for(cfg, spec, rank: int, distributed: bool) -> Path:
         dist.broadcast_object_list(box, 0)
         work = Path(box[0])
     return work
+
+
+def resumable_run(name: str) -> Path | None:
+    """The newest run folder of ``name`` that can be resumed: it has a
+    ``checkpoint_last.pt`` and was not registered
+    (:func:`napari_gi_seg.models.registry.find_resumable_run`).
+
+    Parameters
+    ----------
+    name : str
+        The model's registry name.
+
+    Returns
+    -------
+    Path or None
+    """
+    from ..models import registry
+
+    return registry.find_resumable_run(name)
+
+
+def run_folder(name: str, version: int, work_dir, resume: bool) -> Path:
+    """The run folder of a fine-tune: ``work_dir`` when given (refused inside the
+    registry); with ``resume`` the newest interrupted run of ``name``; else a new,
+    unique one (:func:`napari_gi_seg.models.registry.new_run_dir`).
+
+    Raises
+    ------
+    ValueError
+        ``work_dir`` inside the registry; ``resume`` and no interrupted run of ``name``.
+    """
+    from ..models import registry
+
+    if work_dir is not None:
+        return registry.check_work_dir(work_dir)
+    if resume:
+        found = resumable_run(name)
+        if found is None:
+            raise ValueError(f"no interrupted fine-tune of {name!r} to resume in {registry.runs_root()}")
+        return found
+    return registry.new_run_dir(name, version)
+
+
+def register_run(work_dir: str | Path, allow_worse: bool = False):
+    """Register the candidate a fine-tuning run left in its folder (the best epoch).
+
+    Used for an explicit choice after :func:`finetune` did not register: a model worse
+    than its parent (``allow_worse=True``) or the best epoch of a stopped run.
+
+    Parameters
+    ----------
+    work_dir : str or Path
+        The run folder (``candidate.json`` + ``best.safetensors``).
+    allow_worse : bool
+        Register a candidate whose held-back Dice is below its parent's.
+
+    Returns
+    -------
+    ModelEntry
+        The registered model (its version is the next free one if the planned one
+        was taken meanwhile).
+
+    Raises
+    ------
+    FileNotFoundError
+        The folder holds no candidate.
+    ValueError
+        The candidate is worse than its parent and ``allow_worse`` is false.
+    """
+    from ..models import registry
+    from ..models.spec import ModelSpec
+
+    work = Path(work_dir)
+    cand, weights = work / CANDIDATE_FILE, work / "best.safetensors"
+    if not cand.is_file() or not weights.is_file():
+        raise FileNotFoundError(f"{work}: no fine-tuned candidate to register ({CANDIDATE_FILE}, best.safetensors)")
+    spec = ModelSpec.load(cand)
+    ft = spec.metrics.get("finetune", {})
+    if ft.get("worse") and not allow_worse:
+        raise ValueError(
+            f"{spec.key}: held-back Dice {ft.get('dice_after'):.3f} is below its parent's "
+            f"{ft.get('dice_before'):.3f}; registering it needs an explicit choice"
+        )
+    from .._atomic import write_text
+    from ..evaluation.plots import plot_history
+    from ..models.card import model_card
+
+    curve = work / "training_curve.png"
+    hist = work / "metrics.csv"
+    if hist.exists() and not curve.exists():
+        import csv
+
+        with open(hist, newline="") as f:
+            rows = [{k: _num(v) for k, v in r.items()} for r in csv.DictReader(f)]
+        if rows:
+            plot_history(rows, curve)
+    from ..models.network import build_network, load_weights
+
+    net = build_network(spec)
+    net.load_state_dict(load_weights(weights))
+    entry = registry.register_model(
+        spec,
+        model=net,
+        half=True,
+        extra_files={"MODEL_CARD.md": model_card, "metrics.csv": hist, "training_curve.png": curve},
+        next_free=True,  # a concurrent run with the same name takes the next version
+    )
+    write_text(work / "MODEL_CARD.md", model_card(spec))
+    registry.mark_run_registered(work, entry)
+    write_manifest(work, status="registered", model=entry.key, reason="")
+    log.info("registered %s", entry.key)
+    return entry
+
+
+def _num(v):
+    try:
+        return float(v) if v not in ("", None) else None
+    except ValueError:
+        return v

@@ -1,0 +1,130 @@
+"""What decides a training run (:class:`TrainConfig`), what it produced
+(:class:`TrainResult`), and the spec of a model trained from scratch (:func:`make_spec`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..datasets import SegDataset
+from ..models.spec import ClassInfo, ModelSpec, mirror_pairs
+
+__all__ = ["TrainConfig", "TrainResult", "make_spec"]
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides a training run (stored in the model spec and ``run.json``)."""
+
+    dataset: str
+    name: str
+    class_names: list[str] | None = None
+    arch: str = "Unet"
+    encoder: str = "mobilenet_v2"
+    context: tuple[int, ...] = (-1, 0, 1)
+    size: int = 160
+    epochs: int = 100
+    batch_size: int = 16
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    val_fraction: float = 0.25
+    fold: int = 0
+    seed: int = 0
+    device: str = "auto"
+    resume: bool = False
+    patience: int = 30
+    max_minutes: float | None = None
+    max_steps_per_epoch: int | None = None
+    val_every: int = 1
+    normalisation: str = "percentile"
+    augment: bool = True
+    work_dir: str | None = None
+    num_workers: int = 0
+    half_weights: bool = True
+    version: int | None = None
+    description: str = ""
+    # fine-tuning
+    base_model: str | None = None
+    freeze_encoder: bool = False
+    exclude: list[str] = field(default_factory=list)
+    register: bool = True
+    # classes that are one connected organ (post-processing keeps the largest 3D component)
+    single_component: list[str] = field(default_factory=list)
+    # left-right flip augmentation (with left/right class swap); None: only when no class is lateralised.
+    # Flip test-time augmentation is only valid for models trained with it.
+    flip_augment: bool | None = None
+
+
+@dataclass
+class TrainResult:
+    """What a run produced.
+
+    Attributes
+    ----------
+    spec : ModelSpec
+        The model's spec (registered when ``entry`` is not ``None``).
+    model : torch.nn.Module
+        The best network, on the CPU, in eval mode.
+    history : list of dict
+        Epoch rows (``epoch``, ``train_loss``, ``lr``, ``seconds``, ``val_mean_dice``, ``val_dice_<class>``).
+    work_dir : Path
+        The run folder.
+    best_metrics : dict
+        The best epoch's validation metrics (see :func:`~napari_gi_seg.training.validation.validate`).
+    entry : ModelEntry or None
+        The registry entry when ``cfg.register``.
+    stopped : str or None
+        Why the run ended before ``cfg.epochs``: ``"cancelled"``, ``"time budget"``,
+        ``"early stopping"``; ``None`` when every epoch ran.
+    """
+
+    spec: ModelSpec
+    model: torch.nn.Module
+    history: list[dict]
+    work_dir: Path
+    best_metrics: dict
+    entry: object | None = None
+    stopped: str | None = None
+
+
+def make_spec(cfg: TrainConfig, ds: SegDataset) -> ModelSpec:
+    """The spec of a new model trained with ``cfg`` on ``ds`` (version left to the registry).
+
+    Parameters
+    ----------
+    cfg : TrainConfig
+        Architecture, encoder, context, size, normalisation, single-component classes.
+    ds : SegDataset
+        Its class names (mirrored left/right pairs are found by name) and label kind.
+
+    Returns
+    -------
+    ModelSpec
+
+    Raises
+    ------
+    ValueError
+        ``cfg.single_component`` names a class the dataset does not have.
+    """
+    mirrors = mirror_pairs(ds.class_names)
+    unknown = set(cfg.single_component) - set(ds.class_names)
+    if unknown:
+        raise ValueError(f"--single-component names {sorted(unknown)} are not classes of {ds.root} ({ds.class_names})")
+    classes = [
+        ClassInfo(i + 1, n, mirror=mirrors.get(n), single_component=n in cfg.single_component)
+        for i, n in enumerate(ds.class_names)
+    ]
+    return ModelSpec(
+        name=cfg.name,
+        version=cfg.version or 1,
+        architecture=cfg.arch,
+        encoder=cfg.encoder,
+        context_offsets=tuple(cfg.context),
+        input_size=(cfg.size, cfg.size),
+        normalisation=cfg.normalisation,
+        classes=classes,
+        activation="sigmoid" if ds.multilabel else "softmax",
+        description=cfg.description,
+    )
