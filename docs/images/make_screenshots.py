@@ -1,6 +1,10 @@
 """Regenerate the user-guide screenshots (run under Xvfb, e.g.
 ``xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python docs/images/make_screenshots.py``).
 
+The pictures show the route a user takes: the sample through File > Open Sample,
+the tools through Plugins > GI Seg > GI Seg (all tools) (napari's
+``add_plugin_dock_widget``, the same call the menu makes), in a 1366 x 768 window.
+
 Uses the default model when it is installed (``--model`` to choose), the CHAOS
 sample, and a throw-away ``NAPARI_GI_SEG_HOME`` so nothing is written to the user
 folder. Every picture is of the real widgets doing real work.
@@ -102,7 +106,7 @@ def main(argv=None) -> int:
     import numpy as np
 
     from napari_gi_seg._qt import _context as C
-    from napari_gi_seg.demo import open_demo_viewer
+    from napari_gi_seg._qt.demo import open_demo_viewer
     from napari_gi_seg.models.registry import ModelNotFoundError, get_entry
 
     try:
@@ -115,16 +119,15 @@ def main(argv=None) -> int:
 
     viewer, w = open_demo_viewer(model=args.model, device="cpu", start=False, show=True)
     qt_win = viewer.window._qt_window
-    qt_win.resize(1600, 1000)
-    docks = {name: w_.parent() for name, w_ in viewer.window.dock_widgets.items()}
+    qt_win.resize(1366, 768)
+    dock = w["GI Seg"]
     seg, cor, exp, ft = (w[k] for k in ("Segment", "Correct and review", "Export training data", "Fine-tune"))
 
-    def shot(name: str, dock: str | None = None) -> None:
-        if dock:
-            docks[dock].raise_()
+    def shot(name: str, tab: str) -> None:
+        dock.show_tab(tab)
         _settle(0.6)
         viewer.screenshot(str(out / name), canvas_only=False, flash=False)
-        print("wrote", out / name)
+        print("wrote", out / name, qt_win.width(), "x", qt_win.height())
 
     # 1. segmenting: take the picture while the worker is filling in slices
     seg.batch_spin.setValue(4)
@@ -136,25 +139,29 @@ def main(argv=None) -> int:
     z_best = int(np.argmax(liver))
     shot("segment_running.png", "Segment")
     _wait(lambda: not seg.is_running, 900)
+    _settle(0.5)
+    assert seg.status_label.text().startswith("Done:"), seg.status_label.text()
     C.set_current_slice(viewer, ctx.labels_layer, z_best)
     viewer.layers.selection.active = ctx.labels_layer
     shot("overview.png", "Segment")
 
-    # 2. correct and review: paint a fix, review a few slices, go to the least confident
+    # 2. correct and review: paint a fix with the brush, review a few slices
     cor.go_to(z_best - 3)
     for _ in range(4):
         cor.mark_reviewed_and_next()
-    yy, xx = np.mgrid[150:158, 60:68]
-    ctx.labels_layer.data_setitem((np.full(yy.size, cor.current_z()), yy.ravel(), xx.ravel()), 4)
-    ctx.labels_layer.mode = "paint"
-    shot("correct.png", "Correct and review")
+    lab = ctx.labels_layer
+    lab.mode = "paint"
+    lab.brush_size = 6
+    for x in range(60, 70, 2):
+        lab.paint((cor.current_z(), 150, x), 4)
+    shot("correct.png", "Correct")
 
     # 3. export the reviewed slices
     ds = work / "Dataset501_Corrections"
     exp.folder_edit.setText(str(ds))
     exp._update_summary()
     exp.export()
-    shot("export.png", "Export training data")
+    shot("export.png", "Export")
 
     # 4. fine-tune on the export (a short run), which selects the new model in Segment
     ft.refresh_models()

@@ -15,6 +15,10 @@ data tuples ``(data, kwargs, layer_type)``:
   series it references (found in the same folder or its parent; its geometry and
   DICOM reference come along, so Save Layer can write an RTSTRUCT again), ROI /
   segment names as ``metadata["class_names"]``.
+
+The manifest's ``filename_patterns`` list only the suffixes read here; folders
+(DICOM series, UW-Madison case-days) come through ``accepts_directories``, so a
+DICOM series whose files have no suffix is opened as its folder.
 """
 
 from __future__ import annotations
@@ -37,7 +41,26 @@ def napari_get_reader(path):
             return None
     except Exception:  # noqa: BLE001 - a reader hook must never raise
         return None
-    return lambda _path=paths: read_layers(_path)
+    return lambda _path=paths: _read_and_hook(_path)
+
+
+def _read_and_hook(paths) -> list[LayerData]:
+    """:func:`read_layers`, then the plugin's display rules on the viewer being
+    opened into (a reader gets no viewer: ``napari.current_viewer()``), so the scan
+    is shown radiologically and opened labels take the case's colours."""
+    layers = read_layers(paths)
+    hook_current_viewer()
+    return layers
+
+
+def hook_current_viewer() -> None:
+    """Install :func:`napari_gi_seg._qt._display.install_viewer_hooks` on the current
+    napari viewer, if napari with Qt is there (a no-op in headless use)."""
+    try:
+        from ._qt._display import hook_current_viewer as _hook
+    except ImportError:  # no Qt binding: nothing to display
+        return
+    _hook()
 
 
 def _labels_tuple(vol: Volume, name: str | None = None) -> LayerData:

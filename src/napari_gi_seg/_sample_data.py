@@ -71,7 +71,10 @@ def chaos_sample() -> list[tuple[Any, dict[str, Any], str]]:
 
     Image: ``(z, y, x)`` = (37, 256, 256) float32; labels uint8 0..4 with
     ``metadata["class_names"]`` = :data:`CHAOS_CLASS_NAMES`; ``scale`` = (7.7, 1.25,
-    1.25) mm; both carry the NIfTI affine in ``metadata``.
+    1.25) mm; both carry the NIfTI affine in ``metadata``. When a napari viewer is
+    open, the plugin's display rules are installed on it first, so the sample shows
+    radiologically (anterior up, patient right on screen left) with the organs in
+    the bundled model's colours.
     """
     from .io.nifti import read_nifti
 
@@ -81,4 +84,7 @@ def chaos_sample() -> list[tuple[Any, dict[str, Any], str]]:
     ikw, lkw = img.layer_kwargs(), lab.layer_kwargs()
     ikw.update(name="image_1", colormap="gray")
     lkw["name"] = "image_1 labels"
+    from ._reader import hook_current_viewer
+
+    hook_current_viewer()  # radiological display + the model's organ colours in the viewer
     return [(img.data, ikw, "image"), (lab.data, lkw, "labels")]

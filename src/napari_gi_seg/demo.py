@@ -51,11 +51,31 @@ def overlay_png(
     colours: dict[int, str],
     title: str = "",
     n_panels: int = 3,
+    orientation: tuple[str, str] | None = None,
+    class_names: dict[int, str] | None = None,
 ) -> Path:
     """Save ``n_panels`` axial slices (spread over the labelled range) with the
     prediction filled in the class colours and the ground truth as white contours.
-    ``image``/``labels``/``truth``: ``(z, y, x)``."""
+
+    Parameters
+    ----------
+    path: the PNG to write (atomically: temp file, then rename).
+    image, labels, truth: ``(z, y, x)`` image, predicted labels, manual labels (or ``None``).
+    colours: ``{label value: "#rrggbb"}``.
+    title: the figure's title.
+    n_panels: number of slices shown.
+    orientation: ``(vertical, horizontal)`` from
+        :func:`napari_gi_seg.evaluation.overlay.display_orientation`: the slices are shown
+        radiologically (anterior up, patient right on the left); ``None`` as stored.
+    class_names: ``{label value: organ}`` for the legend (default: ``"class <v>"``).
+
+    Returns
+    -------
+    ``path``.
+    """
     import matplotlib
+
+    from .evaluation.overlay import add_legend, to_display
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -68,19 +88,27 @@ def overlay_png(
     k = int(max(colours, default=0))
     cols = [(0, 0, 0, 0)] + [matplotlib.colors.to_rgba(colours.get(i, "#ffffff"), 0.45) for i in range(1, k + 1)]
     cmap = ListedColormap(cols)
-    fig, axes = plt.subplots(1, n_panels, figsize=(4 * n_panels, 4.3), dpi=100)
+    fig, axes = plt.subplots(1, n_panels, figsize=(4 * n_panels, 4.7), dpi=100)
     lo, hi = np.percentile(image, (0.5, 99.5))
     for ax, z in zip(np.atleast_1d(axes), picks):
-        ax.imshow(image[z], cmap="gray", vmin=lo, vmax=hi)
-        ax.imshow(np.where(labels[z] <= k, labels[z], 0), cmap=cmap, vmin=0, vmax=k, interpolation="nearest")
+        ax.imshow(to_display(image[z], orientation), cmap="gray", vmin=lo, vmax=hi)
+        lab = to_display(np.where(labels[z] <= k, labels[z], 0), orientation)
+        ax.imshow(lab, cmap=cmap, vmin=0, vmax=k, interpolation="nearest")
         if truth is not None:
-            for c in np.unique(truth[z]):
+            tz = to_display(truth[z], orientation)
+            for c in np.unique(tz):
                 if c:
-                    ax.contour(truth[z] == c, levels=[0.5], colors="white", linewidths=0.7)
+                    ax.contour(tz == c, levels=[0.5], colors="white", linewidths=0.7)
         ax.set_title(f"slice z={z}", fontsize=9)
         ax.axis("off")
+    if orientation is not None:
+        np.atleast_1d(axes)[0].text(
+            0.02, 0.5, "R", color="yellow", transform=np.atleast_1d(axes)[0].transAxes, fontsize=9, va="center"
+        )
+    names = class_names or {i: f"class {i}" for i in colours}
+    add_legend(fig, names, colours, {"manual (white contour)": "0.3"} if truth is not None else None)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     try:
         with atomic_path(path) as tmp:
             fig.savefig(tmp, format="png")
@@ -122,6 +150,8 @@ def run_headless(
         )[1]
     mean = float(np.mean(list(dice.values()))) if dice else float("nan")
     labels_path = write_nifti(image, out / f"{image.name}_segmentation.nii.gz", res.labels)
+    from .evaluation.overlay import display_orientation
+
     overlay = overlay_png(
         out / f"{image.name}_overlay.png",
         image.data,
@@ -129,6 +159,8 @@ def run_headless(
         truth,
         {c.index: c.colour for c in spec.classes},
         title=f"{entry.key} on CHAOS T2-SPIR patient 1: mean Dice {mean:.3f} (fill: model, white: manual)",
+        orientation=display_orientation(image),
+        class_names={c.index: c.name for c in spec.classes},
     )
     result = {
         "model": entry.key,

@@ -38,22 +38,3 @@ def segmented(qtbot, chaos_image_layer, tiny_key):
     seg.device_combo.setCurrentText("cpu")
     seg.run_sync()
     return viewer, layer, seg, cor
-
-
-def qt_binding_leaks_none(n: int = 200) -> bool:
-    """True when the Qt binding drops a reference to ``None`` on every call of a
-    void method (PySide6 6.12.0 on Python 3.11: ``QLabel.setText`` x 6,500 aborts
-    the interpreter with ``none_dealloc``; Python >= 3.12 has an immortal None).
-    Needs a QApplication."""
-    import sys
-
-    from qtpy.QtWidgets import QLabel
-
-    if sys.version_info >= (3, 12):
-        return False
-    lab = QLabel()
-    before = sys.getrefcount(None)
-    for _ in range(n):
-        lab.setText("x")
-    lab.deleteLater()
-    return before - sys.getrefcount(None) >= n * 0.9

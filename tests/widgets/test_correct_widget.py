@@ -147,8 +147,8 @@ def test_autosave_and_restore_in_new_viewer(qtbot, segmented, make_napari_viewer
     layer = ctx.labels_layer
     layer.data_setitem((np.array([15, 15]), np.array([3, 4]), np.array([3, 3])), 3)
     ctx.tracker.mark_reviewed(15)
-    assert cor.autosave_now() is not None  # dirty after the edit
-    assert cor.autosave_now() is None  # nothing changed since
+    assert cor.autosave_now(wait=True) is not None  # dirty after the edit
+    assert cor.autosave_now(wait=True) is None  # nothing changed since
     from napari_gi_seg.curation.session import SessionStore, image_fingerprint
 
     fp = image_fingerprint(np.asarray(image_layer.data))

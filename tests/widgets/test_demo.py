@@ -58,3 +58,26 @@ def test_gui_demo_docks_widgets_and_segments(qtbot, tiny_key, monkeypatch):
         assert widgets["Correct and review"].context is seg.context
     finally:
         viewer.close()
+
+
+def test_overlays_are_radiological_in_both_storage_orders(chaos_volumes):
+    """The PNG overlays (demo, evaluate) flip a slice as napari's camera does: on the
+    real manual labels the liver (patient right) is left of the spleen and above
+    (anterior to) the kidneys, whether the scan is stored x -> L, y -> A or reversed."""
+    from napari_gi_seg.evaluation.overlay import display_orientation, to_display
+    from napari_gi_seg.io.volume import Volume
+
+    image, truth = chaos_volumes
+    flip = np.diag([-1.0, -1.0, 1.0, 1.0])
+    flip[0, 3], flip[1, 3] = image.shape[2] - 1, image.shape[1] - 1
+    stored_reversed = Volume(image.data[:, ::-1, ::-1], image.spacing_mm, image.affine @ flip, image.index_order, {})
+    for vol, lab in ((image, truth.data), (stored_reversed, truth.data[:, ::-1, ::-1])):
+        shown = to_display(lab[24], display_orientation(vol))
+        rows, cols = {}, {}
+        for c in (1, 2, 3, 4):
+            r, k = np.nonzero(shown == c)
+            rows[c], cols[c] = r.mean(), k.mean()
+        assert cols[1] < cols[4]  # liver left of spleen: patient right on the picture's left
+        assert rows[1] < (rows[2] + rows[3]) / 2  # anterior up
+    no_frame = Volume(image.data, image.spacing_mm, image.affine, (2, 1, 0), {"coordinate_system": "none"})
+    assert display_orientation(no_frame) is None

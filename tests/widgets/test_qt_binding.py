@@ -9,7 +9,7 @@ Python >= 3.12), instead of napari crashing in a clinician's hands.
 
 from __future__ import annotations
 
-from conftest import qt_binding_leaks_none
+from widget_helpers import qt_binding_leaks_none
 
 
 def test_qt_binding_keeps_none_refcount(qapp):

@@ -3,16 +3,31 @@
 A *case* is one image layer with the editable Labels layer made for it. Its
 :class:`CaseContext` keeps what the widgets need beside the layers: the model's
 class names and colours (from the model spec, never hard-coded), the model's own
-prediction (a hidden Labels layer), the per-class probabilities ``(C, z, y, x)``
-float16, and the per-slice review state (:class:`napari_gi_seg.curation.review.ReviewTracker`).
+prediction (a hidden Labels layer), the per-slice model uncertainty ``(z,)`` and
+the per-slice review state (:class:`napari_gi_seg.curation.review.ReviewTracker`).
+
+The case owns its edits whichever widgets are docked: it listens to its Labels
+layer's ``paint`` event (napari's brush, fill, erase, polygon and every
+``data_setitem``), so a clinician's stroke marks the slice EDITED even with only
+the Segment widget docked. Writes of the model are made inside
+:meth:`CaseContext.model_writing` and are not counted as edits.
+
+napari hands widgets docked from the Plugins menu (or ``add_plugin_dock_widget``,
+``napari -w``) a ``PublicOnlyProxy`` of the viewer, whose layers are proxies made
+afresh on every access; everything here works on the real objects behind them
+(:func:`unwrap`), so the weak references below point at real layers.
 
 Plain facts (class names, model key, geometry) also go into the Labels layer's
 ``metadata`` so that writers and the session store see them; runtime objects
-(probabilities, tracker) live only here, keyed weakly by the Labels layer.
+(uncertainty, tracker) live only here, keyed weakly by the (real) Labels layer.
+
+The display rules every route shares (radiological camera, styling of opened
+labels) are in :mod:`._display`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import weakref
 from typing import Any
 
@@ -29,6 +44,28 @@ _CONTEXTS: weakref.WeakKeyDictionary[Any, CaseContext] = weakref.WeakKeyDictiona
 _WIDGETS: dict[int, list[weakref.ref]] = {}
 
 
+def unwrap(obj):
+    """The real napari object behind napari's ``PublicOnlyProxy`` (the viewer and
+    layers a menu-docked widget receives); other objects unchanged.
+
+    Parameters
+    ----------
+    obj:
+        A viewer, layer or anything else.
+
+    Returns
+    -------
+    The wrapped object (recursively), or ``obj``.
+    """
+    try:
+        from napari.utils._proxies import PublicOnlyProxy
+    except ImportError:  # pragma: no cover - napari moved it
+        return obj
+    while isinstance(obj, PublicOnlyProxy):
+        obj = obj.__wrapped__
+    return obj
+
+
 class CaseContext:
     """Runtime state of one case (one image + its editable labels).
 
@@ -43,8 +80,12 @@ class CaseContext:
         ``{label value: "#rrggbb"}`` for the foreground classes.
     model_key:
         ``"name:version"`` of the model that produced the prediction, or ``None``.
-    probs:
-        ``(C, z, y, x)`` float16 probabilities of the last run, or ``None``.
+    activation:
+        ``"softmax"`` or ``"sigmoid"``: the model's output activation.
+    slice_uncertainty:
+        ``(z,)`` float32 per-slice uncertainty of the last runs
+        (:func:`napari_gi_seg.curation.review.slice_uncertainty`, computed in the
+        segmentation worker), NaN for slices never segmented; ``None`` before a run.
     tracker:
         :class:`~napari_gi_seg.curation.review.ReviewTracker` with one state per slice.
 
@@ -64,6 +105,7 @@ class CaseContext:
     ):
         from ..curation.review import ReviewTracker
 
+        image_layer, labels_layer = unwrap(image_layer), unwrap(labels_layer)
         self._image_ref = weakref.ref(image_layer)
         self._labels_ref = weakref.ref(labels_layer)
         self._prediction_ref: weakref.ref | None = None
@@ -71,8 +113,11 @@ class CaseContext:
         self.class_names.setdefault(0, "background")
         self.colours = dict(colours or {})
         self.model_key = model_key
-        self.probs: np.ndarray | None = None
+        self.activation = "softmax"
+        self.slice_uncertainty: np.ndarray | None = None
         self.tracker = ReviewTracker(int(labels_layer.data.shape[0]))
+        self._model_writes = 0
+        labels_layer.events.paint.connect(self._on_paint)
         #: True for the editable layer the widgets made (Segment, restore); False for
         #: a Labels layer opened from a file and adopted (e.g. manual ground truth),
         #: which Segment never writes into.
@@ -93,7 +138,28 @@ class CaseContext:
 
     @prediction_layer.setter
     def prediction_layer(self, layer) -> None:
-        self._prediction_ref = weakref.ref(layer) if layer is not None else None
+        self._prediction_ref = weakref.ref(unwrap(layer)) if layer is not None else None
+
+    # ------------------------------------------------------------------ edits
+    @contextlib.contextmanager
+    def model_writing(self):
+        """Within this block, writes into the Labels layer are the model's, not
+        the clinician's: their ``paint`` events do not mark slices EDITED."""
+        self._model_writes += 1
+        try:
+            yield self
+        finally:
+            self._model_writes -= 1
+
+    def _on_paint(self, event) -> None:
+        """A paint/fill/erase/``data_setitem`` on the Labels layer: mark the touched
+        slices EDITED (unless the model is writing) and emit :attr:`changed`."""
+        if self._model_writes:
+            return
+        zs = slices_from_paint(getattr(event, "value", None), self.tracker.n_slices)
+        if zs:
+            self.tracker.mark_edited(sorted(zs))
+            self.changed.emit()
 
     @property
     def prediction(self) -> np.ndarray | None:
@@ -113,31 +179,68 @@ class CaseContext:
         return image_fingerprint(np.asarray(self.image_layer.data))
 
     def uncertainty(self) -> np.ndarray | None:
-        """``(z,)`` float32 per-slice uncertainty from :attr:`probs`, or ``None``."""
-        if self.probs is None:
-            return None
-        from ..curation.review import slice_uncertainty
-
-        return slice_uncertainty(self.probs)
+        """``(z,)`` float32 per-slice uncertainty (NaN: never segmented), or ``None``."""
+        return self.slice_uncertainty
 
     def uncertainty_at(self, z: int) -> float | None:
-        """Uncertainty of slice ``z`` only (cheap enough for every slice change)."""
-        if self.probs is None:
+        """Uncertainty of slice ``z``, or ``None`` when it was never segmented."""
+        u = self.slice_uncertainty
+        if u is None or not 0 <= int(z) < u.shape[0] or not np.isfinite(u[int(z)]):
             return None
-        from ..curation.review import slice_uncertainty
+        return float(u[int(z)])
 
-        return float(slice_uncertainty(self.probs[:, int(z) : int(z) + 1])[0])
+    def set_uncertainty(self, zs, values) -> None:
+        """Store the uncertainty of slices ``zs`` (``(n,)`` values) in the ``(z,)`` array."""
+        n = self.tracker.n_slices
+        if self.slice_uncertainty is None or self.slice_uncertainty.shape != (n,):
+            self.slice_uncertainty = np.full(n, np.nan, dtype=np.float32)
+        self.slice_uncertainty[np.asarray(zs, dtype=int)] = np.asarray(values, dtype=np.float32)
+
+
+def slices_from_paint(item, n_slices: int) -> set[int]:
+    """Slice indices (z) touched by one napari paint history item.
+
+    Parameters
+    ----------
+    item:
+        The ``value`` of a Labels layer's ``paint`` event: a list of history atoms,
+        either ``_MaskedPaintAtom`` objects with a ``slice_key`` bounding box (brush,
+        fill, erase, polygon) or ``(indices, before, after)`` tuples (``data_setitem``).
+    n_slices:
+        Number of slices ``z`` of the layer.
+
+    Returns
+    -------
+    The set of touched ``z`` in ``0..n_slices-1``.
+    """
+    zs: set[int] = set()
+    for atom in item or []:
+        key = getattr(atom, "slice_key", None)
+        if key is not None:
+            s = key[0]
+            if isinstance(s, slice):
+                zs.update(range(*s.indices(n_slices)))
+            else:
+                zs.add(int(s))
+            continue
+        try:
+            idx = atom[0]
+            zs.update(int(v) for v in np.unique(np.asarray(idx[0])))
+        except (TypeError, IndexError):
+            continue
+    return {z for z in zs if 0 <= z < n_slices}
 
 
 def get_context(labels_layer) -> CaseContext | None:
     """The context of a Labels layer made by the widgets, or ``None``."""
     if labels_layer is None:
         return None
-    return _CONTEXTS.get(labels_layer)
+    return _CONTEXTS.get(unwrap(labels_layer))
 
 
 def set_context(labels_layer, ctx: CaseContext) -> None:
-    _CONTEXTS[labels_layer] = ctx
+    """Attach ``ctx`` to (the real layer behind) ``labels_layer``."""
+    _CONTEXTS[unwrap(labels_layer)] = ctx
 
 
 def class_names_from_layer(layer) -> dict[int, str]:
@@ -220,6 +323,7 @@ def refresh_labels_combo(viewer, combo, event=None) -> None:
 def find_case(viewer, image_layer=None, labels_layer=None) -> CaseContext | None:
     """The case the widgets made for ``image_layer`` (its ``"<image> segmentation"``
     layer), or the context of ``labels_layer``; ``None`` if there is none."""
+    viewer, image_layer = unwrap(viewer), unwrap(image_layer)
     if labels_layer is not None:
         return get_context(labels_layer)
     for lyr in viewer.layers:
@@ -235,6 +339,7 @@ def ensure_case(
     """The case for ``image_layer``, creating its editable Labels layer
     (``"<image> labels"``, same shape, scale, translate and geometry metadata) when
     there is none. An existing case adopts the new classes when they differ."""
+    viewer, image_layer = unwrap(viewer), unwrap(image_layer)
     ctx = find_case(viewer, image_layer)
     if ctx is None:
         shape = tuple(image_layer.data.shape)
@@ -269,6 +374,7 @@ def ensure_case(
 
 def ensure_prediction_layer(viewer, ctx: CaseContext):
     """The hidden ``"<image> prediction"`` Labels layer of a case (created on demand)."""
+    viewer = unwrap(viewer)
     layer = ctx.prediction_layer
     if layer is None or layer not in viewer.layers:
         img = ctx.image_layer
@@ -291,7 +397,13 @@ def ensure_prediction_layer(viewer, ctx: CaseContext):
 def adopt_labels_layer(viewer, labels_layer) -> CaseContext | None:
     """Make a context for a Labels layer the widgets did not create (e.g. opened
     from a file): its image is the layer named in its metadata, else the first 3D
-    image of the same shape. ``None`` when no image matches."""
+    image of the same shape. ``None`` when no image matches.
+
+    Class names come from the layer (``metadata['class_names']`` or ``features``);
+    colours from the case already made for the same image when the names agree
+    (labels opened beside a model-segmented scan look like the model's), else from
+    a registered model that knows the names (:func:`colours_for_names`)."""
+    viewer, labels_layer = unwrap(viewer), unwrap(labels_layer)
     ctx = get_context(labels_layer)
     if ctx is not None:
         return ctx
@@ -302,16 +414,65 @@ def adopt_labels_layer(viewer, labels_layer) -> CaseContext | None:
     ]
     if not match:
         return None
-    names = class_names_from_layer(labels_layer)
-    if not names:
-        present = [int(v) for v in np.unique(np.asarray(labels_layer.data)) if v != 0]
-        names = {0: "background", **{v: f"label {v}" for v in present}}
-    from ..models.spec import DEFAULT_COLOURS
-
-    colours = {k: DEFAULT_COLOURS[k % len(DEFAULT_COLOURS)] for k in names if k}
+    names, colours = case_style_for(viewer, labels_layer, match[0])
     ctx = CaseContext(match[0], labels_layer, names, colours, labels_layer.metadata.get("model_key"))
     set_context(labels_layer, ctx)
+    style_labels_layer(labels_layer, ctx.class_names, ctx.colours)
     return ctx
+
+
+def colours_for_names(names: dict[int, str]) -> dict[int, str]:
+    """``{value: "#rrggbb"}`` for ``{value: name}``: each organ in the colour a
+    registered model gives it (the default model first), else a distinct default."""
+    from ..models.spec import DEFAULT_COLOURS
+
+    by_name: dict[str, str] = {}
+    try:
+        from ..models.registry import DEFAULT_MODEL, list_models
+
+        entries = sorted(list_models(), key=lambda e: e.name != DEFAULT_MODEL)
+        for e in entries:
+            try:
+                for c in e.spec().classes:
+                    by_name.setdefault(c.name, c.colour)
+            except ValueError:
+                continue
+    except Exception:  # noqa: BLE001 - a broken registry must not stop styling
+        pass
+    return {int(k): by_name.get(v, DEFAULT_COLOURS[int(k) % len(DEFAULT_COLOURS)]) for k, v in names.items() if k}
+
+
+def case_style_for(viewer, labels_layer, image_layer=None) -> tuple[dict[int, str], dict[int, str]]:
+    """``(class_names, colours)`` for a Labels layer the widgets did not make.
+
+    A case made by Segment for ``image_layer`` (or for an image of the same shape)
+    lends its names and colours when the layer has no names of its own or the same
+    names; otherwise the layer's names with :func:`colours_for_names`. Unnamed
+    values become ``"label <v>"``."""
+    viewer = unwrap(viewer)
+    names = class_names_from_layer(labels_layer)
+    shape = tuple(labels_layer.data.shape)
+    cases = [
+        c
+        for c in (_CONTEXTS.get(lyr) for lyr in viewer.layers)
+        if c is not None and c.made_here and c.labels_layer is not labels_layer
+    ]
+    cases = [c for c in cases if c.image_layer is image_layer] + [
+        c for c in cases if c.image_layer is not image_layer and tuple(c.labels_layer.data.shape) == shape
+    ]
+    for c in cases:
+        fg = {k: v for k, v in names.items() if k}
+        if not fg or set(fg.values()) <= set(c.foreground_names.values()):
+            if not fg or all(c.class_names.get(k) == v for k, v in fg.items()):
+                return dict(c.class_names), dict(c.colours)
+            # same organs, other values: keep the layer's values, the case's colours
+            by_name = {v: c.colours.get(k) for k, v in c.class_names.items()}
+            return {0: "background", **fg}, {k: by_name.get(v) or "#ffffff" for k, v in fg.items()}
+    if not names:
+        present = [int(v) for v in np.unique(np.asarray(labels_layer.data)) if v != 0]
+        names = {v: f"label {v}" for v in present}
+    names = {0: "background", **{k: v for k, v in names.items() if k}}
+    return names, colours_for_names(names)
 
 
 def current_slice(viewer, layer) -> int:
@@ -334,15 +495,20 @@ def set_current_slice(viewer, layer, z: int) -> None:
 
 # ---------------------------------------------------------------- widget registry
 def register_widget(viewer, widget) -> None:
-    """Remember a dock widget of ``viewer`` so sibling widgets can find it."""
+    """Remember a dock widget of ``viewer`` so sibling widgets can find it (and
+    install the viewer's display rules, :func:`install_viewer_hooks`)."""
+    viewer = unwrap(viewer)
     refs = [r for r in _WIDGETS.get(id(viewer), []) if r() is not None]
     refs.append(weakref.ref(widget))
     _WIDGETS[id(viewer)] = refs
+    from ._display import install_viewer_hooks
+
+    install_viewer_hooks(viewer)
 
 
 def find_widget(viewer, cls):
     """The most recently created live widget of class ``cls`` in ``viewer``, or ``None``."""
-    for r in reversed(_WIDGETS.get(id(viewer), [])):
+    for r in reversed(_WIDGETS.get(id(unwrap(viewer)), [])):
         w = r()
         if w is not None and isinstance(w, cls):
             try:

@@ -50,31 +50,20 @@ SHORTCUTS = {
 _STATE_NAMES = ("unseen", "predicted", "edited", "reviewed")
 
 
-def _slices_from_paint(item, n_slices: int) -> set[int]:
-    """Slice indices (z) touched by one napari paint history item (list of atoms:
-    ``_MaskedPaintAtom`` with a ``slice_key`` bounding box, or the
-    ``(indices, before, after)`` tuples of ``data_setitem``)."""
-    zs: set[int] = set()
-    for atom in item or []:
-        key = getattr(atom, "slice_key", None)
-        if key is not None:
-            s = key[0]
-            if isinstance(s, slice):
-                zs.update(range(*s.indices(n_slices)))
-            else:
-                zs.add(int(s))
-            continue
-        try:
-            idx = atom[0]
-            zs.update(int(v) for v in np.unique(np.asarray(idx[0])))
-        except (TypeError, IndexError):
-            continue
-    return {z for z in zs if 0 <= z < n_slices}
+#: kept for callers of the old private name; the case owns paint tracking now
+_slices_from_paint = C.slices_from_paint
 
 
 def _flush_autosavers(autosavers: list) -> None:
-    """Save every dirty case (called on close; must not reference the widget)."""
+    """Save every dirty case (called on close; must not reference the widget).
+    A save still being written in a worker is waited for (up to 10 s) first, so
+    an older snapshot never lands after this newer one."""
+    import time
+
     for a in list(autosavers):
+        t_end = time.monotonic() + 10.0
+        while getattr(a, "writing", False) and time.monotonic() < t_end:
+            time.sleep(0.01)
         try:
             if a.dirty:
                 a.save_now()
@@ -87,22 +76,28 @@ class CorrectWidget(QWidget):
 
     def __init__(self, napari_viewer, parent=None):
         super().__init__(parent)
-        self.viewer = napari_viewer
+        self.viewer = C.unwrap(napari_viewer)  # the real viewer, also when napari hands a proxy
         self._ctx: C.CaseContext | None = None
-        self._paint_layer = None
+        self._save_worker = None
         self._autosavers: dict[int, object] = {}  # id(ctx) -> Autosaver
         self._autosaver_list: list = []  # same objects, for the close hook
         self._asked: set[str] = set()  # fingerprints already offered for restore
 
         self.labels_combo = QComboBox()
         self.class_combo = QComboBox()
+        for c in (self.labels_combo, self.class_combo):  # long layer names must not widen the dock
+            c.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
+            c.setMinimumContentsLength(10)
         self.z_from = QSpinBox()
         self.z_to = QSpinBox()
         self.from_here = QPushButton("here")
         self.to_here = QPushButton("here")
-        rng = QHBoxLayout()
-        for w in (QLabel("from"), self.z_from, self.from_here, QLabel("to"), self.z_to, self.to_here):
-            rng.addWidget(w)
+        row_from, row_to = QHBoxLayout(), QHBoxLayout()
+        for row, w in ((row_from, (self.z_from, self.from_here)), (row_to, (self.z_to, self.to_here))):
+            for x in w:
+                row.addWidget(x)
+        for b in (self.from_here, self.to_here):
+            b.setToolTip("take the slice shown")
         self.scope_combo = QComboBox()
         self.scope_combo.addItems(["current slice", "range"])
         self.area_spin = QDoubleSpinBox()
@@ -114,7 +109,8 @@ class CorrectWidget(QWidget):
         self.sigma_spin.setValue(1.5)
         self.sigma_spin.setSuffix(" mm")
 
-        self.interp_button = QPushButton("Interpolate class between 'from' and 'to'")
+        self.interp_button = QPushButton("Interpolate from -> to")
+        self.interp_button.setToolTip("Shape-based interpolation of the class between the 'from' and 'to' slices")
         self.fill_button = QPushButton("Fill holes")
         self.islands_button = QPushButton("Remove islands <")
         self.smooth_button = QPushButton("Smooth, sigma")
@@ -122,7 +118,8 @@ class CorrectWidget(QWidget):
         tools = QFormLayout()
         tools.addRow("labels", self.labels_combo)
         tools.addRow("class", self.class_combo)
-        tools.addRow("slices", rng)
+        tools.addRow("from", row_from)
+        tools.addRow("to", row_to)
         tools.addRow(self.interp_button)
         tools.addRow("scope", self.scope_combo)
         tools.addRow(self.fill_button)
@@ -233,15 +230,6 @@ class CorrectWidget(QWidget):
             self._ctx = ctx
             if ctx is not None:
                 ctx.changed.connect(self._on_ctx_changed)
-        if self._paint_layer is not None and self._paint_layer is not layer:
-            try:
-                self._paint_layer.events.paint.disconnect(self._on_paint)
-            except (TypeError, ValueError, RuntimeError):
-                pass
-            self._paint_layer = None
-        if layer is not None and ctx is not None and self._paint_layer is None:
-            layer.events.paint.connect(self._on_paint)
-            self._paint_layer = layer
         self._refresh_classes()
         self._update_state()
 
@@ -282,16 +270,6 @@ class CorrectWidget(QWidget):
             self._update_state()
 
     # ------------------------------------------------------------------ edits
-    def _on_paint(self, event) -> None:
-        ctx = self._ctx
-        if ctx is None:
-            return
-        zs = _slices_from_paint(getattr(event, "value", None), ctx.tracker.n_slices)
-        if zs:
-            ctx.tracker.mark_edited(sorted(zs))
-            self._mark_dirty(ctx)
-            ctx.changed.emit()
-
     def _scope_slices(self) -> list[int]:
         if self.scope_combo.currentText() == "range":
             a, b = sorted((self.z_from.value(), self.z_to.value()))
@@ -315,7 +293,7 @@ class CorrectWidget(QWidget):
         if corr.is_empty:
             show_info(f"{corr.description or 'correction'}: nothing to change")
             return corr
-        layer.data_setitem(corr.changed_coords(), corr.changed_values())  # -> paint event -> EDITED
+        layer.data_setitem(corr.changed_coords(), corr.changed_values())  # -> paint event -> case marks EDITED
         return corr
 
     def _spacing(self, ctx) -> tuple[float, float, float]:
@@ -388,7 +366,9 @@ class CorrectWidget(QWidget):
 
     def go_least_confident(self) -> int | None:
         """Show the unreviewed slice where the model is least sure (highest mean
-        normalised entropy, :func:`napari_gi_seg.curation.review.slice_uncertainty`)."""
+        normalised entropy, :func:`napari_gi_seg.curation.review.slice_uncertainty`,
+        computed per slice by the segmentation worker; here only an argmax over
+        ``(z,)`` values)."""
         from napari.utils.notifications import show_info
 
         ctx = self._ctx
@@ -432,11 +412,14 @@ class CorrectWidget(QWidget):
 
     def _state_of(self, ctx):
         """Everything a session holds for ``ctx`` (called by the Autosaver)."""
+        u = ctx.slice_uncertainty
         info = {
             "image_name": ctx.image_layer.name if ctx.image_layer is not None else None,
             "class_names": {str(k): v for k, v in ctx.class_names.items()},
             "colours": {str(k): v for k, v in ctx.colours.items()},
             "model_key": ctx.model_key,
+            "activation": ctx.activation,
+            "uncertainty": None if u is None else [None if not np.isfinite(v) else round(float(v), 5) for v in u],
         }
         return {
             "labels": np.asarray(ctx.labels_layer.data),
@@ -453,6 +436,10 @@ class CorrectWidget(QWidget):
             a = Autosaver(self._store(), ctx.fingerprint(), lambda ctx=ctx: self._state_of(ctx))
             self._autosavers[id(ctx)] = a
             self._autosaver_list.append(a)
+            # the snapshot buffers are allocated off the GUI thread, before the first save
+            from napari.qt.threading import create_worker
+
+            create_worker(a.prepare_buffers, tuple(ctx.labels_layer.data.shape), _start_thread=True)
         return a
 
     def _mark_dirty(self, ctx) -> None:
@@ -461,26 +448,69 @@ class CorrectWidget(QWidget):
         except Exception as e:  # noqa: BLE001 - bookkeeping must not break editing
             self.session_label.setText(f"autosave unavailable: {e}")
 
-    def autosave_now(self, force: bool = False):
+    def autosave_now(self, force: bool = False, wait: bool = False):
         """Save the selected case if it changed since the last save (``force``:
-        always). Returns the session folder or ``None``."""
+        always).
+
+        The GUI thread only copies the arrays (:meth:`Autosaver.snapshot`); the
+        compression, fsync and rename run in a napari ``thread_worker``
+        (:meth:`Autosaver.write`). With ``wait`` (or ``NAPARI_GI_SEG_SYNC=1``) the
+        write runs here and the session file is returned. Returns the worker
+        (started) or the file; ``None`` when there was nothing to save or a save is
+        still being written (the case stays dirty; the next tick saves it)."""
+        from ..curation.session import Autosaver  # noqa: F401 - documents the type
+        from .segment_widget import SYNC_ENV
+
         ctx = self._ctx
         if ctx is None or ctx.labels_layer is None or ctx.image_layer is None:
             return None
         a = self._autosaver(ctx)
         if not (force or a.dirty):
             return None
-        try:
-            path = a.save_now()
-        except OSError as e:
-            from napari.utils.notifications import show_error
-
-            show_error(f"Autosave failed: {e}")
+        if self._save_worker is not None:
+            a.mark_dirty()
             return None
+        try:
+            snap = a.snapshot()
+        except (OSError, ValueError) as e:
+            self.session_label.setText(f"autosave unavailable: {e}")
+            return None
+        if wait or os.environ.get(SYNC_ENV, "") not in ("", "0"):
+            try:
+                path = a.write(snap)
+            except (OSError, ValueError) as e:
+                self._save_failed(e)
+                return None
+            self._saved(path)
+            return path
+        from napari.qt.threading import create_worker
+
+        worker = create_worker(a.write, snap, _start_thread=False)
+        worker.returned.connect(self._saved)
+        worker.errored.connect(self._save_failed)
+        worker.finished.connect(self._save_done)
+        self._save_worker = worker
+        worker.start()
+        return worker
+
+    def _saved(self, path) -> None:
         from datetime import datetime
 
         self.session_label.setText(f"saved {datetime.now():%H:%M:%S}")
-        return path
+
+    def _save_failed(self, exc) -> None:
+        from napari.utils.notifications import show_error
+
+        show_error(f"Autosave failed: {exc}")
+        self.session_label.setText(f"autosave failed: {exc}")
+
+    def _save_done(self) -> None:
+        self._save_worker = None
+
+    @property
+    def is_saving(self) -> bool:
+        """True while a session file is being written in a worker."""
+        return self._save_worker is not None
 
     def offer_restore(self, image_layer) -> bool:
         """If a saved session exists for ``image_layer``'s pixels, ask whether to
@@ -540,6 +570,10 @@ class CorrectWidget(QWidget):
             pred = C.ensure_prediction_layer(self.viewer, ctx)
             pred.data = np.asarray(data.prediction, dtype=np.uint8)
         ctx.tracker = data.review
+        ctx.activation = info.get("activation") or ctx.activation
+        unc = info.get("uncertainty")
+        if isinstance(unc, list) and len(unc) == ctx.tracker.n_slices:
+            ctx.slice_uncertainty = np.array([np.nan if v is None else v for v in unc], dtype=np.float32)
         self.select_labels(ctx.labels_layer)
         self._autosaver(ctx)
         show_info(f"Restored the session of {image_layer.name} ({ctx.tracker.counts()['reviewed']} reviewed slices)")

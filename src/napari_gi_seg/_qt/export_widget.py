@@ -35,8 +35,10 @@ class ExportWidget(QWidget):
 
     def __init__(self, napari_viewer, parent=None):
         super().__init__(parent)
-        self.viewer = napari_viewer
+        self.viewer = C.unwrap(napari_viewer)  # the real viewer, also when napari hands a proxy
         self.labels_combo = QComboBox()
+        self.labels_combo.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
+        self.labels_combo.setMinimumContentsLength(10)  # long layer names must not widen the dock
         self.folder_edit = QLineEdit(str(default_dataset_dir()))
         self.browse_button = QPushButton("Browse...")
         row = QHBoxLayout()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from qtpy.QtCore import Qt, Signal
@@ -36,30 +37,73 @@ SCOPES = ("current slice", "range", "whole stack")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
+@dataclass
+class SliceBatch:
+    """What the worker hands the GUI thread for one batch of slices.
+
+    ``z``: ``(n,)`` slice indices; ``labels``: ``(n, y, x)`` uint8 model output;
+    ``uncertainty``: ``(n,)`` float32 per-slice uncertainty
+    (:func:`napari_gi_seg.curation.review.slice_uncertainty` with the model's
+    activation); ``done``/``total``: slices finished / requested.
+    """
+
+    z: np.ndarray
+    labels: np.ndarray
+    uncertainty: np.ndarray
+    done: int
+    total: int
+
+
+@dataclass
+class PostProcessed:
+    """The post-processing of a finished whole-stack run
+    (:func:`napari_gi_seg.engine.postprocess.postprocess_labels`): the voxels it
+    sets to background, as a ``(z, y, x)`` index tuple."""
+
+    removed: tuple
+
+
 def _run_model(
     data, model_key: str, slices: Sequence[int], device: str, tta: bool, batch_size: int, cancel
 ) -> Iterator:
-    """Load the model and yield :class:`~napari_gi_seg.engine.inference.BatchResult`
-    batches (runs in the worker thread)."""
+    """Load the model and yield a :class:`SliceBatch` per batch, then, when every
+    slice of the stack was segmented, one :class:`PostProcessed` (runs in the worker
+    thread: the uncertainty and the connected components are computed here, the
+    GUI thread only writes the results)."""
+    from ..curation.review import slice_uncertainty
     from ..engine.inference import iter_segment, resolve_device
+    from ..engine.postprocess import postprocess_labels
     from ..models.registry import load_model
 
     dev = resolve_device(device)
     spec, net = load_model(model_key, device=dev)
-    yield from iter_segment(
+    whole = sorted(set(int(z) for z in slices)) == list(range(data.shape[0]))
+    full = np.zeros(data.shape, dtype=np.uint8) if whole else None
+    done = 0
+    for b in iter_segment(
         data, spec, net, slices=slices, batch_size=batch_size, device=dev, tta=tta, return_probs=True, cancel=cancel
-    )
+    ):
+        unc = slice_uncertainty(np.moveaxis(b.probs, 1, 0), spec.activation)
+        if full is not None:
+            full[b.z] = b.labels
+        done = b.done
+        yield SliceBatch(z=np.asarray(b.z), labels=b.labels, uncertainty=unc, done=b.done, total=b.total)
+    if full is not None and done == data.shape[0] and not (cancel is not None and cancel()):
+        kept = postprocess_labels(full, spec)
+        yield PostProcessed(removed=np.nonzero(kept != full))
 
 
 class SegmentWidget(QWidget):
     """Dock widget: image layer, model (with its classes), device, scope, TTA, Run/Cancel.
 
-    Results go to ``"<image> labels"`` (editable, the model's class names and
-    colours, the image's scale) and to the hidden ``"<image> prediction"`` layer;
-    the ``(C, z, y, x)`` float16 probabilities are kept in the case context for
-    the uncertainty read-out of the Correct widget. Slices the clinician has
-    already edited or reviewed are not overwritten unless *Overwrite edited
-    slices* is ticked.
+    Results go to ``"<image> segmentation"`` (editable, the model's class names and
+    colours, the image's scale; written through napari's undo history) and to the
+    hidden ``"<image> prediction"`` layer; the worker computes the per-slice
+    uncertainty ``(z,)`` (kept in the case context for the Correct widget's
+    least-confident jump) and, after a whole-stack run, the same post-processing as
+    the CLI (:func:`napari_gi_seg.engine.postprocess.postprocess_labels`). Slices the
+    clinician has already edited or reviewed are not overwritten unless *overwrite
+    edited/reviewed slices* is ticked.
 
     Signals: ``run_finished(dict)`` with ``{"model": key, "slices": [...],
     "cancelled": bool}``.
@@ -69,7 +113,7 @@ class SegmentWidget(QWidget):
 
     def __init__(self, napari_viewer, parent=None):
         super().__init__(parent)
-        self.viewer = napari_viewer
+        self.viewer = C.unwrap(napari_viewer)  # the real viewer, also when napari hands a proxy
         self._worker = None
         self._progress = None
         self._ctx: C.CaseContext | None = None
@@ -80,6 +124,9 @@ class SegmentWidget(QWidget):
 
         self.image_combo = QComboBox()
         self.model_combo = QComboBox()
+        for c in (self.image_combo, self.model_combo):  # long layer names must not widen the dock
+            c.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
+            c.setMinimumContentsLength(10)
         self.classes_label = QLabel()
         self.classes_label.setWordWrap(True)
         self.device_combo = QComboBox()
@@ -107,7 +154,7 @@ class SegmentWidget(QWidget):
         self.status_label = QLabel("")
         self.status_label.setWordWrap(True)
 
-        form = QFormLayout()
+        form = self._form = QFormLayout()
         form.addRow("image", self.image_combo)
         form.addRow("model", self.model_combo)
         form.addRow("classes", self.classes_label)
@@ -243,14 +290,32 @@ class SegmentWidget(QWidget):
         if spec is None:
             self.classes_label.setText("")
             return
+        self._update_tta(spec)
         html = " ".join(f'<span style="color:{c.colour}">&#9632;</span>&nbsp;{c.name}' for c in spec.classes)
         self.classes_label.setText(
             html
             + f"<br><small>{spec.architecture}/{spec.encoder}, {spec.input_size[0]} px, 2.5D {list(spec.context_offsets)}</small>"
         )
 
+    def _update_tta(self, spec) -> None:
+        """Offer flip TTA only for a model trained with left-right flips."""
+        ok = bool(spec.flip_augmented)
+        if not ok:
+            self.tta_check.setChecked(False)
+        self.tta_check.setEnabled(ok)
+        self.tta_check.setToolTip(
+            "Average the prediction with that of the left-right mirrored slice (about 2x slower)."
+            if ok
+            else f"Unavailable: {spec.key} was trained without left-right flips, so a mirrored "
+            "abdomen is new to it and flip TTA would lower its accuracy (train with --flip-augment)."
+        )
+
     def _scope_changed(self, text: str) -> None:
-        self.range_row.setVisible(text == "range")
+        show = text == "range"
+        self.range_row.setVisible(show)
+        label = self._form.labelForField(self.range_row)
+        if label is not None:
+            label.setVisible(show)
 
     def target_slices(self) -> list[int]:
         """Slice indices (z) of the chosen scope for the selected image."""
@@ -310,9 +375,9 @@ class SegmentWidget(QWidget):
         colours = {c.index: c.colour for c in spec.classes}
         ctx = C.ensure_case(self.viewer, layer, spec.class_names, colours, model_key=key)
         C.ensure_prediction_layer(self.viewer, ctx)
-        shape = (spec.out_channels, *layer.data.shape)
-        if ctx.probs is None or ctx.probs.shape != shape:
-            ctx.probs = np.zeros(shape, dtype=np.float16)
+        if ctx.activation != spec.activation:
+            ctx.slice_uncertainty = None  # another kind of model: old figures do not compare
+        ctx.activation = spec.activation
         self.viewer.layers.selection.active = ctx.labels_layer
         self._ctx = ctx
         self._run_key = key
@@ -373,40 +438,74 @@ class SegmentWidget(QWidget):
         for w in (self.image_combo, self.model_combo, self.device_combo, self.scope_combo):
             w.setEnabled(not running)
 
+    def _kept_slices(self, ctx, zs) -> set[int]:
+        """Slices of ``zs`` a re-run must not overwrite (edited or reviewed), unless
+        *overwrite* is ticked."""
+        from ..curation.review import SliceState
+
+        if self.overwrite_check.isChecked():
+            return set()
+        return {int(i) for i in zs if ctx.tracker.states[int(i)] in (SliceState.EDITED, SliceState.REVIEWED)}
+
     def _on_batch(self, batch) -> None:
-        """Write one batch into the layers (main thread)."""
+        """Write one worker result into the layers (main thread).
+
+        The editable labels change through ``Labels.data_setitem`` (napari's undo
+        history: Ctrl-Z takes a batch back), only where the model's output differs,
+        inside :meth:`CaseContext.model_writing` so it does not count as an edit.
+        Edited and reviewed slices are skipped unless *overwrite* is ticked."""
         ctx = self._ctx
         if ctx is None or ctx.labels_layer is None:
             return
-        from ..curation.review import SliceState
-
+        if isinstance(batch, PostProcessed):
+            self._apply_postprocess(ctx, batch)
+            return
         z = [int(v) for v in batch.z]
-        # re-slice a layer only when the changed slices are on screen (3D view, or
-        # the current slice); other slices are read when the user scrolls to them
-        shown = self.viewer.dims.ndisplay == 3 or C.current_slice(self.viewer, ctx.labels_layer) in z
         pred = ctx.prediction_layer
         if pred is not None:
+            # the model's own record (hidden, not the clinician's): a plain write
             pred.data[z] = batch.labels
-            if shown and pred.visible:
+            if pred.visible and (self.viewer.dims.ndisplay == 3 or C.current_slice(self.viewer, pred) in z):
                 pred.refresh()
-        if batch.probs is not None and ctx.probs is not None:
-            ctx.probs[:, z] = np.moveaxis(batch.probs, 1, 0)
-        keep = (
-            set()
-            if self.overwrite_check.isChecked()
-            else {i for i in z if ctx.tracker.states[i] in (SliceState.EDITED, SliceState.REVIEWED)}
-        )
-        labels = ctx.labels_layer
-        for k, i in enumerate(z):
-            if i not in keep:
-                labels.data[i] = batch.labels[k]
-        if shown:
-            labels.refresh()
+        ctx.set_uncertainty(z, batch.uncertainty)
+        keep = self._kept_slices(ctx, z)
+        write = [k for k, i in enumerate(z) if i not in keep]
+        if write:
+            labels = ctx.labels_layer
+            zs = np.asarray([z[k] for k in write])
+            new = np.asarray(batch.labels)[write]
+            diff = np.asarray(labels.data)[zs] != new
+            kk, yy, xx = np.nonzero(diff)
+            if kk.size:
+                with ctx.model_writing():
+                    labels.data_setitem((zs[kk], yy, xx), new[kk, yy, xx])
         ctx.tracker.mark_predicted([i for i in z if i not in keep])
         self._done.extend(z)
         if self._progress is not None:
             self._progress.update(len(z))
-        self.status_label.setText(f"{batch.done}/{batch.total} slices segmented")
+        if self.is_running:  # a late batch never overwrites the final status
+            self.status_label.setText(f"{batch.done}/{batch.total} slices segmented")
+        ctx.changed.emit()
+
+    def _apply_postprocess(self, ctx, pp: PostProcessed) -> None:
+        """Set the voxels the post-processing removed to background, in the
+        prediction and (through the undo history) in the labels of the slices
+        this run wrote."""
+        idx = tuple(np.asarray(a) for a in pp.removed)
+        if idx[0].size == 0:
+            return
+        pred = ctx.prediction_layer
+        if pred is not None:
+            pred.data[idx] = 0
+            if pred.visible:
+                pred.refresh()
+        keep = self._kept_slices(ctx, np.unique(idx[0]))
+        if keep:
+            m = ~np.isin(idx[0], sorted(keep))
+            idx = tuple(a[m] for a in idx)
+        if idx[0].size:
+            with ctx.model_writing():
+                ctx.labels_layer.data_setitem(idx, 0)
         ctx.changed.emit()
 
     def _on_error(self, exc) -> None:
@@ -416,7 +515,7 @@ class SegmentWidget(QWidget):
         self.status_label.setText(f"Failed: {exc}")
 
     def _on_finished(self) -> None:
-        cancelled = len(self._done) < len(self._pending)
+        cancelled = len(set(self._done)) < len(set(self._pending))
         if self._progress is not None:
             self._progress.close()
             self._progress = None
@@ -425,7 +524,7 @@ class SegmentWidget(QWidget):
         if cancelled:
             self.status_label.setText(f"Cancelled: {len(self._done)}/{len(self._pending)} slices segmented (kept).")
         elif self._done:
-            self.status_label.setText(f"Done: {len(self._done)} slices with {self._run_key}.")
+            self.status_label.setText(f"Done: {len(set(self._done))} slices with {self._run_key}.")
         if self._ctx is not None and self._ctx.labels_layer is not None:
             self._ctx.labels_layer.refresh()
             self._ctx.changed.emit()

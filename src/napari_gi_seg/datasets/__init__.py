@@ -25,7 +25,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from .case import IGNORE_INDEX, Case, CaseRef, DatasetFormatError, SegDataset, fingerprint, split_groups
+from .case import (
+    IGNORE_INDEX,
+    Case,
+    CaseRef,
+    DatasetFormatError,
+    SegDataset,
+    as_multilabel,
+    fingerprint,
+    multilabel_target,
+    split_groups,
+)
 from .nifti_pairs import open_nifti_pairs
 from .nnunet import (
     NNUNET_FILE_ENDING,
@@ -81,6 +91,8 @@ __all__ = [
     "CaseRef",
     "DatasetFormatError",
     "SegDataset",
+    "as_multilabel",
+    "multilabel_target",
     "fingerprint",
     "split_groups",
     "LAYOUTS",

@@ -81,6 +81,61 @@ class SegDataset:
         )
 
 
+def multilabel_target(target: np.ndarray, n_classes: int) -> np.ndarray:
+    """Single-label targets as multi-label masks (for a sigmoid model).
+
+    Parameters
+    ----------
+    target:
+        ``(z, y, x)`` uint8 labels 0..K with :data:`IGNORE_INDEX` for unlabelled voxels
+        (e.g. an export of reviewed slices, :mod:`napari_gi_seg.curation.export`).
+    n_classes:
+        K, the number of foreground classes (channel ``k`` is label value ``k + 1``).
+
+    Returns
+    -------
+    ``(K, z, y, x)`` uint8 in {0, 1, IGNORE_INDEX}: channel ``k`` is 1 where the label
+    is ``k + 1``; an ignored voxel is ignored in **every** channel (nobody said which
+    organs are there), a labelled voxel is 0 in the channels of the other classes.
+
+    Raises
+    ------
+    ValueError
+        ``target`` is not 3D, or holds values above K other than the ignore label.
+    """
+    t = np.asarray(target)
+    if t.ndim != 3:
+        raise ValueError(f"single-label target must be (z, y, x), got shape {t.shape}")
+    k = int(n_classes)
+    bad = np.setdiff1d(np.unique(t), np.r_[np.arange(k + 1), IGNORE_INDEX])
+    if bad.size:
+        raise ValueError(f"target holds label values {bad.tolist()} outside 0..{k} and the ignore label")
+    ignore = t == IGNORE_INDEX
+    out = np.zeros((k, *t.shape), dtype=np.uint8)
+    for c in range(k):
+        out[c][t == c + 1] = 1
+        out[c][ignore] = IGNORE_INDEX
+    return out
+
+
+def as_multilabel(ds: SegDataset) -> SegDataset:
+    """The same dataset with its single-label targets loaded as multi-label masks
+    (:func:`multilabel_target`), so a sigmoid (multi-label) model can be trained or
+    fine-tuned on a single-label export. A multi-label dataset is returned as is."""
+    if ds.multilabel:
+        return ds
+    k = len(ds.class_names)
+
+    def converted(ref: CaseRef) -> CaseRef:
+        def load() -> Case:
+            c = ref.load()
+            return Case(c.case_id, c.group, c.image, multilabel_target(c.target, k))
+
+        return CaseRef(ref.case_id, ref.group, load)
+
+    return SegDataset(ds.root, ds.layout, list(ds.class_names), [converted(c) for c in ds.cases], True, ds.extra)
+
+
 def _natural_key(s: str):
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s)]
 

@@ -23,7 +23,7 @@ from ..models.spec import ModelSpec
 from ..progress import CancelCallback, ProgressCallback, emit
 from .domain import log_input_warnings
 from .frame import plan_frame
-from .postprocess import keep_largest_components
+from .postprocess import postprocess_labels
 from .preprocess import context_batch, normalise_intensity
 
 
@@ -336,7 +336,7 @@ def segment_volume(
     :mod:`napari_gi_seg.progress`). If ``cancel()`` turns True the
     run stops between batches and the result has ``cancelled=True`` with the
     finished slices filled in. ``postprocess``: when the whole stack was segmented,
-    apply :func:`keep_largest_components` for the spec's single-component classes.
+    apply :func:`~napari_gi_seg.engine.postprocess.postprocess_labels` (the step the widget uses too).
     ``precision``: the forward pass's number type (:func:`autocast_dtype`).
     """
     t0 = time.perf_counter()
@@ -354,7 +354,7 @@ def segment_volume(
         emit(progress, "segment", b.done, b.total)
     cancelled = len(seg) < total
     if postprocess and not cancelled and len(seg) == data.shape[0]:
-        labels = keep_largest_components(labels, spec)
+        labels = postprocess_labels(labels, spec)
     return SegmentationResult(
         labels=labels,
         probs=probs,

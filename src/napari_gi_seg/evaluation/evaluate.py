@@ -48,12 +48,15 @@ class Evaluation:
     ``summary``: JSON-ready dict (see :func:`evaluate_dataset`). ``slices``:
     ``{case_id: (image (y, x) float32, reference (y, x) uint8, prediction (y, x) uint8, z)}``,
     the mid slice of the reference organs per case, labels in model class indices
-    (for the report's overlay images).
+    (for the report's overlay images), flipped for display in the radiological
+    convention (:mod:`napari_gi_seg.evaluation.overlay`). ``class_names``:
+    ``{model index: organ}`` of the evaluated classes (the overlays' legend).
     """
 
     summary: dict
     slices: dict[str, tuple] = field(default_factory=dict)
     colours: dict[int, str] = field(default_factory=dict)
+    class_names: dict[int, str] = field(default_factory=dict)
 
 
 def match_classes(
@@ -183,6 +186,7 @@ def evaluate_dataset(
     """
     from ..engine.inference import resolve_device, segment_volume
     from ..models import registry
+    from .overlay import display_orientation, to_display
 
     t0 = time.time()
     if loaded_model is not None:
@@ -227,7 +231,13 @@ def evaluate_dataset(
         for k, m in enumerate(matches):
             ref2[(refm[k, z] == 1)] = m.model_index
             pred2[pred[k, z] != 0] = m.model_index
-        slices[c.case_id] = (np.asarray(c.image.data[z], np.float32), ref2, pred2, z)
+        orient = display_orientation(c.image)  # stored as shown: radiological
+        slices[c.case_id] = (
+            np.ascontiguousarray(to_display(np.asarray(c.image.data[z], np.float32), orient)),
+            np.ascontiguousarray(to_display(ref2, orient)),
+            np.ascontiguousarray(to_display(pred2, orient)),
+            z,
+        )
     agg = aggregate(per_case)
     summary = {
         "model": spec.key,
@@ -246,7 +256,9 @@ def evaluate_dataset(
         "seconds": round(time.time() - t0, 2),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    return Evaluation(summary, slices, {c.index: c.colour for c in spec.classes})
+    return Evaluation(
+        summary, slices, {c.index: c.colour for c in spec.classes}, {m.model_index: m.name for m in matches}
+    )
 
 
 # ----------------------------------------------------------------- output
@@ -395,9 +407,14 @@ def plot_overlay(
     title: str,
     path: Path,
     class_colours: dict[int, str] | None = None,
+    class_names: dict[int, str] | None = None,
 ) -> None:
-    """Two panels of one ``(y, x)`` slice: reference and prediction labels over the image."""
+    """Two panels of one ``(y, x)`` slice (already oriented for display):
+    reference and prediction labels over the image, a legend of ``class_names``
+    ``{model index: organ}`` in their colours below."""
     import matplotlib
+
+    from .overlay import add_legend
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -412,8 +429,11 @@ def plot_overlay(
         ax.imshow(lab, cmap=cmap, vmin=0, vmax=n, interpolation="nearest")
         ax.set_title(t)
         ax.axis("off")
+    if class_names:
+        cols = {i: _colours(class_colours, n)[i] for i in range(1, n + 1)}
+        add_legend(fig, class_names, {k: (r, g, b) for k, (r, g, b, _) in cols.items()})
     fig.suptitle(title)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.07 if class_names else 0, 1, 1))
     try:
         with atomic_path(path) as tmp:
             fig.savefig(tmp, format="png")
@@ -450,6 +470,7 @@ def write_report(
             f"{cid}, slice {z}, mean Dice {s['per_case'][cid]['mean_dice']:.3f}",
             files / fn,
             class_colours,
+            ev.class_names or None,
         )
         overlays.append((cid, fn))
     rel = files.name

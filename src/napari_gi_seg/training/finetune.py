@@ -59,7 +59,7 @@ from pathlib import Path
 
 from .._atomic import write_json
 from .._logging import run_log_file
-from ..datasets import DatasetFormatError
+from ..datasets import DatasetFormatError, as_multilabel
 from ..paths import public_path
 from ..progress import CancelCallback, ProgressCallback, emit
 from .holdback import open_for_base, slice_split, split_for_finetune
@@ -216,11 +216,12 @@ def finetune(
             f"{ds.root}: classes {ds.class_names} differ from the base model {entry.key}'s "
             f"{base_names}; fine-tuning needs the same class names"
         )
-    if ds.multilabel != (base_spec.activation == "sigmoid"):
+    if ds.multilabel and base_spec.activation != "sigmoid":
         raise DatasetFormatError(
-            f"{ds.root}: a {'multi-label' if ds.multilabel else 'single-label'} dataset cannot fine-tune "
-            f"the {base_spec.activation} model {entry.key}"
+            f"{ds.root}: a multi-label dataset cannot fine-tune the {base_spec.activation} model {entry.key}"
         )
+    if base_spec.activation == "sigmoid":
+        ds = as_multilabel(ds)  # a single-label export: one channel per class, ignore in every channel
     train_ds, held_cases, held_back, split = split_for_finetune(ds, base_names, val_fraction, seed)
     held_json = json.loads(json.dumps(held_back))  # {case: [z]} as JSON writes it (str keys)
     version = registry.next_version(name)
