@@ -90,6 +90,23 @@ def add_segment_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists (default: refuse)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--adapt",
+        metavar="LABELS",
+        default=None,
+        help="corrected labels on the scan's grid: fine-tune a copy of the model on the --adapt-slices of them "
+        "first, then segment with it (the corrected slices are written as drawn)",
+    )
+    p.add_argument(
+        "--adapt-slices",
+        metavar="Z,Z,...",
+        default=None,
+        help="the corrected slices of LABELS to adapt on, comma-separated 0-based indices as the reader numbers "
+        "slices (a NIfTI file's third voxel axis); only these are used",
+    )
+    p.add_argument(
+        "--save-model", metavar="NAME", default=None, help="register the adapted model as NAME (next free version)"
+    )
 
 
 def read_input_volumes(path: str):
@@ -182,7 +199,7 @@ def _segment_setup(args):
     return device, entry, spec
 
 
-def _segment_options(args, slices=None):
+def _segment_options(args, slices=None, merge=None):
     from .engine.batch import SegmentOptions
 
     return SegmentOptions(
@@ -192,6 +209,7 @@ def _segment_options(args, slices=None):
         slices=slices,
         save_probabilities=args.save_probabilities,
         quiet=args.quiet,
+        merge=merge,
     )
 
 
@@ -238,8 +256,20 @@ def cmd_segment(args: argparse.Namespace) -> int:
             if os.path.exists(o):
                 raise CLIError(f"{o}: already exists (pass --overwrite to replace it)")
     net = load_network(spec, entry.weights_path, device)
+    adapted = None
+    if args.adapt or args.adapt_slices or args.save_model:
+        if not args.adapt:
+            raise CLIError("--adapt-slices and --save-model need --adapt LABELS")
+        from .training.adaptation import adapt_from_files
+
+        adapted = adapt_from_files(
+            args.adapt, args.adapt_slices, vols, spec, net, device=device, save_model=args.save_model, quiet=args.quiet
+        )
+        spec, net = adapted.spec, adapted.net
     for vol, out in zip(vols, outs):
-        options = _segment_options(args, _resolve_slices(args.slices, vol.shape[0], args.input))
+        options = _segment_options(
+            args, _resolve_slices(args.slices, vol.shape[0], args.input), adapted.merge if adapted else None
+        )
         _run_one(vol, out, spec, net, device, options, args.quiet)
     return 0
 
@@ -255,6 +285,8 @@ def _segment_folder(args: argparse.Namespace) -> int:
 
     src = Path(args.input_dir or args.input)
     out_dir = Path(args.output)
+    if args.adapt or args.adapt_slices or args.save_model:
+        raise CLIError("--adapt works on one scan (INPUT), not on a folder of scans")
     if not src.is_dir():
         raise CLIError(f"{src}: not a folder")
     if out_dir.exists() and not out_dir.is_dir():

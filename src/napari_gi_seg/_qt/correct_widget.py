@@ -154,6 +154,10 @@ class CorrectWidget(QWidget):
         lay.addWidget(tools_box)
         lay.addWidget(review_box)
         lay.addWidget(session_box)
+        from .adapt_panel import AdaptPanel
+
+        self.adapt_panel = AdaptPanel(self.viewer, lambda: self._ctx)  # Adapt to this scan / Keep for this patient
+        lay.addWidget(self.adapt_panel)
         lay.addStretch(1)
 
         self.labels_combo.currentIndexChanged.connect(self._labels_changed)
@@ -385,6 +389,8 @@ class CorrectWidget(QWidget):
         self._update_state()
 
     def _update_state(self, *args) -> None:
+        if getattr(self, "adapt_panel", None) is not None:
+            self.adapt_panel.refresh()
         ctx = self._ctx
         if ctx is None or ctx.labels_layer is None:
             self.state_label.setText("No case: run Segment or open labels.")

@@ -27,6 +27,7 @@ import os
 import platform
 import re
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -194,6 +195,9 @@ class SegmentOptions:
     slices: range | None = None
     save_probabilities: bool = False
     quiet: bool = True
+    #: ``labels (z, y, x) -> labels`` applied before writing (``segment --adapt`` puts the
+    #: corrected slices back as drawn), or ``None``
+    merge: Callable[[np.ndarray], np.ndarray] | None = None
 
 
 def write_probabilities(path: str | Path, probs: np.ndarray, volume: Volume, class_names: dict[int, str]) -> Path:
@@ -259,7 +263,8 @@ def segment_to_file(
     names = {c.index: c.name for c in spec.classes}
     colours = {c.index: c.colour for c in spec.classes}
     out = Path(out)
-    write_labels(out, res.labels, volume, names, colours=colours, model_key=spec.key, generation="AUTOMATIC")
+    labels = res.labels if options.merge is None else options.merge(res.labels)
+    write_labels(out, labels, volume, names, colours=colours, model_key=spec.key, generation="AUTOMATIC")
     rec = {
         "output": out.name,
         "input_sha256": voxel_sha256(volume.data),
@@ -268,7 +273,7 @@ def segment_to_file(
         "spacing_mm": [round(float(s), 6) for s in volume.spacing_mm],
         "slices_segmented": len(res.segmented),
         "seconds": round(res.seconds, 3),
-        "labels_voxels": {names[v]: int(n) for v, n in zip(*np.unique(res.labels, return_counts=True)) if v in names},
+        "labels_voxels": {names[v]: int(n) for v, n in zip(*np.unique(labels, return_counts=True)) if v in names},
         "status": "ok",
     }
     if options.save_probabilities and res.probs is not None:

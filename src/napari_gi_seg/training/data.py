@@ -12,7 +12,7 @@ from ..engine.frame import case_to_model_frame
 from ..engine.preprocess import context_indices
 from ..models.spec import ModelSpec
 
-__all__ = ["SliceDataset"]
+__all__ = ["SliceDataset", "seed_worker"]
 
 
 class SliceDataset(torch.utils.data.Dataset):
@@ -127,3 +127,19 @@ class SliceDataset(torch.utils.data.Dataset):
             x, y = torch.flip(x, (-1,)), torch.flip(y, (-1,))
             y = self.flip_lut[y] if y.ndim == 2 else y[self.flip_channels]
         return x.contiguous(), y.contiguous()
+
+
+def seed_worker(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: seed numpy, ``random`` and the worker's copy of
+    the MONAI transforms from the worker's torch seed (which the loader derives from
+    its seeded generator), so ``--seed`` reaches every random draw with workers too."""
+    import random
+
+    import numpy as np
+    import torch
+    from monai.data.utils import worker_init_fn
+
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)  # noqa: NPY002
+    random.seed(seed)
+    worker_init_fn(worker_id)

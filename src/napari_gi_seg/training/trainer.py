@@ -54,7 +54,7 @@ from ..paths import public_path
 from ..progress import CancelCallback, ProgressCallback, emit
 from .checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint, write_history_csv
 from .config import TrainConfig, TrainResult, make_spec
-from .data import SliceDataset
+from .data import SliceDataset, seed_worker
 from .losses import segmentation_loss
 from .manifest import LOG_FILE, environment, write_manifest
 from .runs import public_config, work_dir_for
@@ -136,8 +136,9 @@ class Trainer:
         self.t_start = time.time()
         if cfg.work_dir:
             registry.check_work_dir(cfg.work_dir)  # before any work: never inside the registry
-        torch.manual_seed(cfg.seed + self.rank)
-        np.random.seed(cfg.seed + self.rank)  # noqa: NPY002  (seeds legacy-API users: MONAI transforms)
+        from monai.utils import set_determinism
+
+        set_determinism(seed=cfg.seed + self.rank)  # torch, numpy, random (and deterministic cuDNN)
         self._setup_device()
         ds = self.dataset
         if ds is None:
@@ -245,6 +246,10 @@ class Trainer:
         allow_flip = cfg.flip_augment if cfg.flip_augment is not None else not any(c.mirror for c in spec.classes)
         spec.flip_augmented = bool(allow_flip and cfg.augment) or (self.init is not None and spec.flip_augmented)
         tds = SliceDataset(train_cases, spec, augment=cfg.augment, allow_flip=allow_flip)
+        if tds.transform is not None:
+            # MONAI's random transforms draw from their own generators, which no global seed
+            # reaches: seed them here, and per DataLoader worker (seed_worker).
+            tds.transform.set_random_state(seed=cfg.seed + self.rank)
         self.sampler = (
             DistributedSampler(tds, self.world, self.rank, shuffle=True, seed=cfg.seed) if self.distributed else None
         )
@@ -257,6 +262,7 @@ class Trainer:
             drop_last=len(tds) > cfg.batch_size * self.world,
             generator=torch.Generator().manual_seed(cfg.seed),
             persistent_workers=cfg.num_workers > 0,
+            worker_init_fn=seed_worker if cfg.num_workers > 0 else None,
         )
         n = len(self.loader)
         self.steps_per_epoch = n if cfg.max_steps_per_epoch is None else min(n, cfg.max_steps_per_epoch)
@@ -407,8 +413,11 @@ class Trainer:
         m = self.validate()
         row["val_mean_dice"] = m["mean_dice"]
         row.update({f"val_dice_{k}": v["dice"] for k, v in m["per_class"].items()})
-        if m["mean_dice"] > self.best:
-            self.best, self.best_metrics, self._improved, self.bad_epochs = m["mean_dice"], m, True, 0
+        if "mean_kaggle_score" in m:
+            row["val_kaggle_score"] = m["mean_kaggle_score"]
+        score = m.get("score", m["mean_dice"])  # the Kaggle score for multi-label models
+        if score > self.best:
+            self.best, self.best_metrics, self._improved, self.bad_epochs = score, m, True, 0
         else:
             self.bad_epochs += 1
 
@@ -472,6 +481,7 @@ class Trainer:
                 {
                     "validation": {
                         "mean_dice": bm.get("mean_dice"),
+                        **({"mean_kaggle_score": bm["mean_kaggle_score"]} if "mean_kaggle_score" in bm else {}),
                         "per_class": bm.get("per_class", {}),
                         "per_case": bm.get("per_case", {}),
                         "patients": self.val_groups,

@@ -24,7 +24,8 @@ def validate(
     progress: ProgressCallback | None = None,
     cancel: CancelCallback | None = None,
 ) -> dict:
-    """3D Dice per class on whole validation volumes at their native grid.
+    """3D Dice per class on whole validation volumes at their native grid; for
+    multi-label (sigmoid) models also the UW-Madison Kaggle score per class.
 
     Each case is segmented with :func:`~napari_gi_seg.engine.inference.segment_volume`
     (post-processing included, as a user gets it) and scored with
@@ -51,29 +52,49 @@ def validate(
     Returns
     -------
     dict
-        ``{"mean_dice": float, "per_class": {name: {"dice": float}}, "per_case": {id: {name: dice}}}``;
-        ``mean_dice`` is NaN when no case was scored.
+        ``{"mean_dice": float, "per_class": {name: {"dice": float}}, "per_case": {id: {name: dice}},
+        "score": float}``; ``mean_dice`` is NaN when no case was scored. Multi-label
+        models add ``per_class[name]["kaggle_score"]`` and ``mean_kaggle_score``
+        (:func:`~napari_gi_seg.evaluation.metrics.kaggle_score`: 0.4 x mean 2D Dice +
+        0.6 x (1 - normalised 3D Hausdorff distance), per channel at probability > 0.5,
+        ignore label left out). ``score`` picks the best epoch: the mean Kaggle score for
+        multi-label models, else the mean Dice.
     """
+    from ..evaluation.metrics import kaggle_score
+
     was = net.training
     net.eval()
-    per_case = {}
+    per_case, kaggle = {}, {k.name: [] for k in spec.classes}
+    multilabel = spec.activation == "sigmoid"
     for i, c in enumerate(cases):
         if cancel is not None and cancel():
             break
-        res = segment_volume(c.image, spec, net, batch_size=batch_size, device=device)
+        res = segment_volume(c.image, spec, net, batch_size=batch_size, device=device, return_probs=multilabel)
         ref = c.target if c.target.ndim == 3 else _flatten_multilabel(c.target, spec)
         d = dice_per_class(res.labels, ref, [k.index for k in spec.classes])
         per_case[c.case_id] = {k.name: d[k.index] for k in spec.classes}
+        if multilabel and c.target.ndim == 4:
+            ignore = (c.target == IGNORE_INDEX).any(0)
+            for k in spec.classes:
+                pred = res.probs[k.index - 1] > 0.5
+                kaggle[k.name].append(kaggle_score(pred, c.target[k.index - 1] == 1, ignore)["kaggle_score"])
         emit(progress, "validate", i + 1, len(cases), f"validation case {c.case_id}")
     net.train(was)
     if not per_case:
-        return {"mean_dice": float("nan"), "per_class": {}, "per_case": {}}
+        return {"mean_dice": float("nan"), "per_class": {}, "per_case": {}, "score": float("nan")}
     per_class = {k.name: {"dice": float(np.mean([pc[k.name] for pc in per_case.values()]))} for k in spec.classes}
-    return {
+    out = {
         "mean_dice": float(np.mean([v["dice"] for v in per_class.values()])),
         "per_class": per_class,
         "per_case": per_case,
     }
+    out["score"] = out["mean_dice"]
+    if multilabel and any(kaggle.values()):
+        for name, v in kaggle.items():
+            per_class[name]["kaggle_score"] = float(np.nanmean(v))
+        out["mean_kaggle_score"] = float(np.mean([per_class[n]["kaggle_score"] for n in kaggle]))
+        out["score"] = out["mean_kaggle_score"]
+    return out
 
 
 def _flatten_multilabel(masks: np.ndarray, spec: ModelSpec) -> np.ndarray:
