@@ -216,10 +216,10 @@ def atomic_path(dest: str | Path, *, mode: int | None = 0o644) -> Iterator[Path]
 
     Parameters
     ----------
-    dest:
+    dest
         The final file path; its folder is created if missing. An existing file is
         replaced only when the write succeeds.
-    mode:
+    mode
         Permission bits of the final file (``None``: leave as created).
 
     Raises

@@ -50,7 +50,7 @@ def unwrap(obj):
 
     Parameters
     ----------
-    obj:
+    obj
         A viewer, layer or anything else.
 
     Returns
@@ -74,19 +74,19 @@ class CaseContext:
     image_layer, labels_layer, prediction_layer:
         napari layers; ``prediction_layer`` is hidden and may be ``None`` before the
         first segmentation.
-    class_names:
+    class_names
         ``{label value: name}`` including ``0: "background"``.
-    colours:
+    colours
         ``{label value: "#rrggbb"}`` for the foreground classes.
-    model_key:
+    model_key
         ``"name:version"`` of the model that produced the prediction, or ``None``.
-    activation:
+    activation
         ``"softmax"`` or ``"sigmoid"``: the model's output activation.
-    slice_uncertainty:
+    slice_uncertainty
         ``(z,)`` float32 per-slice uncertainty of the last runs
         (:func:`napari_gi_seg.curation.review.slice_uncertainty`, computed in the
         segmentation worker), NaN for slices never segmented; ``None`` before a run.
-    tracker:
+    tracker
         :class:`~napari_gi_seg.curation.review.ReviewTracker` with one state per slice.
 
     ``changed`` is emitted (no arguments) after a segmentation batch, a correction,
@@ -202,11 +202,11 @@ def slices_from_paint(item, n_slices: int) -> set[int]:
 
     Parameters
     ----------
-    item:
+    item
         The ``value`` of a Labels layer's ``paint`` event: a list of history atoms,
         either ``_MaskedPaintAtom`` objects with a ``slice_key`` bounding box (brush,
         fill, erase, polygon) or ``(indices, before, after)`` tuples (``data_setitem``).
-    n_slices:
+    n_slices
         Number of slices ``z`` of the layer.
 
     Returns

@@ -35,7 +35,7 @@ class GISegDock(QWidget):
 
     Parameters
     ----------
-    napari_viewer:
+    napari_viewer
         The viewer (napari's public proxy or the viewer itself).
 
     Attributes
@@ -44,7 +44,7 @@ class GISegDock(QWidget):
         The :class:`~.segment_widget.SegmentWidget`,
         :class:`~.correct_widget.CorrectWidget`, :class:`~.export_widget.ExportWidget`
         and :class:`~.finetune_widget.FinetuneWidget` inside the tabs.
-    tabs:
+    tabs
         The ``QTabWidget``.
     """
 

@@ -46,12 +46,12 @@ class Correction:
 
     Attributes
     ----------
-    z:
+    z
         Indices of the slices that changed, ascending.
     before, after:
         ``(n, y, x)`` uint8, those slices before and after the correction
         (``n == len(z)``).
-    description:
+    description
         Short human-readable summary, e.g. ``"fill holes: class 1 on 3 slices"``.
     """
 

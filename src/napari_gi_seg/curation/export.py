@@ -177,37 +177,37 @@ def export_case(
 
     Parameters
     ----------
-    dataset_dir:
+    dataset_dir
         The dataset folder (e.g. ``.../Dataset501_Corrections``); created on the first
         export, appended to afterwards.
-    image:
+    image
         The image :class:`Volume` ``(z, y, x)``; written as float32 with its affine.
-    labels:
+    labels
         ``(z, y, x)`` integer labels 0..K, same shape as the image.
-    reviewed_slices:
+    reviewed_slices
         Slice indices the clinician confirmed; every other slice is written as the
         ignore label ``K + 1``.
-    class_names:
+    class_names
         ``{1: "liver", ...}`` foreground classes (from the model spec). Appending
         requires the same classes as the dataset.
-    case_id:
+    case_id
         nnU-Net case identifier (letters, digits, ``_``, ``-``); default
         ``img<hash8>_<NNN>`` where ``hash8`` is a hash of the image file name (never
         the name itself) and ``NNN`` the first free counter.
-    group:
+    group
         The patient the case belongs to (a pseudonym), stored in
         ``dataset.json["groups"]`` so training splits by patient; default
         ``img<hash8>``, i.e. exports of the same image file share a group.
-    prediction:
+    prediction
         ``(z, y, x)`` model labels before correction; gives the per-slice
         correction Dice and, on the reviewed slices, the radiotherapy contour metrics
         of the model against the clinician's final labels (``rt_metrics``: surface
         Dice at a stated tolerance, mean surface distance, HD95 and added path length
         per organ and slice; :func:`~napari_gi_seg.evaluation.metrics.rt_contour_metrics`)
         in ``provenance.json``.
-    model_key:
+    model_key
         ``"name:version"`` of the model that produced the prediction.
-    progress:
+    progress
         Gets ``"export"`` :class:`~napari_gi_seg.progress.ProgressEvent` s (3 steps:
         image written, labels written, dataset committed); see :mod:`napari_gi_seg.progress`.
 

@@ -164,7 +164,7 @@ def slice_uncertainty(probs: np.ndarray, activation: str = "softmax") -> np.ndar
 
     Parameters
     ----------
-    probs:
+    probs
         ``(C, z, y, x)`` float16/float32 probabilities as returned by
         :func:`napari_gi_seg.engine.inference.segment_volume` (``return_probs=True``).
         ``softmax``: ``C`` includes background at channel 0 and sums to 1.

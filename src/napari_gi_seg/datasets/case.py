@@ -86,10 +86,10 @@ def multilabel_target(target: np.ndarray, n_classes: int) -> np.ndarray:
 
     Parameters
     ----------
-    target:
+    target
         ``(z, y, x)`` uint8 labels 0..K with :data:`IGNORE_INDEX` for unlabelled voxels
         (e.g. an export of reviewed slices, :mod:`napari_gi_seg.curation.export`).
-    n_classes:
+    n_classes
         K, the number of foreground classes (channel ``k`` is label value ``k + 1``).
 
     Returns

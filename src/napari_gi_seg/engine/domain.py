@@ -72,11 +72,11 @@ def training_frame(images: Sequence[Volume], spec: ModelSpec, keep_frame: bool =
 
     Parameters
     ----------
-    images:
+    images
         The training cases' images.
-    spec:
+    spec
         The model being trained: its current frame and ``input_size``.
-    keep_frame:
+    keep_frame
         ``True`` when fine-tuning: the orientation and target spacing stay the base
         model's (the weights expect them) and the ranges become the union of the base's
         and these images'. ``False`` (a new model): the orientation is the most common
@@ -138,10 +138,10 @@ def input_warnings(volume: Volume | np.ndarray, spec: ModelSpec) -> list[str]:
 
     Parameters
     ----------
-    volume:
+    volume
         The input :class:`Volume` (``(z, y, x)``), or a bare array (then only the
         intensity profile can be checked).
-    spec:
+    spec
         The model; its :attr:`ModelSpec.frame` ranges (``None`` ranges are not checked:
         format-1 specs and specs built in code have none).
 

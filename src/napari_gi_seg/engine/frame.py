@@ -45,17 +45,17 @@ def plan_frame(volume: Volume | np.ndarray, spec: ModelSpec, fixed: bool = False
 
     Parameters
     ----------
-    volume:
+    volume
         A :class:`Volume` (its affine, axis order and ``metadata["coordinate_system"]``
         decide the reorientation; its ``spacing_mm`` the resampling), or a bare
         ``(z, y, x)`` array, which is taken as stored in the model's frame and squashed
         to ``spec.input_size`` (the behaviour before model frames; no spacing known).
-    spec:
+    spec
         The model (:attr:`ModelSpec.frame`: axis codes and in-plane target spacing).
-    fixed:
+    fixed
         ``True`` for training batches: exactly ``spec.input_size`` (centre crop when
         larger); ``False`` for inference: padded, never cropped.
-    warn:
+    warn
         Emit a :class:`~napari_gi_seg.io.orientation.FrameGuessWarning` (and a log
         line) when the input's orientation is assumed rather than read from the file.
     """
@@ -83,12 +83,12 @@ def case_to_model_frame(image: Volume, target: np.ndarray, spec: ModelSpec) -> t
 
     Parameters
     ----------
-    image:
+    image
         The case's raw image :class:`Volume` ``(z, y, x)``.
-    target:
+    target
         ``(z, y, x)`` integer labels (with the ignore label) or ``(K, z, y, x)``
         multi-label masks on the image's grid.
-    spec:
+    spec
         The model being trained (its frame, normalisation and ``input_size``).
 
     Returns

@@ -27,9 +27,9 @@ def keep_largest_components(labels: np.ndarray, spec: ModelSpec) -> np.ndarray:
 
     Parameters
     ----------
-    labels:
+    labels
         ``(z, y, x)`` integer label volume (class indices of ``spec``).
-    spec:
+    spec
         The model spec; its classes' ``single_component`` flags choose the classes.
 
     Returns
@@ -61,9 +61,9 @@ def postprocess_labels(labels: np.ndarray, spec: ModelSpec) -> np.ndarray:
 
     Parameters
     ----------
-    labels:
+    labels
         ``(z, y, x)`` uint8 labels of the whole stack, as the model predicted them.
-    spec:
+    spec
         The model spec that produced them.
 
     Returns

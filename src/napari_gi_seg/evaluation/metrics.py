@@ -421,15 +421,15 @@ def evaluate_case(
         ``pred == v``), or ``(K, z, y, x)`` masks (channel ``k`` is the k-th class;
         multi-label, classes may overlap). ``ref`` voxels equal to ``ignore_index``
         (e.g. unreviewed slices) are left out of every metric.
-    spacing_mm:
+    spacing_mm
         Voxel size ``(z, y, x)`` in mm (for HD95).
-    class_names:
+    class_names
         A list (the k-th name is label value k + 1, or channel k for 4D input) or a
         ``{label value: name}`` mapping (0 = background is skipped).
-    kaggle:
+    kaggle
         Also compute the UW-Madison terms (``kaggle_hd``, ``kaggle_dice_2d``,
         ``kaggle_score``).
-    rt:
+    rt
         Also compute the radiotherapy contour metrics: ``surface_dice`` at
         ``surface_tolerance_mm``, ``msd_mm``, ``apl_mm`` (total added path length) and
         ``apl_mm_per_slice`` (list over z, NaN where the slice is ignored).

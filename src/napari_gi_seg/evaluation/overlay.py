@@ -25,7 +25,7 @@ def display_orientation(volume: Volume) -> tuple[str, str] | None:
 
     Parameters
     ----------
-    volume:
+    volume
         The scan; its ``affine``, ``index_order`` and ``metadata["coordinate_system"]``
         (``"RAS"`` when absent, as for NIfTI) are used.
     """
@@ -41,9 +41,9 @@ def to_display(slice_yx: np.ndarray, orientation: tuple[str, str] | None) -> np.
 
     Parameters
     ----------
-    slice_yx:
+    slice_yx
         ``(y, x)`` array (image or labels).
-    orientation:
+    orientation
         ``(vertical, horizontal)`` from :func:`display_orientation`; ``None`` leaves
         the slice as stored.
 
@@ -67,13 +67,13 @@ def add_legend(fig, class_names: Mapping[int, str], colours: Mapping[int, str], 
 
     Parameters
     ----------
-    fig:
+    fig
         A matplotlib figure.
-    class_names:
+    class_names
         ``{label value: organ name}`` (background 0 is skipped).
-    colours:
+    colours
         ``{label value: "#rrggbb"}``.
-    extra:
+    extra
         More entries ``{text: colour}`` (e.g. ``{"manual (contour)": "white"}``).
 
     Returns

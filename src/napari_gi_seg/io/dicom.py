@@ -102,23 +102,23 @@ class DicomReference:
     ----------
     series_instance_uid, frame_of_reference_uid, sop_class_uid:
         Of the image series (``FrameOfReferenceUID`` may be ``""`` when absent).
-    sop_instance_uids:
+    sop_instance_uids
         ``SOPInstanceUID`` of each slice, in the volume's ``z`` order.
-    positions:
+    positions
         ``(z, 3)`` float64 ``ImagePositionPatient`` (LPS mm) of each slice, ``z`` order.
-    orientation:
+    orientation
         ``ImageOrientationPatient``: row then column direction cosines (6 floats).
-    pixel_spacing:
+    pixel_spacing
         ``PixelSpacing`` ``(between rows, between columns)`` in mm.
     rows, columns:
         Image size in pixels.
-    slice_thickness:
+    slice_thickness
         ``SliceThickness`` in mm, ``None`` when absent.
-    modality:
+    modality
         ``Modality`` of the images (e.g. ``"MR"``).
-    patient_study:
+    patient_study
         Values of :data:`REFERENCE_PATIENT_STUDY_TAGS` present in the series (strings).
-    token:
+    token
         Random hex token under which layers find this reference in the current process.
     """
 
@@ -262,9 +262,9 @@ def read_dicom_folder(path: str | Path, allow_uneven: bool = False) -> list[Volu
 
     Parameters
     ----------
-    path:
+    path
         A folder (searched recursively) or one DICOM file.
-    allow_uneven:
+    allow_uneven
         Read series with uneven slice gaps (a missing slice, variable spacing) with a
         ``UserWarning``, interpolating them onto an even grid at the median spacing,
         instead of refusing them.

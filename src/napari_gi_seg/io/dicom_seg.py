@@ -99,20 +99,20 @@ def write_dicom_seg(
 
     Parameters
     ----------
-    path:
+    path
         Output file (conventionally ``*.seg.dcm``); written to a temp name and renamed.
-    labels:
+    labels
         ``(z, y, x)`` integer labels on ``like``'s grid, values 0..K.
-    like:
+    like
         The image, read from a DICOM series (carries the private DICOM reference).
-    class_names:
+    class_names
         ``{label value: name}`` for values 1..K: one segment each (``SegmentNumber`` =
         value, ``SegmentLabel`` = name).
-    colours:
+    colours
         ``{value: "#rrggbb" or RGB}`` display colours (optional).
     model_name, model_version:
         ``AlgorithmIdentificationSequence`` name and version (from the model spec).
-    generation:
+    generation
         ``SegmentAlgorithmType``: ``"AUTOMATIC"`` or ``"SEMIAUTOMATIC"``.
 
     Returns
@@ -182,9 +182,9 @@ def read_dicom_seg(path: str | Path, like: Volume | None = None) -> Volume:
 
     Parameters
     ----------
-    path:
+    path
         The SEG file.
-    like:
+    like
         The referenced image (read from the DICOM series the SEG was made on);
         default: that series, found in the file's folder or its parent.
 

@@ -259,14 +259,14 @@ def write_nifti(volume: Volume, path: str | Path, data: np.ndarray | None = None
 
     Parameters
     ----------
-    volume:
+    volume
         The image whose geometry is written: its affine, converted to RAS from the
         world frame in its metadata (:func:`nifti_affine`: DICOM's LPS is flipped here,
         by every writer: labels, exported cases, demo output), and its source axis
         order (``index_order``).
-    path:
+    path
         ``.nii`` or ``.nii.gz`` file; written to a temp file then renamed (atomic).
-    data:
+    data
         ``(z, y, x)`` array of the volume's shape. Integer data is stored as
         uint8/uint16 (labels), floats as float32.
 

@@ -250,10 +250,10 @@ def frame_map(volume, model_axcodes: tuple[str, str, str]) -> FrameMap:
 
     Parameters
     ----------
-    volume:
+    volume
         :class:`~napari_gi_seg.io.volume.Volume` (``(z, y, x)`` data, affine in the
         source's voxel order, ``metadata["coordinate_system"]`` ``"RAS"``/``"LPS"``).
-    model_axcodes:
+    model_axcodes
         The model's axis codes in nibabel voxel-axis order (x, y, z)
         (:attr:`napari_gi_seg.models.spec.ModelFrame.axcodes`), e.g. ``("L", "A", "S")``.
 

@@ -312,24 +312,24 @@ def write_rtstruct(
 
     Parameters
     ----------
-    path:
+    path
         Output file (conventionally ``*.dcm``); written to a temp name and renamed.
-    labels:
+    labels
         ``(z, y, x)`` integer labels on ``like``'s grid; value ``v`` is class ``v``.
-    like:
+    like
         The image, read from a DICOM series (it carries the private
         :class:`~.dicom.DicomReference`).
-    class_names:
+    class_names
         ``{label value: name}``; one ROI per value >= 1 (0/background skipped), even
         when the class is absent (an ROI without contours), so values survive a round trip.
-    colours:
+    colours
         ``{label value: "#rrggbb" or RGB}`` for ``ROIDisplayColor``; default a fixed palette.
-    generation:
+    generation
         ``ROIGenerationAlgorithm``: ``"AUTOMATIC"`` (model output) or
         ``"SEMIAUTOMATIC"`` (corrected by a clinician).
-    description:
+    description
         ``ROIGenerationDescription``, e.g. the model key (at most 64 characters).
-    label:
+    label
         ``StructureSetLabel`` (at most 16 characters).
 
     Returns
@@ -488,9 +488,9 @@ def read_rtstruct(path: str | Path, like: Volume | None = None) -> Volume:
 
     Parameters
     ----------
-    path:
+    path
         The RTSTRUCT file.
-    like:
+    like
         The grid to rasterise on (any image whose world frame is the structure set's);
         default the referenced series, found in the file's folder or its parent.
 

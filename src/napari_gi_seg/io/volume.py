@@ -140,20 +140,20 @@ class Volume:
 
     Attributes
     ----------
-    data:
+    data
         ``(z, y, x)`` array. Images are float32 (or the source's integer type);
         label volumes are small unsigned integers (uint8/uint16).
-    spacing_mm:
+    spacing_mm
         Voxel size ``(z, y, x)`` in mm. ``z`` is the distance between slice centres.
-    affine:
+    affine
         4x4 float64 voxel-to-world matrix of the source file, in the source's own
         axis order (see module docstring). Identity scaled by spacing when the
         source has none (TIFF, PNG).
-    index_order:
+    index_order
         Permutation that maps ``(z, y, x)`` axes to the source's voxel axes.
-    metadata:
+    metadata
         Safe, non-identifying metadata only (keys in :data:`SAFE_METADATA_KEYS`).
-    _dicom_ref:
+    _dicom_ref
         Private: for a DICOM series, the UIDs, per-slice positions and Patient/Study
         module values that RTSTRUCT and DICOM-SEG outputs must reference
         (:class:`~napari_gi_seg.io.dicom.DicomReference`), else ``None``. Kept out of

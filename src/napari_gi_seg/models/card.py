@@ -228,9 +228,9 @@ def model_card(spec: ModelSpec, evaluations: Sequence[tuple[str, dict]] = ()) ->
 
     Parameters
     ----------
-    spec:
+    spec
         The model's spec (classes, input, training record, metrics).
-    evaluations:
+    evaluations
         ``(where it was measured, summary)`` pairs; ``summary`` as written by
         ``napari-gi-seg evaluate --json`` (``per_class.<name>.<metric>``, ``mean_<metric>``).
 

@@ -255,11 +255,11 @@ def register_model(
 
     Parameters
     ----------
-    extra_files:
+    extra_files
         ``{file name: source}``; a source is a file (copied if it exists) or a
         callable that gets the final spec (its version may have changed, see
         ``next_free``) and returns the text or bytes (e.g. the model card).
-    next_free:
+    next_free
         ``False``: register exactly ``spec.version`` or raise. ``True``: take
         ``spec.version`` or, if another process took it meanwhile, the next free
         version (``spec.version`` is updated).

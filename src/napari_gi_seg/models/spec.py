@@ -126,7 +126,7 @@ class ModelFrame:
 
     Attributes
     ----------
-    axcodes:
+    axcodes
         Orientation axis codes of the training data in **nibabel's voxel-axis order
         (x, y, z)** = (column, row, slice), i.e. ``nibabel.aff2axcodes`` of a NIfTI file
         holding the training array: ``("L", "A", "S")`` means columns run toward the
@@ -134,17 +134,17 @@ class ModelFrame:
         ``(z, y, x)`` array order the same frame reads ``("S", "A", "L")``. The engine
         reorients every input into this frame before the network
         (:func:`napari_gi_seg.io.orientation.frame_map`).
-    spacing_mm:
+    spacing_mm
         In-plane target pixel spacing ``(y, x)`` in mm: each slice is resampled to it
         (keeping the aspect ratio), then padded to ``input_size`` (or to the next
         multiple of 32 when larger) for the network.
-    spacing_range_mm:
+    spacing_range_mm
         ``{"z": [min, max], "y": [...], "x": [...]}`` voxel spacing (mm) of the
         training volumes in this frame, or ``None`` (unknown: not checked).
-    fov_range_mm:
+    fov_range_mm
         ``{"y": [min, max], "x": [min, max]}`` in-plane field of view (mm) of the
         training volumes in this frame, or ``None``.
-    intensity_range:
+    intensity_range
         ``{"p25": [min, max], "p50": [...], "p75": [...]}``: per training volume, the
         25th/50th/75th percentile of the percentile-normalised intensity of its body
         voxels (normalised value > 0.05), or ``None``
@@ -194,35 +194,35 @@ class ModelSpec:
     architecture, encoder:
         segmentation-models-pytorch class name (one of :data:`ARCHITECTURES`) and
         encoder name (any smp encoder). Weights always come from the safetensors file.
-    context_offsets:
+    context_offsets
         2.5D input: slice offsets relative to the target slice, e.g. ``(-1, 0, 1)``;
         neighbours beyond the first/last slice are clamped to the edge slice.
         The number of input channels is ``len(context_offsets)``.
-    input_size:
+    input_size
         ``(height, width)`` in pixels the network sees; each slice is resized to it
         (bilinear for images, nearest for labels) and the output is resized back.
-    normalisation:
+    normalisation
         ``"percentile"``: per-volume clip to the ``percentiles`` (low, high) and scale
         to [0, 1]; ``"zscore"``: per-volume (x - mean) / std over voxels above the
         low percentile.
-    classes:
+    classes
         Foreground classes, ``index`` 1..K for softmax models (label = argmax).
         For sigmoid (multi-label) models ``index`` is the channel + 1 and overlapping
         organs are flattened into one label volume by the order of ``classes``
         (later classes win).
-    activation:
+    activation
         ``"softmax"`` (K+1 channels incl. background) or ``"sigmoid"`` (K channels).
-    parent:
+    parent
         ``"name:version"`` of the model this one was fine-tuned from, or ``None``.
-    data_fingerprint:
+    data_fingerprint
         sha256 over the training cases' ids and label voxels (see training.datasets).
-    metrics:
+    metrics
         Free-form validation metrics, e.g. ``{"mean_dice": 0.91, "per_class": {...}}``.
-    flip_augmented:
+    flip_augmented
         The network was trained with left-right flips (lateralised classes swapped with
         their mirror). Only then is flip test-time augmentation meaningful: a network
         that never saw a flipped abdomen (liver on the left) fails on one.
-    frame:
+    frame
         The model's frame (:class:`ModelFrame`): orientation, in-plane target spacing and
         training ranges. ``None`` (the default when building a spec in code) becomes
         :meth:`ModelFrame.chaos_default` for ``input_size``; format-1 spec files, which

@@ -62,13 +62,13 @@ class AdaptationResult:
 
     Attributes
     ----------
-    net:
+    net
         The adapted copy (CPU, eval mode, float32).
-    spec:
+    spec
         Its spec: a copy of the base's with ``name = "<base>-adapted"``, ``parent`` = the
         base key, ``metrics["adaptation"]`` (slices, Dice before/after, steps, seconds)
         and ``training["adaptation"]`` (the recipe). Not registered.
-    slices:
+    slices
         The corrected slice indices (``z`` of the ``(z, y, x)`` scan) it was tuned on.
     dice_before, dice_after:
         Mean over classes of the 3D Dice on the corrected slices only, of the base and
@@ -77,13 +77,13 @@ class AdaptationResult:
         the other slices).
     per_class_before, per_class_after:
         ``{class name: Dice}`` on the corrected slices.
-    steps:
+    steps
         Optimiser steps run (fewer than asked when cancelled or out of time).
-    seconds:
+    seconds
         Wall time of the whole call (fine-tune and both Dice measurements).
-    cancelled:
+    cancelled
         ``cancel()`` returned True; the weights after the last finished step are kept.
-    losses:
+    losses
         Training loss per step.
     """
 
@@ -106,11 +106,11 @@ def parse_slices(text: str | Sequence[int], depth: int | None = None) -> list[in
 
     Parameters
     ----------
-    text:
+    text
         Comma-separated 0-based slice indices (``z`` of the ``(z, y, x)`` volume, i.e.
         the third voxel axis of a NIfTI file as the plugin's reader numbers them), or
         an already parsed sequence.
-    depth:
+    depth
         Number of slices of the scan; when given, indices must lie in ``0..depth-1``.
 
     Returns
@@ -143,12 +143,12 @@ def corrected_target(labels: np.ndarray, slices: Sequence[int], spec: ModelSpec)
 
     Parameters
     ----------
-    labels:
+    labels
         ``(z, y, x)`` integer label volume (0 background, 1..K the spec's classes), or
         ``(K, z, y, x)`` {0, 1} masks for a sigmoid (multi-label) spec.
-    slices:
+    slices
         The corrected slice indices.
-    spec:
+    spec
         The model's spec (classes, activation).
 
     Returns
@@ -232,41 +232,41 @@ def adapt_to_scan(
 
     Parameters
     ----------
-    volume:
+    volume
         The scan: a :class:`~napari_gi_seg.io.volume.Volume` or a ``(z, y, x)`` array of
         raw intensities (the spec's normalisation is applied here, as in inference).
-    labels:
+    labels
         The corrected labels on the scan's grid: ``(z, y, x)`` integers 0..K (or
         ``(K, z, y, x)`` masks for a sigmoid spec). Only ``slices`` are read.
-    slices:
+    slices
         Indices ``z`` of the corrected slices (at least 1). Every other slice is the
         ignore label: it feeds the 2.5D context only.
     spec, net:
         The base model; ``net`` is deep-copied and never modified.
-    steps:
+    steps
         Optimiser steps (AdamW, linear warm-up over the first 10 %, then cosine decay
         to 1 % of ``lr``).
-    batch_size:
+    batch_size
         Samples per step, drawn with replacement from the corrected slices (each
         augmented independently).
     lr, weight_decay:
         Peak learning rate and AdamW weight decay.
-    augment:
+    augment
         Use :class:`FewSliceAugment` (and the trainer's left-right flip for
         flip-trained models).
-    seed:
+    seed
         Seeds the batch draws, the augmentation and the flips (torch's global
         generator): the same seed gives the same run on the CPU.
-    device:
+    device
         ``"cpu"`` (default), ``"cuda"``, ``"mps"`` or ``"auto"``.
-    max_seconds:
+    max_seconds
         Stop after this many seconds of fine-tuning (the weights of the last step are
         kept).
-    progress:
+    progress
         ``progress(event)`` (:mod:`napari_gi_seg.progress`): a ``"step"`` event after each
         optimiser step (``metrics={"loss": float}``) and a ``"done"`` event at the end
         (``metrics``: Dice before/after on the corrected slices, steps, seconds).
-    cancel:
+    cancel
         Polled before each step; True stops (``cancelled=True``, weights kept).
 
     Returns
@@ -443,20 +443,20 @@ def resegment_except(
 
     Parameters
     ----------
-    volume:
+    volume
         The scan (:class:`Volume` or ``(z, y, x)`` raw intensities).
-    labels:
+    labels
         ``(z, y, x)`` current labels.
-    keep:
+    keep
         Slice indices to leave as they are.
     spec, net:
         The (adapted) model.
     device, batch_size:
         As in :func:`~napari_gi_seg.engine.inference.segment_volume`.
-    progress:
+    progress
         ``progress(event)``: the ``"segment"`` events of
         :func:`~napari_gi_seg.engine.inference.segment_volume` (one per batch).
-    cancel:
+    cancel
         Polled between batches.
 
     Returns
@@ -534,21 +534,21 @@ def adapt_from_files(
 
     Parameters
     ----------
-    labels_path:
+    labels_path
         Label file (NIfTI, TIFF, UW-Madison CSV: :func:`napari_gi_seg.io.read_labels`)
         with the corrected labels on the scan's grid (same shape and spacing).
-    slices:
+    slices
         Comma-separated slice indices, numbered as the plugin's reader numbers
         slices (``z`` of ``(z, y, x)``; for a NIfTI file its third voxel axis).
-    volumes:
+    volumes
         The scan as read by the CLI; exactly one volume.
     spec, net:
         The base model.
-    device:
+    device
         Torch device of the fine-tune.
-    save_model:
+    save_model
         Register the adapted model under this name (next free version).
-    quiet:
+    quiet
         No progress bar on stderr.
 
     Returns

@@ -26,7 +26,7 @@ class FewSliceAugment:
 
     Parameters
     ----------
-    seed:
+    seed
         Seeds the augmentation's own generator (reproducible runs).
 
     Calling it on ``{"image": (C, H, W) float, "label": (1 or K, H, W) float}`` returns

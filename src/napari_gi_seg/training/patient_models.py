@@ -71,7 +71,7 @@ def patient_key(identifier: str) -> str:
 
     Parameters
     ----------
-    identifier:
+    identifier
         An image fingerprint (:func:`scan_key` computes it from the voxels) or a code
         the clinic uses for the patient. Never stored.
 
@@ -128,11 +128,11 @@ def register_adapted(result, name: str, description: str = "") -> registry.Model
 
     Parameters
     ----------
-    result:
+    result
         The adaptation result (its ``spec.parent`` is the model it was adapted from).
-    name:
+    name
         Registry name (``[A-Za-z0-9._-]``, not starting with a dot).
-    description:
+    description
         Replaces the spec's description when given.
 
     Returns
