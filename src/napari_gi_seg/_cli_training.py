@@ -17,6 +17,8 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 
+from .models.spec import ARCHITECTURES, DEFAULT_ARCH
+
 log = logging.getLogger("napari_gi_seg.cli")
 
 
@@ -93,9 +95,16 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
         default=None,
         help="foreground class names in label order, comma-separated (NIfTI pairs without classes.json)",
     )
-    p.add_argument("--arch", default="Unet", choices=["Unet", "UnetPlusPlus", "DeepLabV3Plus", "FPN"])
     p.add_argument(
-        "--encoder", default="mobilenet_v2", help="any segmentation-models-pytorch encoder (default mobilenet_v2)"
+        "--arch",
+        default=DEFAULT_ARCH,
+        choices=list(ARCHITECTURES),
+        help=f"network: an smp architecture or a MONAI network (default {DEFAULT_ARCH}; see docs/training.md)",
+    )
+    p.add_argument(
+        "--encoder",
+        default=None,
+        help="smp encoder name, or the MONAI network's preset (default: mobilenet_v2 / the network's first preset)",
     )
     p.add_argument("--context", type=_offsets, default=(-1, 0, 1), help="2.5D slice offsets (default -1,0,1)")
     p.add_argument("--size", type=int, default=160, help="in-plane input size in pixels (default 160)")
@@ -112,6 +121,13 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--patience", type=int, default=30, help="early stopping: epochs without validation improvement")
     p.add_argument(
         "--max-minutes", type=float, default=None, help="stop after this many minutes (best checkpoint kept)"
+    )
+    p.add_argument(
+        "--budget-minutes",
+        type=float,
+        default=None,
+        help="train for this many minutes: the one-cycle learning-rate schedule spans the budget "
+        "(--epochs is then an upper bound)",
     )
     p.add_argument("--max-steps-per-epoch", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--stop-file", default=None, help=argparse.SUPPRESS)
@@ -165,6 +181,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         resume=args.resume,
         patience=args.patience,
         max_minutes=args.max_minutes,
+        budget_minutes=args.budget_minutes,
         max_steps_per_epoch=args.max_steps_per_epoch,
         work_dir=args.work_dir,
         exclude=args.exclude,

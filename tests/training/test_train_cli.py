@@ -67,3 +67,23 @@ def test_debug_flag_before_or_after_the_command(capsys):
     assert cli.main(["segment", "missing.nii.gz", "-o", "x.nii.gz"]) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("napari-gi-seg: error:")
+
+
+def test_train_monai_unet_with_budget_segments_real_scan(chaos3, tmp_path, tiny_train_args):
+    """``--arch monai.UNet --budget-minutes``: the one-cycle schedule spans the budget,
+    the run stops when it is spent, and the registered MONAI model segments a real scan
+    through the engine (as the widget and ``segment`` do)."""
+    from napari_gi_seg.engine.inference import segment_volume
+    from napari_gi_seg.io.nifti import read_nifti
+
+    args = tiny_train_args(chaos3, "cli-monai", batch_size=4)
+    args[args.index("--epochs") + 1] = "50"  # an upper bound: the budget ends the run
+    assert cli.main([*args, "--arch", "monai.UNet", "--budget-minutes", "0.02", "--flip-augment"]) == 0
+    spec = registry.get_entry("cli-monai").spec()
+    assert (spec.architecture, spec.encoder, spec.flip_augmented) == ("monai.UNet", "16-256-res2", True)
+    assert spec.training["stopped"] == "time budget" and spec.training["epochs_run"] < 50
+    assert spec.training["config"]["budget_minutes"] == 0.02
+    spec, net = registry.load_model("cli-monai")
+    vol = read_nifti(chaos3 / "image_1.nii.gz", as_labels=False)
+    res = segment_volume(vol, spec, net, slices=[10, 11], device="cpu")
+    assert res.labels.shape == vol.shape and res.labels.max() <= 4

@@ -1,5 +1,5 @@
-"""Build segmentation-models-pytorch networks from a :class:`ModelSpec` and move
-weights in and out of safetensors files (never pickle)."""
+"""Build the network of a :class:`ModelSpec` (segmentation-models-pytorch or MONAI)
+and move weights in and out of safetensors files (never pickle)."""
 
 from __future__ import annotations
 
@@ -16,13 +16,51 @@ class UnsafeWeightsError(ValueError):
     """Raised for weight files that would need unpickling (``.pt``/``.pth``/...)."""
 
 
+#: Constructor arguments of the MONAI networks a spec may name, by
+#: ``(architecture, preset)`` (the preset is the spec's ``encoder``); spatial_dims,
+#: in_channels and out_channels come from the spec.
+#:
+#: - ``monai.UNet`` ``16-256-res2``: :class:`monai.networks.nets.UNet` (Kerfoot et al.
+#:   2018): channels 16-256, 4 stride-2 levels, 2 residual units per level (1.6 M
+#:   parameters for 3 -> 5 channels).
+#: - ``monai.DynUNet`` ``16-256-instance``: :class:`monai.networks.nets.DynUNet`, the
+#:   nnU-Net network (Isensee et al. 2021) at half nnU-Net's width: 3x3 kernels,
+#:   filters 16-256, 4 stride-2 levels, instance norm, no deep supervision (1.9 M).
+MONAI_PRESETS: dict[tuple[str, str], dict] = {
+    ("monai.UNet", "16-256-res2"): dict(channels=(16, 32, 64, 128, 256), strides=(2, 2, 2, 2), num_res_units=2),
+    ("monai.DynUNet", "16-256-instance"): dict(
+        kernel_size=[3] * 5,
+        strides=[1, 2, 2, 2, 2],
+        upsample_kernel_size=[2, 2, 2, 2],
+        filters=(16, 32, 64, 128, 256),
+        norm_name="instance",
+        res_block=False,
+    ),
+}
+
+
 def build_network(spec: ModelSpec) -> torch.nn.Module:
-    """An untrained smp network for ``spec``.
+    """An untrained network for ``spec``: smp (``encoder_weights=None``) or a MONAI
+    preset (:data:`MONAI_PRESETS`).
 
     Input ``(N, len(context_offsets), H, W)`` float32, output
-    ``(N, spec.out_channels, H, W)`` logits. ``encoder_weights`` is always ``None``:
-    weights come from our safetensors file (nothing is downloaded).
+    ``(N, spec.out_channels, H, W)`` logits. Weights come from our safetensors file
+    (nothing is downloaded).
+
+    Raises
+    ------
+    ValueError
+        An architecture/preset pair this version does not know.
     """
+    if spec.architecture.startswith("monai."):
+        from monai.networks import nets
+
+        kwargs = MONAI_PRESETS.get((spec.architecture, spec.encoder))
+        if kwargs is None:
+            raise ValueError(f"unknown MONAI network preset {spec.architecture}/{spec.encoder}")
+        cls = getattr(nets, spec.architecture.split(".", 1)[1])
+        return cls(spatial_dims=2, in_channels=spec.in_channels, out_channels=spec.out_channels, **kwargs)
+
     import segmentation_models_pytorch as smp
 
     cls = getattr(smp, spec.architecture)
@@ -32,6 +70,24 @@ def build_network(spec: ModelSpec) -> torch.nn.Module:
         in_channels=spec.in_channels,
         classes=spec.out_channels,
     )
+
+
+def _aliases(sd: dict[str, torch.Tensor]) -> dict[str, str]:
+    """``{alias: first name}`` for state-dict entries that are the same tensor under
+    several names (MONAI's DynUNet registers each block twice); safetensors refuses
+    shared tensors, so only the first name is written and the others are filled in
+    from it when loading."""
+    first: dict[tuple, str] = {}
+    out = {}
+    for k, v in sd.items():
+        key = (v.data_ptr(), v.dtype, tuple(v.shape), tuple(v.stride())) if v.numel() else None
+        if key is None:
+            continue
+        if key in first:
+            out[k] = first[key]
+        else:
+            first[key] = k
+    return out
 
 
 def save_weights(model: torch.nn.Module, path: str | Path, half: bool = False) -> int:
@@ -46,7 +102,11 @@ def save_weights(model: torch.nn.Module, path: str | Path, half: bool = False) -
 
     path = Path(path)
     sd = {}
-    for k, v in model.state_dict().items():
+    full = model.state_dict()
+    aliases = _aliases(full)
+    for k, v in full.items():
+        if k in aliases:  # the same tensor under a second name (MONAI DynUNet): stored once
+            continue
         v = v.detach().cpu().contiguous()
         if half and v.is_floating_point():
             v = v.half()
@@ -87,17 +147,29 @@ def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
         raise ValueError(f"{path}: not a valid safetensors file ({e})") from e
 
 
+def load_state(net: torch.nn.Module, sd: dict[str, torch.Tensor]) -> torch.nn.Module:
+    """Load a state dict read by :func:`load_weights` into ``net`` (strict): tensors
+    are cast to the network's dtypes (fp16 files load into fp32 networks) and names
+    stored once for shared tensors are filled in (see :func:`save_weights`).
+
+    Raises ``RuntimeError`` (torch's) when names or shapes do not match."""
+    ref = net.state_dict()
+    sd = dict(sd)
+    for alias, name in _aliases(ref).items():
+        if alias not in sd and name in sd:
+            sd[alias] = sd[name]
+    net.load_state_dict({k: v.to(ref[k].dtype) if k in ref else v for k, v in sd.items()}, strict=True)
+    return net
+
+
 def load_network(spec: ModelSpec, weights_path: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:
     """Build the network for ``spec``, load ``weights_path`` (float32), eval mode.
 
     Raises ``ValueError`` naming the file when the weights do not fit the spec.
     """
     net = build_network(spec)
-    sd = load_weights(weights_path)
-    ref = net.state_dict()
-    sd = {k: v.to(ref[k].dtype) if k in ref else v for k, v in sd.items()}
     try:
-        net.load_state_dict(sd, strict=True)
+        load_state(net, load_weights(weights_path))
     except RuntimeError as e:
         raise ValueError(
             f"{weights_path}: weights do not match spec {spec.key} ({spec.architecture}/{spec.encoder}): {str(e)[:300]}"

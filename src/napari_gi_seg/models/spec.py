@@ -21,7 +21,16 @@ CHAOS_FOV_MM = 320.0
 #: Orientation axis codes of the CHAOS NIfTI files, nibabel voxel-axis order (x, y, z).
 CHAOS_AXCODES = ("L", "A", "S")
 _AXIS_PAIRS = ({"L", "R"}, {"A", "P"}, {"S", "I"})
-ARCHITECTURES = ("Unet", "UnetPlusPlus", "DeepLabV3Plus", "FPN")
+#: segmentation-models-pytorch architectures (``encoder`` is an smp encoder name).
+SMP_ARCHITECTURES = ("Unet", "UnetPlusPlus", "DeepLabV3Plus", "FPN")
+#: MONAI networks (``encoder`` names a preset: its constructor arguments are fixed in
+#: :data:`napari_gi_seg.models.network.MONAI_PRESETS`, so a spec file never carries
+#: free-form arguments). Input height and width must be multiples of 16 (4 poolings).
+MONAI_ARCHITECTURES = {"monai.UNet": ("16-256-res2",), "monai.DynUNet": ("16-256-instance",)}
+ARCHITECTURES = SMP_ARCHITECTURES + tuple(MONAI_ARCHITECTURES)
+#: The architecture ``train`` uses unless told otherwise (chosen by the peer table in
+#: docs/benchmarks.md, ``benchmarks/peer_training.py``).
+DEFAULT_ARCH = "Unet"
 NORMALISATIONS = ("percentile", "zscore")
 ACTIVATIONS = ("softmax", "sigmoid")
 
@@ -192,8 +201,9 @@ class ModelSpec:
     name, version:
         Registry key; ``version`` is an integer >= 1.
     architecture, encoder:
-        segmentation-models-pytorch class name (one of :data:`ARCHITECTURES`) and
-        encoder name (any smp encoder). Weights always come from the safetensors file.
+        segmentation-models-pytorch class name and encoder name (any smp encoder), or a
+        MONAI network (``"monai.UNet"``, ``"monai.DynUNet"``) and the name of one of its
+        presets (:data:`MONAI_ARCHITECTURES`). Weights always come from the safetensors file.
     context_offsets
         2.5D input: slice offsets relative to the target slice, e.g. ``(-1, 0, 1)``;
         neighbours beyond the first/last slice are clamped to the edge slice.
@@ -309,6 +319,16 @@ class ModelSpec:
             )
         if not isinstance(self.encoder, str) or not _ENCODER_RE.match(self.encoder):
             raise ValueError(f"encoder must be a segmentation-models-pytorch encoder name, got {self.encoder!r}")
+        presets = MONAI_ARCHITECTURES.get(self.architecture)
+        if presets is not None:
+            if self.encoder not in presets:
+                raise ValueError(
+                    f"encoder of a {self.architecture} spec must be one of its presets {presets}, got {self.encoder!r}"
+                )
+            if any(v % 16 for v in self.input_size):
+                raise ValueError(
+                    f"input_size of a {self.architecture} spec must be multiples of 16, got {list(self.input_size)}"
+                )
         if len(self.classes) > MAX_CLASSES:
             raise ValueError(f"classes: at most {MAX_CLASSES} classes, got {len(self.classes)}")
         for c in self.classes:

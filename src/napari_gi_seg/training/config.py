@@ -9,9 +9,16 @@ from pathlib import Path
 import torch
 
 from ..datasets import SegDataset
-from ..models.spec import ClassInfo, ModelSpec, mirror_pairs
+from ..models.spec import DEFAULT_ARCH, MONAI_ARCHITECTURES, ClassInfo, ModelSpec, mirror_pairs
 
-__all__ = ["TrainConfig", "TrainResult", "make_spec"]
+__all__ = ["TrainConfig", "TrainResult", "make_spec", "default_encoder"]
+
+
+def default_encoder(arch: str) -> str:
+    """The encoder (smp) or preset (MONAI) used for ``arch`` when none is given:
+    ``mobilenet_v2`` for smp architectures, the first preset of a MONAI network."""
+    presets = MONAI_ARCHITECTURES.get(arch)
+    return presets[0] if presets else "mobilenet_v2"
 
 
 @dataclass
@@ -21,8 +28,8 @@ class TrainConfig:
     dataset: str
     name: str
     class_names: list[str] | None = None
-    arch: str = "Unet"
-    encoder: str = "mobilenet_v2"
+    arch: str = DEFAULT_ARCH
+    encoder: str | None = None  # None: default_encoder(arch)
     context: tuple[int, ...] = (-1, 0, 1)
     size: int = 160
     epochs: int = 100
@@ -36,6 +43,8 @@ class TrainConfig:
     resume: bool = False
     patience: int = 30
     max_minutes: float | None = None
+    # wall-clock training budget: the one-cycle schedule spans it (training.schedule.BudgetOneCycle)
+    budget_minutes: float | None = None
     max_steps_per_epoch: int | None = None
     val_every: int = 1
     normalisation: str = "percentile"
@@ -120,7 +129,7 @@ def make_spec(cfg: TrainConfig, ds: SegDataset) -> ModelSpec:
         name=cfg.name,
         version=cfg.version or 1,
         architecture=cfg.arch,
-        encoder=cfg.encoder,
+        encoder=cfg.encoder or default_encoder(cfg.arch),
         context_offsets=tuple(cfg.context),
         input_size=(cfg.size, cfg.size),
         normalisation=cfg.normalisation,

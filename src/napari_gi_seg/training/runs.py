@@ -6,18 +6,34 @@ fine-tune left behind (an explicit choice). See docs/robustness.md and docs/trai
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import asdict
 from pathlib import Path
 
 from ..paths import public_path
 from .manifest import write_manifest
 
-__all__ = ["CANDIDATE_FILE", "public_config", "work_dir_for", "resumable_run", "run_folder", "register_run"]
+__all__ = [
+    "CANDIDATE_FILE",
+    "dist_info",
+    "public_config",
+    "work_dir_for",
+    "resumable_run",
+    "run_folder",
+    "register_run",
+]
 
 log = logging.getLogger(__name__)
 
 #: The unregistered candidate's spec in the run folder (its weights: ``best.safetensors``).
 CANDIDATE_FILE = "candidate.json"
+
+
+def dist_info() -> tuple[int, int, int]:
+    """``(WORLD_SIZE, RANK, LOCAL_RANK)`` of this process as torchrun sets them
+    (``(1, 0, 0)`` outside torchrun)."""
+    ws = int(os.environ.get("WORLD_SIZE", "1"))
+    return ws, int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
 
 
 def public_config(cfg) -> dict:
@@ -164,10 +180,10 @@ def register_run(work_dir: str | Path, allow_worse: bool = False):
             rows = [{k: _num(v) for k, v in r.items()} for r in csv.DictReader(f)]
         if rows:
             plot_history(rows, curve)
-    from ..models.network import build_network, load_weights
+    from ..models.network import build_network, load_state, load_weights
 
     net = build_network(spec)
-    net.load_state_dict(load_weights(weights))
+    load_state(net, load_weights(weights))
     entry = registry.register_model(
         spec,
         model=net,

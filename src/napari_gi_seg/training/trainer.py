@@ -48,7 +48,7 @@ from ..engine.domain import training_frame
 from ..engine.inference import resolve_device
 from ..evaluation.plots import plot_history
 from ..models.card import model_card
-from ..models.network import build_network, load_weights, save_weights
+from ..models.network import build_network, load_state, load_weights, save_weights
 from ..models.spec import ModelSpec
 from ..paths import public_path
 from ..progress import CancelCallback, ProgressCallback, emit
@@ -57,17 +57,14 @@ from .config import TrainConfig, TrainResult, make_spec
 from .data import SliceDataset, seed_worker
 from .losses import segmentation_loss
 from .manifest import LOG_FILE, environment, write_manifest
+from .runs import dist_info as _dist_info
 from .runs import public_config, work_dir_for
-from .validation import validate
+from .schedule import BudgetOneCycle
+from .validation import metrics_record, validate
 
 __all__ = ["TrainConfig", "TrainResult", "Trainer", "train", "make_spec", "SliceDataset", "segmentation_loss", "validate"]  # fmt: skip
 
 log = logging.getLogger(__name__)
-
-
-def _dist_info() -> tuple[int, int, int]:
-    ws = int(os.environ.get("WORLD_SIZE", "1"))
-    return ws, int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
 
 
 class Trainer:
@@ -271,9 +268,12 @@ class Trainer:
         cfg = self.cfg
         net = build_network(self.spec)
         if self.init is not None:
-            ref = net.state_dict()
-            net.load_state_dict({k: v.to(ref[k].dtype) for k, v in self.init[1].items()})
+            load_state(net, self.init[1])
         if cfg.freeze_encoder:
+            if not hasattr(net, "encoder"):
+                raise ValueError(
+                    f"--freeze-encoder needs an encoder-decoder (smp) network, not {self.spec.architecture}"
+                )
             for p in net.encoder.parameters():
                 p.requires_grad_(False)
         net.to(self.device)
@@ -284,15 +284,13 @@ class Trainer:
             )
         params = [p for p in net.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.sched = torch.optim.lr_scheduler.OneCycleLR(
-            self.opt,
-            max_lr=cfg.lr,
-            total_steps=max(1, cfg.epochs * self.steps_per_epoch),
-            pct_start=0.1 if self.init is None else 0.02,
-            anneal_strategy="cos",
-            div_factor=10.0,
-            final_div_factor=100.0,
-        )
+        total, pct = max(1, cfg.epochs * self.steps_per_epoch), 0.1 if self.init is None else 0.02
+        if cfg.budget_minutes:  # one whole cycle in the wall-clock budget (training.schedule)
+            self.sched = BudgetOneCycle(self.opt, cfg.lr, cfg.budget_minutes * 60.0, total, pct_start=pct)
+        else:
+            self.sched = torch.optim.lr_scheduler.OneCycleLR(
+                self.opt, max_lr=cfg.lr, total_steps=total, pct_start=pct, div_factor=10.0, final_div_factor=100.0
+            )
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.device.type == "cuda")
 
     @property
@@ -355,6 +353,9 @@ class Trainer:
             self.sampler.set_epoch(epoch)
         self.model.train()
         t0, losses = time.time(), []
+        budget = isinstance(self.sched, BudgetOneCycle)
+        if budget:
+            self.sched.restart_clock()
         it = iter(self.loader)
         for step in range(self.steps_per_epoch):
             x, y = next(it)
@@ -379,6 +380,10 @@ class Trainer:
             if self.cancel is not None and self.cancel():
                 self.stopped = "cancelled"
                 self._log(f"stop requested: ending after epoch {epoch + 1} (the best epoch so far is kept)")
+                break
+            if budget and self.sched.spent:
+                self.stopped = "time budget"
+                self._log(f"training budget of {cfg.budget_minutes} min spent in epoch {epoch + 1}")
                 break
         self.last_epoch = epoch
         return {
@@ -475,22 +480,9 @@ class Trainer:
         entry = None
         if self.rank == 0:
             if self.best_path.exists():
-                self.net.load_state_dict(load_weights(self.best_path))
+                load_state(self.net, load_weights(self.best_path))
             bm = self.best_metrics
-            spec.metrics = (
-                {
-                    "validation": {
-                        "mean_dice": bm.get("mean_dice"),
-                        **({"mean_kaggle_score": bm["mean_kaggle_score"]} if "mean_kaggle_score" in bm else {}),
-                        "per_class": bm.get("per_class", {}),
-                        "per_case": bm.get("per_case", {}),
-                        "patients": self.val_groups,
-                        "measured_on": f"{len(self.val_groups)} held-out patient(s) of {public_path(ds.root)}",
-                    }
-                }
-                if bm
-                else {}
-            )
+            spec.metrics = metrics_record(bm, self.val_groups, ds.root)
             spec.training = {
                 "dataset": public_path(ds.root),
                 "layout": ds.layout,

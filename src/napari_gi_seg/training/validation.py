@@ -103,3 +103,24 @@ def _flatten_multilabel(masks: np.ndarray, spec: ModelSpec) -> np.ndarray:
         out[masks[c.index - 1] == 1] = c.index
     out[(masks == IGNORE_INDEX).any(0)] = IGNORE_INDEX
     return out
+
+
+def metrics_record(best_metrics: dict, patients: list[str], dataset_root) -> dict:
+    """The ``metrics`` of a trained model's spec: the best epoch's validation metrics
+    (see :func:`validate`) with the patients and the dataset (by folder name only) they
+    were measured on; ``{}`` when there was no validation."""
+    from ..paths import public_path
+
+    bm = best_metrics
+    if not bm:
+        return {}
+    return {
+        "validation": {
+            "mean_dice": bm.get("mean_dice"),
+            **({"mean_kaggle_score": bm["mean_kaggle_score"]} if "mean_kaggle_score" in bm else {}),
+            "per_class": bm.get("per_class", {}),
+            "per_case": bm.get("per_case", {}),
+            "patients": patients,
+            "measured_on": f"{len(patients)} held-out patient(s) of {public_path(dataset_root)}",
+        }
+    }
