@@ -54,12 +54,16 @@ from _report import write_section  # noqa: E402  (benchmarks/ is not a package)
 
 SECTION = "peer-training"
 CLASSES = ("liver", "right_kidney", "left_kidney", "spleen")
-OURS = {
-    "ours-smp": ("Unet", "mobilenet_v2", "ours: smp Unet / mobilenet_v2"),
-    "ours-unet": ("monai.UNet", "16-256-res2", "ours: MONAI UNet 16-256, 2 res units"),
-    "ours-dynunet": ("monai.DynUNet", "16-256-instance", "ours: MONAI DynUNet 16-256, instance norm"),
+OURS = {  # method: (architecture, encoder/preset, left/right flips: "swap"/"keep" labels or None, label)
+    "ours-smp": ("Unet", "mobilenet_v2", "swap", "ours: smp Unet / mobilenet_v2, flips (swap)"),
+    "ours-unet": ("monai.UNet", "16-256-res2", "swap", "ours: MONAI UNet 16-256, flips (swap)"),
+    "ours-dynunet": ("monai.DynUNet", "16-256-instance", "swap", "ours: MONAI DynUNet 16-256, flips (swap)"),
+    "ours-unet-noflip": ("monai.UNet", "16-256-res2", None, "ours: MONAI UNet 16-256, no flips"),
+    "ours-unet-keep": ("monai.UNet", "16-256-res2", "keep", "ours: MONAI UNet 16-256, flips (keep)"),
+    "ours-dynunet-keep": ("monai.DynUNet", "16-256-instance", "keep", "ours: MONAI DynUNet 16-256, flips (keep)"),
+    "ours-smp-keep": ("Unet", "mobilenet_v2", "keep", "ours: smp Unet / mobilenet_v2, flips (keep)"),
 }
-LABELS = {**{k: v[2] for k, v in OURS.items()}, "nnunet": "nnU-Net v2 2d (its own recipe)"}
+LABELS = {**{k: v[3] for k, v in OURS.items()}, "nnunet": "nnU-Net v2 2d (its own recipe)"}
 
 
 def data_root(arg: str | None) -> Path:
@@ -85,7 +89,7 @@ def run_ours(method: str, root: Path, fold: int, minutes: float, threads: int, w
     from napari_gi_seg.training.trainer import TrainConfig, Trainer
 
     torch.set_num_threads(threads)
-    arch, enc, _ = OURS[method]
+    arch, enc, flip, _ = OURS[method]
     cfg = TrainConfig(
         dataset=str(root),
         name=f"peer-{method}",
@@ -103,7 +107,8 @@ def run_ours(method: str, root: Path, fold: int, minutes: float, threads: int, w
         work_dir=str(work / f"{method}-fold{fold}"),
         register=False,
         single_component=list(CLASSES),
-        flip_augment=True,
+        flip_augment=flip is not None,
+        flip_labels=flip or "swap",
     )
     t = Trainer(cfg)
     t0 = time.time()

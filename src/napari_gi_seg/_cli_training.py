@@ -156,6 +156,13 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
         "default: only when no class is lateralised",
     )
     flip.add_argument("--no-flip-augment", dest="flip_augment", action="store_false")
+    p.add_argument(
+        "--flip-labels",
+        choices=["swap", "keep"],
+        default="swap",
+        help="lateralised classes on flipped images: swap (anatomical: laterality = image side) or keep "
+        "(contextual: the right kidney is the one beside the liver); see docs/training.md",
+    )
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -189,6 +196,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         num_workers=args.num_workers,
         single_component=args.single_component,
         flip_augment=args.flip_augment,
+        flip_labels=args.flip_labels,
     )
     with graceful_stop(args.stop_file) as cancel, TqdmProgress(disable=not sys.stderr.isatty()) as bar:
         res = train(cfg, progress=bar, cancel=cancel)

@@ -219,3 +219,36 @@ def test_bad_volume_input(tiny_model):
     v[1, 2, 2] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         segment_volume(v, tiny_model.spec, tiny_model.network(), device="cpu")
+
+
+class ContextNet(torch.nn.Module):
+    """Contextual laterality ("keep" flip labels): the blob nearer the bright strip (the
+    "liver") is class 1 on whichever side the strip lies."""
+
+    def forward(self, x):
+        c = x[:, 1:2]
+        w = c.shape[-1]
+        strip_left = c[..., : w // 8].mean() > c[..., -(w // 8) :].mean()
+        near = torch.arange(w).to(c) < w // 2 if strip_left else torch.arange(w).to(c) >= w // 2
+        near = near.expand_as(c)
+        blob = (c > 0.5) & (c < 0.9)
+        one = torch.where(blob & near, 4.0, 0.0)
+        two = torch.where(blob & ~near, 4.0, 0.0)
+        return torch.cat([torch.full_like(c, 1.0), one, two], 1)
+
+
+def test_flip_tta_of_a_keep_model_does_not_swap_sides():
+    """A model trained with ``flip_labels="keep"`` names each side by its context, so its
+    flipped pass needs no channel swap: TTA agrees with the plain pass (a swap would
+    turn every kidney into the other one)."""
+    spec = ModelSpec(**{**LR_SPEC, "flip_augmented": True, "flip_labels": "keep"})
+    assert spec.mirror_permutation() == [0, 1, 2]
+    v = _blob_volume() * 0.7
+    v[:, :, :3] = 1.0  # the "liver" strip on the left
+    plain = segment_volume(v, spec, ContextNet(), device="cpu", tta=False)
+    tta = segment_volume(v, spec, ContextNet(), device="cpu", tta=True)
+    assert (plain.labels[:, 10:20, 4:10] == 1).all() and (plain.labels[:, 10:20, 22:28] == 2).all()
+    np.testing.assert_array_equal(tta.labels, plain.labels)
+    swapped = ModelSpec(**{**LR_SPEC, "flip_augmented": True})  # the same net read as a "swap" model
+    bad = segment_volume(v, swapped, ContextNet(), device="cpu", tta=True, return_probs=True)
+    assert np.allclose(bad.probs[1, :, 12, 5], bad.probs[2, :, 12, 5], atol=1e-3)  # a tie: sides lost

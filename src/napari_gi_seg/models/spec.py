@@ -33,6 +33,8 @@ ARCHITECTURES = SMP_ARCHITECTURES + tuple(MONAI_ARCHITECTURES)
 DEFAULT_ARCH = "Unet"
 NORMALISATIONS = ("percentile", "zscore")
 ACTIVATIONS = ("softmax", "sigmoid")
+#: What a left-right flip does to lateralised classes (:attr:`ModelSpec.flip_labels`).
+FLIP_LABELS = ("swap", "keep")
 
 # Distinct colours (RGB hex) used when a spec gives none; index 0 is background.
 DEFAULT_COLOURS = (
@@ -232,6 +234,14 @@ class ModelSpec:
         The network was trained with left-right flips (lateralised classes swapped with
         their mirror). Only then is flip test-time augmentation meaningful: a network
         that never saw a flipped abdomen (liver on the left) fails on one.
+    flip_labels
+        How lateralised classes were labelled on flipped training images, and so how a
+        flipped prediction is mapped back (:meth:`mirror_permutation`). ``"swap"``
+        (anatomical): a flip turns the right kidney into a left one, so laterality is
+        the side of the image, which a CNN must learn from absolute position.
+        ``"keep"`` (contextual): flipped images keep their labels, so the right kidney is
+        the one beside the liver on either side; a flipped prediction needs no channel
+        swap. Only meaningful with ``flip_augmented``.
     frame
         The model's frame (:class:`ModelFrame`): orientation, in-plane target spacing and
         training ranges. ``None`` (the default when building a spec in code) becomes
@@ -257,6 +267,7 @@ class ModelSpec:
     software_version: str = ""
     training: dict[str, Any] = field(default_factory=dict)
     flip_augmented: bool = False
+    flip_labels: str = "swap"
     frame: ModelFrame | None = None
     format_version: int = SPEC_FORMAT_VERSION
 
@@ -340,6 +351,8 @@ class ModelSpec:
             raise ValueError(f"architecture {self.architecture!r} is not one of {ARCHITECTURES}")
         if self.normalisation not in NORMALISATIONS:
             raise ValueError(f"normalisation {self.normalisation!r} is not one of {NORMALISATIONS}")
+        if self.flip_labels not in FLIP_LABELS:
+            raise ValueError(f"flip_labels {self.flip_labels!r} is not one of {FLIP_LABELS}")
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"activation {self.activation!r} is not one of {ACTIVATIONS}")
         if 0 not in self.context_offsets:
@@ -386,11 +399,15 @@ class ModelSpec:
         """Output-channel permutation that undoes a left-right flip.
 
         ``perm[c]`` is the channel whose prediction on the flipped image belongs to
-        channel ``c`` of the unflipped one. Identity for classes without ``mirror``.
+        channel ``c`` of the unflipped one. Identity for classes without ``mirror``, and
+        for every class when ``flip_labels == "keep"``. Training (the flipped label
+        map) and flip TTA both use it.
         """
         offset = 1 if self.activation == "softmax" else 0
         by_name = {c.name: c.index for c in self.classes}
         perm = list(range(self.out_channels))
+        if self.flip_labels == "keep":  # contextual laterality: labels survive a flip
+            return perm
         for c in self.classes:
             if c.mirror:
                 perm[c.index - 1 + offset] = by_name[c.mirror] - 1 + offset

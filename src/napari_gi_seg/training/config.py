@@ -64,6 +64,8 @@ class TrainConfig:
     # left-right flip augmentation (with left/right class swap); None: only when no class is lateralised.
     # Flip test-time augmentation is only valid for models trained with it.
     flip_augment: bool | None = None
+    # what a flip does to lateralised classes: "swap" (anatomical) or "keep" (contextual); see ModelSpec.flip_labels
+    flip_labels: str = "swap"
 
 
 @dataclass
@@ -135,5 +137,6 @@ def make_spec(cfg: TrainConfig, ds: SegDataset) -> ModelSpec:
         normalisation=cfg.normalisation,
         classes=classes,
         activation="sigmoid" if ds.multilabel else "softmax",
+        flip_labels=cfg.flip_labels,
         description=cfg.description,
     )

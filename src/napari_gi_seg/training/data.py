@@ -42,8 +42,9 @@ class SliceDataset(torch.utils.data.Dataset):
     def __init__(self, cases: list[Case], spec: ModelSpec, augment: bool, allow_flip: bool):
         self.spec = spec
         # Left-right flips (p = 0.5) when allowed; for lateralised classes the flip also
-        # swaps each class with its mirror (left kidney <-> right kidney), so the label
-        # stays anatomically true for the flipped image.
+        # swaps each class with its mirror (left kidney <-> right kidney) when
+        # spec.flip_labels == "swap" (anatomical), and keeps them when "keep" (contextual):
+        # spec.mirror_permutation() says which, for training and flip TTA alike.
         self.flip = bool(augment and allow_flip)
         perm = spec.mirror_permutation()
         if spec.activation == "softmax":
