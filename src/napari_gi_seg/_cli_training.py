@@ -152,16 +152,18 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
         dest="flip_augment",
         action="store_true",
         default=None,
-        help="left-right flip augmentation, swapping left/right classes (makes --tta usable); "
-        "default: only when no class is lateralised",
+        help="left-right flip augmentation (makes --tta usable; the default)",
     )
-    flip.add_argument("--no-flip-augment", dest="flip_augment", action="store_false")
+    flip.add_argument(
+        "--no-flip-augment", dest="flip_augment", action="store_false", help="no left-right flips (--tta refused)"
+    )
     p.add_argument(
         "--flip-labels",
-        choices=["swap", "keep"],
-        default="swap",
-        help="lateralised classes on flipped images: swap (anatomical: laterality = image side) or keep "
-        "(contextual: the right kidney is the one beside the liver); see docs/training.md",
+        choices=["keep", "swap"],
+        default="keep",
+        help="lateralised classes on flipped images: keep (contextual: the right kidney is the one beside the "
+        "liver; the default) or swap (anatomical: laterality = image side, which small networks learn slowly); "
+        "see docs/training.md",
     )
 
 

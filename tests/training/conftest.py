@@ -18,7 +18,7 @@ import pytest
 
 #: case-day -> slice numbers that get stand-in PNG scans
 UWMGI_SLICES = {"case123_day20": range(60, 72), "case2_day1": range(48, 58), "case7_day0": range(60, 64)}
-TINY = dict(size=64, epochs=1, batch_size=4, max_steps_per_epoch=1, augment=False, encoder="mobilenet_v2")
+TINY = dict(size=64, epochs=1, batch_size=4, max_steps_per_epoch=1, augment=False, arch="Unet", encoder="mobilenet_v2")
 
 
 @pytest.fixture

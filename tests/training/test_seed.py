@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from napari_gi_seg.training.trainer import TrainConfig, train
 
-TINY = dict(size=64, batch_size=4, encoder="mobilenet_v2")  # as tests/training/conftest.py
+TINY = dict(size=64, batch_size=4, arch="Unet", encoder="mobilenet_v2")  # as tests/training/conftest.py
 
 
 def _losses(chaos3, tmp_path, seed: int, workers: int = 0) -> list[float]:

@@ -249,11 +249,18 @@ def model_card(spec: ModelSpec, evaluations: Sequence[tuple[str, dict]] = ()) ->
         "",
         "## Model",
         "",
-        f"- network: {spec.architecture} / {spec.encoder} (segmentation-models-pytorch), weights in "
-        "`model.safetensors` (never pickled)",
+        f"- network: {spec.architecture} / {spec.encoder} "
+        f"({'MONAI preset' if spec.architecture.startswith('monai.') else 'segmentation-models-pytorch'}), "
+        "weights in `model.safetensors` (never pickled)",
         f"- classes: {', '.join(f'{c.index} {c.name}' for c in spec.classes)} ({spec.activation})",
         f"- parent: {spec.parent or 'none (trained from scratch)'}",
-        f"- left-right flip augmentation: {'yes (flip TTA allowed)' if spec.flip_augmented else 'no (flip TTA refused)'}",
+        "- left-right flip augmentation: "
+        + (
+            f"yes, lateralised classes {'kept (contextual)' if spec.flip_labels == 'keep' else 'swapped'} "
+            "on flipped images (flip TTA allowed)"
+            if spec.flip_augmented
+            else "no (flip TTA refused)"
+        ),
         "",
         "## Intended use",
         "",

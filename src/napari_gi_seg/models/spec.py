@@ -30,7 +30,7 @@ MONAI_ARCHITECTURES = {"monai.UNet": ("16-256-res2",), "monai.DynUNet": ("16-256
 ARCHITECTURES = SMP_ARCHITECTURES + tuple(MONAI_ARCHITECTURES)
 #: The architecture ``train`` uses unless told otherwise (chosen by the peer table in
 #: docs/benchmarks.md, ``benchmarks/peer_training.py``).
-DEFAULT_ARCH = "Unet"
+DEFAULT_ARCH = "monai.UNet"
 NORMALISATIONS = ("percentile", "zscore")
 ACTIVATIONS = ("softmax", "sigmoid")
 #: What a left-right flip does to lateralised classes (:attr:`ModelSpec.flip_labels`).

@@ -61,11 +61,12 @@ class TrainConfig:
     register: bool = True
     # classes that are one connected organ (post-processing keeps the largest 3D component)
     single_component: list[str] = field(default_factory=list)
-    # left-right flip augmentation (with left/right class swap); None: only when no class is lateralised.
+    # left-right flip augmentation; None: on for a new model, as the base model for a fine-tune.
     # Flip test-time augmentation is only valid for models trained with it.
     flip_augment: bool | None = None
-    # what a flip does to lateralised classes: "swap" (anatomical) or "keep" (contextual); see ModelSpec.flip_labels
-    flip_labels: str = "swap"
+    # what a flip does to lateralised classes: "keep" (contextual, the default: chosen by the peer table in
+    # docs/benchmarks.md) or "swap" (anatomical); see ModelSpec.flip_labels
+    flip_labels: str = "keep"
 
 
 @dataclass
