@@ -210,6 +210,31 @@ def summarise(rows: list[dict]) -> list[dict]:
     return out
 
 
+def record_cv(rows: list[dict], method: str, spec_path: Path) -> dict:
+    """Write ``method``'s cross-validation into ``spec_path`` (``metrics.cross_validation``):
+    the estimate for unseen patients of a model trained with that recipe on every
+    patient (the bundled model). Returns the record."""
+    from napari_gi_seg.models.spec import ModelSpec
+
+    s = next(x for x in summarise(rows) if x["method"] == method)
+    minutes = sorted({r["minutes"] for r in rows if r["method"] == method})
+    rec = {
+        "method": method,
+        "mean_dice": round(s["mean"][0], 4),
+        "sd": round(s["mean"][1], 4),
+        "per_class": {c: {"dice": round(m, 4), "sd": round(sd, 4)} for c, (m, sd) in s["per_class"].items()},
+        "folds": len(s["folds"]),
+        "patients": s["patients"],
+        "measured_on": f"{len(s['folds'])}-fold patient cross-validation on {s['patients']} CHAOS T2-SPIR patients "
+        f"(benchmarks/peer_training.py, {'/'.join(f'{m:g}' for m in minutes)} min of training per fold on "
+        f"{s['threads']} CPU thread(s)).",
+    }
+    spec = ModelSpec.load(spec_path)
+    spec.metrics = {**spec.metrics, "cross_validation": rec}
+    spec.save(spec_path)
+    return rec
+
+
 def markdown(rows: list[dict], env: dict) -> str:
     summ = summarise(rows)
     minutes = sorted({r["minutes"] for r in rows})
@@ -254,6 +279,12 @@ def main(argv=None) -> int:
     p.add_argument("--json", default=None, help="append the runs' rows to this JSON file")
     p.add_argument("--merge", nargs="+", default=None, help="JSON files of earlier runs to tabulate")
     p.add_argument("--write-docs", action="store_true", help="write the table into docs/benchmarks.md")
+    p.add_argument(
+        "--record-cv",
+        nargs=2,
+        metavar=("METHOD", "SPEC_JSON"),
+        help="write METHOD's cross-validation into a model's spec.json (metrics.cross_validation)",
+    )
     args = p.parse_args(argv)
 
     rows: list[dict] = []
@@ -278,6 +309,9 @@ def main(argv=None) -> int:
     print(md)
     if args.write_docs:
         print(f"wrote {write_section(SECTION, md)}", file=sys.stderr)
+    if args.record_cv:
+        rec = record_cv(rows, args.record_cv[0], Path(args.record_cv[1]))
+        print(f"recorded cross-validation mean Dice {rec['mean_dice']} in {args.record_cv[1]}", file=sys.stderr)
     return 0
 
 

@@ -111,6 +111,9 @@ def headline_metric(spec: ModelSpec) -> tuple[float | None, str]:
         pts = v.get("patients") or []
         ds = _dataset_name((spec.training or {}).get("dataset"))
         return float(v["mean_dice"]), f"validation Dice on {len(pts)} held-out patient(s) of {ds}"
+    cv = m.get("cross_validation")
+    if isinstance(cv, dict) and isinstance(cv.get("mean_dice"), (int, float)):
+        return float(cv["mean_dice"]), f"cross-validation Dice ({cv.get('measured_on', 'recipe estimate')})"
     if isinstance(m.get("mean_dice"), (int, float)):
         return float(m["mean_dice"]), "mean Dice (where it was measured is not recorded)"
     return None, "no metrics"
@@ -183,6 +186,18 @@ def _metric_tables(spec: ModelSpec, evaluations: Sequence[tuple[str, dict]]) -> 
             {"dice": {k: d.get("dice") for k, d in v["per_class"].items()}},
             {"dice": v.get("mean_dice")},
         )
+    cv = m.get("cross_validation") or {}
+    if cv.get("per_class"):
+        table(
+            "Cross-validation (estimate for unseen patients)",
+            f"{cv.get('measured_on', '')} Mean +- sd over patients; an estimate of the recipe, not of these "
+            "weights, which saw every patient.",
+            {
+                "dice": {k: d.get("dice") for k, d in cv["per_class"].items()},
+                "sd": {k: d.get("sd") for k, d in cv["per_class"].items()},
+            },
+            {"dice": cv.get("mean_dice"), "sd": cv.get("sd")},
+        )
     for label, summary in evaluations:
         pc = summary.get("per_class") or {}
         metrics = [k for k in ("dice", "hd95_mm", "kaggle_score") if any(k in d for d in pc.values())]
@@ -216,7 +231,7 @@ def _metric_tables(spec: ModelSpec, evaluations: Sequence[tuple[str, dict]]) -> 
     return out
 
 
-_HEADS = {"dice": "Dice", "hd95_mm": "HD95 (mm)", "kaggle_score": "Kaggle score"}
+_HEADS = {"dice": "Dice", "sd": "sd", "hd95_mm": "HD95 (mm)", "kaggle_score": "Kaggle score"}
 
 
 def _fmt(x, digits: int = 3) -> str:
