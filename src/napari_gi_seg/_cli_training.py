@@ -152,7 +152,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
         dest="flip_augment",
         action="store_true",
         default=None,
-        help="left-right flip augmentation (makes --tta usable; the default)",
+        help="left-right flip augmentation (makes --tta usable); default: on unless a class is lateralised "
+        "(kidneys), where flips slowed learning in the peer table (docs/benchmarks.md)",
     )
     flip.add_argument(
         "--no-flip-augment", dest="flip_augment", action="store_false", help="no left-right flips (--tta refused)"

@@ -61,7 +61,7 @@ class TrainConfig:
     register: bool = True
     # classes that are one connected organ (post-processing keeps the largest 3D component)
     single_component: list[str] = field(default_factory=list)
-    # left-right flip augmentation; None: on for a new model, as the base model for a fine-tune.
+    # left-right flip augmentation; None: on unless a class is lateralised (a fine-tune: as its base model).
     # Flip test-time augmentation is only valid for models trained with it.
     flip_augment: bool | None = None
     # what a flip does to lateralised classes: "keep" (contextual, the default: chosen by the peer table in

@@ -240,7 +240,10 @@ class Trainer:
             self.val_cases = [c.load() for c in ds.subset(self.val_groups).cases]
         spec.data_fingerprint = fingerprint(train_cases)
         spec.frame = training_frame([c.image for c in train_cases], spec, keep_frame=self.init is not None)
-        allow_flip = cfg.flip_augment if cfg.flip_augment is not None else (self.init is None or spec.flip_augmented)
+        lateral = any(c.mirror for c in spec.classes)  # default: flips unless lateralised (a fine-tune: as its base)
+        allow_flip = (
+            cfg.flip_augment if cfg.flip_augment is not None else (spec.flip_augmented if self.init else not lateral)
+        )
         spec.flip_augmented = bool(allow_flip and cfg.augment) or (self.init is not None and spec.flip_augmented)
         tds = SliceDataset(train_cases, spec, augment=cfg.augment, allow_flip=allow_flip)
         if tds.transform is not None:
