@@ -61,3 +61,26 @@ def test_regenerate_card_from_a_folder(tmp_path):
     assert card_main([str(folder), "--evaluation", str(tmp_path / "ev.json"), "--where", "somewhere"]) == 0
     text = (folder / "MODEL_CARD.md").read_text()
     assert "somewhere" in text and "| liver | 0.500 | 12.0 |" in text and "| spleen | - | - |" in text
+
+
+def test_card_of_a_model_trained_on_every_patient_shows_the_cross_validation():
+    """A model trained on all patients has no validation: its card's headline and
+    table are the recipe's cross-validation, said to be an estimate of the recipe."""
+    from napari_gi_seg.models.card import headline_metric
+
+    spec = registry.get_entry("chaos-t2spir:1").spec()
+    d = spec.to_dict()
+    d["metrics"] = {
+        "cross_validation": {
+            "mean_dice": 0.61,
+            "sd": 0.23,
+            "per_class": {c.name: {"dice": 0.6, "sd": 0.2} for c in spec.classes},
+            "measured_on": "4-fold patient cross-validation on 16 CHAOS T2-SPIR patients.",
+        }
+    }
+    s2 = ModelSpec.from_dict(d)
+    value, where = headline_metric(s2)
+    assert value == 0.61 and where.startswith("cross-validation Dice (4-fold patient")
+    card = model_card(s2)
+    assert "### Cross-validation (estimate for unseen patients)" in card
+    assert "| liver | 0.600 | 0.200 |" in card and "an estimate of the recipe" in card
