@@ -160,27 +160,27 @@ def run(method: str, root: Path, fold: int, minutes: float, threads: int, work: 
 
 
 def environment() -> dict:
-    import torch
+    """Date, machine and the versions that matter here (from the trainer's
+    :func:`napari_gi_seg.training.manifest.environment`, plus nnunetv2)."""
+    from importlib import metadata
 
-    env = {
+    from napari_gi_seg.training.manifest import environment as run_environment
+
+    env = run_environment("cpu")
+    v, hw = env["versions"], env["hardware"]
+    out = {
         "date": _dt.date.today().isoformat(),
-        "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} CPU cores available, {platform.system()}",
-        "python": platform.python_version(),
-        "torch": torch.__version__,
+        "machine": f"{hw['machine']}, {len(os.sched_getaffinity(0))} CPU cores available, {platform.system()}",
+        "python": hw["python"],
+        "torch": v.get("torch"),
     }
+    if v.get("monai"):
+        out["monai"] = v["monai"]
     try:
-        import monai
-
-        env["monai"] = monai.__version__
-    except ImportError:
+        out["nnunetv2"] = metadata.version("nnunetv2")
+    except metadata.PackageNotFoundError:
         pass
-    try:
-        from importlib.metadata import version
-
-        env["nnunetv2"] = version("nnunetv2")
-    except Exception:
-        pass
-    return env
+    return out
 
 
 def summarise(rows: list[dict]) -> list[dict]:
