@@ -61,6 +61,8 @@ OURS = {  # method: (architecture, encoder/preset, left/right flips: "swap"/"kee
     "ours-unet-noflip": ("monai.UNet", "16-256-res2", None, "ours: MONAI UNet 16-256, no flips"),
     "ours-unet-keep": ("monai.UNet", "16-256-res2", "keep", "ours: MONAI UNet 16-256, flips (keep)"),
     "ours-dynunet-keep": ("monai.DynUNet", "16-256-instance", "keep", "ours: MONAI DynUNet 16-256, flips (keep)"),
+    "ours-unetbn-keep": ("monai.UNet", "16-256-res2-batch", "keep", "ours: MONAI UNet 16-256 batch norm, flips (keep)"),
+    "ours-unetbn-noflip": ("monai.UNet", "16-256-res2-batch", None, "ours: MONAI UNet 16-256 batch norm, no flips"),
     "ours-smp-keep": ("Unet", "mobilenet_v2", "keep", "ours: smp Unet / mobilenet_v2, flips (keep)"),
 }
 LABELS = {**{k: v[3] for k, v in OURS.items()}, "nnunet": "nnU-Net v2 2d (its own recipe)"}

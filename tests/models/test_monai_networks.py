@@ -20,9 +20,8 @@ def _spec(arch, enc, size=64):
     )
 
 
-@pytest.mark.parametrize("arch", sorted(MONAI_ARCHITECTURES))
-def test_monai_network_round_trip(arch, tmp_path):
-    enc = MONAI_ARCHITECTURES[arch][0]
+@pytest.mark.parametrize("arch,enc", [(a, e) for a, presets in sorted(MONAI_ARCHITECTURES.items()) for e in presets])
+def test_monai_network_round_trip(arch, enc, tmp_path):
     assert (arch, enc) in MONAI_PRESETS
     spec = ModelSpec.from_dict(_spec(arch, enc).to_dict())  # survives the spec file
     torch.manual_seed(0)
@@ -44,3 +43,14 @@ def test_monai_spec_refuses_unknown_preset_and_bad_size():
         _spec("monai.DynUNet", "16-256-instance", size=72)
     with pytest.raises(ValueError, match="architecture"):
         _spec("monai.SwinUNETR", "16-256-res2")
+
+
+@pytest.mark.parametrize("enc,norm", [("16-256-res2-batch", torch.nn.BatchNorm2d), ("16-256-res2", torch.nn.InstanceNorm2d)])
+def test_monai_unet_presets_name_their_normalisation(enc, norm):
+    """The default preset normalises with batch norm (running statistics: the output
+    does not depend on how much empty border the slice has), the older one with
+    instance norm; a preset never mixes them."""
+    net = build_network(_spec("monai.UNet", enc))
+    kinds = {type(m) for m in net.modules() if isinstance(m, (torch.nn.BatchNorm2d, torch.nn.InstanceNorm2d))}
+    assert kinds == {norm}
+    assert MONAI_ARCHITECTURES["monai.UNet"][0] == "16-256-res2-batch"

@@ -80,7 +80,7 @@ def test_train_monai_unet_with_budget_segments_real_scan(chaos3, tmp_path, tiny_
     args[args.index("--epochs") + 1] = "50"  # an upper bound: the budget ends the run
     assert cli.main([*args, "--arch", "monai.UNet", "--budget-minutes", "0.02", "--flip-augment"]) == 0
     spec = registry.get_entry("cli-monai").spec()
-    assert (spec.architecture, spec.encoder, spec.flip_augmented) == ("monai.UNet", "16-256-res2", True)
+    assert (spec.architecture, spec.encoder, spec.flip_augmented) == ("monai.UNet", "16-256-res2-batch", True)
     assert spec.training["stopped"] == "time budget" and spec.training["epochs_run"] < 50
     assert spec.training["config"]["budget_minutes"] == 0.02
     spec, net = registry.load_model("cli-monai")

@@ -22,12 +22,21 @@ class UnsafeWeightsError(ValueError):
 #:
 #: - ``monai.UNet`` ``16-256-res2``: :class:`monai.networks.nets.UNet` (Kerfoot et al.
 #:   2018): channels 16-256, 4 stride-2 levels, 2 residual units per level (1.6 M
-#:   parameters for 3 -> 5 channels).
+#:   parameters for 3 -> 5 channels), instance norm (MONAI's default).
+#: - ``monai.UNet`` ``16-256-res2-batch``: the same with batch norm (Ioffe & Szegedy
+#:   2015); the default, because instance norm's per-slice statistics change with the
+#:   empty border a wider field of view adds (docs/models.md).
 #: - ``monai.DynUNet`` ``16-256-instance``: :class:`monai.networks.nets.DynUNet`, the
 #:   nnU-Net network (Isensee et al. 2021) at half nnU-Net's width: 3x3 kernels,
 #:   filters 16-256, 4 stride-2 levels, instance norm, no deep supervision (1.9 M).
 MONAI_PRESETS: dict[tuple[str, str], dict] = {
     ("monai.UNet", "16-256-res2"): dict(channels=(16, 32, 64, 128, 256), strides=(2, 2, 2, 2), num_res_units=2),
+    # the same network with batch norm: at inference a per-channel affine map with the
+    # training's running statistics, so a wider field of view (more empty border) does
+    # not change what the network sees, unlike instance norm's per-slice statistics
+    ("monai.UNet", "16-256-res2-batch"): dict(
+        channels=(16, 32, 64, 128, 256), strides=(2, 2, 2, 2), num_res_units=2, norm="batch"
+    ),
     ("monai.DynUNet", "16-256-instance"): dict(
         kernel_size=[3] * 5,
         strides=[1, 2, 2, 2, 2],

@@ -26,7 +26,11 @@ SMP_ARCHITECTURES = ("Unet", "UnetPlusPlus", "DeepLabV3Plus", "FPN")
 #: MONAI networks (``encoder`` names a preset: its constructor arguments are fixed in
 #: :data:`napari_gi_seg.models.network.MONAI_PRESETS`, so a spec file never carries
 #: free-form arguments). Input height and width must be multiples of 16 (4 poolings).
-MONAI_ARCHITECTURES = {"monai.UNet": ("16-256-res2",), "monai.DynUNet": ("16-256-instance",)}
+#: MONAI networks as fixed presets (the spec's ``encoder`` names the preset; the first
+#: is the default). ``16-256-res2-batch`` normalises with batch norm, whose running
+#: statistics make the output independent of the slice's field of view; the
+#: instance-norm ``16-256-res2`` is kept so that models trained with it still load.
+MONAI_ARCHITECTURES = {"monai.UNet": ("16-256-res2-batch", "16-256-res2"), "monai.DynUNet": ("16-256-instance",)}
 ARCHITECTURES = SMP_ARCHITECTURES + tuple(MONAI_ARCHITECTURES)
 #: The architecture ``train`` uses unless told otherwise (chosen by the peer table in
 #: docs/benchmarks.md, ``benchmarks/peer_training.py``).
