@@ -64,7 +64,9 @@ def load_base(model: str):
     p = Path(model)
     if p.is_dir() and (p / registry.SPEC_FILE).exists():
         spec = ModelSpec.load(p / registry.SPEC_FILE)
-        return spec, load_network(spec, p / registry.WEIGHTS_FILE), str(p)
+        # the spec's key and description, never the local path (the text goes into docs)
+        about = f"{spec.key} (model folder: {spec.description})" if spec.description else f"{spec.key} (model folder)"
+        return spec, load_network(spec, p / registry.WEIGHTS_FILE), about
     e = registry.get_entry(model)
     spec = e.spec()
     return spec, load_network(spec, e.weights_path), f"{e.key} ({'bundled' if e.bundled else 'user'})"

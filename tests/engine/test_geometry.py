@@ -73,8 +73,10 @@ def test_same_patient_stored_nine_ways_gives_the_same_labels(bundled, original, 
         agree_fg = float(np.mean(back[union] == pred0[union]))
         assert np.mean(back == pred0) >= 0.999 and agree_fg >= 0.99, f"{name}: {agree_fg:.4f} of organ voxels agree"
         assert abs(_mean_dice(pred, lab.data) - dice0) <= 0.01, name
-    # the old behaviour (storage order fed as is) fails on a mirrored file: the test can fail
-    im, lab = variants["x axis stored reversed"]
+    # the old behaviour (storage order fed as is) fails on a file stored upside down (the
+    # model was trained with left-right flips, so an x-mirrored file alone would not
+    # show it): the test can fail
+    im, lab = variants["y axis stored reversed"]
     assert _mean_dice(_segment(bundled, im.data), lab.data) < 0.3 < dice0
 
 
