@@ -124,7 +124,9 @@ def run_headless(
     and ``<out>/image_1_overlay.png``.
 
     Returns ``{"model", "dice": {organ: Dice}, "mean_dice", "seconds", "labels_path",
-    "overlay_path", "device"}``. Raises ``LookupError`` when the model is not
+    "overlay_path", "device", "seen_in_training"}`` (``seen_in_training``: patient 1
+    is among the model's training patients, so its Dice is a fit, not an estimate).
+    Raises ``LookupError`` when the model is not
     registered (the message lists the registered ones).
     """
     from .engine.inference import segment_volume
@@ -170,6 +172,8 @@ def run_headless(
         "device": res.device,
         "labels_path": str(labels_path),
         "overlay_path": str(overlay),
+        # the sample is CHAOS patient 1: say so when the model trained on it
+        "seen_in_training": "1" in [str(p) for p in (spec.training or {}).get("train_patients", [])],
     }
     if not quiet:
         print(
@@ -179,6 +183,11 @@ def run_headless(
         for n, d in dice.items():
             print(f"  {n.ljust(w)}  Dice {d:.4f}")
         print(f"  {'mean'.ljust(w)}  Dice {mean:.4f}")
+        if result["seen_in_training"]:
+            print(
+                f"  (patient 1 is one of {entry.key}'s training patients: this shows the pipeline works, "
+                "not the accuracy on a new scan; the model card gives that estimate)"
+            )
         print(f"labels:  {labels_path}\noverlay: {overlay}")
     return result
 

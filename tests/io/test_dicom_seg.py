@@ -13,6 +13,7 @@ from dicom_series import DICOM_PATIENT_ID, require_tool
 from napari_gi_seg._reader import napari_get_reader
 from napari_gi_seg.io import read_image, read_labels
 from napari_gi_seg.io.dicom_seg import write_dicom_seg
+from napari_gi_seg.models import registry
 
 
 def test_segment_dicom_seg_is_valid_and_read_back_by_highdicom(segmented_dicom):
@@ -26,7 +27,8 @@ def test_segment_dicom_seg_is_valid_and_read_back_by_highdicom(segmented_dicom):
     desc = seg.get_segment_description(1)
     assert desc.algorithm_type.value == "AUTOMATIC"
     algo = desc.algorithm_identification[0]
-    assert (algo.AlgorithmName, algo.AlgorithmVersion) == ("chaos-t2spir", "1")
+    default = registry.get_entry(None)  # the fixture segmented with the default model
+    assert (algo.AlgorithmName, algo.AlgorithmVersion) == (default.name, str(default.version)) == ("chaos-t2spir", "2")
     assert desc.segmented_property_type.value == "10200004"  # SNOMED CT liver
     assert seg.PatientID == DICOM_PATIENT_ID and seg.FrameOfReferenceUID == image._dicom_ref.frame_of_reference_uid
     px = seg.get_pixels_by_source_instance(

@@ -81,3 +81,16 @@ def test_overlays_are_radiological_in_both_storage_orders(chaos_volumes):
         assert rows[1] < (rows[2] + rows[3]) / 2  # anterior up
     no_frame = Volume(image.data, image.spacing_mm, image.affine, (2, 1, 0), {"coordinate_system": "none"})
     assert display_orientation(no_frame) is None
+
+
+def test_headless_demo_says_when_the_sample_was_training_data(tmp_path, capsys):
+    """The sample is CHAOS patient 1: version 2 trained on it (all 16 patients), version
+    1 did not (a validation patient); the demo must not sell a fit as an estimate."""
+    from napari_gi_seg.demo import run_headless
+
+    v2 = run_headless(tmp_path / "v2", model="chaos-t2spir:2", device="cpu")
+    out = capsys.readouterr().out
+    assert v2["seen_in_training"] and "one of chaos-t2spir:2's training patients" in out
+    assert v2["mean_dice"] > 0.9
+    v1 = run_headless(tmp_path / "v1", model="chaos-t2spir:1", device="cpu")
+    assert not v1["seen_in_training"] and "training patients" not in capsys.readouterr().out
