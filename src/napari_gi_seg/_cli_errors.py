@@ -14,10 +14,12 @@ import logging
 import sys
 from collections.abc import Callable
 
+from .errors import GiSegError
+
 __all__ = ["CLIError", "EXPECTED_ERRORS", "error_line", "run_guarded"]
 
 
-class CLIError(Exception):
+class CLIError(GiSegError):
     """An error reported as one line and exit status 2."""
 
 

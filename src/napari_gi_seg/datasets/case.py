@@ -16,13 +16,14 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import GiSegError
 from ..io.volume import Volume
 
 #: Label value of voxels nobody labelled (excluded from losses and metrics).
 IGNORE_INDEX = 255
 
 
-class DatasetFormatError(ValueError):
+class DatasetFormatError(GiSegError, ValueError):
     """The folder is not a dataset layout we know, or is inconsistent; the message
     names the folder/file and what is wrong."""
 

@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import GiSegError
+
 # Metadata keys that may be copied from a source file. Anything else (notably every
 # DICOM patient-module attribute) is dropped. See PS3.15 Annex E for the DICOM
 # de-identification profile this list is meant to respect.
@@ -74,7 +76,7 @@ def lookup_dicom_ref(token: Any) -> Any:
     return _DICOM_REFS.get(str(token)) if token else None
 
 
-class InvalidInputError(ValueError):
+class InvalidInputError(GiSegError, ValueError):
     """A file or folder of a supported format that cannot be read.
 
     The message always names the file and the problem, e.g.

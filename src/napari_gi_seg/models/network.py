@@ -7,12 +7,13 @@ from pathlib import Path
 
 import torch
 
+from ..errors import GiSegError
 from .spec import ModelSpec
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".pkl", ".bin")
 
 
-class UnsafeWeightsError(ValueError):
+class UnsafeWeightsError(GiSegError, ValueError):
     """Raised for weight files that would need unpickling (``.pt``/``.pth``/...)."""
 
 

@@ -36,6 +36,7 @@ import torch
 
 from .. import __version__
 from .._atomic import atomic_dir, write_bytes, write_json
+from ..errors import GiSegError
 from ..paths import user_dir
 from .network import load_network, save_weights
 from .spec import ModelSpec, validate_model_name
@@ -50,11 +51,11 @@ RUN_REGISTERED_FILE = "registered.json"
 STALE_RESERVATION_S = 600.0
 
 
-class ModelNotFoundError(LookupError):
+class ModelNotFoundError(GiSegError, LookupError):
     """No registered model has the requested name (and version)."""
 
 
-class VersionExistsError(FileExistsError):
+class VersionExistsError(GiSegError, FileExistsError):
     """A model version is already registered; versions are never overwritten."""
 
 

@@ -15,13 +15,15 @@ from pathlib import Path
 
 import torch
 
+from ..errors import GiSegError
+
 __all__ = ["CHECKPOINT_FILE", "CheckpointError", "save_checkpoint", "load_checkpoint", "write_history_csv"]
 
 CHECKPOINT_FILE = "checkpoint_last.pt"
 _KEYS = ("model", "optimizer", "scheduler", "epoch", "best", "bad_epochs", "best_metrics_json", "history_json")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(GiSegError, ValueError):
     """A checkpoint that cannot be used (unreadable, not ours, or holding Python objects)."""
 
 
