@@ -206,7 +206,12 @@ def _gunzip_verified(path: Path) -> bytes:
         with gzip.open(path, "rb") as f:
             return f.read()
     except (EOFError, zlib.error, gzip.BadGzipFile) as e:
-        what = "CRC check failed: the file is damaged" if "crc" in str(e).lower() else "corrupt gzip stream"
+        if isinstance(e, EOFError):
+            what = "truncated: the gzip stream ends before its end-of-stream marker"
+        elif "crc" in str(e).lower():
+            what = "gzip CRC check failed: the file is damaged (a flipped bit?)"
+        else:
+            what = "corrupt gzip stream"
         raise InvalidInputError(path, f"{what} ({type(e).__name__}: {e}); nothing was read") from e
 
 
@@ -241,9 +246,9 @@ def _read_checked(path: Path, as_labels: bool | None) -> Volume:
     if min(zooms) <= 0:
         raise InvalidInputError(path, f"non-positive voxel spacing {zooms} in the header")
     affine = np.asarray(img.affine, dtype=np.float64)
-    _warn_qform_sform(path, img.header, arr.shape)
     units = str(img.header.get_xyzt_units()[0] or "unknown")
     scale = SPATIAL_UNIT_MM.get(units, 1.0)
+    _warn_qform_sform(path, img.header, arr.shape, scale)
     if scale != 1.0:  # spacing and world coordinates in mm, as everything downstream expects
         zooms = tuple(z * scale for z in zooms)
         affine = affine.copy()
@@ -269,10 +274,11 @@ class NiftiGeometryWarning(UserWarning):
     """A NIfTI file whose two orientation fields (qform, sform) place the image differently."""
 
 
-def _warn_qform_sform(path: Path, hdr, shape) -> float:
+def _warn_qform_sform(path: Path, hdr, shape, mm_per_unit: float = 1.0) -> float:
     """Warn (:class:`NiftiGeometryWarning`) when both the qform and the sform are set
     (codes > 0) and map the grid's corner voxels more than :data:`QFORM_SFORM_TOLERANCE_MM`
-    apart; returns that distance (mm, 0 when one is unset). The sform is used, as
+    apart (``mm_per_unit``: the file's spatial unit in mm); returns that distance (mm, 0
+    when one is unset). The sform is used, as
     nibabel's ``get_best_affine`` (NIfTI-1 method 3 before method 2) does."""
     import itertools
     import warnings
@@ -286,7 +292,7 @@ def _warn_qform_sform(path: Path, hdr, shape) -> float:
         return 0.0
     corners = np.array(list(itertools.product(*[(0, max(0, int(n) - 1)) for n in shape[:3]])), float)
     pts = np.c_[corners, np.ones(len(corners))].T
-    d = float(np.linalg.norm((q @ pts - sf @ pts)[:3], axis=0).max())
+    d = float(np.linalg.norm((q @ pts - sf @ pts)[:3], axis=0).max()) * mm_per_unit
     if d > QFORM_SFORM_TOLERANCE_MM:
         warnings.warn(
             f"{path}: the qform and the sform place the image up to {d:.1f} mm apart; using the sform "
