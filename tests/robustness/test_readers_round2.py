@@ -20,7 +20,7 @@ import pytest
 
 from napari_gi_seg import cli
 from napari_gi_seg.io import read_image
-from napari_gi_seg.io.nifti import NiftiGeometryWarning, read_nifti
+from napari_gi_seg.io.nifti import read_nifti
 from napari_gi_seg.io.volume import InvalidInputError
 
 
@@ -189,6 +189,8 @@ def test_corrupt_gzip_stream_is_reported_as_such(tmp_path, chaos_dir, capsys):
 
 # ------------------------------------------------------------------ NIfTI: geometry fields
 def test_qform_sform_disagreement_is_warned(tmp_path, chaos_dir):
+    from napari_gi_seg.io.nifti import NiftiGeometryWarning
+
     src = chaos_dir / "image_2.nii.gz"
     img = nib.load(src)
     sform = img.header.get_sform().copy()

@@ -17,7 +17,6 @@ import pytest
 from dicom_series import require_tool
 from napari_gi_seg import cli
 from napari_gi_seg.io import read_image, read_labels, write_labels
-from napari_gi_seg.io.frames import FrameOfReferenceError, check_same_frame
 from napari_gi_seg.io.volume import InvalidInputError
 
 CLASSES = {1: "liver", 2: "right_kidney", 3: "left_kidney", 4: "spleen"}
@@ -149,6 +148,8 @@ def _other_frame_rt(ds):
 
 
 def test_adapt_refuses_an_rtstruct_of_another_frame(rt_p2, t2spir_p2, t2_case, tmp_path, tiny_key, capsys):
+    from napari_gi_seg.io.frames import check_same_frame
+
     check_same_frame(t2_case[0], read_labels(rt_p2, like=t2_case[0]))  # its own frame: accepted
     other = _broken(rt_p2, tmp_path / "other_frame.dcm", _other_frame_rt)
     out = tmp_path / "out.nii.gz"
@@ -160,6 +161,8 @@ def test_adapt_refuses_an_rtstruct_of_another_frame(rt_p2, t2spir_p2, t2_case, t
 
 def test_adapt_refuses_nifti_labels_of_another_position(t2_case, tmp_path, tiny_key, capsys, t2spir_p2):
     import nibabel as nib
+
+    from napari_gi_seg.io.frames import check_same_frame
 
     vol, gt = t2_case
     good = write_labels(tmp_path / "gt.nii.gz", gt, vol, CLASSES)
@@ -177,6 +180,8 @@ def test_adapt_refuses_nifti_labels_of_another_position(t2_case, tmp_path, tiny_
 
 
 def test_seg_of_another_frame_is_refused(t2_case, tmp_path):
+    from napari_gi_seg.io.frames import FrameOfReferenceError
+
     vol, gt = t2_case
     seg = write_labels(tmp_path / "gt.seg.dcm", gt, vol, CLASSES)
     ds = pydicom.dcmread(seg)
