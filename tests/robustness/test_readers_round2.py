@@ -176,13 +176,13 @@ def test_gzip_crc_is_verified(tmp_path, chaos_dir):
     assert str(bad) in str(ei.value)
 
 
-def test_corrupt_gzip_stream_is_reported_as_such(tmp_path, chaos_dir, capsys):
+def test_corrupt_gzip_stream_is_reported_as_such(tmp_path, chaos_dir):
     raw = bytearray((chaos_dir / "image_2.nii.gz").read_bytes())
     mid = len(raw) // 2
     raw[mid : mid + 64] = np.random.default_rng(0).integers(0, 256, 64, dtype=np.uint8).tobytes()
     bad = tmp_path / "corrupt.nii.gz"
     bad.write_bytes(bytes(raw))
-    with pytest.raises(InvalidInputError, match="gzip|CRC") as ei:
+    with pytest.raises(InvalidInputError, match="gzip") as ei:  # deflate rarely notices: the CRC does
         read_nifti(bad)
     assert str(bad) in str(ei.value) and "NaN" not in str(ei.value)
 
@@ -252,7 +252,7 @@ def test_newline_in_a_file_name_does_not_cut_the_message(tmp_path, chaos_image_p
     p.write_bytes(chaos_image_path.read_bytes()[:5000])  # truncated: an error that names the file
     rc, err = _cli(["segment", str(p), "-o", str(tmp_path / "o.nii.gz")], capsys)
     assert rc == 2 and len(err) == 1
-    assert "scan\\nforged: ok.nii.gz: truncated" in err[0]  # the whole name, escaped
+    assert "scan\\nforged: ok.nii.gz: cannot read NIfTI (truncated" in err[0]  # the whole name, escaped
 
 
 # ------------------------------------------------------------------ engine guard: the resampled grid

@@ -209,10 +209,10 @@ def _gunzip_verified(path: Path) -> bytes:
         if isinstance(e, EOFError):
             what = "truncated: the gzip stream ends before its end-of-stream marker"
         elif "crc" in str(e).lower():
-            what = "gzip CRC check failed: the file is damaged (a flipped bit?)"
+            what = "gzip CRC check failed: the file is damaged, a flipped bit?"
         else:
             what = "corrupt gzip stream"
-        raise InvalidInputError(path, f"{what} ({type(e).__name__}: {e}); nothing was read") from e
+        raise InvalidInputError(path, f"cannot read NIfTI ({what}; {type(e).__name__}: {e}); nothing was read") from e
 
 
 def _read_checked(path: Path, as_labels: bool | None) -> Volume:
