@@ -321,7 +321,7 @@ def read_dicom_folder(path: str | Path, allow_uneven: bool = False, skip_unreada
         raise InvalidInputError(folder, "no DICOM image files found")
     vols = []
     for uid, items in groups.items():
-        for label, info, members in split_volumes(items):
+        for label, info, members in split_volumes(items, _has_duplicate_positions(items)):
             vols.extend(_volumes_of(folder, uid, members, label, info, allow_uneven, skip_unreadable))
     vols.sort(
         key=lambda v: (

@@ -15,7 +15,9 @@
   series), magnitude and phase images, dynamic time points. As dcm2niix and 3D Slicer
   do, the series is split by the per-volume attributes :data:`PER_VOLUME_TAGS`
   (``EchoTime``, ``EchoNumbers``, ``TemporalPositionIdentifier``, ``InversionTime``,
-  ``ImageType``) that take more than one value in it, and, only where images still
+  ``ImageType``) that take more than one value in it (when no images share a slice
+  position, only into volumes of at least :data:`MIN_SPLIT_IMAGES` images, so a tag
+  that drifts from slice to slice never shreds a series), and, only where images still
   share a slice position, by their folder. Each volume gets a short label that names
   it: ``e1``, ``e2`` (the echo number, dcm2niix's ``_e1``/``_e2``), ``t3`` (temporal
   position), ``ti800`` (inversion time, ms), the differing ``ImageType`` value
@@ -165,7 +167,7 @@ def _tag_value(ds, tag: str):
         except (TypeError, ValueError):
             return str(v)
     if tag == "ImageType":
-        return tuple(str(x).upper() for x in (v if isinstance(v, (list, tuple)) or hasattr(v, "__iter__") else [v]))
+        return tuple(str(x).upper() for x in ([v] if isinstance(v, str) or not hasattr(v, "__iter__") else v))
     if tag in ("EchoNumbers", "TemporalPositionIdentifier"):
         try:
             return int(v[0] if hasattr(v, "__len__") and not isinstance(v, str) else v)
@@ -196,17 +198,26 @@ def _labels_for(tag: str, values: list) -> list[str]:
     return [f"v{i + 1}" for i in range(len(values))]
 
 
-def split_volumes(items: list[tuple]) -> list[tuple[str, dict, list[tuple]]]:
+#: Without images sharing a slice position, a series is split only into volumes of at
+#: least this many images (a tag that drifts from slice to slice must not shred a series).
+MIN_SPLIT_IMAGES = 3
+
+
+def split_volumes(items: list[tuple], shared_positions: bool = True) -> list[tuple[str, dict, list[tuple]]]:
     """The volumes of one series' ``(path, header)`` ``items``: a list of ``(label,
     info, items)``, ``label`` ``""`` when the series is one volume; ``info`` holds
     ``echo_time_ms`` and ``echo_number`` where the split was by echo. See the module
-    docstring for the tags and labels."""
+    docstring for the tags and labels. ``shared_positions``: whether some images share
+    a slice position; if not, the series is split only when every volume has at least
+    :data:`MIN_SPLIT_IMAGES` images."""
     varying = [t for t in PER_VOLUME_TAGS if len({_tag_value(ds, t) for _, ds in items}) > 1]
     if "EchoTime" in varying and "EchoNumbers" in varying:
         varying.remove("EchoNumbers")  # one echo, one label
     groups: dict[tuple, list] = defaultdict(list)
     for f, ds in items:
         groups[tuple(_tag_value(ds, t) for t in varying)].append((f, ds))
+    if not shared_positions and any(len(g) < MIN_SPLIT_IMAGES for g in groups.values()):
+        return [("", {}, items)]
     labelled = []
     keys = sorted(groups, key=lambda k: tuple((v is None, str(v) if not isinstance(v, (int, float)) else v) for v in k))
     per_tag = []
