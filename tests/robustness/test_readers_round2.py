@@ -19,6 +19,7 @@ import pydicom
 import pytest
 
 from napari_gi_seg import cli
+from napari_gi_seg._reader import napari_get_reader
 from napari_gi_seg.io import read_image
 from napari_gi_seg.io.nifti import read_nifti
 from napari_gi_seg.io.volume import InvalidInputError
@@ -111,6 +112,8 @@ def test_multi_echo_series_is_split_by_echo_time(t1dual_p2):
     np.testing.assert_array_equal(vols[1].data, inp.data)
     np.testing.assert_allclose(vols[1].affine, inp.affine)
     assert vols[0].name != vols[1].name and vols[0].name.endswith("_e1")
+    layers = napari_get_reader(str(t1dual_p2))(str(t1dual_p2))
+    assert [t[1]["name"].split()[0] for t in layers] == ["DICOM_anon_e1", "DICOM_anon_e2"]
     names = output_names(t1dual_p2, vols)
     assert len(set(names)) == 2 and names[0].endswith("_e1") and names[1].endswith("_e2")
     # each echo references its own instances (for RTSTRUCT/SEG)
@@ -128,6 +131,9 @@ def test_folder_with_dicom_and_nifti_drops_neither(series, chaos_dir):
     assert [v.metadata["format"] for v in vols] == ["dicom", "nifti"]
     assert vols[1].shape == read_nifti(chaos_dir / "image_2.nii.gz").shape
     assert find_scans(series) == [series]
+    with pytest.warns(UserWarning, match="label_2.nii.gz"):
+        layers = napari_get_reader(str(series))(str(series))  # what napari does with the dropped folder
+    assert [t[2] for t in layers] == ["image", "image"] and len({t[1]["name"] for t in layers}) == 2
 
 
 def test_symlink_loop_and_alias_give_no_duplicates(tmp_path, t2spir_p2):
@@ -230,8 +236,6 @@ def test_xyzt_units_are_honoured(tmp_path, chaos_dir, code, factor):
 
 
 def test_rgb_nifti_is_a_clear_error(tmp_path, chaos_volume, capsys):
-    from napari_gi_seg._reader import napari_get_reader
-
     grey = np.clip(chaos_volume.data[:4] / chaos_volume.data.max() * 255, 0, 255).astype(np.uint8)
     rgb = np.zeros(grey.T.shape, dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
     for c in "RGB":
