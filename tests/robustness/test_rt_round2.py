@@ -73,6 +73,14 @@ def _write_both_and_check(vol, labels, folder: Path) -> None:
         np.testing.assert_array_equal(read_labels(out, like=vol).data, labels)
 
 
+def _some_slices(labels: np.ndarray, n: int = 4) -> np.ndarray:
+    """``labels`` on the ``n`` slices with the most foreground only (a quicker object)."""
+    keep = np.argsort((labels > 0).reshape(len(labels), -1).sum(1))[-n:]
+    out = np.zeros_like(labels)
+    out[keep] = labels[keep]
+    return out
+
+
 # ------------------------------------------------------------------ SEG/RTSTRUCT from real headers
 def test_seg_and_rtstruct_from_the_oblique_t2spir_series(t2_case, tmp_path):
     vol, gt = t2_case
@@ -86,7 +94,7 @@ def test_seg_and_rtstruct_from_a_t1dual_echo(t1dual_p2, tmp_path):
     vols = read_image(t1dual_p2)
     inphase = next(v for v in vols if v.metadata["echo_time_ms"] > 4)
     gt = ground_truth(inphase, t1dual_p2 / "InPhase", t1dual_p2.parent / "Ground")
-    _write_both_and_check(inphase, gt, tmp_path)
+    _write_both_and_check(inphase, _some_slices(gt), tmp_path)
 
 
 def test_seg_and_rtstruct_when_type2_attributes_are_absent(t2spir_p2, t2_case, tmp_path):
@@ -99,7 +107,7 @@ def test_seg_and_rtstruct_when_type2_attributes_are_absent(t2spir_p2, t2_case, t
                 delattr(ds, tag)
         ds.save_as(f)
     [vol] = read_image(series)
-    _write_both_and_check(vol, gt, tmp_path)
+    _write_both_and_check(vol, _some_slices(gt), tmp_path)
 
 
 # ------------------------------------------------------------------ broken RTSTRUCTs
