@@ -87,7 +87,7 @@ def test_seg_and_rtstruct_from_the_oblique_t2spir_series(t2_case, tmp_path):
     o = np.asarray(vol._dicom_ref.orientation)
     assert abs(abs(np.cross(o[:3], o[3:])[2]) - 1) > 1e-6  # oblique
     assert set(np.unique(gt)) == {0, 1, 2, 3, 4}
-    _write_both_and_check(vol, gt, tmp_path)
+    _write_both_and_check(vol, _some_slices(gt, 8), tmp_path)
 
 
 def test_seg_and_rtstruct_from_a_t1dual_echo(t1dual_p2, tmp_path):
