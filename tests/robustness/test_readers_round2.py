@@ -114,8 +114,12 @@ def test_multi_echo_series_is_split_by_echo_time(t1dual_p2):
     assert vols[0].name != vols[1].name and vols[0].name.endswith("_e1")
     layers = napari_get_reader(str(t1dual_p2))(str(t1dual_p2))
     assert [t[1]["name"].split()[0] for t in layers] == ["DICOM_anon_e1", "DICOM_anon_e2"]
-    names = output_names(t1dual_p2, vols)
+    names = output_names(t1dual_p2, vols)  # segment -i
     assert len(set(names)) == 2 and names[0].endswith("_e1") and names[1].endswith("_e2")
+    from napari_gi_seg.cli_segment import _output_paths
+
+    one, two = _output_paths("out.seg.dcm", vols)  # segment T1DUAL -o out.seg.dcm
+    assert "_e1_" in one and "_e2_" in two
     # each echo references its own instances (for RTSTRUCT/SEG)
     assert not set(vols[0]._dicom_ref.sop_instance_uids) & set(vols[1]._dicom_ref.sop_instance_uids)
 
