@@ -47,6 +47,7 @@ SAFE_METADATA_KEYS = (
     "spacing_assumed",  # True when the file had no spacing and 1 mm was assumed
     "slice_numbers",  # UW-Madison: slice number (from the file name) of each z index
     "coordinate_system",  # world frame of `affine`: "RAS" (NIfTI), "LPS" (DICOM), "none"
+    "burned_in_annotation",  # DICOM (0028,0301) BurnedInAnnotation YES: identifiers may be in the pixels
 )
 
 #: Layer-metadata key holding the random token of a volume's DICOM reference (see

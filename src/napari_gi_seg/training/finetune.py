@@ -201,7 +201,7 @@ def finetune(
         ``resume`` with an unusable checkpoint.
     """
     from ..models import registry
-    from ..models.network import load_weights
+    from ..models.network import load_weights, verify_weights
 
     t0 = time.time()
     registry.validate_name(name)
@@ -270,6 +270,7 @@ def finetune(
             description=description,
             freeze_encoder=freeze_encoder,
         )
+        verify_weights(base_spec, entry.weights_path)
         state_dict = load_weights(entry.weights_path)
         res = _train(
             ds, train_ds, held_cases, entry, base_spec, name, version, work, args, state_dict, progress, cancel
