@@ -14,6 +14,7 @@ import os
 import sys
 
 from ._cli_errors import CLIError
+from ._cli_types import int_at_least
 
 
 def _slice_range(s: str) -> tuple[int | None, int | None]:
@@ -70,7 +71,7 @@ def add_segment_args(p: argparse.ArgumentParser) -> None:
         help="registered model NAME or NAME:VERSION (default: the bundled default model, newest version)",
     )
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
-    p.add_argument("--batch-size", type=int, default=8, help="slices per forward pass (default 8)")
+    p.add_argument("--batch-size", type=int_at_least(1), default=8, help="slices per forward pass, >= 1 (default 8)")
     p.add_argument(
         "--tta", action="store_true", help="average with a left-right flipped pass (left/right classes swapped back)"
     )
