@@ -31,6 +31,8 @@ from pathlib import Path
 
 __all__ = ["keyed_hex", "public_dataset_name", "public_case_id", "public_ids", "redactions", "RedactingFormatter"]
 
+#: Case ids shorter than this are not scrubbed from logs (see :func:`redactions`).
+MIN_REDACT_LEN = 3
 _OWN_RE = re.compile(r"^(img[0-9a-f]{8}(_\d{3})?|case-[0-9a-f]{8}|dataset-[0-9a-f]{8})$")
 
 
@@ -63,7 +65,9 @@ def public_ids(ids):
 
 def redactions(root: str | Path | None, ids: Iterable[str] = ()) -> dict[str, str]:
     """``{private text: pseudonym}`` for a dataset folder (its absolute path and its
-    name) and case ids, to scrub a log (:class:`RedactingFormatter`)."""
+    name) and case ids, to scrub a log (:class:`RedactingFormatter`). Ids shorter than
+    :data:`MIN_REDACT_LEN` characters (``"1"``, ``"12"``: numbers, not names) are left
+    alone: they would garble every number of the log."""
     out: dict[str, str] = {}
     if root is not None:
         p = Path(str(root))
@@ -74,14 +78,14 @@ def redactions(root: str | Path | None, ids: Iterable[str] = ()) -> dict[str, st
             out[p.name] = pub
     for i in ids:
         s = str(i)
-        if s and public_case_id(s) != s:
-            out[s] = public_case_id(s)
+        if len(s) >= MIN_REDACT_LEN and public_case_id(s) != s:
+            out.setdefault(s, public_case_id(s))
     return out
 
 
 class RedactingFormatter(logging.Formatter):
-    """A formatter that replaces private texts (longest first) by their pseudonyms in
-    what it writes (the record itself is untouched, so the terminal still shows the
+    """A formatter that replaces private texts (longest first, whole names only: not
+    inside a longer run of letters and digits) by their pseudonyms in what it writes (the record itself is untouched, so the terminal still shows the
     user's own names)."""
 
     def __init__(self, fmt: str, mapping: Mapping[str, str]):
@@ -94,9 +98,13 @@ class RedactingFormatter(logging.Formatter):
         pairs = dict(self.pairs)
         pairs.update({k: v for k, v in mapping.items() if k})
         self.pairs = sorted(pairs.items(), key=lambda kv: -len(kv[0]))
+        self._map = dict(self.pairs)
+        # whole names only: "MRN12" is not scrubbed out of "MRN123" or "0.MRN12x"
+        alts = "|".join(re.escape(k) for k, _ in self.pairs)
+        self._re = re.compile(rf"(?<![A-Za-z0-9])(?:{alts})(?![A-Za-z0-9])") if alts else None
 
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record)
-        for k, v in self.pairs:
-            text = text.replace(k, v)
-        return text
+        if self._re is None:
+            return text
+        return self._re.sub(lambda m: self._map[m.group(0)], text)

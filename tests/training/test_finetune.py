@@ -135,7 +135,7 @@ def test_stop_keeps_best_epoch_and_resume_continues(tiny_entry, chaos3):
         **{**TINY_FT, "epochs": 3, "max_steps_per_epoch": 2},
     )
     assert res.stopped == "cancelled" and not res.registered and "stopped after 1 epoch" in res.reason
-    assert len(steps) == 1 and [r["epoch"] for r in res.history] == [1]
+    assert len(steps) == 2 and [r["epoch"] for r in res.history] == [1]  # the epoch was finished (2 steps)
     assert (res.work_dir / "best.safetensors").exists() and (res.work_dir / "candidate.json").exists()
     man = read_manifest(res.work_dir)
     assert man["status"] == "not-registered" and man["stopped"] == "cancelled"
@@ -203,7 +203,8 @@ def test_finetune_cli_jsonl_single_patient_slice_split_and_stop_file(tiny_entry,
     done = lines[-1]
     assert done["model"] == "tiny-one:1" and done["parent"] == "tiny-chaos:1" and done["registered"] is True
     ft = registry.get_entry("tiny-one").spec().metrics["finetune"]
-    held = ft["held_back"]["2"]
+    ((case, held),) = ft["held_back"].items()  # case "2", by its keyed pseudonym
+    assert case.startswith("case-")
     assert ft["split"] == "slice" and len(held) >= 2
     # the held-back Dice is measured on the held-back slices only
     expected = _independent_dice("tiny-chaos:1", one / "image_2.nii.gz", one / "label_2.nii.gz", slices=held)
