@@ -89,7 +89,12 @@ def add_segment_args(p: argparse.ArgumentParser) -> None:
         help="number type of the forward pass (default auto: fp16 on CUDA, bf16 on CPUs with native "
         "bfloat16, else fp32)",
     )
-    p.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists (default: refuse)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace OUTPUT if it exists (default: refuse; an input of the run is never replaced); with -i DIR: "
+        "segment every scan again (default: a rerun skips outputs that are up to date in the manifest)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument(
         "--adapt",
