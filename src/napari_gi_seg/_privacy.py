@@ -29,7 +29,15 @@ import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-__all__ = ["keyed_hex", "public_dataset_name", "public_case_id", "public_ids", "redactions", "RedactingFormatter"]
+__all__ = [
+    "keyed_hex",
+    "public_dataset_name",
+    "public_case_id",
+    "public_ids",
+    "recorded_among",
+    "redactions",
+    "RedactingFormatter",
+]
 
 #: Case ids shorter than this are not scrubbed from logs (see :func:`redactions`).
 MIN_REDACT_LEN = 3
@@ -61,6 +69,15 @@ def public_ids(ids):
     if isinstance(ids, Mapping):
         return {public_case_id(k): v for k, v in ids.items()}
     return [public_case_id(i) for i in ids]
+
+
+def recorded_among(recorded, ids) -> list[str]:
+    """The ids of ``ids`` that ``recorded`` lists (a spec's ``train_patients`` or
+    ``val_patients``, a fine-tune's ``held_back``): by their name (specs written before
+    the pseudonyms, the bundled models) or by their keyed pseudonym (models trained on
+    this installation). Lets a benchmark or the demo tell which patients a model saw."""
+    rec = {str(r) for r in (recorded or [])}
+    return [str(i) for i in ids if str(i) in rec or public_case_id(str(i)) in rec]
 
 
 def redactions(root: str | Path | None, ids: Iterable[str] = ()) -> dict[str, str]:

@@ -51,7 +51,7 @@ def test_train_registers_loadable_model_and_resume_continues(chaos3, tmp_path, t
     assert "time budget" in log and "resumed from checkpoint_last.pt at epoch 2" in log and "epoch=2" in log
     assert log.count("registered cli-tiny:") == 2  # both runs appended to the same log
     # the model card says where the validation Dice was measured
-    assert s2.metrics["validation"]["measured_on"] == f"1 held-out patient(s) of {chaos3.name}"
+    assert s2.metrics["validation"]["measured_on"] == f"1 held-out patient(s) of {public_dataset_name(chaos3)}"
 
 
 def test_debug_flag_before_or_after_the_command(capsys):
