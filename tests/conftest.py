@@ -162,6 +162,8 @@ SLOW_TESTS = {
     "test_torchrun_two_processes_registers_one_model",
     "test_finetune_cancel_stops_gracefully_and_keeps_best_epoch",
     "test_torchrun_two_processes_share_the_scans",
+    "test_kill_mid_folder_run_then_rerun_completes",  # a child process imports torch (~15-35 s)
+    "test_sigterm_during_finetune_cli_finishes_the_epoch_and_resume_completes",  # two fine-tunes (~30 s)
 }
 
 
