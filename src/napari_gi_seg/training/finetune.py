@@ -141,6 +141,7 @@ def finetune(
     resume: bool = False,
     progress: ProgressCallback | None = None,
     cancel: CancelCallback | None = None,
+    sequences: Sequence[str] | None = None,
 ) -> FinetuneResult:
     """Fine-tune registered model ``base`` on ``dataset`` and register it as ``name``
     when it is not worse than ``base`` on the held-back data.
@@ -148,7 +149,7 @@ def finetune(
     Parameters
     ----------
     dataset : str or Path
-        Dataset folder (nnU-Net v2 export, UW-Madison, NIfTI pairs).
+        Dataset folder (nnU-Net v2 export, UW-Madison, NIfTI pairs, CHAOS MR).
     base : str
         Registry key of the base model (``"name"`` or ``"name:version"``).
     name : str
@@ -210,7 +211,7 @@ def finetune(
     entry = registry.get_entry(base)
     base_spec = entry.spec()
     base_names = [c.name for c in base_spec.classes]
-    ds = open_for_base(dataset, class_names, base_names)
+    ds = open_for_base(dataset, class_names, base_names, sequences)
     if sorted(ds.class_names) != sorted(base_names):
         raise DatasetFormatError(
             f"{ds.root}: classes {ds.class_names} differ from the base model {entry.key}'s "
