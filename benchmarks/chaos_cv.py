@@ -42,35 +42,64 @@ def _save(path: Path, out: dict) -> None:
     tmp.replace(path)
 
 
-def run_fold(root: Path, fold: int, minutes: float, size: int, work: Path, seed: int = 0) -> dict:
-    """Train fold ``fold`` and score its held-out series; returns the fold's record."""
+def _init(base: str | None):
+    """``(spec, state dict)`` of the registered model ``base`` to start from, or ``None``."""
+    if not base:
+        return None
+    from napari_gi_seg.models.registry import load_model
+
+    spec, net = load_model(base)
+    return spec, {k: v.float() for k, v in net.state_dict().items()}
+
+
+def run_fold(
+    root: Path,
+    fold: int,
+    minutes: float,
+    size: int,
+    work: Path,
+    seed: int = 0,
+    base: str | None = None,
+    lr: float = 2e-3,
+    name: str = "chaos-cv",
+    description: str = "",
+) -> dict:
+    """Train fold ``fold`` (``fold < 0``: every patient, registered as ``name``) and score
+    its held-out series; returns the fold's record. ``base``: start from that registered
+    model (its frame and normalisation are kept, as in ``finetune``)."""
     from napari_gi_seg.training.trainer import TrainConfig, Trainer
 
+    final = fold < 0
     cfg = TrainConfig(
         dataset=str(root),
-        name="chaos-cv",
+        name=name,
+        lr=lr,
+        description=description,
         class_names=list(CLASSES),
         arch="monai.UNet",
         encoder="16-256-res2-batch",
         size=size,
         epochs=100000,
         budget_minutes=minutes,
-        val_fraction=0.25,
-        fold=fold,
+        val_fraction=0.0 if final else 0.25,
+        fold=max(fold, 0),
         seed=seed,
         device="cpu",
         patience=100000,
         val_every=100000,  # validate once, when the budget is spent: final weights
-        work_dir=str(work / f"fold{fold}"),
-        register=False,
+        work_dir=str(work / ("final" if final else f"fold{fold}")),
+        register=final,
         single_component=list(CLASSES),
         flip_augment=True,
         flip_labels="keep",
     )
-    t = Trainer(cfg)
+    t = Trainer(cfg, init=_init(base))
     t0 = time.time()
     res = t.fit()
     return {
+        "base": base,
+        "lr": lr,
+        "registered": res.spec.key if res.entry is not None else None,
         "fold": fold,
         "minutes": minutes,
         "size": size,
@@ -81,7 +110,7 @@ def run_fold(root: Path, fold: int, minutes: float, size: int, work: Path, seed:
         "train_patients": t.train_groups,
         "val_patients": t.val_groups,
         "frame": res.spec.to_dict()["frame"],
-        "per_case": {k: {c: float(v[c]) for c in CLASSES} for k, v in res.best_metrics["per_case"].items()},
+        "per_case": {k: {c: float(v[c]) for c in CLASSES} for k, v in res.best_metrics.get("per_case", {}).items()},
     }
 
 
@@ -133,6 +162,10 @@ def main(argv=None) -> int:
     p.add_argument("--work", default=None, help="run folders (default: next to --json)")
     p.add_argument("--json", default="chaos-cv.json")
     p.add_argument("--baseline", default=None, help="registered model also scored on the held-out series")
+    p.add_argument("--base", default=None, help="start every fold from this registered model (a fine-tune)")
+    p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate of the one-cycle schedule")
+    p.add_argument("--final", default=None, metavar="NAME", help="train on every patient and register as NAME")
+    p.add_argument("--description", default="")
     p.add_argument("--summarise", default=None, help="print the tables of a results JSON and exit")
     a = p.parse_args(argv)
     if a.summarise:
@@ -150,12 +183,17 @@ def main(argv=None) -> int:
     torch.set_num_threads(a.threads)
     root, path = Path(a.data).resolve(), Path(a.json)
     work = Path(a.work) if a.work else path.parent / (path.stem + "-runs")
+    if a.final:
+        rec = run_fold(root, -1, a.minutes, a.size, work, base=a.base, lr=a.lr, name=a.final, description=a.description)
+        _save(path, {"final": rec})
+        print(f"registered {rec['registered']}: {rec['steps']} steps, {rec['epochs']} epochs", flush=True)
+        return 0
     out = json.loads(path.read_text()) if path.exists() else {"folds": [], "baseline": {}}
     done = {f["fold"] for f in out["folds"]}
     for fold in (int(f) for f in a.folds.split(",")):
         if fold in done:
             continue
-        rec = run_fold(root, fold, a.minutes, a.size, work)
+        rec = run_fold(root, fold, a.minutes, a.size, work, base=a.base, lr=a.lr)
         out["folds"].append(rec)
         _save(path, out)
         print(f"fold {fold}: {rec['steps']} steps; " + json.dumps(summarise(rec["per_case"])["all"]), flush=True)
