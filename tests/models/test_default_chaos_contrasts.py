@@ -32,9 +32,7 @@ def test_default_model_card_names_every_contrast(default_model):
     assert older.version == 2 and spec.version > 2
 
 
-def test_every_chaos_contrast_is_segmented_and_the_ood_warning_is_silent(
-    default_model, chaos_dicom_root, totalseg_dir
-):
+def test_every_chaos_contrast_is_segmented_and_the_ood_warning_is_silent(default_model, chaos_dicom_root, totalseg_dir):
     """Patient 22: oblique, the coarsest T1 pixels (2.03 mm) and the widest field of view
     (520 mm) of the 16. These weights trained on it (all 16 patients), so the Dice is a
     fit check, not an estimate for unseen patients (that is the card's cross-validation)."""
