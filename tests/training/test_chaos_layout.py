@@ -117,8 +117,20 @@ def test_train_and_evaluate_take_the_chaos_folder(chaos_dicom_root, tiny_key, tm
     assert sp["x"] == pytest.approx([1.54, 1.89] if val == "22" else [1.74, 2.03], abs=0.01)
     capsys.readouterr()
     out = tmp_path / "ev.json"
-    rc = cli.main(["evaluate", str(chaos_dicom_root), "--model", tiny_key, "--cases", "1", "--sequences", "t1in"])
-    rc |= cli.main(["evaluate", str(chaos_dicom_root), "--model", tiny_key, "--cases", "1_t1in", "--json", str(out)])
+    rc = cli.main(
+        [
+            "evaluate",
+            str(chaos_dicom_root),
+            "--model",
+            tiny_key,
+            "--cases",
+            "1",
+            "--sequences",
+            "t1in",
+            "--json",
+            str(out),
+        ]
+    )
     assert rc == 0
     res = json.loads(out.read_text())
     assert res["layout"] == "chaos" and list(res["per_case"]) == ["1_t1in"]
