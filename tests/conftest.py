@@ -238,3 +238,21 @@ def chaos_dicom(tmp_path_factory, chaos_image_path, chaos_label_path) -> DicomCa
 def chaos_dicom_flipped(tmp_path_factory, chaos_image_path, chaos_label_path) -> DicomCase:
     """The same patient in a second orientation (columns running the other way)."""
     return _dicom_case(tmp_path_factory, chaos_image_path, chaos_label_path, "chaos_dicom_flip", flip_x=True)
+
+
+# ----------------------------------------------------------------- the CHAOS MR DICOM as the organisers ship it
+@pytest.fixture(scope="session")
+def chaos_dicom_dir(data_dir) -> Path:
+    """``<data>/chaos_mr_dicom``: the 16 CHAOS MR patients' original DICOM and Ground PNGs
+    (T2-SPIR, T1 in/opposed phase; see its SOURCE.md)."""
+    return require_path(data_dir / "chaos_mr_dicom", "CHAOS MR DICOM folder")
+
+
+@pytest.fixture(scope="session")
+def chaos_dicom_root(chaos_dicom_dir, tmp_path_factory) -> Path:
+    """A CHAOS MR folder with two real patients (symlinks): 1 (axial, T2 256 px 1.54 mm)
+    and 22 (oblique, T1 2.03 mm pixels: the coarsest in-plane spacing of the 16)."""
+    root = tmp_path_factory.mktemp("chaos_dicom")
+    for pid in ("1", "22"):
+        os.symlink(chaos_dicom_dir / pid, root / pid)
+    return root

@@ -169,6 +169,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
         default=[],
         help="case-days/cases to leave out, comma-separated (UW-Madison: known faulty ones)",
     )
+    _add_sequences_arg(p)
     p.add_argument("--description", default="")
     p.add_argument("--num-workers", type=int_at_least(0), default=0, help="data-loader worker processes, >= 0")
     p.add_argument(
@@ -199,6 +200,16 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_sequences_arg(p: argparse.ArgumentParser) -> None:
+    """``--sequences t2spir,t1in,t1out`` (CHAOS layout only; default all contrasts)."""
+    p.add_argument(
+        "--sequences",
+        type=_names,
+        default=None,
+        help="CHAOS layout: contrasts to use, comma-separated from t2spir,t1in,t1out (default all)",
+    )
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     """``napari-gi-seg train DATASET --name NAME``: train a new model and register it."""
     from .progress import TqdmProgress
@@ -226,6 +237,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         max_steps_per_epoch=args.max_steps_per_epoch,
         work_dir=args.work_dir,
         exclude=args.exclude,
+        sequences=args.sequences,
         description=args.description,
         num_workers=args.num_workers,
         single_component=args.single_component,
@@ -244,7 +256,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _add_finetune_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "dataset", help="labelled dataset folder (nnU-Net v2 export of corrections, UW-Madison, NIfTI pairs)"
+        "dataset",
+        help="labelled dataset folder (nnU-Net v2 export of corrections, UW-Madison, NIfTI pairs, CHAOS MR)",
     )
     p.add_argument(
         "--model", required=True, dest="base", metavar="BASE", help="registered base model NAME or NAME:VERSION"
@@ -290,6 +303,7 @@ def _add_finetune_args(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="print one JSON object per progress event on stdout (baseline, step, validate, epoch, done)",
     )
+    _add_sequences_arg(p)
     p.add_argument(
         "--register-if-worse",
         action="store_true",
@@ -353,6 +367,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
             resume=args.resume,
             progress=progress,
             cancel=cancel,
+            sequences=args.sequences,
         )
     if not args.jsonl:
         ft = res.spec.metrics["finetune"]

@@ -126,7 +126,29 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------- evaluate
 def _add_evaluate_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("dataset", help="labelled dataset folder (any layout the trainer reads)")
+    p.add_argument(
+        "dataset", nargs="?", default=None, help="labelled dataset folder (any layout the trainer reads, CHAOS too)"
+    )
+    p.add_argument(
+        "--reference",
+        default=None,
+        metavar="REF",
+        help="score a prediction against this reference instead of a model on a dataset: a label file or a "
+        "folder of per-slice PNGs (natural sort order; CHAOS values or binary)",
+    )
+    p.add_argument("--prediction", default=None, metavar="PRED", help="with --reference: the label file or PNG folder")
+    p.add_argument(
+        "--image",
+        default=None,
+        metavar="DICOM_DIR",
+        help="with --reference: the DICOM series the labels belong to (geometry, slice order of PNGs)",
+    )
+    p.add_argument(
+        "--sequences",
+        type=_names,
+        default=None,
+        help="CHAOS layout: contrasts to score, comma-separated from t2spir,t1in,t1out (default all)",
+    )
     p.add_argument("--model", default=None, help="registered model NAME or NAME:VERSION (default: the default model)")
     p.add_argument("--json", default=None, metavar="PATH", help="write all metrics as JSON")
     p.add_argument("--report", default=None, metavar="PATH", help="write a Markdown report (images in PATH_files/)")
@@ -151,14 +173,30 @@ def _add_evaluate_args(p: argparse.ArgumentParser) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """``napari-gi-seg evaluate DATASET``: segment every case and print/write Dice, IoU, precision,
     recall, HD95 (mm) and the UW-Madison Kaggle terms."""
+    from .errors import UsageError
     from .evaluation.evaluate import evaluate_dataset, format_table, write_json, write_report
 
+    if args.reference or args.prediction:
+        if not (args.reference and args.prediction) or args.dataset or args.model or args.report:
+            raise UsageError("evaluate --reference REF --prediction PRED [--image DICOM_DIR] [--classes] [--json]")
+        from .evaluation.reference import evaluate_reference
+
+        summary = evaluate_reference(args.reference, args.prediction, image=args.image, classes=args.classes)
+        print(format_table(summary))
+        if args.json:
+            print(f"metrics: {write_json(summary, args.json)}")
+        return 0
+    if not args.dataset:
+        raise UsageError("evaluate needs a DATASET folder, or --reference REF --prediction PRED")
+    if args.image:
+        raise UsageError("--image goes with --reference/--prediction")
     ev = evaluate_dataset(
         args.dataset,
         model=args.model,
         cases=args.cases,
         classes=args.classes,
         dataset_classes=args.dataset_classes,
+        sequences=args.sequences,
         tta=args.tta,
         device=args.device,
         batch_size=args.batch_size,

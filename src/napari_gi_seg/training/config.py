@@ -58,6 +58,8 @@ class TrainConfig:
     base_model: str | None = None
     freeze_encoder: bool = False
     exclude: list[str] = field(default_factory=list)
+    # CHAOS layout: the contrasts to use ("t2spir,t1in,t1out"); None: all (datasets.chaos)
+    sequences: list[str] | None = None
     register: bool = True
     # classes that are one connected organ (post-processing keeps the largest 3D component)
     single_component: list[str] = field(default_factory=list)

@@ -145,6 +145,7 @@ def finetune(
     progress: ProgressCallback | None = None,
     cancel: CancelCallback | None = None,
     stop_grace_s: float = DEFAULT_GRACE_S,
+    sequences: Sequence[str] | None = None,
 ) -> FinetuneResult:
     """Fine-tune registered model ``base`` on ``dataset`` and register it as ``name``
     when it is not worse than ``base`` on the held-back data.
@@ -152,7 +153,7 @@ def finetune(
     Parameters
     ----------
     dataset : str or Path
-        Dataset folder (nnU-Net v2 export, UW-Madison, NIfTI pairs).
+        Dataset folder (nnU-Net v2 export, UW-Madison, NIfTI pairs, CHAOS MR).
     base : str
         Registry key of the base model (``"name"`` or ``"name:version"``).
     name : str
@@ -218,7 +219,7 @@ def finetune(
     entry = registry.get_entry(base)
     base_spec = entry.spec()
     base_names = [c.name for c in base_spec.classes]
-    ds = open_for_base(dataset, class_names, base_names)
+    ds = open_for_base(dataset, class_names, base_names, sequences)
     if sorted(ds.class_names) != sorted(base_names):
         raise DatasetFormatError(
             f"{ds.root}: classes {ds.class_names} differ from the base model {entry.key}'s "

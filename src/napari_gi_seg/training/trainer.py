@@ -145,7 +145,7 @@ class Trainer:
         self._setup_device()
         ds = self.dataset
         if ds is None:
-            ds = open_dataset(cfg.dataset, cfg.class_names, **({"exclude": cfg.exclude} if cfg.exclude else {}))
+            ds = open_dataset(cfg.dataset, cfg.class_names, exclude=cfg.exclude, sequences=cfg.sequences)
         self.ds = ds
         self.spec = self._make_spec()
         self.work = work_dir_for(cfg, self.spec, self.rank, self.distributed)
