@@ -166,10 +166,7 @@ def read_previous_labels(path: str | Path, prev_volume: Volume) -> Volume:
         check_labels_belong(prev_volume, np.zeros(prev_volume.shape, np.uint8), p)  # frame first, then rasterise
         labels = read_labels(p, like=prev_volume)
     else:
-        try:
-            labels = read_labels(p)
-        except FileNotFoundError:
-            raise
+        labels = read_labels(p)
     check_labels_belong(prev_volume, labels, p)
     return labels
 
@@ -284,11 +281,7 @@ def propagate(
         folded = (
             folded_fraction(reg.transform, reg.fixed, work_mask) if "bspline" in [x.name for x in reg.stages] else 0.0
         )
-    md: dict[str, Any] = (
-        {"is_labels": True, "source_path": prev_labels.metadata.get("source_path")}
-        if isinstance(prev_labels, Volume)
-        else {"is_labels": True}
-    )
+    md: dict[str, Any] = {"is_labels": True}
     if names:
         md["class_names"] = {int(k): str(v) for k, v in dict(names).items()}
     result = PropagationResult(

@@ -42,9 +42,9 @@ class RegistrationSettings:
         spacing is kept (never finer than the scan's own).
     bspline_grid_mm
         Spacing (mm) of the B-spline control points (one mesh for both pyramid levels).
-    sampling, bspline_sampling
-        Fraction of the fixed image's voxels (inside the mask) the metric samples per
-        iteration (random, seeded), for the linear stages and for the B-spline.
+    samples, bspline_samples
+        Voxels of the fixed image (inside the mask) the metric samples (random, seeded;
+        all when fewer), for the linear stages and for the B-spline.
     histogram_bins
         Mattes mutual information bins.
     iterations
@@ -63,8 +63,8 @@ class RegistrationSettings:
     stages: tuple[str, ...] = STAGES
     working_spacing_mm: float = 4.0
     bspline_grid_mm: float = 50.0
-    sampling: float = 0.15
-    bspline_sampling: float = 0.03
+    samples: int = 20000
+    bspline_samples: int = 30000
     histogram_bins: int = 32
     iterations: tuple[int, int] = (60, 30)
     seed: int = 0
@@ -109,13 +109,18 @@ class Registration:
         return self.stages[-1].metric if self.stages else None
 
 
-def _method(settings: RegistrationSettings, fixed_mask, moving_mask, iterations: int, bspline: bool, sampling=None):
+def _method(settings: RegistrationSettings, fixed, fixed_mask, moving_mask, iterations: int, bspline: bool):
     import SimpleITK as sitk
 
     r = sitk.ImageRegistrationMethod()
     r.SetMetricAsMattesMutualInformation(numberOfHistogramBins=settings.histogram_bins)
     r.SetMetricSamplingStrategy(r.RANDOM)
-    r.SetMetricSamplingPercentage(sampling or settings.sampling, settings.seed)
+    n = settings.bspline_samples if bspline else settings.samples
+    region = fixed_mask if fixed_mask is not None else None
+    voxels = (
+        int(np.count_nonzero(sitk.GetArrayViewFromImage(region))) if region is not None else fixed.GetNumberOfPixels()
+    )
+    r.SetMetricSamplingPercentage(float(min(1.0, n / max(voxels, 1))), settings.seed)
     r.SetInterpolator(sitk.sitkLinear)
     if fixed_mask is not None:
         r.SetMetricFixedMask(fixed_mask)
@@ -228,7 +233,7 @@ def register(
             roi = sitk.Resample(moving_mask, fx, current, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
             fm = roi if body is None else sitk.And(roi, body)
         if name == "rigid":
-            r = _method(s, fm, moving_mask, s.iterations[0], False)
+            r = _method(s, fx, fm, moving_mask, s.iterations[0], False)
             r.SetInitialTransform(rigid, inPlace=True)
             out.stages.append(_run(r, fx, mv, name, cancel, t0))
             current = sitk.Euler3DTransform(rigid)
@@ -237,7 +242,7 @@ def register(
             aff.SetMatrix(rigid.GetMatrix())
             aff.SetTranslation(rigid.GetTranslation())
             aff.SetCenter(rigid.GetCenter())
-            r = _method(s, fm, moving_mask, s.iterations[0], False)
+            r = _method(s, fx, fm, moving_mask, s.iterations[0], False)
             r.SetInitialTransform(aff, inPlace=True)
             out.stages.append(_run(r, fx, mv, name, cancel, t0))
             current = sitk.AffineTransform(aff)
@@ -245,7 +250,7 @@ def register(
             extent = np.asarray(fx.GetSize()) * np.asarray(fx.GetSpacing())
             mesh = [max(1, int(round(e / s.bspline_grid_mm))) for e in extent]
             bs = sitk.BSplineTransformInitializer(fx, mesh, order=3)
-            r = _method(s, fm, moving_mask, s.iterations[1], True, s.bspline_sampling)
+            r = _method(s, fx, fm, moving_mask, s.iterations[1], True)
             r.SetMovingInitialTransform(current)
             r.SetInitialTransform(bs, inPlace=True)
             out.stages.append(_run(r, fx, mv, name, cancel, t0))
