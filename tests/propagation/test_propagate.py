@@ -12,8 +12,6 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from propagation_helpers import chaos_dicom_dir, load_chaos, synthetic_next_day  # noqa: E402
-
 from napari_gi_seg.evaluation.metrics import dice  # noqa: E402
 from napari_gi_seg.propagation import (  # noqa: E402
     LabelsMismatchError,
@@ -22,6 +20,7 @@ from napari_gi_seg.propagation import (  # noqa: E402
     propagate,
     read_previous_labels,
 )
+from propagation_helpers import chaos_dicom_dir, load_chaos, synthetic_next_day  # noqa: E402
 
 #: Cheap settings for tests (the benchmark uses the defaults): coarse working grid, few iterations.
 FAST = dict(working_spacing_mm=6.0, iterations=(40, 20), bspline_grid_mm=60.0)
