@@ -54,19 +54,19 @@ def test_known_synthetic_deformation_is_recovered(chaos_volumes):
     vol = dataclasses.replace(image, data=np.ascontiguousarray(image.data[sl]), affine=affine)
     lab = np.ascontiguousarray(labels.data[sl])
     today, truth, params = synthetic_next_day(vol, lab, seed=7, max_mm=10.0)
-    r = propagate(vol, lab, today, settings=RegistrationSettings(**FAST), stage_labels=True)
-    floor = _mean_dice(r.stage_labels["none"], truth)
-    rigid = _mean_dice(r.stage_labels["rigid"], truth)
+    r = propagate(vol, lab, today, settings=RegistrationSettings(**FAST))
+    floor = _mean_dice(lab, truth)  # no registration: the same grid, labels left where they were
     got = _mean_dice(r.labels.data, truth)
-    # the floor (scanner coordinates) is far off; rigid -> affine -> B-spline recovers most of it
-    # (whether B-spline beats rigid-only at these cheap settings is the benchmark's question)
-    assert got > floor + 0.1 and got > 0.9, (floor, rigid, got)
+    # the floor is far off; rigid -> affine -> B-spline recovers most of it (whether the
+    # B-spline beats rigid-only at these cheap settings is the benchmark's question)
+    assert got > floor + 0.1 and got > 0.9, (floor, got)
     assert r.labels.shape == today.shape and r.labels.metadata["is_labels"]
     assert r.stages == ("rigid", "affine", "bspline") and r.metric < 0
     assert 0.0 <= r.folded_fraction < 0.01
     # deterministic with a seed
-    again = propagate(vol, lab, today, settings=RegistrationSettings(stages=("rigid",), **FAST))
-    assert np.array_equal(again.labels.data, r.stage_labels["rigid"])
+    rigid = [propagate(vol, lab, today, settings=RegistrationSettings(stages=("rigid",), **FAST)) for _ in range(2)]
+    assert np.array_equal(rigid[0].labels.data, rigid[1].labels.data)
+    assert rigid[0].transform.GetParameters() == rigid[1].transform.GetParameters()
 
 
 def test_rtstruct_in_and_out_through_the_cli(tmp_path, chaos_mr, t2, capsys):

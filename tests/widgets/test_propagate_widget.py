@@ -56,7 +56,7 @@ def test_bring_previous_contours_through_the_plugins_menu(make_napari_viewer, qt
     assert all(c.currentText() == "propagated" for c in w.choices.values())  # no model labels yet
     if os.environ.get("NAPARI_GI_SEG_SCREENSHOTS"):
         viewer.window._qt_window.resize(1366, 768)
-        viewer.dims.set_point(0, float(today_layer.data2world([int(np.median(zs)), 0, 0])[0]))
+        C.set_current_slice(viewer, today_layer, int(np.median(zs)))
         qtbot.wait(300)
         out = Path(os.environ["NAPARI_GI_SEG_SCREENSHOTS"]) / "propagate-widget.png"
         viewer.screenshot(str(out), canvas_only=False)
