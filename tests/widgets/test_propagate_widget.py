@@ -2,7 +2,8 @@
 menu entry, real clicks, a worker thread, one undo step, slices marked predicted.
 
 ``NAPARI_GI_SEG_SCREENSHOTS=DIR`` also saves the window (1366 x 768) as
-``DIR/propagate-widget.png`` (the one in docs/images was made that way)."""
+``DIR/propagate-widget.png`` and, at napari's default size, ``propagate-widget-default-size.png``
+(those in docs/images were made that way)."""
 
 from __future__ import annotations
 
@@ -55,11 +56,13 @@ def test_bring_previous_contours_through_the_plugins_menu(make_napari_viewer, qt
     assert sorted(w.choices) == sorted(CLASS_NAMES.values())
     assert all(c.currentText() == "propagated" for c in w.choices.values())  # no model labels yet
     if os.environ.get("NAPARI_GI_SEG_SCREENSHOTS"):
-        viewer.window._qt_window.resize(1366, 768)
+        shots = Path(os.environ["NAPARI_GI_SEG_SCREENSHOTS"])
         C.set_current_slice(viewer, today_layer, int(np.median(zs)))
         qtbot.wait(300)
-        out = Path(os.environ["NAPARI_GI_SEG_SCREENSHOTS"]) / "propagate-widget.png"
-        viewer.screenshot(str(out), canvas_only=False)
+        viewer.screenshot(str(shots / "propagate-widget-default-size.png"), canvas_only=False)
+        viewer.window._qt_window.resize(1366, 768)
+        qtbot.wait(300)
+        viewer.screenshot(str(shots / "propagate-widget.png"), canvas_only=False)
     # one undo step takes the whole propagation back
     ctx.labels_layer.undo()
     assert not np.asarray(ctx.labels_layer.data).any()
