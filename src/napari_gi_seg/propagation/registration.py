@@ -120,7 +120,8 @@ def _method(settings: RegistrationSettings, fixed, fixed_mask, moving_mask, iter
     voxels = (
         int(np.count_nonzero(sitk.GetArrayViewFromImage(region))) if region is not None else fixed.GetNumberOfPixels()
     )
-    r.SetMetricSamplingPercentage(float(min(1.0, n / max(voxels, 1))), settings.seed)
+    # SimpleITK reads seed 0 as "seed from the wall clock" (sitkWallClock): shift by one
+    r.SetMetricSamplingPercentage(float(min(1.0, n / max(voxels, 1))), int(settings.seed) + 1)
     r.SetInterpolator(sitk.sitkLinear)
     if fixed_mask is not None:
         r.SetMetricFixedMask(fixed_mask)
