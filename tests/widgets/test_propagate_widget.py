@@ -59,9 +59,11 @@ def test_bring_previous_contours_through_the_plugins_menu(make_napari_viewer, qt
         shots = Path(os.environ["NAPARI_GI_SEG_SCREENSHOTS"])
         C.set_current_slice(viewer, today_layer, int(np.median(zs)))
         qtbot.wait(300)
+        viewer.reset_view()
         viewer.screenshot(str(shots / "propagate-widget-default-size.png"), canvas_only=False)
         viewer.window._qt_window.resize(1366, 768)
         qtbot.wait(300)
+        viewer.reset_view()
         viewer.screenshot(str(shots / "propagate-widget.png"), canvas_only=False)
     # one undo step takes the whole propagation back
     ctx.labels_layer.undo()
