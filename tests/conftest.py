@@ -162,6 +162,7 @@ SLOW_TESTS = {
     "test_torchrun_two_processes_registers_one_model",
     "test_finetune_cancel_stops_gracefully_and_keeps_best_epoch",
     "test_torchrun_two_processes_share_the_scans",
+    "test_known_synthetic_deformation_is_recovered",  # three registrations of a real scan
 }
 
 
