@@ -196,12 +196,14 @@ def main(argv=None) -> int:
     if args.write_docs:
         from _report import write_section
 
-        info = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores visible, SimpleITK threads 2"
+        info = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores visible, SimpleITK threads 2, shared by other jobs (load average 13-14)"
         write_section(
             "propagation",
             "## Propagation: previous day's labels by registration\n\n"
             + DOC_HEAD.format(info=info)
             + table(results)
+            + "\n\n"
+            + DOC_NOTES.format(n=len({k.split(" ", 1)[1] for k in results if not k.startswith("inter")}))
             + "\n",
         )
     return 0
