@@ -164,6 +164,7 @@ SLOW_TESTS = {
     "test_torchrun_two_processes_share_the_scans",
     "test_kill_mid_folder_run_then_rerun_completes",  # a child process imports torch (~15-35 s)
     "test_sigterm_during_finetune_cli_finishes_the_epoch_and_resume_completes",  # two fine-tunes (~30 s)
+    "test_known_synthetic_deformation_is_recovered",  # three registrations of a real scan
 }
 
 

@@ -1,4 +1,4 @@
-"""Command line: ``napari-gi-seg segment|models|train|finetune|evaluate|demo``.
+"""Command line: ``napari-gi-seg segment|propagate|models|train|finetune|evaluate|demo``.
 
 Exit status: 0 on success; 2 with one line on stderr
 (``napari-gi-seg: error: <file>: <problem>``) for every expected failure: bad input
@@ -46,6 +46,20 @@ def read_input_volumes(path: str):
     from .cli_segment import read_input_volumes as read
 
     return read(path)
+
+
+# ----------------------------------------------------------------- propagate
+def _add_propagate_args(p: argparse.ArgumentParser) -> None:
+    from .cli_propagate import add_propagate_args
+
+    add_propagate_args(p)
+
+
+def cmd_propagate(args: argparse.Namespace) -> int:
+    """``napari-gi-seg propagate``: see :func:`napari_gi_seg.cli_propagate.cmd_propagate`."""
+    from .cli_propagate import cmd_propagate as run
+
+    return run(args)
 
 
 # ----------------------------------------------------------------- models
@@ -234,6 +248,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 #: ``(name, help, add_arguments, command)`` per sub-command; add new commands here.
 COMMANDS: list[tuple[str, str, object, object]] = [
     ("segment", "segment an MRI volume with a registered model and write the labels", _add_segment_args, cmd_segment),
+    (
+        "propagate",
+        "carry the previous day's labels onto today's scan by image registration",
+        _add_propagate_args,
+        cmd_propagate,
+    ),
     ("models", "list the registered models", _add_models_args, cmd_models),
     ("train", "train a new model and register it", _add_train_args, cmd_train),
     (
