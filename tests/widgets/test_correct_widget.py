@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 
 from napari_gi_seg._qt import _context as C
-from napari_gi_seg._qt.correct_widget import SHORTCUTS, CorrectWidget, _slices_from_paint
+from napari_gi_seg._qt._context import slices_from_paint as _slices_from_paint
+from napari_gi_seg._qt.correct_widget import SHORTCUTS, CorrectWidget
 from napari_gi_seg.curation.review import SliceState
 
 

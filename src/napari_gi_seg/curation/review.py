@@ -102,6 +102,28 @@ class ReviewTracker:
         """Ascending indices of REVIEWED slices."""
         return [int(z) for z in np.nonzero(self.states == SliceState.REVIEWED)[0]]
 
+    def protected_slices(self, overwrite: bool = False) -> set[int]:
+        """Slices new model output must not replace: EDITED and REVIEWED ones (the
+        clinician's work), or none when ``overwrite`` is True.
+
+        This is the one "edited or reviewed" rule that every writer of model output
+        follows (Segment, Adapt to this scan, and any tool that re-segments).
+
+        Parameters
+        ----------
+        overwrite : bool
+            The user chose to replace the clinician's slices too.
+
+        Returns
+        -------
+        set of int
+            Slice indices ``z``.
+        """
+        if overwrite:
+            return set()
+        keep = (self.states == SliceState.EDITED) | (self.states == SliceState.REVIEWED)
+        return {int(z) for z in np.flatnonzero(keep)}
+
     def counts(self) -> dict[str, int]:
         """``{'unseen': n, 'predicted': n, 'edited': n, 'reviewed': n}``."""
         return {_KEYS[s]: int(np.count_nonzero(self.states == s)) for s in SliceState}
