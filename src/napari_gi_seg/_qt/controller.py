@@ -132,7 +132,8 @@ def run_job(
         Prefix of napari's progress bars (e.g. ``"Segmenting image_1"``).
     on_yielded, on_returned, on_errored, on_finished, on_progress : callable, optional
         GUI-thread callbacks: each yield; the return value (not called after an
-        error); the exception (the user is shown nothing else: notify there); always
+        error); the exception (without ``on_errored`` a napari error notification
+        says what failed, :func:`error_text`); always
         last; every :class:`~napari_gi_seg.progress.ProgressEvent`.
     sync : bool, optional
         Run in the calling thread (default: ``$NAPARI_GI_SEG_SYNC``); the callbacks
@@ -166,6 +167,10 @@ def run_job(
         job.error = exc
         if on_errored is not None:
             on_errored(exc)
+        else:  # never silent, never a traceback into the event loop
+            from napari.utils.notifications import show_error
+
+            show_error(f"{title or 'The job'} failed: {error_text(exc)}")
 
     if sync if sync is not None else env_flag(SYNC_ENV):
         job.worker = "sync"
@@ -191,7 +196,7 @@ def run_job(
 
     from napari.qt.threading import create_worker
 
-    worker = create_worker(fn, *args, _start_thread=False, **kwargs)
+    worker = create_worker(fn, *args, _start_thread=False, _ignore_errors=True, **kwargs)
     if on_yielded is not None and hasattr(worker, "yielded"):
         worker.yielded.connect(on_yielded)
     worker.returned.connect(returned)
@@ -200,6 +205,17 @@ def run_job(
     job.worker = worker
     worker.start()
     return job
+
+
+def error_text(exc: BaseException) -> str:
+    """What a user is told about a failed job: the message of an expected failure
+    (:class:`~napari_gi_seg.errors.GiSegError`, ``OSError``, ``MemoryError``), else the
+    exception's type too (a bug: "internal error")."""
+    from ..errors import GiSegError
+
+    if isinstance(exc, (GiSegError, OSError, MemoryError)):
+        return str(exc)
+    return f"internal error ({type(exc).__name__}: {exc})"
 
 
 # ---------------------------------------------------------------------- the controller

@@ -103,8 +103,11 @@ class CorrectWidget(SessionMixin, QWidget):
         tools.addRow(self.interp_button)
         tools.addRow("scope", self.scope_combo)
         tools.addRow(self.fill_button)
-        tools.addRow(self.islands_button, self.area_spin)
-        tools.addRow(self.smooth_button, self.sigma_spin)
+        for button, spin in ((self.islands_button, self.area_spin), (self.smooth_button, self.sigma_spin)):
+            pair = QHBoxLayout()  # a full-width row: a button as the form's label would widen every label
+            pair.addWidget(button)
+            pair.addWidget(spin)
+            tools.addRow(pair)
         tools_box = QGroupBox("Correct")
         tools_box.setLayout(tools)
 

@@ -469,9 +469,9 @@ class SegmentWidget(QWidget):
     def _on_error(self, exc) -> None:
         from napari.utils.notifications import show_error
 
-        from ..errors import GiSegError
+        from .controller import error_text
 
-        what = str(exc) if isinstance(exc, (GiSegError, OSError, MemoryError)) else f"{type(exc).__name__}: {exc}"
+        what = error_text(exc)
         show_error(f"Segmentation failed: {what}")
         self.status_label.setText(f"Failed: {what}")
 
