@@ -150,7 +150,8 @@ def test_sample_opens_radiological_with_the_models_colours(make_napari_viewer):
 
     viewer = make_napari_viewer()
     layers = viewer.open_sample(PLUGIN, "chaos_t2spir")
-    assert [lyr.name for lyr in layers] == ["image_1", "image_1 labels"]
+    assert [lyr.name for lyr in layers] == ["image_1", "image_1 ground truth"]
+    assert layers[0].visible and not layers[1].visible  # the manual labels are the hidden reference
     _assert_radiological(viewer.camera.orientation2d, np.asarray(layers[1].data))
     spec = get_entry(DEFAULT_MODEL).spec()
     lab = layers[1]

@@ -317,7 +317,7 @@ class SegmentWidget(QWidget):
             "Average the prediction with that of the left-right mirrored slice (about 2x slower)."
             if ok
             else f"Unavailable: {spec.key} was trained without left-right flips, so a mirrored "
-            "abdomen is new to it and flip TTA would lower its accuracy (train with --flip-augment)."
+            "abdomen is new to it and flip TTA would lower its accuracy (pick a model trained with flips)."
         )
 
     def _scope_changed(self, text: str) -> None:
