@@ -42,6 +42,7 @@ import numpy as np
 from qtpy.QtCore import QObject, Signal
 
 from ..constants import SYNC_ENV, env_flag
+from ..errors import InputError
 from . import _context as C
 
 __all__ = ["Job", "run_job", "CaseController", "active_case", "case_for_image", "case_for_labels", "controller_of"]
@@ -353,7 +354,7 @@ class CaseController:
         if lab.shape == shape and len(zs) != shape[0]:
             lab = lab[zs]
         if lab.shape != (len(zs), *shape[1:]):
-            raise ValueError(f"model output of shape {lab.shape} for {len(zs)} slices of a {shape} case")
+            raise InputError(f"model output of shape {lab.shape} for {len(zs)} slices of a {shape} case")
         if prediction:
             pred = self.prediction_layer
             if pred is None or pred not in self.viewer.layers:

@@ -37,6 +37,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ..errors import NotFoundError
 from . import _context as C
 from ._sessions import SessionMixin, _flush_autosavers
 from .controller import controller_of
@@ -240,7 +241,7 @@ class CorrectWidget(SessionMixin, QWidget):
         """Select the class with label value ``class_index``."""
         i = self.class_combo.findData(int(class_index))
         if i < 0:
-            raise LookupError(f"class {class_index} is not one of {self._ctx.foreground_names if self._ctx else {}}")
+            raise NotFoundError(f"class {class_index} is not one of {self._ctx.foreground_names if self._ctx else {}}")
         self.class_combo.setCurrentIndex(i)
 
     def current_z(self) -> int:

@@ -32,6 +32,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..constants import DEVICES, SYNC_ENV  # noqa: F401 - SYNC_ENV re-exported for callers
+from ..errors import NotFoundError
 from . import _context as C
 from .controller import CaseController, case_for_image
 
@@ -276,7 +277,7 @@ class SegmentWidget(QWidget):
         if key not in keys:
             same = sorted((k for k in keys if k.split(":")[0] == key), key=lambda k: int(k.split(":")[1]))
             if not same:
-                raise LookupError(f"model {key!r} is not registered; known: {', '.join(keys) or 'none'}")
+                raise NotFoundError(f"model {key!r} is not registered; known: {', '.join(keys) or 'none'}")
             key = same[-1]
         self.model_combo.setCurrentIndex(keys.index(key))
         self._show_classes()

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from .._atomic import atomic_path
+from ..errors import InputError
 from ..io.fingerprint import image_fingerprint
 from ..io.volume import InvalidInputError
 from ..paths import user_dir
@@ -82,7 +83,7 @@ def _public_info(info: Mapping[str, Any] | None) -> dict:
 
 def _check_fp(fingerprint: str) -> str:
     if not isinstance(fingerprint, str) or not _FP_RE.match(fingerprint):
-        raise ValueError(f"bad session fingerprint {fingerprint!r}: expected 8-128 letters, digits, '_' or '-'")
+        raise InputError(f"bad session fingerprint {fingerprint!r}: expected 8-128 letters, digits, '_' or '-'")
     return fingerprint
 
 
@@ -117,16 +118,16 @@ class SessionStore:
         path = self.path_for(fingerprint)
         labels = np.asarray(labels)
         if labels.ndim != 3:
-            raise ValueError(f"labels must be (z, y, x), got shape {labels.shape}")
+            raise InputError(f"labels must be (z, y, x), got shape {labels.shape}")
         if review.n_slices != labels.shape[0]:
-            raise ValueError(f"review tracks {review.n_slices} slices but labels have {labels.shape[0]}")
+            raise InputError(f"review tracks {review.n_slices} slices but labels have {labels.shape[0]}")
         if labels.size and (labels.min() < 0 or labels.max() > 255):
-            raise ValueError("labels must be in 0..255 to be saved as uint8")
+            raise InputError("labels must be in 0..255 to be saved as uint8")
         arrays: dict[str, np.ndarray] = {"labels": labels.astype(np.uint8, copy=False)}
         if prediction is not None:
             prediction = np.asarray(prediction)
             if prediction.shape != labels.shape:
-                raise ValueError(f"prediction shape {prediction.shape} differs from labels {labels.shape}")
+                raise InputError(f"prediction shape {prediction.shape} differs from labels {labels.shape}")
             arrays["prediction"] = prediction.astype(np.uint8, copy=False)
         saved_at = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
         try:
@@ -139,7 +140,7 @@ class SessionStore:
                 }
             )
         except (TypeError, ValueError) as e:
-            raise ValueError(f"session info must be JSON-serialisable: {e}") from e
+            raise InputError(f"session info must be JSON-serialisable: {e}") from e
         arrays["meta_json"] = np.array(meta)
         with atomic_path(path, mode=0o600) as tmp, open(tmp, "wb") as f:
             np.savez_compressed(f, **arrays)

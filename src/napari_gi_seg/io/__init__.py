@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import InputError
 from .nifti import nifti_affine
 from .volume import InvalidInputError, Volume, volume_from_layer_metadata
 
@@ -296,16 +297,16 @@ def write_labels(
     suffix = label_suffix(p)
     arr = np.asarray(labels)
     if suffix is None:
-        raise ValueError(f"{p}: cannot write labels with this extension; use one of {', '.join(LABEL_WRITE_SUFFIXES)}")
+        raise InputError(f"{p}: cannot write labels with this extension; use one of {', '.join(LABEL_WRITE_SUFFIXES)}")
     if arr.dtype.kind not in "biu":
         if arr.dtype.kind != "f" or not np.all(np.isfinite(arr)) or np.any(np.mod(arr, 1)):
-            raise ValueError(f"{p}: labels must be integers, got {arr.dtype}")
+            raise InputError(f"{p}: labels must be integers, got {arr.dtype}")
         arr = arr.astype(np.int64)
     if arr.size and arr.min() < 0:
-        raise ValueError(f"{p}: labels must be non-negative (min {arr.min()})")
+        raise InputError(f"{p}: labels must be non-negative (min {arr.min()})")
     multi = suffix == ".csv" and arr.ndim == 4
     if tuple(arr.shape[-3:] if multi else arr.shape) != like.shape:
-        raise ValueError(f"{p}: labels shape {arr.shape} differs from the image's (z, y, x) {like.shape}")
+        raise InputError(f"{p}: labels shape {arr.shape} differs from the image's (z, y, x) {like.shape}")
     if suffix in (".nii", ".nii.gz"):
         return write_nifti(like, p, arr)
     if suffix in (".tif", ".tiff"):
@@ -328,7 +329,7 @@ def write_labels(
         )
     cd = uwmgi.volume_case_day(like)
     if cd is None:
-        raise ValueError(f"{p}: the image has no UW-Madison case/day (metadata case_id, day); cannot name the rows")
+        raise InputError(f"{p}: the image has no UW-Madison case/day (metadata case_id, day); cannot name the rows")
     names = class_names or like.metadata.get("class_names") or uwmgi.uwmgi_class_names()
     return uwmgi.write_uwmgi_csv(p, arr, cd, names, like.metadata.get("slice_numbers"))
 
