@@ -44,8 +44,18 @@ from qtpy.QtCore import QObject, Signal
 from ..constants import SYNC_ENV, env_flag
 from ..errors import InputError
 from . import _context as C
+from ._display import install_viewer_hooks
 
-__all__ = ["Job", "run_job", "CaseController", "active_case", "case_for_image", "case_for_labels", "controller_of"]
+__all__ = [
+    "Job",
+    "run_job",
+    "CaseController",
+    "active_case",
+    "case_for_image",
+    "case_for_labels",
+    "controller_of",
+    "register_tool",
+]
 
 
 # ---------------------------------------------------------------------- job runner
@@ -568,3 +578,12 @@ def active_case(viewer) -> CaseController | None:
         made = [c for c in (C.get_context(lyr) for lyr in viewer.layers) if c is not None and c.made_here]
         ctx = made[-1] if made else None
     return None if ctx is None else controller_of(viewer, ctx)
+
+
+def register_tool(viewer, widget) -> None:
+    """Call at the end of a dock tool's ``__init__``: sibling tools can find it
+    (:func:`._context.find_widget`) and the viewer gets the plugin's display rules
+    (radiological camera, case colours for opened labels:
+    :func:`._display.install_viewer_hooks`)."""
+    C.register_widget(viewer, widget)
+    install_viewer_hooks(C.unwrap(viewer))

@@ -40,7 +40,7 @@ from qtpy.QtWidgets import (
 from ..errors import NotFoundError
 from . import _context as C
 from ._sessions import SessionMixin, _flush_autosavers
-from .controller import controller_of
+from .controller import controller_of, register_tool
 
 AUTOSAVE_MS = 30_000
 SHORTCUTS = {
@@ -184,7 +184,7 @@ class CorrectWidget(SessionMixin, QWidget):
         self._layers_changed()
         for img in C.image_layers(self.viewer):
             self.offer_restore(img)
-        C.register_widget(self.viewer, self)
+        register_tool(self.viewer, self)
 
     # ------------------------------------------------------------------ case
     @property

@@ -22,6 +22,7 @@ from qtpy.QtCore import QSize, Qt
 from qtpy.QtWidgets import QFormLayout, QFrame, QScrollArea, QSizePolicy, QTabWidget, QVBoxLayout, QWidget
 
 from . import _context as C
+from .controller import register_tool
 
 
 @dataclass(frozen=True)
@@ -144,7 +145,7 @@ class GISegDock(QWidget):
         lay.setContentsMargins(0, 0, 0, 0)
         lay.addWidget(self.tabs)
         self.setMinimumWidth(240)
-        C.register_widget(self.viewer, self)
+        register_tool(self.viewer, self)
 
     def sizeHint(self) -> QSize:  # noqa: N802 - Qt name
         """:data:`DOCK_WIDTH` wide (the pages scroll and wrap), whatever the forms ask."""

@@ -28,7 +28,7 @@ from qtpy.QtWidgets import (
 
 from ..paths import default_dataset_dir
 from . import _context as C
-from .controller import CaseController, case_for_labels
+from .controller import CaseController, case_for_labels, register_tool
 
 
 def _export_job(
@@ -99,7 +99,7 @@ class ExportWidget(QWidget):
         self.viewer.layers.events.inserted.connect(self._refresh)
         self.viewer.layers.events.removed.connect(self._refresh)
         self._refresh()
-        C.register_widget(self.viewer, self)
+        register_tool(self.viewer, self)
 
     def _refresh(self, event=None) -> None:
         C.refresh_labels_combo(self.viewer, self.labels_combo, event)

@@ -47,6 +47,7 @@ from ..paths import default_dataset_dir, user_dir
 from . import _context as C
 from ._curves import TrainingCurves
 from ._progress import NapariProgress
+from .controller import register_tool
 
 
 def finetune_command(
@@ -224,7 +225,7 @@ class FinetuneWidget(QWidget):
         self.cancel_button.clicked.connect(self.cancel)
         self.register_button.clicked.connect(lambda: self.register_candidate())
         self.refresh_models()
-        C.register_widget(self.viewer, self)
+        register_tool(self.viewer, self)
 
     # ------------------------------------------------------------------ UI
     def _redraw(self) -> None:

@@ -34,7 +34,7 @@ from qtpy.QtWidgets import (
 from ..constants import DEVICES, SYNC_ENV  # noqa: F401 - SYNC_ENV re-exported for callers
 from ..errors import NotFoundError
 from . import _context as C
-from .controller import CaseController, case_for_image
+from .controller import CaseController, case_for_image, register_tool
 
 SCOPES = ("current slice", "range", "whole stack")
 
@@ -208,7 +208,7 @@ class SegmentWidget(QWidget):
         self._refresh_images()
         self.refresh_models()
         self._scope_changed(self.scope_combo.currentText())
-        C.register_widget(self.viewer, self)
+        register_tool(self.viewer, self)
 
     # ------------------------------------------------------------------ choices
     def _refresh_images(self, event=None) -> None:
