@@ -57,7 +57,7 @@ def test_show_case_active_segmentation_locked_prediction(case):
     ctl.show_case()
     assert viewer.layers.selection.active is ctl.labels_layer and ctl.labels_layer.visible
     pred = ctl.prediction_layer
-    assert not pred.visible and not pred.editable and bool(pred.locked)
+    assert not pred.visible and not pred.editable
     pred.editable = True  # napari resets editable when slicing; the lock holds
     assert not pred.editable
     assert active_case(viewer) is ctl

@@ -302,8 +302,7 @@ class CaseController:
     def show_case(self) -> None:
         """The layer rules: the segmentation layer is visible and active (the next
         brush stroke goes there); the prediction layer is hidden and locked (not
-        editable, not deletable from the layer list), so no stroke ever lands in an
-        invisible layer."""
+        editable), so no stroke ever lands in an invisible layer."""
         lab = self.labels_layer
         if lab is None:
             return
@@ -496,14 +495,10 @@ class CaseController:
 
 
 def lock_layer(layer) -> None:
-    """Make a Labels layer read-only in the viewer: not editable (napari re-enables
-    ``editable`` on slicing, so the lock is kept by a listener) and protected from
-    deletion in the layer list."""
+    """Make a Labels layer read-only in the viewer: not editable, so no brush, fill or
+    eraser reaches it (napari re-enables ``editable`` on slicing, so a listener keeps it
+    off). It can still be shown, hidden and deleted."""
     layer.editable = False
-    try:
-        layer.locked = True
-    except (AttributeError, TypeError, ValueError):  # napari < 0.6 has no lock
-        pass
     if not getattr(layer, "_gi_seg_locked", False):
         ref = weakref.ref(layer)
 
