@@ -6,6 +6,7 @@ narrower than its text (no "Brow" for "Browse...", no "her" for "here")."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from qtpy.QtCore import QPoint
 from qtpy.QtWidgets import QAbstractButton, QAbstractSpinBox, QApplication, QLabel, QWidget
@@ -52,12 +53,21 @@ def _settle(qtbot, ms: int = 150) -> None:
     qtbot.wait(ms)
 
 
-def test_every_page_fits_at_laptop_and_default_window_size(make_napari_viewer, qtbot, chaos_image_layer):
+def test_every_page_fits_at_laptop_and_default_window_size(make_napari_viewer, qtbot, chaos_image_layer, tiny_key):
     viewer, _ = chaos_image_layer
     default = _default_size(viewer)
     viewer.window._qt_window.show()
     _, dock = viewer.window.add_plugin_dock_widget("napari-gi-seg", "GI Seg (all tools)")
     assert [dock.tabs.tabText(i) for i in range(dock.tabs.count())] == [p.title for p in PAGES]
+    # the pages as a user sees them mid-case: segmented, some slices reviewed, one edited
+    dock.segment.select_model(tiny_key)
+    dock.segment.device_combo.setCurrentText("cpu")
+    dock.segment.run_sync()
+    ctl = dock.segment.controller
+    ctl.mark_reviewed([3, 4, 5])
+    ctl.write_correction((np.array([ctl.n_slices // 2]), np.array([5]), np.array([5])), 2)
+    dock.correct.select_labels(ctl.labels_layer)
+    dock.export._refresh()
     problems = {}
     for size in ((1366, 768), default):
         viewer.window._qt_window.resize(*size)

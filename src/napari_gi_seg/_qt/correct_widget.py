@@ -114,6 +114,8 @@ class CorrectWidget(SessionMixin, QWidget):
 
         self.state_label = QLabel("")
         self.counts_label = QLabel("")
+        for lab in (self.state_label, self.counts_label):  # the counts must not widen the dock
+            lab.setWordWrap(True)
         self.review_button = QPushButton("Reviewed, next (Shift-R)")
         self.next_button = QPushButton("Next unreviewed (Shift-N)")
         self.least_button = QPushButton("Least confident (Shift-U)")
