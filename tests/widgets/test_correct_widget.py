@@ -173,7 +173,8 @@ def test_autosave_and_restore_in_new_viewer(qtbot, segmented, make_napari_viewer
     assert ctx2.tracker.reviewed_slices() == [15]
     assert ctx2.class_names[2] == "right_kidney" and ctx2.model_key == ctx.model_key
     # the next brush stroke goes into the visible segmentation, never the hidden prediction
-    assert v2.layers.selection.active is ctx2.labels_layer and ctx2.labels_layer.visible
+    qtbot.waitUntil(lambda: v2.layers.selection.active is ctx2.labels_layer, timeout=5000)
+    assert ctx2.labels_layer.visible
     assert not ctx2.prediction_layer.visible and not ctx2.prediction_layer.editable
     # "no" leaves the viewer alone and keeps the session as a dated copy that new work never overwrites
     monkeypatch.setenv("NAPARI_GI_SEG_RESTORE", "no")
@@ -188,7 +189,7 @@ def test_autosave_and_restore_in_new_viewer(qtbot, segmented, make_napari_viewer
     back = cor3.restore_earlier(store.copies(fp)[0], image_layer=img3)
     assert back is not None and back.tracker.reviewed_slices() == [15]
     np.testing.assert_array_equal(back.labels_layer.data, saved.labels)
-    assert v3.layers.selection.active is back.labels_layer
+    qtbot.waitUntil(lambda: v3.layers.selection.active is back.labels_layer, timeout=5000)
 
 
 def test_tools_without_case_report_error(qtbot, make_napari_viewer, monkeypatch):

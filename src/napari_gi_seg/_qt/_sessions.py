@@ -10,6 +10,7 @@ brings back.
 from __future__ import annotations
 
 import numpy as np
+from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QInputDialog, QMessageBox
 
 from ..constants import RESTORE_ENV, SYNC_ENV, env_flag
@@ -238,6 +239,9 @@ class SessionMixin:
         ctx = C.ensure_case(self.viewer, image_layer, state.class_names, state.colours, state.model_key)
         ctl = controller_of(self.viewer, ctx)
         ctl.apply_session(state)
+        # restored while napari inserts the image: napari then makes the image active,
+        # so the layer rules are applied again once the insertion is over
+        QTimer.singleShot(0, lambda: ctl.show_case() if ctl.labels_layer in self.viewer.layers else None)
         self.select_labels(ctx.labels_layer)
         self._autosaver(ctx)
         if path is not None:

@@ -19,7 +19,7 @@ import importlib
 from dataclasses import dataclass
 
 from qtpy.QtCore import QSize, Qt
-from qtpy.QtWidgets import QFormLayout, QFrame, QScrollArea, QSizePolicy, QTabWidget, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QFormLayout, QFrame, QScrollArea, QSizePolicy, QStyle, QTabWidget, QVBoxLayout, QWidget
 
 from . import _context as C
 from .controller import register_tool
@@ -84,6 +84,8 @@ TABS = tuple(p.title for p in PAGES)
 #: Width the dock asks for (px); napari's layer panels take ~320 px on the left,
 #: so on a 1366 px wide screen the canvas keeps about half the window or more.
 DOCK_WIDTH = 330
+#: The narrowest the dock may be (px) when every page is narrower still.
+MIN_WIDTH = 240
 
 
 def _scrolled(widget: QWidget) -> QScrollArea:
@@ -144,8 +146,22 @@ class GISegDock(QWidget):
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
         lay.addWidget(self.tabs)
-        self.setMinimumWidth(240)
+        self._fit_minimum_width()
         register_tool(self.viewer, self)
+
+    def _fit_minimum_width(self) -> None:
+        """The dock's minimum width: the widest page's minimum (its layout's) plus a
+        vertical scroll bar, so napari never squeezes the dock until a page is cut off
+        or scrolls sideways; at most :data:`DOCK_WIDTH` (a page wider than that is a
+        layout to fix, and ``tests/widgets/test_dock_fit.py`` says so)."""
+        bar = self.style().pixelMetric(QStyle.PM_ScrollBarExtent)
+        need = max((a.widget().minimumSizeHint().width() for a in self.page_areas().values()), default=0)
+        self.setMinimumWidth(min(max(MIN_WIDTH, need + bar + 4), DOCK_WIDTH))
+
+    def showEvent(self, event) -> None:  # noqa: N802 - Qt name
+        """Recompute the minimum width once napari's style sheet sizes the widgets."""
+        self._fit_minimum_width()
+        super().showEvent(event)
 
     def sizeHint(self) -> QSize:  # noqa: N802 - Qt name
         """:data:`DOCK_WIDTH` wide (the pages scroll and wrap), whatever the forms ask."""
