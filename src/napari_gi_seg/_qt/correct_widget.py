@@ -83,10 +83,13 @@ class CorrectWidget(SessionMixin, QWidget):
         self.scope_combo.addItems(["current slice", "range"])
         self.area_spin = QDoubleSpinBox()
         self.area_spin.setRange(0.0, 10000.0)
+        self.area_spin.setDecimals(0)  # whole mm²: a narrower box that fits the dock
         self.area_spin.setValue(50.0)
         self.area_spin.setSuffix(" mm²")
         self.sigma_spin = QDoubleSpinBox()
         self.sigma_spin.setRange(0.1, 20.0)
+        self.sigma_spin.setDecimals(1)
+        self.sigma_spin.setSingleStep(0.5)
         self.sigma_spin.setValue(1.5)
         self.sigma_spin.setSuffix(" mm")
 
