@@ -227,7 +227,8 @@ def test_whole_loop_from_the_plugins_menu(qtbot, make_napari_viewer, chaos_image
     ds = tmp_path / "Dataset501_Corrections"
     dock.show_tab("Export")
     exp.folder_edit.setText(str(ds))
-    _click(qtbot, exp.export_button)
+    _click(qtbot, exp.export_button)  # the export is written in a worker thread
+    wait_worker(qtbot, exp)
     meta = json.loads((ds / "dataset.json").read_text())
     assert meta["labels"]["spleen"] == 4 and meta["labels"]["ignore"] == 5
     assert "Exported 5 reviewed slices" in exp.result_label.text()
