@@ -223,7 +223,7 @@ class AdaptPanel(QGroupBox):
                 on_progress=self._on_event,
                 on_returned=self._on_returned,
                 on_errored=self._on_error,
-                on_finished=lambda: self._set_running(False),
+                on_finished=self._on_finished,
                 parent=self,
             )
         except ConflictError as e:
@@ -251,12 +251,22 @@ class AdaptPanel(QGroupBox):
         elif ev.stage == "segment":
             self.status_label.setText(f"Re-segmenting: {ev.done}/{ev.total} slices")
 
+    def _on_finished(self) -> None:
+        """The job ended: buttons back, then ``finished`` (so ``is_running`` is False)."""
+        self._job = None
+        self._set_running(False)
+        outcome, self._outcome = getattr(self, "_outcome", None), None
+        if outcome is not None:
+            self.finished.emit(outcome)
+
     def _on_error(self, exc) -> None:
         from napari.utils.notifications import show_error
 
-        show_error(f"Adaptation failed: {exc}")
-        self.status_label.setText(f"Failed: {exc}")
-        self.finished.emit({"error": str(exc)})
+        from .controller import error_text
+
+        show_error(f"Adaptation failed: {error_text(exc)}")
+        self.status_label.setText(f"Failed: {error_text(exc)}")
+        self._outcome = {"error": str(exc)}
 
     def _on_returned(self, out) -> None:
         """Write the re-segmented slices into the case (main thread), or say why not."""
@@ -286,7 +296,7 @@ class AdaptPanel(QGroupBox):
                 f"Adapted in {res.seconds:.0f} s ({dice}); {len(written)} slices re-segmented. Ctrl-Z undoes it."
             )
         self.refresh()
-        self.finished.emit(
+        self._outcome = (  # emitted by _on_finished, once the job is over
             {
                 "cancelled": cancelled,
                 "trained_on": res.slices,

@@ -18,7 +18,7 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 
-from qtpy.QtCore import QSize, Qt
+from qtpy.QtCore import QSize, Qt, QTimer
 from qtpy.QtWidgets import QFormLayout, QFrame, QScrollArea, QSizePolicy, QStyle, QTabWidget, QVBoxLayout, QWidget
 
 from . import _context as C
@@ -156,12 +156,14 @@ class GISegDock(QWidget):
         layout to fix, and ``tests/widgets/test_dock_fit.py`` says so)."""
         bar = self.style().pixelMetric(QStyle.PM_ScrollBarExtent)
         need = max((a.widget().minimumSizeHint().width() for a in self.page_areas().values()), default=0)
-        self.setMinimumWidth(min(max(MIN_WIDTH, need + bar + 4), DOCK_WIDTH))
+        # + a margin: napari's style sheet widens some boxes after the layout measured them
+        self.setMinimumWidth(min(max(MIN_WIDTH, need + bar + 12), DOCK_WIDTH))
 
     def showEvent(self, event) -> None:  # noqa: N802 - Qt name
         """Recompute the minimum width once napari's style sheet sizes the widgets."""
         self._fit_minimum_width()
         super().showEvent(event)
+        QTimer.singleShot(0, self._fit_minimum_width)
 
     def sizeHint(self) -> QSize:  # noqa: N802 - Qt name
         """:data:`DOCK_WIDTH` wide (the pages scroll and wrap), whatever the forms ask."""

@@ -190,7 +190,7 @@ class ExportWidget(QWidget):
                 title=f"Exporting {name}",
                 on_returned=lambda out: self._exported(out, len(reviewed), name),
                 on_errored=self._export_failed,
-                on_finished=lambda: self.export_button.setEnabled(True),
+                on_finished=self._export_done,
                 sync=True if wait else None,
                 parent=self,
             )
@@ -206,11 +206,20 @@ class ExportWidget(QWidget):
         """An export is being written."""
         return self._job is not None and self._job.is_running
 
+    def _export_done(self) -> None:
+        try:
+            self.export_button.setEnabled(True)
+        except RuntimeError:  # the widget was closed while the export ran
+            pass
+
     def _exported(self, out, n: int, name: str) -> None:
         from napari.utils.notifications import show_info
 
         show_info(f"Exported {n} reviewed slices of {name}.")
-        self.result_label.setText(f"Exported {n} reviewed slices of {name} to {out}")
+        try:
+            self.result_label.setText(f"Exported {n} reviewed slices of {name} to {out}")
+        except RuntimeError:  # the widget was closed while the export ran
+            pass
 
     def _export_failed(self, exc) -> None:
         from napari.utils.notifications import show_error
