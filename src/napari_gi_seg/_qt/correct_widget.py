@@ -32,6 +32,7 @@ from qtpy.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QPushButton,
+    QSizePolicy,
     QSpinBox,
     QVBoxLayout,
     QWidget,
@@ -109,8 +110,9 @@ class CorrectWidget(SessionMixin, QWidget):
         tools.addRow(self.fill_button)
         for button, spin in ((self.islands_button, self.area_spin), (self.smooth_button, self.sigma_spin)):
             pair = QHBoxLayout()  # a full-width row: a button as the form's label would widen every label
+            button.setSizePolicy(QSizePolicy.Maximum, QSizePolicy.Fixed)  # the box takes the rest
             pair.addWidget(button)
-            pair.addWidget(spin)
+            pair.addWidget(spin, 1)
             tools.addRow(pair)
         tools_box = QGroupBox("Correct")
         tools_box.setLayout(tools)
