@@ -32,7 +32,6 @@ from qtpy.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QPushButton,
-    QSizePolicy,
     QSpinBox,
     QVBoxLayout,
     QWidget,
@@ -97,8 +96,8 @@ class CorrectWidget(SessionMixin, QWidget):
         self.interp_button = QPushButton("Interpolate from -> to")
         self.interp_button.setToolTip("Shape-based interpolation of the class between the 'from' and 'to' slices")
         self.fill_button = QPushButton("Fill holes")
-        self.islands_button = QPushButton("Remove islands <")
-        self.smooth_button = QPushButton("Smooth, sigma")
+        self.islands_button = QPushButton("Remove islands < min area")
+        self.smooth_button = QPushButton("Smooth contour (sigma)")
 
         tools = QFormLayout()
         tools.addRow("labels", self.labels_combo)
@@ -108,12 +107,10 @@ class CorrectWidget(SessionMixin, QWidget):
         tools.addRow(self.interp_button)
         tools.addRow("scope", self.scope_combo)
         tools.addRow(self.fill_button)
-        for button, spin in ((self.islands_button, self.area_spin), (self.smooth_button, self.sigma_spin)):
-            pair = QHBoxLayout()  # a full-width row: a button as the form's label would widen every label
-            button.setSizePolicy(QSizePolicy.Maximum, QSizePolicy.Fixed)  # the box takes the rest
-            pair.addWidget(button)
-            pair.addWidget(spin, 1)
-            tools.addRow(pair)
+        tools.addRow("min area", self.area_spin)  # each box a field of its own: fits the dock's width
+        tools.addRow(self.islands_button)
+        tools.addRow("sigma", self.sigma_spin)
+        tools.addRow(self.smooth_button)
         tools_box = QGroupBox("Correct")
         tools_box.setLayout(tools)
 
