@@ -4,6 +4,8 @@
 The pictures show the route a user takes: the sample through File > Open Sample,
 the tools through Plugins > GI Seg > GI Seg (all tools) (napari's
 ``add_plugin_dock_widget``, the same call the menu makes), in a 1366 x 768 window.
+At the end every dock page is shot at 1366 x 768 and at napari's default window size
+(its first-start size, the main window's size hint): ``dock_<page>_<w>x<h>.png``.
 
 Uses the default model when it is installed (``--model`` to choose), the CHAOS
 sample, and a throw-away ``NAPARI_GI_SEG_HOME`` so nothing is written to the user
@@ -128,6 +130,13 @@ def main(argv=None) -> int:
         args.model = quick_model(args.quick_model_steps)
         print("registered", args.model)
 
+    import napari
+
+    fresh = napari.Viewer(show=False)  # napari's default (first-start) window size, before any dock
+    hint = fresh.window._qt_window.layout().sizeHint()
+    default_size = (hint.width(), hint.height())
+    fresh.close()
+
     viewer, w = open_demo_viewer(model=args.model, device="cpu", start=False, show=True)
     qt_win = viewer.window._qt_window
     qt_win.resize(1366, 768)
@@ -184,6 +193,16 @@ def main(argv=None) -> int:
     _wait(lambda: not ft.is_running, 1800)
     shot("finetune.png", "Fine-tune")
     shot("segment_new_model.png", "Segment")
+
+    # 5. every dock page at both window sizes
+    canvas = viewer.window._qt_viewer.canvas.native
+    for size in ((1366, 768), default_size):
+        qt_win.resize(*size)
+        _settle(0.8)
+        for title in dock.pages:
+            slug = title.lower().replace("-", "").replace(" ", "_")
+            shot(f"dock_{slug}_{size[0]}x{size[1]}.png", title)
+        print(f"window {size[0]} x {size[1]}: canvas {canvas.width()} px wide, dock {dock.width()} px")
     viewer.close()
     return 0
 

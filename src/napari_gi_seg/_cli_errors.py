@@ -23,10 +23,12 @@ class CLIError(GiSegError):
     """An error reported as one line and exit status 2."""
 
 
-#: Exceptions that are the user's input or environment, never a bug: exit 2.
-#: ``InvalidInputError``, ``DatasetFormatError`` and invalid specs are ``ValueError``;
-#: ``ModelNotFoundError`` is a ``LookupError``; ``VersionExistsError`` an ``OSError``.
-EXPECTED_ERRORS = (CLIError, OSError, ValueError, LookupError, MemoryError)
+#: Exceptions that are the user's input or environment, never a bug: exit 2. Every
+#: expected failure of the package derives from :class:`~napari_gi_seg.errors.GiSegError`
+#: (``InvalidInputError``, ``DatasetFormatError``, ``ModelNotFoundError``, ``InputError``,
+#: ...); ``OSError`` and ``MemoryError`` come from the operating system. A plain
+#: ``ValueError``, ``IndexError``, ``KeyError`` ... is a bug: exit 1, "internal error".
+EXPECTED_ERRORS = (GiSegError, OSError, MemoryError)
 
 
 def _subject(args: argparse.Namespace) -> str:

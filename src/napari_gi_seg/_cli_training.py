@@ -378,9 +378,11 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         )
         print(f"held-back mean Dice on {where} of {ft['dataset']} ({res.split}-level):")
         print(f"  before  {ft['base']:<24} {res.dice_before:.4f}")
-        print(f"  after   {res.spec.key:<24} {res.dice_after:.4f}{'  (worse)' if res.worse else ''}")
+        # an unregistered candidate has no version: the registry gives one only when it is registered
+        after = res.spec.key if res.registered else f"{res.spec.name} (candidate)"
+        print(f"  after   {after:<24} {res.dice_after:.4f}{'  (worse)' if res.worse else ''}")
         if res.registered:
             print(f"registered {res.spec.key} (parent {res.spec.parent})  ({res.entry.folder})")
         else:
-            print(f"not registered: {res.reason}  (run folder {res.work_dir})")
+            print(f"not registered; the candidate is kept in the run folder {res.work_dir}")
     return 0

@@ -64,11 +64,6 @@ def setup_cli_logging(debug: bool = False) -> logging.Logger:
     return logger
 
 
-def is_debug() -> bool:
-    """True when the package logger is at ``DEBUG`` (``--debug`` on the CLI)."""
-    return logging.getLogger(LOGGER_NAME).isEnabledFor(logging.DEBUG)
-
-
 @contextlib.contextmanager
 def run_log_file(path: str | Path, level: int = logging.DEBUG, redact: dict[str, str] | None = None) -> Iterator[Path]:
     """Append every log record of the package to ``path`` while the block runs.

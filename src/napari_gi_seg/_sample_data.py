@@ -20,6 +20,8 @@ from typing import Any
 from .paths import data_dir, user_dir
 
 CHAOS_PATIENT = 1
+#: Name suffix of the sample's manual (reference) labels layer: ``"image_1 ground truth"``.
+REFERENCE_SUFFIX = "ground truth"
 #: Label value -> organ in the CHAOS MR ground truth (as converted by Q-Net/SSL-ALPNet).
 CHAOS_CLASS_NAMES: dict[int, str] = {1: "liver", 2: "right_kidney", 3: "left_kidney", 4: "spleen"}
 _QNET_RAW = (
@@ -69,8 +71,9 @@ def sample_file(name: str) -> Path:
 def chaos_sample() -> list[tuple[Any, dict[str, Any], str]]:
     """CHAOS patient 1 as ``[(image, kwargs, "image"), (labels, kwargs, "labels")]``.
 
-    Image: ``(z, y, x)`` = (37, 256, 256) float32; labels uint8 0..4 with
-    ``metadata["class_names"]`` = :data:`CHAOS_CLASS_NAMES`; ``scale`` = (7.7, 1.25,
+    Image: ``(z, y, x)`` = (37, 256, 256) float32, layer ``image_1``; the manual
+    labels: uint8 0..4, a hidden layer ``image_1 ground truth`` (the reference to
+    compare with), ``metadata["class_names"]`` = :data:`CHAOS_CLASS_NAMES`; ``scale`` = (7.7, 1.25,
     1.25) mm; both carry the NIfTI affine in ``metadata``. When a napari viewer is
     open, the plugin's display rules are installed on it first, so the sample shows
     radiologically (anterior up, patient right on screen left) with the organs in
@@ -83,7 +86,9 @@ def chaos_sample() -> list[tuple[Any, dict[str, Any], str]]:
     lab = lab.with_data(lab.data, class_names=dict(CHAOS_CLASS_NAMES))
     ikw, lkw = img.layer_kwargs(), lab.layer_kwargs()
     ikw.update(name="image_1", colormap="gray")
-    lkw["name"] = "image_1 labels"
+    # the manual labels are the reference to compare with, not something to edit: a
+    # hidden layer named as such (the Segment tool makes the editable layer)
+    lkw.update(name=f"image_1 {REFERENCE_SUFFIX}", visible=False)
     from ._reader import hook_current_viewer
 
     hook_current_viewer()  # radiological display + the model's organ colours in the viewer

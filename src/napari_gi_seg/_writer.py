@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from .errors import InputError
+
 
 def write_labels(path: str, data: Any, meta: dict) -> list[str]:
     """npe2 single-layer writer: write a ``(z, y, x)`` labels layer to ``path``.
@@ -37,7 +39,7 @@ def write_labels(path: str, data: Any, meta: dict) -> list[str]:
 
     arr = np.asarray(data)
     if arr.ndim != 3:
-        raise ValueError(f"{path}: only 3D (z, y, x) labels layers can be saved, got shape {arr.shape}")
+        raise InputError(f"{path}: only 3D (z, y, x) labels layers can be saved, got shape {arr.shape}")
     if label_suffix(path) is None:
         path = f"{path}.nii.gz"
     md = dict(meta.get("metadata") or {})

@@ -41,13 +41,6 @@ def cmd_segment(args: argparse.Namespace) -> int:
     return run(args)
 
 
-def read_input_volumes(path: str):
-    """See :func:`napari_gi_seg.cli_segment.read_input_volumes`."""
-    from .cli_segment import read_input_volumes as read
-
-    return read(path)
-
-
 # ----------------------------------------------------------------- propagate
 def _add_propagate_args(p: argparse.ArgumentParser) -> None:
     from .cli_propagate import add_propagate_args
@@ -277,12 +270,29 @@ COMMANDS: list[tuple[str, str, object, object]] = [
 ]
 
 
+#: ``napari-gi-seg --help``: plain text (no reST markup).
+DESCRIPTION = (
+    "Segment abdominal MRI with registered models, score them, train and fine-tune them.\n"
+    "The napari plugin (Plugins > GI Seg) is the clinician's side of the same tools."
+)
+EPILOG = (
+    "exit status: 0 success; 2 bad input, a missing file or model, a file-system error\n"
+    "(one line naming the file); 130 interrupted; 1 internal error (a bug: rerun with\n"
+    "--debug for the traceback). 'napari-gi-seg COMMAND --help' describes each command."
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``napari-gi-seg`` parser: one sub-command per :data:`COMMANDS` entry, a
     global ``--debug`` (accepted before or after the sub-command) and ``--version``."""
     from . import __version__
 
-    parser = argparse.ArgumentParser(prog="napari-gi-seg", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="napari-gi-seg",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     debug_help = "log at DEBUG level (with logger names) and show tracebacks of errors"
     parser.add_argument("--debug", action="store_true", help=debug_help)
     parser.add_argument("--version", action="version", version=f"napari-gi-seg {__version__}")

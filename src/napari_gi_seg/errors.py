@@ -14,7 +14,7 @@ code raises one of those or one of the generic classes below.
 
 from __future__ import annotations
 
-__all__ = ["GiSegError", "InputError", "NotFoundError", "ConflictError", "UsageError"]
+__all__ = ["GiSegError", "InputError", "NotFoundError", "OutOfRangeError", "ConflictError", "UsageError"]
 
 
 class GiSegError(Exception):
@@ -36,3 +36,7 @@ class ConflictError(GiSegError, FileExistsError):
 
 class UsageError(GiSegError, ValueError):
     """A command-line option or argument value out of its documented range."""
+
+
+class OutOfRangeError(GiSegError, IndexError):
+    """A slice, class or other index the user gave lies outside the data's range."""

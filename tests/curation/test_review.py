@@ -124,3 +124,13 @@ def test_correction_dice_per_slice(chaos_labels_volume):
     assert correction_dice_per_slice(pred, final, [1], slices=[z]) == {z: 0.0}
     with pytest.raises(ValueError):
         correction_dice_per_slice(pred[:-1], final, [1])
+
+
+def test_protected_slices_are_edited_and_reviewed():
+    t = ReviewTracker(6)
+    t.mark_predicted(range(6))
+    t.mark_edited([1, 4])
+    t.mark_reviewed([4, 5])
+    assert t.protected_slices() == {1, 4, 5} and t.protected_slices(overwrite=True) == set()
+    t.mark_predicted([1])  # new model output replaced slice 1
+    assert t.protected_slices() == {4, 5}

@@ -132,3 +132,48 @@ def test_autosaver(tmp_path):
     a.get_state = lambda: (labels, None, review)  # tuple form, info optional
     a.save_now()
     assert not a.dirty and store.load("d" * 64).info == {}
+
+
+def test_archive_keeps_a_dated_restorable_copy(tmp_path, chaos_labels):
+    """Answering "No" to a restore keeps the old session: a dated copy beside the main
+    file, which a new save does not touch and load(path=...) reads back."""
+    store = SessionStore(tmp_path / "sessions")
+    fp = "abcdef12" * 8
+    review = ReviewTracker(chaos_labels.shape[0])
+    review.mark_reviewed([3, 4, 5, 6, 7])
+    p = store.save(fp, chaos_labels, None, review, {"model_key": "m:1"})
+    saved_at = dt.datetime.fromtimestamp(p.stat().st_mtime, dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    copy = store.archive(fp)
+    assert copy.name == f"{fp}.{saved_at}.npz" and store.find(fp) is None and store.copies(fp) == [copy]
+    store.save(fp, np.zeros_like(chaos_labels), None, ReviewTracker(chaos_labels.shape[0]))  # new work
+    assert store.list() == [fp] and store.copies(fp) == [copy]
+    old = store.load(fp, path=copy)
+    np.testing.assert_array_equal(old.labels, chaos_labels)
+    assert old.review.reviewed_slices() == [3, 4, 5, 6, 7] and old.info["model_key"] == "m:1"
+    assert store.load(fp).review.reviewed_slices() == []
+    assert store.archive("00000000" * 8) is None
+
+
+def test_case_state_round_trip_through_a_session(tmp_path, chaos_labels):
+    from napari_gi_seg.curation.session import CaseState, case_from_session, state_from_case
+
+    n = chaos_labels.shape[0]
+    review = ReviewTracker(n)
+    review.mark_edited([2])
+    unc = np.full(n, np.nan, np.float32)
+    unc[[1, 2]] = [0.25, 0.5]
+    case = CaseState(
+        chaos_labels, chaos_labels, review, {0: "background", 1: "liver"}, {1: "#ff0000"}, "m:2", "sigmoid", unc
+    )
+    state = state_from_case(case)
+    assert state["info"]["uncertainty"][:3] == [None, 0.25, 0.5] and state["info"]["class_names"] == {
+        "0": "background",
+        "1": "liver",
+    }
+    store = SessionStore(tmp_path)
+    store.save("abcdef12" * 8, state["labels"], state["prediction"], state["review"], state["info"])
+    back = case_from_session(store.load("abcdef12" * 8))
+    assert back.class_names == case.class_names and back.colours == case.colours
+    assert (back.model_key, back.activation) == ("m:2", "sigmoid") and back.review.states[2] == SliceState.EDITED
+    np.testing.assert_array_equal(back.uncertainty, unc)
+    np.testing.assert_array_equal(back.labels, chaos_labels)

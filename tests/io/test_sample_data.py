@@ -16,7 +16,7 @@ def test_sample_command_yields_image_and_labels(npe2_pm):
     (img, ikw, _), (lab, lkw, _) = layers
     assert img.shape == lab.shape == (37, 256, 256)
     assert np.allclose(ikw["scale"], (7.7, 1.25, 1.25), atol=1e-5) and np.allclose(lkw["scale"], ikw["scale"])
-    assert lkw["name"] == "image_1 labels"
+    assert lkw["name"] == "image_1 ground truth" and lkw["visible"] is False  # the reference, hidden
     assert lkw["metadata"]["class_names"] == {1: "liver", 2: "right_kidney", 3: "left_kidney", 4: "spleen"}
     assert set(np.unique(lab).tolist()) == {0, 1, 2, 3, 4}
     # SOURCE.md voxel counts for patient 1: liver, right kidney, left kidney, spleen.

@@ -84,3 +84,21 @@ def test_card_of_a_model_trained_on_every_patient_shows_the_cross_validation():
     card = model_card(s2)
     assert "### Cross-validation (estimate for unseen patients)" in card
     assert "| liver | 0.600 | 0.200 |" in card and "an estimate of the recipe" in card
+
+
+def test_an_adapted_copy_never_shows_its_parents_figure():
+    """A patient copy's spec carries the parent's validation; ``models`` and the card show
+    the copy's own figure (on the slices it was tuned on) and say where it was measured."""
+    from napari_gi_seg.cli import model_rows
+    from napari_gi_seg.models.card import headline_metric
+    from napari_gi_seg.training.adaptation import adapted_spec
+
+    base = registry.get_entry("chaos-t2spir:1").spec()
+    parent_value, _ = headline_metric(base)
+    names = [c.name for c in base.classes]
+    child = adapted_spec(base, [3, 4, 5], dict.fromkeys(names, 0.8), dict.fromkeys(names, 0.9), 40, 12.0)
+    assert child.metrics["validation"] == base.metrics["validation"]  # inherited: must not be the headline
+    value, where = headline_metric(child)
+    assert value == 0.9 and value != parent_value
+    assert "3 corrected slices" in where and "not an accuracy estimate" in where and "chaos-t2spir:1: 0.800" in where
+    assert all(r["mean_dice"] == parent_value for r in model_rows() if r["key"] == base.key)

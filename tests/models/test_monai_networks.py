@@ -45,7 +45,9 @@ def test_monai_spec_refuses_unknown_preset_and_bad_size():
         _spec("monai.SwinUNETR", "16-256-res2")
 
 
-@pytest.mark.parametrize("enc,norm", [("16-256-res2-batch", torch.nn.BatchNorm2d), ("16-256-res2", torch.nn.InstanceNorm2d)])
+@pytest.mark.parametrize(
+    "enc,norm", [("16-256-res2-batch", torch.nn.BatchNorm2d), ("16-256-res2", torch.nn.InstanceNorm2d)]
+)
 def test_monai_unet_presets_name_their_normalisation(enc, norm):
     """The default preset normalises with batch norm (running statistics: the output
     does not depend on how much empty border the slice has), the older one with

@@ -119,6 +119,8 @@ def test_worse_model_is_registered_only_on_explicit_choice(tiny_entry, chaos3, c
     out = capsys.readouterr().out
     assert rc == 0 and "before  tiny-chaos:1" in out and "(worse)" in out and "not registered" in out
     assert f"{res.dice_before:.4f}" in out
+    # an unregistered candidate is given no version (tiny-bad2:1 would be a model that does not exist)
+    assert "tiny-bad2 (candidate)" in out and "tiny-bad2:" not in out
     assert [e for e in registry.list_models() if e.name == "tiny-bad2"] == []
 
 

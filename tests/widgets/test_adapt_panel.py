@@ -84,6 +84,39 @@ def test_adapt_resegments_untouched_slices_through_undo_and_keeps_for_patient(co
     assert e2.name != entry.name and panel.use_kept_model() == e2.key
 
 
+def test_a_worse_copy_is_not_applied_unless_asked(corrected, monkeypatch):
+    """A copy scoring lower on the reviewed slices leaves the labels as they are (the
+    default), says so with both figures, and is applied only by 'Apply anyway'."""
+    import dataclasses
+
+    monkeypatch.setenv(SYNC_ENV, "1")
+    viewer, seg, cor, ctx, truth = corrected
+    real = adaptation.adapt_to_scan
+
+    def scored_worse(*a, **k):  # the real fine-tune, reported as 0.02 worse than its base
+        res = real(*a, **k)
+        return dataclasses.replace(res, dice_after=res.dice_before - 0.02)
+
+    monkeypatch.setattr(adaptation, "adapt_to_scan", scored_worse)
+    panel = cor.adapt_panel
+    layer = ctx.labels_layer
+    before = np.array(layer.data)
+    results = []
+    panel.finished.connect(results.append)
+    assert panel.adapt()
+    out = results[-1]
+    assert out["worse"] and not out["cancelled"] and out["resegmented"] == []
+    np.testing.assert_array_equal(np.asarray(layer.data), before)
+    text = panel.status_label.text()
+    assert "worse" in text and f"{out['dice_before']:.3f} -> {out['dice_after']:.3f}" in text
+    assert not panel.apply_button.isHidden() and not panel.keep_button.isEnabled() and panel.keep() is None
+    assert panel.apply_anyway()
+    others = [z for z in range(truth.shape[0]) if z not in {*REVIEWED, EDITED_ONLY}]
+    assert results[-1]["resegmented"] == others and panel.apply_button.isHidden() and panel.keep_button.isEnabled()
+    assert not np.array_equal(np.asarray(layer.data)[others], before[others])
+    np.testing.assert_array_equal(np.asarray(layer.data)[REVIEWED], before[REVIEWED])
+
+
 def test_adapt_needs_reviewed_slices(qtbot, chaos_image_layer, tiny_key):
     from napari_gi_seg._qt.correct_widget import CorrectWidget
     from napari_gi_seg._qt.segment_widget import SegmentWidget

@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 
 from napari_gi_seg._qt import _context as C
-from napari_gi_seg._qt.correct_widget import SHORTCUTS, CorrectWidget, _slices_from_paint
+from napari_gi_seg._qt._context import slices_from_paint as _slices_from_paint
+from napari_gi_seg._qt.correct_widget import SHORTCUTS, CorrectWidget
 from napari_gi_seg.curation.review import SliceState
 
 
@@ -171,12 +172,24 @@ def test_autosave_and_restore_in_new_viewer(qtbot, segmented, make_napari_viewer
     np.testing.assert_array_equal(ctx2.prediction_layer.data, saved.prediction)
     assert ctx2.tracker.reviewed_slices() == [15]
     assert ctx2.class_names[2] == "right_kidney" and ctx2.model_key == ctx.model_key
-    # "no" leaves the viewer alone
+    # the next brush stroke goes into the visible segmentation, never the hidden prediction
+    qtbot.waitUntil(lambda: v2.layers.selection.active is ctx2.labels_layer, timeout=5000)
+    assert ctx2.labels_layer.visible
+    assert not ctx2.prediction_layer.visible and not ctx2.prediction_layer.editable
+    # "no" leaves the viewer alone and keeps the session as a dated copy that new work never overwrites
     monkeypatch.setenv("NAPARI_GI_SEG_RESTORE", "no")
     v3 = make_napari_viewer()
-    qtbot.addWidget(CorrectWidget(v3))
-    v3.add_image(image.data, **image.layer_kwargs())
+    cor3 = CorrectWidget(v3)
+    qtbot.addWidget(cor3)
+    img3 = v3.add_image(image.data, **image.layer_kwargs())
     assert [lyr.name for lyr in v3.layers] == [image.name]
+    store = SessionStore()
+    assert store.find(fp) is None and len(store.copies(fp)) == 1
+    assert cor3.earlier_sessions(img3) == store.copies(fp)
+    back = cor3.restore_earlier(store.copies(fp)[0], image_layer=img3)
+    assert back is not None and back.tracker.reviewed_slices() == [15]
+    np.testing.assert_array_equal(back.labels_layer.data, saved.labels)
+    qtbot.waitUntil(lambda: v3.layers.selection.active is back.labels_layer, timeout=5000)
 
 
 def test_tools_without_case_report_error(qtbot, make_napari_viewer, monkeypatch):

@@ -155,7 +155,8 @@ def test_sigmoid_model_through_the_whole_loop(qtbot, make_napari_viewer, scans, 
         exp.labels_combo.setCurrentText(lab.name)
         exp.folder_edit.setText(str(ds_dir))
         exp.group_edit.setText(name.split("_")[0])
-        qtbot.mouseClick(exp.export_button, Qt.LeftButton)
+        qtbot.mouseClick(exp.export_button, Qt.LeftButton)  # written in a worker thread
+        qtbot.waitUntil(lambda: not exp.is_running, timeout=60_000)
         assert "Exported 1 reviewed slices" in exp.result_label.text(), exp.result_label.text()
         cases.append((ctx, manual))
 

@@ -150,7 +150,8 @@ def test_sample_opens_radiological_with_the_models_colours(make_napari_viewer):
 
     viewer = make_napari_viewer()
     layers = viewer.open_sample(PLUGIN, "chaos_t2spir")
-    assert [lyr.name for lyr in layers] == ["image_1", "image_1 labels"]
+    assert [lyr.name for lyr in layers] == ["image_1", "image_1 ground truth"]
+    assert layers[0].visible and not layers[1].visible  # the manual labels are the hidden reference
     _assert_radiological(viewer.camera.orientation2d, np.asarray(layers[1].data))
     spec = get_entry(DEFAULT_MODEL).spec()
     lab = layers[1]
@@ -226,7 +227,8 @@ def test_whole_loop_from_the_plugins_menu(qtbot, make_napari_viewer, chaos_image
     ds = tmp_path / "Dataset501_Corrections"
     dock.show_tab("Export")
     exp.folder_edit.setText(str(ds))
-    _click(qtbot, exp.export_button)
+    _click(qtbot, exp.export_button)  # the export is written in a worker thread
+    wait_worker(qtbot, exp)
     meta = json.loads((ds / "dataset.json").read_text())
     assert meta["labels"]["spleen"] == 4 and meta["labels"]["ignore"] == 5
     assert "Exported 5 reviewed slices" in exp.result_label.text()

@@ -15,7 +15,8 @@ the Segment widget docked. Writes of the model are made inside
 napari hands widgets docked from the Plugins menu (or ``add_plugin_dock_widget``,
 ``napari -w``) a ``PublicOnlyProxy`` of the viewer, whose layers are proxies made
 afresh on every access; everything here works on the real objects behind them
-(:func:`unwrap`), so the weak references below point at real layers.
+(:func:`._napari_private.unwrap`, the one adapter of napari's private API), so the
+weak references below point at real layers.
 
 Plain facts (class names, model key, geometry) also go into the Labels layer's
 ``metadata`` so that writers and the session store see them; runtime objects
@@ -34,6 +35,8 @@ from typing import Any
 import numpy as np
 from psygnal import Signal
 
+from ._napari_private import unwrap
+
 #: Layer-name suffixes of the layers a case owns.
 LABELS_SUFFIX = " segmentation"
 PREDICTION_SUFFIX = " prediction"
@@ -42,28 +45,6 @@ IMAGE_KEY = "gi_seg_image_layer"
 
 _CONTEXTS: weakref.WeakKeyDictionary[Any, CaseContext] = weakref.WeakKeyDictionary()
 _WIDGETS: dict[int, list[weakref.ref]] = {}
-
-
-def unwrap(obj):
-    """The real napari object behind napari's ``PublicOnlyProxy`` (the viewer and
-    layers a menu-docked widget receives); other objects unchanged.
-
-    Parameters
-    ----------
-    obj
-        A viewer, layer or anything else.
-
-    Returns
-    -------
-    The wrapped object (recursively), or ``obj``.
-    """
-    try:
-        from napari.utils._proxies import PublicOnlyProxy
-    except ImportError:  # pragma: no cover - napari moved it
-        return obj
-    while isinstance(obj, PublicOnlyProxy):
-        obj = obj.__wrapped__
-    return obj
 
 
 class CaseContext:
@@ -495,15 +476,14 @@ def set_current_slice(viewer, layer, z: int) -> None:
 
 # ---------------------------------------------------------------- widget registry
 def register_widget(viewer, widget) -> None:
-    """Remember a dock widget of ``viewer`` so sibling widgets can find it (and
-    install the viewer's display rules, :func:`install_viewer_hooks`)."""
+    """Remember a dock widget of ``viewer`` so sibling widgets can find it
+    (:func:`find_widget`). A tool registers through
+    :func:`napari_gi_seg._qt.controller.register_tool`, which also installs the
+    viewer's display rules."""
     viewer = unwrap(viewer)
     refs = [r for r in _WIDGETS.get(id(viewer), []) if r() is not None]
     refs.append(weakref.ref(widget))
     _WIDGETS[id(viewer)] = refs
-    from ._display import install_viewer_hooks
-
-    install_viewer_hooks(viewer)
 
 
 def find_widget(viewer, cls):

@@ -49,12 +49,14 @@ class TrainingCurves:
             bx.plot([e for e, _ in vd], [d for _, d in vd], "s-", color="#e6194b", label="held-back Dice")
         if dice_before is not None:
             bx.axhline(dice_before, color="#e6194b", linestyle=":", linewidth=1, label="base")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=6))
+        if ep:
+            ax.set_xlim(min(ep) - 0.5, max(ep) + 0.5)  # one epoch: integer ticks, not 0.94 ... 1.05
         bx.yaxis.set_label_position("right")  # clear() moves a twin's axis back to the left
         bx.yaxis.tick_right()
         ax.set_xlabel("epoch")
-        ax.set_ylabel("training loss", color="#4363d8")
-        bx.set_ylabel("held-back mean Dice (dotted: base)", color="#e6194b")
+        ax.set_ylabel("training loss", color="#4363d8", fontsize=8)
+        bx.set_ylabel("held-back Dice (dots: base)", color="#e6194b", fontsize=8)
         bx.set_ylim(0, 1)
         ax.set_title("fine-tuning", fontsize=9)
         canvas = self.figure.canvas

@@ -25,8 +25,8 @@ from ._context import (
     class_names_from_layer,
     get_context,
     style_labels_layer,
-    unwrap,
 )
+from ._napari_private import unwrap
 
 _HOOKED: dict[int, weakref.ref] = {}
 

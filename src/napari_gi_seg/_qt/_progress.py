@@ -56,6 +56,7 @@ class NapariProgress(QObject):
 
         bar = self._bars.get(event.stage)
         if bar is not None and (event.done < bar.n or bar.total != event.total):
+            self._bars.pop(event.stage, None)
             bar.close()
             bar = None
         desc = " ".join(p for p in (self.title, event.message or event.stage) if p)
@@ -66,8 +67,11 @@ class NapariProgress(QObject):
             bar.set_description(desc)
         bar.update(event.done - bar.n)
         if event.total is not None and event.done >= event.total:
+            # napari may process events while a bar opens or closes (a nested call
+            # for the same stage): take the bar out first, tolerate it being gone
+            if self._bars.get(event.stage) is bar:
+                del self._bars[event.stage]
             bar.close()
-            del self._bars[event.stage]
 
     @property
     def open_bars(self) -> dict[str, Any]:
@@ -76,6 +80,7 @@ class NapariProgress(QObject):
 
     def close(self) -> None:
         """Close every open bar."""
-        for bar in self._bars.values():
-            bar.close()
+        bars = list(self._bars.values())
         self._bars.clear()
+        for bar in bars:
+            bar.close()

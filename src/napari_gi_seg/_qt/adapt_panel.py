@@ -1,31 +1,31 @@
 """*Adapt to this scan* panel (shown in the Correct and review dock).
 
-Thin over :mod:`napari_gi_seg.training.adaptation` and
-:mod:`napari_gi_seg.training.patient_models`:
+Layout and wiring over :mod:`napari_gi_seg.training.adaptation`,
+:mod:`napari_gi_seg.training.patient_models` and the case controller
+(:mod:`napari_gi_seg._qt.controller`):
 
 1. **Adapt to this scan** fine-tunes a copy of the case's model on the slices the
-   clinician has REVIEWED (:func:`~napari_gi_seg.training.adaptation.adapt_to_scan`), in
-   a napari worker thread with a progress bar and *Cancel*;
-2. then re-segments every slice that is neither edited nor reviewed
-   (:func:`~napari_gi_seg.training.adaptation.resegment_except`) and writes the result
-   into the Labels layer with ``data_setitem``, so one Ctrl-Z in napari undoes it; the
-   re-segmented slices go back to PREDICTED. Slices edited or reviewed while the worker
-   ran are left alone too.
-3. **Keep for this patient** registers the adapted copy as ``patient-<key>``
+   clinician has REVIEWED (:func:`~napari_gi_seg.training.adaptation.adapt_to_scan`), as
+   the controller's job (a napari worker thread, a progress bar, *Cancel*);
+2. when the copy scores at least as well as the original on those reviewed slices, it
+   re-segments every slice that is neither edited nor reviewed
+   (:func:`~napari_gi_seg.training.adaptation.resegment_except`) and the result goes into
+   the case with :meth:`~napari_gi_seg._qt.controller.CaseController.write_model_output`
+   (one Ctrl-Z undoes it; slices edited or reviewed while the worker ran are left
+   alone). When the copy scores **worse**, nothing is applied: the panel says so, the
+   original labels stay (the default), and *Apply anyway* re-segments with the copy
+   only when the user asks.
+3. **Keep for this patient** registers the applied copy as ``patient-<key>``
    (:func:`~napari_gi_seg.training.patient_models.keep_for_patient`), the key being the
    HMAC of the optional patient code or, when empty, of this scan's image fingerprint;
    **Use kept model** finds it again on the next treatment day and selects it in the
    Segment widget.
 
-Progress follows the one protocol (:mod:`napari_gi_seg.progress`): the events cross
-from the worker thread to the GUI thread through Qt signals, to napari's activity dock
-(:class:`~napari_gi_seg._qt._progress.NapariProgress`) and to the panel's status line.
-``NAPARI_GI_SEG_SYNC=1`` runs the job in the calling thread (tests).
+``NAPARI_GI_SEG_SYNC=1`` runs the jobs in the calling thread (tests).
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 
 import numpy as np
@@ -39,16 +39,17 @@ from qtpy.QtWidgets import (
     QVBoxLayout,
 )
 
+from ..constants import SYNC_ENV  # noqa: F401 - re-exported for callers
 from . import _context as C
+from .controller import controller_of
 
-SYNC_ENV = "NAPARI_GI_SEG_SYNC"
 
-
-def _job(volume, labels, train_slices, keep, model_key, device, progress, cancel):
-    """Worker body: load the model, adapt, re-segment. ``volume``: the scan as a
-    :class:`~napari_gi_seg.io.volume.Volume` (its geometry brings it into the model's
-    frame). Returns ``(AdaptationResult, ResegmentResult | None)`` (``None`` when
-    cancelled during the fine-tune)."""
+def _adapt_job(volume, labels, train_slices, keep, model_key, device, progress=None, cancel=None):
+    """Job body: load the model, adapt, and re-segment when the copy is not worse on
+    the reviewed slices. ``volume``: the scan as a :class:`~napari_gi_seg.io.volume.Volume`
+    (its geometry brings it into the model's frame). Returns ``(AdaptationResult,
+    ResegmentResult | None)`` (``None``: cancelled during the fine-tune, or the copy
+    scored worse)."""
     from ..engine.inference import resolve_device
     from ..models.registry import load_model
     from ..training import adaptation as A
@@ -58,34 +59,47 @@ def _job(volume, labels, train_slices, keep, model_key, device, progress, cancel
     res = A.adapt_to_scan(
         volume, labels, train_slices, spec, net, steps=A.DEFAULT_STEPS, device=dev, progress=progress, cancel=cancel
     )
-    if res.cancelled:
+    if res.cancelled or _worse(res):
         return res, None
-    reseg = A.resegment_except(volume, labels, keep, res.spec, res.net, device=dev, progress=progress, cancel=cancel)
-    return res, reseg
+    return _reseg_job(volume, labels, keep, res, device, progress=progress, cancel=cancel)
+
+
+def _reseg_job(volume, labels, keep, res, device, progress=None, cancel=None):
+    """Job body: re-segment every slice but ``keep`` with the adapted copy ``res``."""
+    from ..engine.inference import resolve_device
+    from ..training import adaptation as A
+
+    dev = resolve_device(device)
+    return res, A.resegment_except(
+        volume, labels, keep, res.spec, res.net, device=dev, progress=progress, cancel=cancel
+    )
+
+
+def _worse(res) -> bool:
+    """The adapted copy scored lower than the original on the reviewed slices."""
+    return bool(np.isfinite(res.dice_before) and np.isfinite(res.dice_after) and res.dice_after < res.dice_before)
 
 
 class AdaptPanel(QGroupBox):
-    """Group box with *Adapt to this scan*, *Cancel*, a patient code, *Keep for this
-    patient* and *Use kept model*.
+    """Group box with *Adapt to this scan*, *Cancel*, *Apply anyway* (after a worse
+    copy), a patient code, *Keep for this patient* and *Use kept model*.
 
     ``get_context()`` returns the current :class:`~napari_gi_seg._qt._context.CaseContext`
     (the Correct widget's). Signals: ``finished(dict)`` with ``{"cancelled": bool,
-    "trained_on": [...], "resegmented": [...], "dice_before": float, "dice_after": float}``
-    or ``{"error": str}``.
+    "trained_on": [...], "resegmented": [...], "dice_before": float, "dice_after": float,
+    "worse": bool}`` or ``{"error": str}``.
     """
 
     finished = Signal(object)
-    _event = Signal(object)  # worker thread -> main thread
 
     def __init__(self, viewer, get_context: Callable[[], C.CaseContext | None], parent=None):
         super().__init__("Adapt to this scan", parent)
         self.viewer = viewer
         self._get_context = get_context
-        self._worker = None
-        self._cancel = False
-        self._progress = None
-        self._run_ctx = None
+        self._job = None
+        self._run_ctl = None
         self.result = None  # the last AdaptationResult
+        self.applied = False  # the last result was written into the labels
         self.kept_entry = None
 
         self.info_label = QLabel("")
@@ -93,9 +107,14 @@ class AdaptPanel(QGroupBox):
         self.adapt_button = QPushButton("Adapt to this scan")
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
+        self.apply_button = QPushButton("Apply anyway")
+        self.apply_button.setToolTip("Re-segment the other slices with the adapted copy although it scored worse")
+        self.apply_button.setVisible(False)
         self.code_edit = QLineEdit()
-        self.code_edit.setPlaceholderText("patient code (optional, never a name; empty: this scan)")
+        self.code_edit.setPlaceholderText("patient code (optional, no name)")
+        self.code_edit.setToolTip("Optional patient code (never a name); empty: this scan")
         self.keep_button = QPushButton("Keep for this patient")
+        self.keep_button.setToolTip("Register the adapted copy for this patient (next treatment day)")
         self.keep_button.setEnabled(False)
         self.find_button = QPushButton("Use kept model")
         self.status_label = QLabel("")
@@ -109,118 +128,121 @@ class AdaptPanel(QGroupBox):
         lay = QVBoxLayout(self)
         lay.addWidget(self.info_label)
         lay.addLayout(row)
+        lay.addWidget(self.apply_button)
         lay.addWidget(self.code_edit)
         lay.addLayout(row2)
         lay.addWidget(self.status_label)
 
         self.adapt_button.clicked.connect(lambda: self.adapt())
         self.cancel_button.clicked.connect(lambda: self.cancel())
+        self.apply_button.clicked.connect(lambda: self.apply_anyway())
         self.keep_button.clicked.connect(lambda: self.keep())
         self.find_button.clicked.connect(lambda: self.use_kept_model())
-        self._event.connect(self._on_event)
         self.refresh()
 
     # ------------------------------------------------------------------ state
     @property
     def is_running(self) -> bool:
-        return self._worker is not None
+        return self._job is not None and self._job.is_running
 
-    def _slices(self, ctx) -> tuple[list[int], list[int]]:
-        """``(reviewed, edited or reviewed)`` slice indices of the case."""
-        from ..curation.review import SliceState
+    def _controller(self):
+        ctx = self._get_context()
+        return None if ctx is None or ctx.labels_layer is None else controller_of(self.viewer, ctx)
 
-        st = ctx.tracker.states
-        reviewed = [int(z) for z in np.flatnonzero(st == SliceState.REVIEWED)]
-        touched = [int(z) for z in np.flatnonzero((st == SliceState.REVIEWED) | (st == SliceState.EDITED))]
-        return reviewed, touched
+    @staticmethod
+    def _slices(ctl) -> tuple[list[int], list[int]]:
+        """``(reviewed, protected = edited or reviewed)`` slice indices of the case."""
+        return ctl.tracker.reviewed_slices(), sorted(ctl.protected_slices())
 
     def refresh(self) -> None:
         """Update the read-out (called when the case changes)."""
-        ctx = self._get_context()
-        if ctx is None or ctx.labels_layer is None:
+        ctl = self._controller()
+        if ctl is None:
             self.info_label.setText("Segment an image first.")
             self.adapt_button.setEnabled(False)
             return
-        reviewed, touched = self._slices(ctx)
+        reviewed, touched = self._slices(ctl)
         self.info_label.setText(
-            f"Fine-tunes a copy of {ctx.model_key or 'the default model'} on the {len(reviewed)} reviewed slices, "
-            f"then re-segments the {ctx.tracker.n_slices - len(touched)} slices not edited or reviewed "
+            f"Fine-tunes a copy of {ctl.case.model_key or 'the default model'} on the {len(reviewed)} reviewed "
+            f"slices, then re-segments the {ctl.n_slices - len(touched)} slices not edited or reviewed "
             "(Ctrl-Z undoes it)."
         )
         self.adapt_button.setEnabled(not self.is_running and bool(reviewed))
 
     # ------------------------------------------------------------------ adapt
     def adapt(self) -> bool:
-        """Start the fine-tune (worker thread unless ``NAPARI_GI_SEG_SYNC=1``).
-        Returns False (after a notification) when there is nothing to adapt on."""
+        """Start the fine-tune (the controller's job: a worker thread unless
+        ``NAPARI_GI_SEG_SYNC=1``). Returns False (after a notification) when there is
+        nothing to adapt on."""
         from napari.utils.notifications import show_error
 
-        ctx = self._get_context()
+        from ..models.registry import DEFAULT_MODEL
+
+        ctl = self._controller()
         if self.is_running:
             show_error("An adaptation is already running; cancel it first.")
             return False
-        if ctx is None or ctx.labels_layer is None or ctx.image_layer is None:
+        if ctl is None or ctl.image_layer is None:
             show_error("Segment an image first: adaptation starts from the case's model.")
             return False
-        reviewed, touched = self._slices(ctx)
+        reviewed, touched = self._slices(ctl)
         if not reviewed:
             show_error("Mark the slices you corrected as reviewed (Shift-R) first; adaptation learns from those.")
             return False
-        from ..models.registry import DEFAULT_MODEL
-
-        self._run_ctx = ctx
-        self._cancel = False
         self.result = None
+        self.applied = False
         self.keep_button.setEnabled(False)
-        from ..io.volume import volume_from_layer_metadata
-
-        layer = ctx.image_layer
-        args = (
-            volume_from_layer_metadata(np.asarray(layer.data), dict(layer.metadata), layer.scale),
-            np.array(ctx.labels_layer.data, copy=True),
-            reviewed,
-            touched,
-            ctx.model_key or DEFAULT_MODEL,
-            "auto",
-        )
-        from ._progress import NapariProgress
-
-        self._progress = NapariProgress("Adapt to this scan:", parent=self)
-        self._set_running(True)
+        self.apply_button.setVisible(False)
+        args = (ctl.image_volume(), np.array(ctl.labels(), copy=True), reviewed, touched)
         self.status_label.setText(f"Fine-tuning on slices {', '.join(map(str, reviewed))}...")
-        if os.environ.get(SYNC_ENV, "") not in ("", "0"):
-            self._worker = "sync"
-            try:
-                out = _job(*args, progress=self._report, cancel=lambda: self._cancel)
-            except Exception as e:  # noqa: BLE001 - reported, never a crash
-                self._on_error(e)
-            else:
-                self._on_returned(out)
-            return True
-        from napari.qt.threading import create_worker
+        return self._start(ctl, _adapt_job, *args, ctl.case.model_key or DEFAULT_MODEL, "auto")
 
-        worker = create_worker(_job, *args, progress=self._report, cancel=lambda: self._cancel, _start_thread=False)
-        worker.returned.connect(self._on_returned)
-        worker.errored.connect(self._on_error)
-        self._worker = worker
-        worker.start()
+    def apply_anyway(self) -> bool:
+        """Re-segment the slices not edited or reviewed with the last adapted copy,
+        although it scored worse on the reviewed slices (the user's choice)."""
+        ctl = self._run_ctl
+        if self.result is None or ctl is None or self.is_running or ctl.labels_layer is None:
+            return False
+        self.apply_button.setVisible(False)
+        args = (ctl.image_volume(), np.array(ctl.labels(), copy=True), sorted(ctl.protected_slices()), self.result)
+        self.status_label.setText("Re-segmenting with the adapted copy...")
+        return self._start(ctl, _reseg_job, *args, "auto")
+
+    def _start(self, ctl, fn, *args) -> bool:
+        from napari.utils.notifications import show_error
+
+        from ..errors import ConflictError
+
+        self._run_ctl = ctl
+        self._set_running(True)
+        try:
+            self._job = ctl.run(
+                fn,
+                *args,
+                title="Adapt to this scan:",
+                on_progress=self._on_event,
+                on_returned=self._on_returned,
+                on_errored=self._on_error,
+                on_finished=self._on_finished,
+                parent=self,
+            )
+        except ConflictError as e:
+            self._set_running(False)
+            show_error(str(e))
+            return False
         return True
 
     def cancel(self) -> None:
         """Stop after the step (or batch) in progress; nothing is written."""
-        self._cancel = True
+        if self._job is not None:
+            self._job.cancel()
         self.status_label.setText("Cancelling...")
 
     def _set_running(self, running: bool) -> None:
         self.adapt_button.setEnabled(not running)
         self.cancel_button.setEnabled(running)
-
-    def _report(self, event) -> None:
-        """The ``progress`` callback handed to the core (any thread): napari's bars and
-        the status line, both updated on the GUI thread through Qt signals."""
-        if self._progress is not None:
-            self._progress(event)
-        self._event.emit(event)
+        if not running:
+            self.refresh()
 
     def _on_event(self, ev) -> None:
         """Status line for a :class:`~napari_gi_seg.progress.ProgressEvent` (GUI thread)."""
@@ -229,65 +251,59 @@ class AdaptPanel(QGroupBox):
         elif ev.stage == "segment":
             self.status_label.setText(f"Re-segmenting: {ev.done}/{ev.total} slices")
 
-    def _close_progress(self) -> None:
-        if self._progress is not None:
-            self._progress.close()
-            self._progress = None
-        self._worker = None
+    def _on_finished(self) -> None:
+        """The job ended: buttons back, then ``finished`` (so ``is_running`` is False)."""
+        self._job = None
         self._set_running(False)
+        outcome, self._outcome = getattr(self, "_outcome", None), None
+        if outcome is not None:
+            self.finished.emit(outcome)
 
     def _on_error(self, exc) -> None:
         from napari.utils.notifications import show_error
 
-        self._close_progress()
-        show_error(f"Adaptation failed: {exc}")
-        self.status_label.setText(f"Failed: {exc}")
-        self.finished.emit({"error": str(exc)})
+        from .controller import error_text
+
+        show_error(f"Adaptation failed: {error_text(exc)}")
+        self.status_label.setText(f"Failed: {error_text(exc)}")
+        self._outcome = {"error": str(exc)}
 
     def _on_returned(self, out) -> None:
-        """Write the re-segmented slices through the undo history (main thread)."""
-        from ..curation.review import SliceState
-
+        """Write the re-segmented slices into the case (main thread), or say why not."""
         res, reseg = out
-        self._close_progress()
-        ctx = self._run_ctx
+        ctl = self._run_ctl
         written: list[int] = []
-        if reseg is not None and ctx is not None and ctx.labels_layer is not None:
-            st = ctx.tracker.states
-            # slices edited or reviewed while the worker ran are the clinician's now
-            zs = [z for z in reseg.slices if st[z] not in (SliceState.EDITED, SliceState.REVIEWED)]
-            layer = ctx.labels_layer
-            cur = np.asarray(layer.data)
-            mask = np.zeros(cur.shape, bool)
-            mask[zs] = reseg.labels[zs] != cur[zs]
-            coords = np.nonzero(mask)
-            if coords[0].size:
-                layer.data_setitem(coords, reseg.labels[coords])  # one undo step
-            ctx.tracker.mark_predicted(zs)  # after the paint event marked them edited
-            pred = ctx.prediction_layer
-            if pred is not None:
-                pred.data[zs] = reseg.labels[zs]
-            written = zs
-            ctx.changed.emit()
-        cancelled = res.cancelled or reseg is None or reseg.cancelled
+        worse = _worse(res) and not res.cancelled
+        if reseg is not None and ctl is not None and ctl.labels_layer is not None and not reseg.cancelled:
+            zs = list(reseg.slices)
+            written = ctl.write_model_output(zs, reseg.labels[zs]) if zs else []
+            self.applied = True
+        cancelled = res.cancelled or (reseg is not None and reseg.cancelled) or (reseg is None and not worse)
         if not res.cancelled:
             self.result = res
-            self.keep_button.setEnabled(True)
+        self.keep_button.setEnabled(self.applied)
+        dice = f"Dice on the {len(res.slices)} reviewed slices {res.dice_before:.3f} -> {res.dice_after:.3f}"
         if cancelled:
             self.status_label.setText("Cancelled: the labels were not changed." if not written else "Cancelled.")
+        elif reseg is None:  # worse: keep the original (default), offer the choice
+            self.apply_button.setVisible(True)
+            self.status_label.setText(
+                f"The adapted copy scored worse ({dice}): the labels were not changed. "
+                "Press 'Apply anyway' to re-segment with it regardless."
+            )
         else:
             self.status_label.setText(
-                f"Adapted in {res.seconds:.0f} s on {len(res.slices)} slices (Dice there {res.dice_before:.3f} -> "
-                f"{res.dice_after:.3f}); {len(written)} slices re-segmented. Ctrl-Z undoes it."
+                f"Adapted in {res.seconds:.0f} s ({dice}); {len(written)} slices re-segmented. Ctrl-Z undoes it."
             )
         self.refresh()
-        self.finished.emit(
+        self._outcome = (  # emitted by _on_finished, once the job is over
             {
                 "cancelled": cancelled,
                 "trained_on": res.slices,
                 "resegmented": written,
                 "dice_before": res.dice_before,
                 "dice_after": res.dice_after,
+                "worse": worse,
             }
         )
 
@@ -298,8 +314,8 @@ class AdaptPanel(QGroupBox):
         code = self.code_edit.text().strip()
         if code:
             return patient_key(code)
-        ctx = self._run_ctx or self._get_context()
-        return scan_key(np.asarray(ctx.image_layer.data))
+        ctl = self._run_ctl or self._controller()
+        return scan_key(np.asarray(ctl.image_layer.data))
 
     def keep(self):
         """Register the last adapted model for this patient; returns its registry entry."""
@@ -307,8 +323,8 @@ class AdaptPanel(QGroupBox):
 
         from ..training.patient_models import keep_for_patient
 
-        if self.result is None:
-            show_error("Adapt to this scan first.")
+        if self.result is None or not self.applied:
+            show_error("Adapt to this scan first (and apply the adapted copy).")
             return None
         try:
             entry = keep_for_patient(self.result, self._key())

@@ -1,10 +1,13 @@
 """Correct-and-review dock widget.
 
-Thin over :mod:`napari_gi_seg.curation.corrections` (every tool returns a ``Correction`` that
-is applied with ``layer.data_setitem`` so napari's undo/redo covers it),
+Layout and wiring over :mod:`napari_gi_seg.curation.corrections` (every tool returns a
+``Correction``, applied with
+:meth:`~napari_gi_seg._qt.controller.CaseController.write_correction` so napari's
+undo/redo covers it),
 :mod:`napari_gi_seg.curation.review` (per-slice state, least-confident slice) and
 :mod:`napari_gi_seg.curation.session` (autosave every 30 s and on close, restore when the
-same image is opened again).
+same image is opened again; answering "No" keeps the earlier session as a dated copy that
+*Restore earlier session...* brings back).
 
 Keyboard shortcuts (bound on the viewer; none of them is a napari default):
 
@@ -20,9 +23,6 @@ without a dialog (tests, scripted use).
 
 from __future__ import annotations
 
-import os
-
-import numpy as np
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
     QComboBox,
@@ -31,16 +31,17 @@ from qtpy.QtWidgets import (
     QGroupBox,
     QHBoxLayout,
     QLabel,
-    QMessageBox,
     QPushButton,
     QSpinBox,
     QVBoxLayout,
     QWidget,
 )
 
+from ..errors import NotFoundError
 from . import _context as C
+from ._sessions import SessionMixin, _flush_autosavers
+from .controller import controller_of, register_tool
 
-RESTORE_ENV = "NAPARI_GI_SEG_RESTORE"
 AUTOSAVE_MS = 30_000
 SHORTCUTS = {
     "Shift-R": "mark the current slice reviewed and go to the next unreviewed",
@@ -50,29 +51,9 @@ SHORTCUTS = {
 _STATE_NAMES = ("unseen", "predicted", "edited", "reviewed")
 
 
-#: kept for callers of the old private name; the case owns paint tracking now
-_slices_from_paint = C.slices_from_paint
-
-
-def _flush_autosavers(autosavers: list) -> None:
-    """Save every dirty case (called on close; must not reference the widget).
-    A save still being written in a worker is waited for (up to 10 s) first, so
-    an older snapshot never lands after this newer one."""
-    import time
-
-    for a in list(autosavers):
-        t_end = time.monotonic() + 10.0
-        while getattr(a, "writing", False) and time.monotonic() < t_end:
-            time.sleep(0.01)
-        try:
-            if a.dirty:
-                a.save_now()
-        except Exception:  # noqa: BLE001 - closing must never crash
-            pass
-
-
-class CorrectWidget(QWidget):
-    """Dock widget: correction tools on the selected class, review state, autosave."""
+class CorrectWidget(SessionMixin, QWidget):
+    """Dock widget: correction tools on the selected class, review state, autosave
+    (the session half is :class:`~._sessions.SessionMixin`)."""
 
     def __init__(self, napari_viewer, parent=None):
         super().__init__(parent)
@@ -102,18 +83,21 @@ class CorrectWidget(QWidget):
         self.scope_combo.addItems(["current slice", "range"])
         self.area_spin = QDoubleSpinBox()
         self.area_spin.setRange(0.0, 10000.0)
+        self.area_spin.setDecimals(0)  # whole mm²: a narrower box that fits the dock
         self.area_spin.setValue(50.0)
         self.area_spin.setSuffix(" mm²")
         self.sigma_spin = QDoubleSpinBox()
         self.sigma_spin.setRange(0.1, 20.0)
+        self.sigma_spin.setDecimals(1)
+        self.sigma_spin.setSingleStep(0.5)
         self.sigma_spin.setValue(1.5)
         self.sigma_spin.setSuffix(" mm")
 
         self.interp_button = QPushButton("Interpolate from -> to")
         self.interp_button.setToolTip("Shape-based interpolation of the class between the 'from' and 'to' slices")
         self.fill_button = QPushButton("Fill holes")
-        self.islands_button = QPushButton("Remove islands <")
-        self.smooth_button = QPushButton("Smooth, sigma")
+        self.islands_button = QPushButton("Remove islands < min area")
+        self.smooth_button = QPushButton("Smooth contour (sigma)")
 
         tools = QFormLayout()
         tools.addRow("labels", self.labels_combo)
@@ -123,13 +107,17 @@ class CorrectWidget(QWidget):
         tools.addRow(self.interp_button)
         tools.addRow("scope", self.scope_combo)
         tools.addRow(self.fill_button)
-        tools.addRow(self.islands_button, self.area_spin)
-        tools.addRow(self.smooth_button, self.sigma_spin)
+        tools.addRow("min area", self.area_spin)  # each box a field of its own: fits the dock's width
+        tools.addRow(self.islands_button)
+        tools.addRow("sigma", self.sigma_spin)
+        tools.addRow(self.smooth_button)
         tools_box = QGroupBox("Correct")
         tools_box.setLayout(tools)
 
         self.state_label = QLabel("")
         self.counts_label = QLabel("")
+        for lab in (self.state_label, self.counts_label):  # the counts must not widen the dock
+            lab.setWordWrap(True)
         self.review_button = QPushButton("Reviewed, next (Shift-R)")
         self.next_button = QPushButton("Next unreviewed (Shift-N)")
         self.least_button = QPushButton("Least confident (Shift-U)")
@@ -144,9 +132,12 @@ class CorrectWidget(QWidget):
         self.session_label = QLabel("")
         self.session_label.setWordWrap(True)
         self.save_button = QPushButton("Save session now")
+        self.earlier_button = QPushButton("Restore earlier session...")
+        self.earlier_button.setToolTip("Sessions of this scan kept when you answered No to restoring them")
         ses = QVBoxLayout()
         ses.addWidget(self.session_label)
         ses.addWidget(self.save_button)
+        ses.addWidget(self.earlier_button)
         session_box = QGroupBox("Session (autosaved every 30 s)")
         session_box.setLayout(ses)
 
@@ -171,6 +162,7 @@ class CorrectWidget(QWidget):
         self.next_button.clicked.connect(lambda: self.go_next_unreviewed())
         self.least_button.clicked.connect(lambda: self.go_least_confident())
         self.save_button.clicked.connect(lambda: self.autosave_now(force=True))
+        self.earlier_button.clicked.connect(lambda: self.restore_earlier())
 
         self.viewer.layers.events.inserted.connect(self._layers_changed)
         self.viewer.layers.events.removed.connect(self._layers_changed)
@@ -196,7 +188,7 @@ class CorrectWidget(QWidget):
         self._layers_changed()
         for img in C.image_layers(self.viewer):
             self.offer_restore(img)
-        C.register_widget(self.viewer, self)
+        register_tool(self.viewer, self)
 
     # ------------------------------------------------------------------ case
     @property
@@ -253,7 +245,7 @@ class CorrectWidget(QWidget):
         """Select the class with label value ``class_index``."""
         i = self.class_combo.findData(int(class_index))
         if i < 0:
-            raise LookupError(f"class {class_index} is not one of {self._ctx.foreground_names if self._ctx else {}}")
+            raise NotFoundError(f"class {class_index} is not one of {self._ctx.foreground_names if self._ctx else {}}")
         self.class_combo.setCurrentIndex(i)
 
     def current_z(self) -> int:
@@ -284,16 +276,16 @@ class CorrectWidget(QWidget):
         if ctx is None:
             show_error("No labels layer: run Segment first or open a label file.")
             return None
-        layer = ctx.labels_layer
+        ctl = controller_of(self.viewer, ctx)
         try:
-            corr = make(np.asarray(layer.data), ctx)
+            corr = make(ctl.labels(), ctx)
         except (ValueError, IndexError) as e:
             show_error(str(e))
             return None
         if corr.is_empty:
             show_info(f"{corr.description or 'correction'}: nothing to change")
             return corr
-        layer.data_setitem(corr.changed_coords(), corr.changed_values())  # -> paint event -> case marks EDITED
+        ctl.write_correction(corr.changed_coords(), corr.changed_values())  # one undo step, slices EDITED
         return corr
 
     def _spacing(self, ctx) -> tuple[float, float, float]:
@@ -346,12 +338,11 @@ class CorrectWidget(QWidget):
         if ctx is None:
             return None
         z = self.current_z()
-        ctx.tracker.mark_reviewed(z)
+        controller_of(self.viewer, ctx).mark_reviewed(z)
         self._mark_dirty(ctx)
         nxt = ctx.tracker.next_unreviewed(z)
         if nxt is not None:
             self.go_to(nxt)
-        ctx.changed.emit()
         return nxt
 
     def go_next_unreviewed(self) -> int | None:
@@ -403,182 +394,6 @@ class CorrectWidget(QWidget):
         self.state_label.setText(f"slice {z} / {ctx.tracker.n_slices - 1}: <b>{state}</b>{extra}")
         counts = ctx.tracker.counts()
         self.counts_label.setText("  ".join(f"{k} {counts[k]}" for k in ("reviewed", "edited", "predicted", "unseen")))
-
-    # ------------------------------------------------------------------ sessions
-    def _store(self):
-        from ..curation.session import SessionStore
-
-        return SessionStore()
-
-    def _state_of(self, ctx):
-        """Everything a session holds for ``ctx`` (called by the Autosaver)."""
-        u = ctx.slice_uncertainty
-        info = {
-            "image_name": ctx.image_layer.name if ctx.image_layer is not None else None,
-            "class_names": {str(k): v for k, v in ctx.class_names.items()},
-            "colours": {str(k): v for k, v in ctx.colours.items()},
-            "model_key": ctx.model_key,
-            "activation": ctx.activation,
-            "uncertainty": None if u is None else [None if not np.isfinite(v) else round(float(v), 5) for v in u],
-        }
-        return {
-            "labels": np.asarray(ctx.labels_layer.data),
-            "prediction": ctx.prediction,
-            "review": ctx.tracker,
-            "info": info,
-        }
-
-    def _autosaver(self, ctx):
-        from ..curation.session import Autosaver
-
-        a = self._autosavers.get(id(ctx))
-        if a is None:
-            a = Autosaver(self._store(), ctx.fingerprint(), lambda ctx=ctx: self._state_of(ctx))
-            self._autosavers[id(ctx)] = a
-            self._autosaver_list.append(a)
-            # the snapshot buffers are allocated off the GUI thread, before the first save
-            from napari.qt.threading import create_worker
-
-            create_worker(a.prepare_buffers, tuple(ctx.labels_layer.data.shape), _start_thread=True)
-        return a
-
-    def _mark_dirty(self, ctx) -> None:
-        try:
-            self._autosaver(ctx).mark_dirty()
-        except Exception as e:  # noqa: BLE001 - bookkeeping must not break editing
-            self.session_label.setText(f"autosave unavailable: {e}")
-
-    def autosave_now(self, force: bool = False, wait: bool = False):
-        """Save the selected case if it changed since the last save (``force``:
-        always).
-
-        The GUI thread only copies the arrays (:meth:`Autosaver.snapshot`); the
-        compression, fsync and rename run in a napari ``thread_worker``
-        (:meth:`Autosaver.write`). With ``wait`` (or ``NAPARI_GI_SEG_SYNC=1``) the
-        write runs here and the session file is returned. Returns the worker
-        (started) or the file; ``None`` when there was nothing to save or a save is
-        still being written (the case stays dirty; the next tick saves it)."""
-        from ..curation.session import Autosaver  # noqa: F401 - documents the type
-        from .segment_widget import SYNC_ENV
-
-        ctx = self._ctx
-        if ctx is None or ctx.labels_layer is None or ctx.image_layer is None:
-            return None
-        a = self._autosaver(ctx)
-        if not (force or a.dirty):
-            return None
-        if self._save_worker is not None:
-            a.mark_dirty()
-            return None
-        try:
-            snap = a.snapshot()
-        except (OSError, ValueError) as e:
-            self.session_label.setText(f"autosave unavailable: {e}")
-            return None
-        if wait or os.environ.get(SYNC_ENV, "") not in ("", "0"):
-            try:
-                path = a.write(snap)
-            except (OSError, ValueError) as e:
-                self._save_failed(e)
-                return None
-            self._saved(path)
-            return path
-        from napari.qt.threading import create_worker
-
-        worker = create_worker(a.write, snap, _start_thread=False)
-        worker.returned.connect(self._saved)
-        worker.errored.connect(self._save_failed)
-        worker.finished.connect(self._save_done)
-        self._save_worker = worker
-        worker.start()
-        return worker
-
-    def _saved(self, path) -> None:
-        from datetime import datetime
-
-        self.session_label.setText(f"saved {datetime.now():%H:%M:%S}")
-
-    def _save_failed(self, exc) -> None:
-        from napari.utils.notifications import show_error
-
-        show_error(f"Autosave failed: {exc}")
-        self.session_label.setText(f"autosave failed: {exc}")
-
-    def _save_done(self) -> None:
-        self._save_worker = None
-
-    @property
-    def is_saving(self) -> bool:
-        """True while a session file is being written in a worker."""
-        return self._save_worker is not None
-
-    def offer_restore(self, image_layer) -> bool:
-        """If a saved session exists for ``image_layer``'s pixels, ask whether to
-        restore it (``NAPARI_GI_SEG_RESTORE=yes|no`` answers without asking).
-        Returns True when restored."""
-        if image_layer is None or getattr(image_layer, "ndim", 0) != 3:
-            return False
-        try:
-            from ..curation.session import image_fingerprint
-
-            fp = image_fingerprint(np.asarray(image_layer.data))
-            if fp in self._asked or self._store().find(fp) is None:
-                return False
-        except Exception:  # noqa: BLE001 - a broken store must not block opening images
-            return False
-        self._asked.add(fp)
-        answer = os.environ.get(RESTORE_ENV, "").strip().lower()
-        if answer in ("no", "0", "false"):
-            return False
-        if answer not in ("yes", "1", "true"):
-            btn = QMessageBox.question(
-                self,
-                "Restore session",
-                f"A saved correction session exists for {image_layer.name}. Restore it?",
-                QMessageBox.Yes | QMessageBox.No,
-                QMessageBox.Yes,
-            )
-            if btn != QMessageBox.Yes:
-                return False
-        return self.restore_session(image_layer) is not None
-
-    def restore_session(self, image_layer):
-        """Restore the saved session of ``image_layer`` (labels, prediction, review
-        state, classes) into ``"<image> labels"``. Returns the case or ``None``."""
-        from napari.utils.notifications import show_error, show_info
-
-        from ..curation.session import image_fingerprint
-
-        try:
-            data = self._store().load(image_fingerprint(np.asarray(image_layer.data)))
-        except (OSError, ValueError, LookupError) as e:
-            show_error(f"Could not restore the session of {image_layer.name}: {e}")
-            return None
-        if tuple(data.labels.shape) != tuple(image_layer.data.shape):
-            show_error(
-                f"Session for {image_layer.name} has shape {data.labels.shape}, the image {image_layer.data.shape}; not restored"
-            )
-            return None
-        info = data.info or {}
-        names = {int(k): v for k, v in (info.get("class_names") or {}).items()}
-        if not names:
-            names = {0: "background", **{int(v): f"label {v}" for v in np.unique(data.labels) if v}}
-        colours = {int(k): v for k, v in (info.get("colours") or {}).items()}
-        ctx = C.ensure_case(self.viewer, image_layer, names, colours, info.get("model_key"))
-        ctx.labels_layer.data = np.asarray(data.labels, dtype=np.uint8)
-        if data.prediction is not None:
-            pred = C.ensure_prediction_layer(self.viewer, ctx)
-            pred.data = np.asarray(data.prediction, dtype=np.uint8)
-        ctx.tracker = data.review
-        ctx.activation = info.get("activation") or ctx.activation
-        unc = info.get("uncertainty")
-        if isinstance(unc, list) and len(unc) == ctx.tracker.n_slices:
-            ctx.slice_uncertainty = np.array([np.nan if v is None else v for v in unc], dtype=np.float32)
-        self.select_labels(ctx.labels_layer)
-        self._autosaver(ctx)
-        show_info(f"Restored the session of {image_layer.name} ({ctx.tracker.counts()['reviewed']} reviewed slices)")
-        ctx.changed.emit()
-        return ctx
 
     def closeEvent(self, event) -> None:  # noqa: N802 - Qt name
         _flush_autosavers(self._autosaver_list)

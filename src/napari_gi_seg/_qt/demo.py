@@ -21,12 +21,8 @@ def open_demo_viewer(model: str | None = None, device: str = "auto", start: bool
     from . import _context as C
 
     viewer = napari.Viewer(title="napari-gi-seg demo", show=show)
-    layers = viewer.open_sample("napari-gi-seg", "chaos_t2spir")
-    image = next(lyr for lyr in layers if isinstance(lyr, napari.layers.Image))
-    for lyr in layers:
-        if lyr is not image:
-            lyr.name = f"{image.name} ground truth"
-            lyr.visible = False
+    viewer.open_sample("napari-gi-seg", "chaos_t2spir")
+    # the sample's manual labels arrive as the hidden "image_1 ground truth" layer
     _, dock = viewer.window.add_plugin_dock_widget("napari-gi-seg", DOCK_NAME)
     dock = C.unwrap(dock)
     widgets = {

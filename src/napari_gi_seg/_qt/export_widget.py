@@ -1,6 +1,7 @@
 """Export dock widget: write the reviewed case into an nnU-Net v2 training dataset.
 
-Thin over :func:`napari_gi_seg.curation.export.export_case`: only REVIEWED slices carry
+Layout and wiring over :func:`napari_gi_seg.curation.export.export_case`, run as the case
+controller's job (:mod:`napari_gi_seg._qt.controller`): only REVIEWED slices carry
 labels, every other slice becomes the ignore label; the model key and the
 per-slice correction Dice go to ``provenance.json``. "Save RTSTRUCT..." writes the
 whole labels layer as a DICOM RT Structure Set for the planning system (images read
@@ -27,6 +28,27 @@ from qtpy.QtWidgets import (
 
 from ..paths import default_dataset_dir
 from . import _context as C
+from .controller import CaseController, case_for_labels, register_tool
+
+
+def _export_job(
+    folder, image, labels, reviewed, names, case_id, group, prediction, model_key, progress=None, cancel=None
+):
+    """Job body: :func:`napari_gi_seg.curation.export.export_case` (worker thread)."""
+    from ..curation.export import export_case
+
+    return export_case(
+        folder,
+        image,
+        labels,
+        reviewed,
+        names,
+        case_id=case_id,
+        group=group,
+        prediction=prediction,
+        model_key=model_key,
+        progress=progress,
+    )
 
 
 class ExportWidget(QWidget):
@@ -36,6 +58,7 @@ class ExportWidget(QWidget):
     def __init__(self, napari_viewer, parent=None):
         super().__init__(parent)
         self.viewer = C.unwrap(napari_viewer)  # the real viewer, also when napari hands a proxy
+        self._job = None
         self.labels_combo = QComboBox()
         self.labels_combo.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
         self.labels_combo.setMinimumContentsLength(10)  # long layer names must not widen the dock
@@ -70,13 +93,13 @@ class ExportWidget(QWidget):
         lay.addStretch(1)
 
         self.browse_button.clicked.connect(self._browse)
-        self.export_button.clicked.connect(lambda: self.export())
+        self.export_button.clicked.connect(lambda: self.export(wait=False))
         self.rtstruct_button.clicked.connect(lambda: self.save_rtstruct())
         self.labels_combo.currentIndexChanged.connect(self._update_summary)
         self.viewer.layers.events.inserted.connect(self._refresh)
         self.viewer.layers.events.removed.connect(self._refresh)
         self._refresh()
-        C.register_widget(self.viewer, self)
+        register_tool(self.viewer, self)
 
     def _refresh(self, event=None) -> None:
         C.refresh_labels_combo(self.viewer, self.labels_combo, event)
@@ -87,12 +110,17 @@ class ExportWidget(QWidget):
         if d:
             self.folder_edit.setText(d)
 
-    def context(self) -> C.CaseContext | None:
-        """The case of the selected Labels layer (adopting a layer opened from a file)."""
+    def controller(self) -> CaseController | None:
+        """The case controller of the selected Labels layer (adopting a layer opened from a file)."""
         name = self.labels_combo.currentText()
         if not name or name not in self.viewer.layers:
             return None
-        return C.adopt_labels_layer(self.viewer, self.viewer.layers[name])
+        return case_for_labels(self.viewer, self.viewer.layers[name])
+
+    def context(self) -> C.CaseContext | None:
+        """The case of the selected Labels layer (adopting a layer opened from a file)."""
+        ctl = self.controller()
+        return None if ctl is None else ctl.case
 
     def _update_summary(self, *args) -> None:
         ctx = self.context()
@@ -115,52 +143,92 @@ class ExportWidget(QWidget):
             + (f"<br>model: {ctx.model_key}" if ctx.model_key else "")
         )
 
-    def export(self, dataset_dir: str | Path | None = None) -> Path | None:
-        """Export the selected case; returns the dataset folder, or ``None`` after
-        showing an error notification (nothing reviewed, class names that differ
-        from the dataset's, unwritable folder, ...)."""
-        from napari.utils.notifications import show_error, show_info
+    def export(self, dataset_dir: str | Path | None = None, wait: bool = True) -> Path | None:
+        """Export the selected case as the controller's job.
 
-        from ..io.volume import volume_from_layer_metadata
+        With ``wait`` (what scripts and tests call) the job runs here and the dataset
+        folder is returned; the button runs it in a worker thread
+        (``wait=False``, unless ``NAPARI_GI_SEG_SYNC=1``) and the result appears in the
+        read-out. ``None`` after an error notification (nothing reviewed, class names
+        that differ from the dataset's, unwritable folder, ...)."""
+        from napari.utils.notifications import show_error
 
-        ctx = self.context()
-        if ctx is None or ctx.image_layer is None:
+        from ..errors import ConflictError
+
+        ctl = self.controller()
+        if ctl is None or ctl.image_layer is None:
             show_error("Nothing to export: no labels layer with its image in the viewer.")
             return None
         folder = Path(dataset_dir if dataset_dir is not None else self.folder_edit.text().strip()).expanduser()
         if not str(folder).strip() or str(folder) == ".":
             show_error("Choose a dataset folder first.")
             return None
-        reviewed = ctx.tracker.reviewed_slices()
+        reviewed = ctl.tracker.reviewed_slices()
         if not reviewed:
             show_error(
                 "No slice is marked reviewed (Shift-R in Correct and review); only reviewed slices are exported."
             )
             return None
-        img = ctx.image_layer
+        case = ctl.case
+        args = (
+            folder,
+            ctl.image_volume(),
+            np.array(ctl.labels(), dtype=np.uint8, copy=True),
+            reviewed,
+            case.foreground_names,
+            self.case_edit.text().strip() or None,
+            self.group_edit.text().strip() or None,
+            None if case.prediction is None else np.array(case.prediction, copy=True),
+            case.model_key,
+        )
+        name = ctl.image_layer.name
+        self.export_button.setEnabled(False)
         try:
-            from ..curation.export import export_case
-
-            image = volume_from_layer_metadata(np.asarray(img.data), dict(img.metadata), scale=img.scale)
-            out = export_case(
-                folder,
-                image,
-                np.asarray(ctx.labels_layer.data, dtype=np.uint8),
-                reviewed,
-                ctx.foreground_names,
-                case_id=self.case_edit.text().strip() or None,
-                group=self.group_edit.text().strip() or None,
-                prediction=ctx.prediction,
-                model_key=ctx.model_key,
+            job = ctl.run(
+                _export_job,
+                *args,
+                title=f"Exporting {name}",
+                on_returned=lambda out: self._exported(out, len(reviewed), name),
+                on_errored=self._export_failed,
+                on_finished=self._export_done,
+                sync=True if wait else None,
+                parent=self,
             )
-        except (OSError, ValueError, LookupError) as e:
-            show_error(f"Export failed: {e}")
-            self.result_label.setText(f"<span style='color:#e6194b'>Export failed: {e}</span>")
+        except ConflictError as e:
+            self.export_button.setEnabled(True)
+            show_error(str(e))
             return None
-        msg = f"Exported {len(reviewed)} reviewed slices of {img.name} to {out}"
-        show_info(msg)
-        self.result_label.setText(msg)
-        return Path(out)
+        self._job = job
+        return None if not wait or job.error is not None else Path(job.result)
+
+    @property
+    def is_running(self) -> bool:
+        """An export is being written."""
+        return self._job is not None and self._job.is_running
+
+    def _export_done(self) -> None:
+        try:
+            self.export_button.setEnabled(True)
+        except RuntimeError:  # the widget was closed while the export ran
+            pass
+
+    def _exported(self, out, n: int, name: str) -> None:
+        from napari.utils.notifications import show_info
+
+        show_info(f"Exported {n} reviewed slices of {name}.")
+        try:
+            self.result_label.setText(f"Exported {n} reviewed slices of {name} to {out}")
+        except RuntimeError:  # the widget was closed while the export ran
+            pass
+
+    def _export_failed(self, exc) -> None:
+        from napari.utils.notifications import show_error
+
+        from .controller import error_text
+
+        what = str(exc) if isinstance(exc, (ValueError, LookupError)) else error_text(exc)
+        show_error(f"Export failed: {what}")
+        self.result_label.setText(f"<span style='color:#e6194b'>Export failed: {what}</span>")
 
     def save_rtstruct(self, path: str | Path | None = None) -> Path | None:
         """Write the selected labels layer (all slices) as an RT Structure Set to
@@ -170,7 +238,6 @@ class ExportWidget(QWidget):
         from napari.utils.notifications import show_error, show_info
 
         from ..io import write_labels
-        from ..io.volume import volume_from_layer_metadata
 
         ctx = self.context()
         if ctx is None or ctx.image_layer is None:
@@ -180,9 +247,8 @@ class ExportWidget(QWidget):
             path, _ = QFileDialog.getSaveFileName(self, "RT Structure Set", "", "DICOM RTSTRUCT (*.dcm)")
             if not path:
                 return None
-        img = ctx.image_layer
         try:
-            image = volume_from_layer_metadata(np.asarray(img.data), dict(img.metadata), scale=img.scale)
+            image = case_for_labels(self.viewer, ctx.labels_layer).image_volume()
             out = write_labels(
                 Path(path) if str(path).lower().endswith(".dcm") else Path(f"{path}.dcm"),
                 np.asarray(ctx.labels_layer.data),

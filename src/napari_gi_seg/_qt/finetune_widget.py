@@ -42,10 +42,12 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ..constants import DEVICES
 from ..paths import default_dataset_dir, user_dir
 from . import _context as C
 from ._curves import TrainingCurves
 from ._progress import NapariProgress
+from .controller import register_tool
 
 
 def finetune_command(
@@ -177,11 +179,11 @@ class FinetuneWidget(QWidget):
         self.epochs_spin.setRange(1, 1000)
         self.epochs_spin.setValue(10)
         self.device_combo = QComboBox()
-        self.device_combo.addItems(["auto", "cpu", "cuda", "mps"])
-        self.if_worse_check = QCheckBox("register even if worse than the base")
+        self.device_combo.addItems(DEVICES)
+        self.if_worse_check = QCheckBox("register even if worse")
         self.if_worse_check.setToolTip(
-            "By default a fine-tuned model whose held-back Dice is below the base's is kept "
-            "unregistered in its run folder."
+            "Register the new model even when its held-back Dice is below the base's. By default such a "
+            "model is kept unregistered in its run folder."
         )
         self.start_button = QPushButton("Fine-tune")
         self.resume_button = QPushButton("Resume")
@@ -201,13 +203,14 @@ class FinetuneWidget(QWidget):
         form.addRow("new name", self.name_edit)
         form.addRow("epochs", self.epochs_spin)
         form.addRow("device", self.device_combo)
-        form.addRow("", self.if_worse_check)
+        form.addRow(self.if_worse_check)
         buttons = QHBoxLayout()
-        for b in (self.start_button, self.resume_button, self.cancel_button, self.register_button):
+        for b in (self.start_button, self.resume_button, self.cancel_button):
             buttons.addWidget(b)
         lay = QVBoxLayout(self)
         lay.addLayout(form)
         lay.addLayout(buttons)
+        lay.addWidget(self.register_button)
         lay.addWidget(self.dice_label)
         lay.addWidget(self.status_label)
         self.curves = TrainingCurves()
@@ -222,7 +225,7 @@ class FinetuneWidget(QWidget):
         self.cancel_button.clicked.connect(self.cancel)
         self.register_button.clicked.connect(lambda: self.register_candidate())
         self.refresh_models()
-        C.register_widget(self.viewer, self)
+        register_tool(self.viewer, self)
 
     # ------------------------------------------------------------------ UI
     def _redraw(self) -> None:
@@ -489,7 +492,7 @@ class FinetuneWidget(QWidget):
                     f"Stopped after {len(self.history)} epoch(s); the best epoch is kept in the run folder. "
                     "Keep it as a new version, or Resume."
                     if stopped
-                    else f"Not registered: {out.get('reason', '')}"
+                    else self._not_registered_text(out)
                 )
                 + f"\nLog: {out.get('log_file') or self.log_path}"
             )
@@ -566,3 +569,14 @@ class FinetuneWidget(QWidget):
             self._proc.kill()
             self._proc.waitForFinished(5000)
         super().closeEvent(event)
+
+    def _not_registered_text(self, out: dict) -> str:
+        """Why the run was not registered, in the widget's own terms (its buttons and
+        check box; the core's reason names the CLI's flag)."""
+        if out.get("worse") and self.dice_before is not None and self.dice_after is not None:
+            return (
+                f"Not registered: the held-back Dice fell from {self.dice_before:.3f} to {self.dice_after:.3f}. "
+                "Press 'Register anyway' to keep it as a new version, or tick "
+                "'register even if worse' before the next run."
+            )
+        return f"Not registered: {out.get('reason', '')}"

@@ -32,6 +32,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ..errors import InputError
 from . import _context as C
 
 SYNC_ENV = "NAPARI_GI_SEG_SYNC"
@@ -57,7 +58,7 @@ def _work(prev_path: str, labels_path: str, today, stages, progress=None, cancel
 
     vols = [v for v in read_image(prev_path) if not v.metadata.get("is_labels")]
     if len(vols) != 1:
-        raise ValueError(f"{prev_path}: holds {len(vols)} image series; choose the folder of one series")
+        raise InputError(f"{prev_path}: holds {len(vols)} image series; choose the folder of one series")
     labels = read_previous_labels(labels_path, vols[0])
     settings = RegistrationSettings(stages=stages)
     return propagate(vols[0], labels, today, settings=settings, progress=progress, cancel=cancel)

@@ -1,10 +1,12 @@
 """Segment dock widget: run a registered model on an image layer.
 
-Thin over :func:`napari_gi_seg.engine.inference.iter_segment`: the generator runs in
-a napari ``thread_worker``; every yielded batch is written into the case's Labels
-layers on the main thread (``yielded`` signal), so slices appear as they finish and
-the viewer stays responsive. Cancel stops the run between batches; finished slices
-stay.
+Layout and wiring over :func:`napari_gi_seg.engine.inference.iter_segment` and the
+case controller (:mod:`._qt.controller <napari_gi_seg._qt.controller>`): the generator
+runs as the controller's job (a napari ``thread_worker``); every yielded batch is
+written into the case on the main thread with
+:meth:`~napari_gi_seg._qt.controller.CaseController.write_model_output`, so slices
+appear as they finish and the viewer stays responsive. Cancel stops the run between
+batches; finished slices stay.
 
 Set ``NAPARI_GI_SEG_SYNC=1`` to run in the calling thread (tests, scripts); the
 same batch handler is used either way.
@@ -12,7 +14,6 @@ same batch handler is used either way.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -30,11 +31,12 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ..constants import DEVICES, SYNC_ENV  # noqa: F401 - SYNC_ENV re-exported for callers
+from ..errors import NotFoundError
 from . import _context as C
+from .controller import CaseController, case_for_image, register_tool
 
-SYNC_ENV = "NAPARI_GI_SEG_SYNC"
 SCOPES = ("current slice", "range", "whole stack")
-DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
 @dataclass
@@ -64,7 +66,7 @@ class PostProcessed:
 
 
 def _run_model(
-    data, model_key: str, slices: Sequence[int], device: str, tta: bool, batch_size: int, cancel
+    data, model_key: str, slices: Sequence[int], device: str, tta: bool, batch_size: int, progress=None, cancel=None
 ) -> Iterator:
     """Load the model and yield a :class:`SliceBatch` per batch, then, when every
     slice of the stack was segmented, one :class:`PostProcessed` (runs in the worker
@@ -74,6 +76,7 @@ def _run_model(
     from ..engine.inference import iter_segment, resolve_device
     from ..engine.postprocess import postprocess_labels
     from ..models.registry import load_model
+    from ..progress import emit
 
     dev = resolve_device(device)
     spec, net = load_model(model_key, device=dev)
@@ -81,12 +84,21 @@ def _run_model(
     full = np.zeros(data.shape, dtype=np.uint8) if whole else None
     done = 0
     for b in iter_segment(
-        data, spec, net, slices=slices, batch_size=batch_size, device=dev, tta=tta, return_probs=True, cancel=cancel
+        data,
+        spec,
+        net,
+        slices=slices,
+        batch_size=batch_size,
+        device=dev,
+        tta=tta,
+        return_probs=True,
+        cancel=cancel,
     ):
         unc = slice_uncertainty(np.moveaxis(b.probs, 1, 0), spec.activation)
         if full is not None:
             full[b.z] = b.labels
         done = b.done
+        emit(progress, "segment", b.done, b.total)
         yield SliceBatch(z=np.asarray(b.z), labels=b.labels, uncertainty=unc, done=b.done, total=b.total)
     if full is not None and done == data.shape[0] and not (cancel is not None and cancel()):
         kept = postprocess_labels(full, spec)
@@ -114,12 +126,11 @@ class SegmentWidget(QWidget):
     def __init__(self, napari_viewer, parent=None):
         super().__init__(parent)
         self.viewer = C.unwrap(napari_viewer)  # the real viewer, also when napari hands a proxy
-        self._worker = None
-        self._progress = None
-        self._ctx: C.CaseContext | None = None
+        self._job = None
+        self._ctl: CaseController | None = None
         self._pending: list[int] = []
         self._done: list[int] = []
-        self._cancel_requested = False
+        self._overwrite = False
         self._run_key: str | None = None
 
         self.image_combo = QComboBox()
@@ -197,7 +208,7 @@ class SegmentWidget(QWidget):
         self._refresh_images()
         self.refresh_models()
         self._scope_changed(self.scope_combo.currentText())
-        C.register_widget(self.viewer, self)
+        register_tool(self.viewer, self)
 
     # ------------------------------------------------------------------ choices
     def _refresh_images(self, event=None) -> None:
@@ -266,7 +277,7 @@ class SegmentWidget(QWidget):
         if key not in keys:
             same = sorted((k for k in keys if k.split(":")[0] == key), key=lambda k: int(k.split(":")[1]))
             if not same:
-                raise LookupError(f"model {key!r} is not registered; known: {', '.join(keys) or 'none'}")
+                raise NotFoundError(f"model {key!r} is not registered; known: {', '.join(keys) or 'none'}")
             key = same[-1]
         self.model_combo.setCurrentIndex(keys.index(key))
         self._show_classes()
@@ -307,7 +318,7 @@ class SegmentWidget(QWidget):
             "Average the prediction with that of the left-right mirrored slice (about 2x slower)."
             if ok
             else f"Unavailable: {spec.key} was trained without left-right flips, so a mirrored "
-            "abdomen is new to it and flip TTA would lower its accuracy (train with --flip-augment)."
+            "abdomen is new to it and flip TTA would lower its accuracy (pick a model trained with flips)."
         )
 
     def _scope_changed(self, text: str) -> None:
@@ -334,12 +345,17 @@ class SegmentWidget(QWidget):
     # ------------------------------------------------------------------ running
     @property
     def is_running(self) -> bool:
-        return self._worker is not None
+        return self._job is not None and self._job.is_running
 
     @property
     def context(self) -> C.CaseContext | None:
         """The case of the last run."""
-        return self._ctx
+        return self._ctl.case if self._ctl is not None else None
+
+    @property
+    def controller(self) -> CaseController | None:
+        """The :class:`~napari_gi_seg._qt.controller.CaseController` of the last run."""
+        return self._ctl
 
     def _prepare(self):
         """Validate the choices and create the case layers; returns the generator
@@ -347,7 +363,6 @@ class SegmentWidget(QWidget):
         from napari.utils.notifications import show_error, show_warning
 
         from ..engine.domain import input_warnings
-        from ..io.volume import volume_from_layer_metadata
 
         if self.is_running:
             show_error("A segmentation is already running; cancel it first.")
@@ -372,64 +387,59 @@ class SegmentWidget(QWidget):
             show_error(str(e))
             return None
         slices = self.target_slices()
-        colours = {c.index: c.colour for c in spec.classes}
-        ctx = C.ensure_case(self.viewer, layer, spec.class_names, colours, model_key=key)
+        ctl = case_for_image(self.viewer, layer, spec.class_names, {c.index: c.colour for c in spec.classes}, key)
+        ctx = ctl.case
         C.ensure_prediction_layer(self.viewer, ctx)
         if ctx.activation != spec.activation:
             ctx.slice_uncertainty = None  # another kind of model: old figures do not compare
         ctx.activation = spec.activation
-        self.viewer.layers.selection.active = ctx.labels_layer
-        self._ctx = ctx
+        ctl.show_case()
+        self._ctl = ctl
         self._run_key = key
         self._pending = list(slices)
         self._done = []
-        self._cancel_requested = False
+        self._overwrite = self.overwrite_check.isChecked()
         # the layer's geometry (affine, axis order, world frame) travels with the data:
         # the engine segments in the model's frame and warns about unusual inputs
-        data = volume_from_layer_metadata(np.asarray(layer.data), dict(layer.metadata), layer.scale)
+        data = ctl.image_volume()
         for w in input_warnings(data, spec):
             show_warning(f"{layer.name}: {w}")
         return data, key, slices, self.device_combo.currentText(), self.tta_check.isChecked(), self.batch_spin.value()
 
-    def run(self) -> None:
-        """Start segmenting (in a worker thread unless ``NAPARI_GI_SEG_SYNC=1``)."""
-        if os.environ.get(SYNC_ENV, "") not in ("", "0"):
-            self.run_sync()
-            return
+    def run(self, sync: bool | None = None) -> None:
+        """Start segmenting: the controller's job (a worker thread unless ``sync`` or
+        ``NAPARI_GI_SEG_SYNC=1``)."""
         args = self._prepare()
         if args is None:
             return
-        from napari.qt.threading import create_worker
-        from napari.utils import progress
+        from napari.utils.notifications import show_error
 
-        self._progress = progress(total=len(args[2]), desc=f"Segmenting {self._ctx.image_layer.name}")
-        worker = create_worker(_run_model, *args, cancel=lambda: self._cancel_requested, _start_thread=False)
-        worker.yielded.connect(self._on_batch)
-        worker.errored.connect(self._on_error)
-        worker.finished.connect(self._on_finished)
-        self._worker = worker
+        from ..errors import ConflictError
+
         self._set_running(True)
-        worker.start()
+        try:
+            self._job = self._ctl.run(
+                _run_model,
+                *args,
+                title=f"Segmenting {self._ctl.image_layer.name}",
+                on_yielded=self._on_batch,
+                on_errored=self._on_error,
+                on_finished=self._on_finished,
+                sync=sync,
+                parent=self,
+            )
+        except ConflictError as e:
+            self._set_running(False)
+            show_error(str(e))
 
     def run_sync(self) -> None:
         """Segment in the calling thread (same batch handler as the worker path)."""
-        args = self._prepare()
-        if args is None:
-            return
-        self._set_running(True)
-        self._worker = "sync"
-        try:
-            for batch in _run_model(*args, cancel=lambda: self._cancel_requested):
-                self._on_batch(batch)
-        except Exception as e:  # noqa: BLE001 - reported, never a crash
-            self._on_error(e)
-        self._on_finished()
+        self.run(sync=True)
 
     def cancel(self) -> None:
         """Stop after the batch in progress; finished slices stay."""
-        self._cancel_requested = True
-        if self._worker is not None and self._worker != "sync":
-            self._worker.quit()
+        if self._job is not None:
+            self._job.cancel()
         self.status_label.setText("Cancelling after the current batch...")
 
     def _set_running(self, running: bool) -> None:
@@ -438,94 +448,43 @@ class SegmentWidget(QWidget):
         for w in (self.image_combo, self.model_combo, self.device_combo, self.scope_combo):
             w.setEnabled(not running)
 
-    def _kept_slices(self, ctx, zs) -> set[int]:
-        """Slices of ``zs`` a re-run must not overwrite (edited or reviewed), unless
-        *overwrite* is ticked."""
-        from ..curation.review import SliceState
-
-        if self.overwrite_check.isChecked():
-            return set()
-        return {int(i) for i in zs if ctx.tracker.states[int(i)] in (SliceState.EDITED, SliceState.REVIEWED)}
-
     def _on_batch(self, batch) -> None:
-        """Write one worker result into the layers (main thread).
-
-        The editable labels change through ``Labels.data_setitem`` (napari's undo
-        history: Ctrl-Z takes a batch back), only where the model's output differs,
-        inside :meth:`CaseContext.model_writing` so it does not count as an edit.
-        Edited and reviewed slices are skipped unless *overwrite* is ticked."""
-        ctx = self._ctx
-        if ctx is None or ctx.labels_layer is None:
+        """Write one worker result into the case (main thread) with
+        :meth:`~napari_gi_seg._qt.controller.CaseController.write_model_output`:
+        only where the output differs, one undo step (Ctrl-Z takes a batch back),
+        not counted as an edit; edited and reviewed slices are skipped unless
+        *overwrite* was ticked when the run started."""
+        ctl = self._ctl
+        if ctl is None or ctl.labels_layer is None:
             return
         if isinstance(batch, PostProcessed):
-            self._apply_postprocess(ctx, batch)
+            ctl.write_model_voxels(batch.removed, 0, overwrite=self._overwrite)
             return
         z = [int(v) for v in batch.z]
-        pred = ctx.prediction_layer
-        if pred is not None:
-            # the model's own record (hidden, not the clinician's): a plain write
-            pred.data[z] = batch.labels
-            if pred.visible and (self.viewer.dims.ndisplay == 3 or C.current_slice(self.viewer, pred) in z):
-                pred.refresh()
-        ctx.set_uncertainty(z, batch.uncertainty)
-        keep = self._kept_slices(ctx, z)
-        write = [k for k, i in enumerate(z) if i not in keep]
-        if write:
-            labels = ctx.labels_layer
-            zs = np.asarray([z[k] for k in write])
-            new = np.asarray(batch.labels)[write]
-            diff = np.asarray(labels.data)[zs] != new
-            kk, yy, xx = np.nonzero(diff)
-            if kk.size:
-                with ctx.model_writing():
-                    labels.data_setitem((zs[kk], yy, xx), new[kk, yy, xx])
-        ctx.tracker.mark_predicted([i for i in z if i not in keep])
+        ctl.case.set_uncertainty(z, batch.uncertainty)
+        ctl.write_model_output(z, batch.labels, overwrite=self._overwrite)
         self._done.extend(z)
-        if self._progress is not None:
-            self._progress.update(len(z))
         if self.is_running:  # a late batch never overwrites the final status
             self.status_label.setText(f"{batch.done}/{batch.total} slices segmented")
-        ctx.changed.emit()
-
-    def _apply_postprocess(self, ctx, pp: PostProcessed) -> None:
-        """Set the voxels the post-processing removed to background, in the
-        prediction and (through the undo history) in the labels of the slices
-        this run wrote."""
-        idx = tuple(np.asarray(a) for a in pp.removed)
-        if idx[0].size == 0:
-            return
-        pred = ctx.prediction_layer
-        if pred is not None:
-            pred.data[idx] = 0
-            if pred.visible:
-                pred.refresh()
-        keep = self._kept_slices(ctx, np.unique(idx[0]))
-        if keep:
-            m = ~np.isin(idx[0], sorted(keep))
-            idx = tuple(a[m] for a in idx)
-        if idx[0].size:
-            with ctx.model_writing():
-                ctx.labels_layer.data_setitem(idx, 0)
-        ctx.changed.emit()
 
     def _on_error(self, exc) -> None:
         from napari.utils.notifications import show_error
 
-        show_error(f"Segmentation failed: {exc}")
-        self.status_label.setText(f"Failed: {exc}")
+        from .controller import error_text
+
+        what = error_text(exc)
+        show_error(f"Segmentation failed: {what}")
+        self.status_label.setText(f"Failed: {what}")
 
     def _on_finished(self) -> None:
         cancelled = len(set(self._done)) < len(set(self._pending))
-        if self._progress is not None:
-            self._progress.close()
-            self._progress = None
-        self._worker = None
         self._set_running(False)
         if cancelled:
             self.status_label.setText(f"Cancelled: {len(self._done)}/{len(self._pending)} slices segmented (kept).")
         elif self._done:
             self.status_label.setText(f"Done: {len(set(self._done))} slices with {self._run_key}.")
-        if self._ctx is not None and self._ctx.labels_layer is not None:
-            self._ctx.labels_layer.refresh()
-            self._ctx.changed.emit()
+        ctx = self.context
+        if ctx is not None and ctx.labels_layer is not None:
+            ctx.labels_layer.refresh()
+            ctx.changed.emit()
         self.run_finished.emit({"model": self._run_key, "slices": sorted(self._done), "cancelled": cancelled})

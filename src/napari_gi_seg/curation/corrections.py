@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage as ndi
 
+from ..errors import InputError
+
 __all__ = [
     "Correction",
     "interpolate_class",
@@ -63,7 +65,7 @@ class Correction:
     def __post_init__(self) -> None:
         self.z = [int(v) for v in self.z]
         if self.before.shape != self.after.shape or self.before.ndim != 3 or self.before.shape[0] != len(self.z):
-            raise ValueError(
+            raise InputError(
                 f"Correction needs before/after of shape (len(z), y, x); got z={len(self.z)}, "
                 f"before {self.before.shape}, after {self.after.shape}"
             )
@@ -105,9 +107,9 @@ class Correction:
 def _check_labels(labels: np.ndarray) -> np.ndarray:
     labels = np.asarray(labels)
     if labels.ndim != 3:
-        raise ValueError(f"labels must be a 3D (z, y, x) array, got shape {labels.shape}")
+        raise InputError(f"labels must be a 3D (z, y, x) array, got shape {labels.shape}")
     if not (np.issubdtype(labels.dtype, np.integer) or labels.dtype == bool):
-        raise ValueError(f"labels must be an integer array, got dtype {labels.dtype}")
+        raise InputError(f"labels must be an integer array, got dtype {labels.dtype}")
     return labels
 
 
@@ -117,7 +119,7 @@ def _check_slices(labels: np.ndarray, slices: Sequence[int] | int) -> list[int]:
     zs = sorted({int(z) for z in slices})
     bad = [z for z in zs if not 0 <= z < labels.shape[0]]
     if bad:
-        raise ValueError(f"slice(s) {bad} out of range 0..{labels.shape[0] - 1}")
+        raise InputError(f"slice(s) {bad} out of range 0..{labels.shape[0] - 1}")
     return zs
 
 
@@ -126,14 +128,14 @@ def _inplane_spacing(spacing_mm: Sequence[float] | None) -> tuple[float, float]:
         return (1.0, 1.0)
     sp = [float(s) for s in spacing_mm]
     if len(sp) not in (2, 3) or min(sp) <= 0 or not all(np.isfinite(sp)):
-        raise ValueError(f"spacing_mm must be 2 or 3 positive numbers ((z,) y, x), got {spacing_mm}")
+        raise InputError(f"spacing_mm must be 2 or 3 positive numbers ((z,) y, x), got {spacing_mm}")
     return (sp[-2], sp[-1])
 
 
 def _classes(slice_: np.ndarray, class_index: int | None) -> list[int]:
     if class_index is not None:
         if not 1 <= int(class_index) <= 255:
-            raise ValueError(f"class_index must be a foreground label 1..255, got {class_index}")
+            raise InputError(f"class_index must be a foreground label 1..255, got {class_index}")
         return [int(class_index)]
     return [int(c) for c in np.unique(slice_) if c != 0]
 
@@ -193,7 +195,7 @@ def signed_distance(mask: np.ndarray, spacing_yx: Sequence[float] = (1.0, 1.0)) 
     mask = np.asarray(mask, bool)
     sampling = tuple(float(s) for s in spacing_yx)
     if not mask.any():
-        raise ValueError("signed distance of an empty mask is undefined")
+        raise InputError("signed distance of an empty mask is undefined")
     if mask.all():
         return -ndi.distance_transform_edt(np.pad(mask, 1, constant_values=False), sampling=sampling)[1:-1, 1:-1]
     inside = ndi.distance_transform_edt(mask, sampling=sampling)
@@ -243,12 +245,12 @@ def interpolate_class(
         z0, z1 = z1, z0
     _check_slices(labels, [z0, z1])
     if z1 - z0 < 2:
-        raise ValueError(f"slices {z0} and {z1} have no slice between them to interpolate")
+        raise InputError(f"slices {z0} and {z1} have no slice between them to interpolate")
     c = _classes(labels[z0], class_index)[0]
     m0, m1 = labels[z0] == c, labels[z1] == c
     for z, m in ((z0, m0), (z1, m1)):
         if not m.any():
-            raise ValueError(f"class {c} is not drawn on slice {z}; draw it on both end slices first")
+            raise InputError(f"class {c} is not drawn on slice {z}; draw it on both end slices first")
     sp = _inplane_spacing(spacing_mm)
     d0, d1 = signed_distance(m0, sp), signed_distance(m1, sp)
     new = {}
@@ -315,7 +317,7 @@ def remove_islands(
     labels = _check_labels(labels)
     zs = _check_slices(labels, slices)
     if not np.isfinite(min_area_mm2) or min_area_mm2 < 0:
-        raise ValueError(f"min_area_mm2 must be >= 0, got {min_area_mm2}")
+        raise InputError(f"min_area_mm2 must be >= 0, got {min_area_mm2}")
     sy, sx = _inplane_spacing(spacing_mm)
     min_px = float(min_area_mm2) / (sy * sx)
     structure = ndi.generate_binary_structure(2, 2)
@@ -361,7 +363,7 @@ def smooth_contour(
     labels = _check_labels(labels)
     zs = _check_slices(labels, slices)
     if not np.isfinite(sigma_mm) or sigma_mm <= 0:
-        raise ValueError(f"sigma_mm must be > 0, got {sigma_mm}")
+        raise InputError(f"sigma_mm must be > 0, got {sigma_mm}")
     sy, sx = _inplane_spacing(spacing_mm)
     sigma_px = (float(sigma_mm) / sy, float(sigma_mm) / sx)
 

@@ -78,15 +78,15 @@ def dataset_labels(class_names: Mapping[int, str]) -> dict[str, int]:
     try:
         items = sorted((int(k), str(v)) for k, v in class_names.items())
     except (TypeError, ValueError, AttributeError) as e:
-        raise ValueError(f"class_names must map label values 1..K to names, got {class_names!r}") from e
+        raise InputError(f"class_names must map label values 1..K to names, got {class_names!r}") from e
     keys = [k for k, _ in items]
     if not keys or keys != list(range(1, len(keys) + 1)):
-        raise ValueError(f"class_names keys must be 1..K without gaps (background excluded), got {keys}")
+        raise InputError(f"class_names keys must be 1..K without gaps (background excluded), got {keys}")
     if len(keys) > 254:
-        raise ValueError(f"at most 254 foreground classes fit uint8 with an ignore label, got {len(keys)}")
+        raise InputError(f"at most 254 foreground classes fit uint8 with an ignore label, got {len(keys)}")
     names = [n for _, n in items]
     if len(set(names)) != len(names) or any(not n or n in ("background", IGNORE_NAME) for n in names):
-        raise ValueError(f"class names must be distinct, non-empty and not 'background'/'ignore': {names}")
+        raise InputError(f"class names must be distinct, non-empty and not 'background'/'ignore': {names}")
     out = {"background": 0}
     out.update({n: k for k, n in items})
     out[IGNORE_NAME] = len(items) + 1
@@ -143,9 +143,9 @@ def _read_json(path: Path) -> dict:
     try:
         obj = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: cannot read ({e})") from e
+        raise InputError(f"{path}: cannot read ({e})") from e
     if not isinstance(obj, dict):
-        raise ValueError(f"{path}: must be a JSON object, got a {type(obj).__name__}")
+        raise InputError(f"{path}: must be a JSON object, got a {type(obj).__name__}")
     return obj
 
 
@@ -246,24 +246,24 @@ def export_case(
         )
     labels = np.asarray(labels)
     if labels.shape != image.shape:
-        raise ValueError(f"labels shape {labels.shape} differs from the image's {image.shape}")
+        raise InputError(f"labels shape {labels.shape} differs from the image's {image.shape}")
     if not (np.issubdtype(labels.dtype, np.integer) or labels.dtype == bool):
-        raise ValueError(f"labels must be integers, got dtype {labels.dtype}")
+        raise InputError(f"labels must be integers, got dtype {labels.dtype}")
     zs = sorted({int(z) for z in reviewed_slices})
     if not zs:
-        raise ValueError("no slice is reviewed: mark the slices you checked as reviewed before exporting")
+        raise InputError("no slice is reviewed: mark the slices you checked as reviewed before exporting")
     bad = [z for z in zs if not 0 <= z < image.shape[0]]
     if bad:
-        raise ValueError(f"reviewed slice(s) {bad} out of range 0..{image.shape[0] - 1}")
+        raise InputError(f"reviewed slice(s) {bad} out of range 0..{image.shape[0] - 1}")
     label_map = dataset_labels(class_names)
     k = len(label_map) - 2
     ignore = label_map[IGNORE_NAME]
     if labels.size and (labels.min() < 0 or labels.max() > k):
-        raise ValueError(f"label values must be 0..{k} for {k} classes, found {int(labels.min())}..{int(labels.max())}")
+        raise InputError(f"label values must be 0..{k} for {k} classes, found {int(labels.min())}..{int(labels.max())}")
     if prediction is not None:
         prediction = np.asarray(prediction)
         if prediction.shape != labels.shape:
-            raise ValueError(f"prediction shape {prediction.shape} differs from labels {labels.shape}")
+            raise InputError(f"prediction shape {prediction.shape} differs from labels {labels.shape}")
 
     # -- the existing dataset, if any ----------------------------------------------
     appending = (dataset_dir / "dataset.json").is_file()
@@ -271,19 +271,19 @@ def export_case(
         meta = read_dataset_json(dataset_dir)  # type-checked; DatasetFormatError names file and key
         old_labels = {str(n): int(v) for n, v in meta.get("labels", {}).items()}
         if old_labels != label_map:
-            raise ValueError(f"{dataset_dir}: dataset classes {old_labels} differ from this export's {label_map}")
+            raise InputError(f"{dataset_dir}: dataset classes {old_labels} differ from this export's {label_map}")
         if meta.get("file_ending", FILE_ENDING) != FILE_ENDING:
-            raise ValueError(f"{dataset_dir}: file_ending {meta.get('file_ending')!r} is not {FILE_ENDING!r}")
+            raise InputError(f"{dataset_dir}: file_ending {meta.get('file_ending')!r} is not {FILE_ENDING!r}")
         prov_path = dataset_dir / PROVENANCE_FILE
         prov = _read_json(prov_path) if prov_path.exists() else {"format_version": 1, "cases": []}
         if not isinstance(prov.get("cases", []), list):
-            raise ValueError(f"{prov_path}: key 'cases' must be a list")
+            raise InputError(f"{prov_path}: key 'cases' must be a list")
         listed = set(meta.get("groups", {}))
         if listed:  # drop entries of an interrupted append (dataset.json is the list of cases)
             prov["cases"] = [c for c in prov.get("cases", []) if isinstance(c, dict) and c.get("case_id") in listed]
         existing = {p.name[: -len(FILE_ENDING)] for p in (dataset_dir / NNUNET_LABELS).glob(f"*{FILE_ENDING}")}
     elif dataset_dir.exists() and (not dataset_dir.is_dir() or not _only_staging(dataset_dir)):
-        raise ValueError(
+        raise InputError(
             f"{dataset_dir}: exists and is not an nnU-Net dataset (no dataset.json); choose a new or empty folder"
         )
     else:
@@ -307,9 +307,9 @@ def export_case(
             n += 1
         case_id = f"{src_key}_{n:03d}"
     elif not _CASE_RE.match(str(case_id)):
-        raise ValueError(f"case_id {case_id!r} must be 1-64 letters, digits, '_' or '-'")
+        raise InputError(f"case_id {case_id!r} must be 1-64 letters, digits, '_' or '-'")
     elif case_id in existing:
-        raise ValueError(f"{dataset_dir}: case {case_id!r} exists already; cases are never overwritten")
+        raise InputError(f"{dataset_dir}: case {case_id!r} exists already; cases are never overwritten")
     group = str(group) if group is not None else src_key
 
     # -- content --------------------------------------------------------------------

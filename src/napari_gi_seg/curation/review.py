@@ -14,6 +14,7 @@ from enum import IntEnum
 
 import numpy as np
 
+from ..errors import InputError, OutOfRangeError
 from ..evaluation.metrics import dice
 
 __all__ = ["SliceState", "ReviewTracker", "slice_uncertainty", "correction_dice_per_slice"]
@@ -51,7 +52,7 @@ class ReviewTracker:
     def __init__(self, n_slices: int):
         n = int(n_slices)
         if n <= 0:
-            raise ValueError(f"n_slices must be positive, got {n_slices}")
+            raise InputError(f"n_slices must be positive, got {n_slices}")
         self.states = np.zeros(n, dtype=np.int8)
 
     # -- basics ---------------------------------------------------------------------
@@ -72,7 +73,7 @@ class ReviewTracker:
         out = [int(z) for z in zs]
         bad = [z for z in out if not 0 <= z < self.n_slices]
         if bad:
-            raise IndexError(f"slice(s) {bad} out of range 0..{self.n_slices - 1}")
+            raise OutOfRangeError(f"slice(s) {bad} out of range 0..{self.n_slices - 1}")
         return out
 
     def state(self, z: int) -> SliceState:
@@ -102,6 +103,28 @@ class ReviewTracker:
         """Ascending indices of REVIEWED slices."""
         return [int(z) for z in np.nonzero(self.states == SliceState.REVIEWED)[0]]
 
+    def protected_slices(self, overwrite: bool = False) -> set[int]:
+        """Slices new model output must not replace: EDITED and REVIEWED ones (the
+        clinician's work), or none when ``overwrite`` is True.
+
+        This is the one "edited or reviewed" rule that every writer of model output
+        follows (Segment, Adapt to this scan, and any tool that re-segments).
+
+        Parameters
+        ----------
+        overwrite : bool
+            The user chose to replace the clinician's slices too.
+
+        Returns
+        -------
+        set of int
+            Slice indices ``z``.
+        """
+        if overwrite:
+            return set()
+        keep = (self.states == SliceState.EDITED) | (self.states == SliceState.REVIEWED)
+        return {int(z) for z in np.flatnonzero(keep)}
+
     def counts(self) -> dict[str, int]:
         """``{'unseen': n, 'predicted': n, 'edited': n, 'reviewed': n}``."""
         return {_KEYS[s]: int(np.count_nonzero(self.states == s)) for s in SliceState}
@@ -127,7 +150,7 @@ class ReviewTracker:
         mismatch."""
         u = np.asarray(uncertainty, dtype=np.float64).ravel()
         if u.shape[0] != self.n_slices:
-            raise ValueError(f"uncertainty has {u.shape[0]} values for {self.n_slices} slices")
+            raise InputError(f"uncertainty has {u.shape[0]} values for {self.n_slices} slices")
         open_ = self.states != SliceState.REVIEWED
         if not open_.any():
             return None
@@ -147,12 +170,12 @@ class ReviewTracker:
             states = [int(s) for s in d["states"]]
             n = int(d.get("n_slices", len(states)))
         except (KeyError, TypeError, ValueError) as e:
-            raise ValueError(f"not a review record: {e}") from e
+            raise InputError(f"not a review record: {e}") from e
         if n != len(states):
-            raise ValueError(f"review record has {len(states)} states for {n} slices")
+            raise InputError(f"review record has {len(states)} states for {n} slices")
         valid = {int(s) for s in SliceState}
         if not set(states) <= valid:
-            raise ValueError(f"review record has unknown states {sorted(set(states) - valid)}")
+            raise InputError(f"review record has unknown states {sorted(set(states) - valid)}")
         t = cls(n)
         t.states[:] = states
         return t
@@ -186,12 +209,12 @@ def slice_uncertainty(probs: np.ndarray, activation: str = "softmax") -> np.ndar
     """
     probs = np.asarray(probs)
     if probs.ndim != 4:
-        raise ValueError(f"probs must be (C, z, y, x), got shape {probs.shape}")
+        raise InputError(f"probs must be (C, z, y, x), got shape {probs.shape}")
     if activation not in ("softmax", "sigmoid"):
-        raise ValueError(f"activation must be 'softmax' or 'sigmoid', got {activation!r}")
+        raise InputError(f"activation must be 'softmax' or 'sigmoid', got {activation!r}")
     C, Z = probs.shape[:2]
     if activation == "softmax" and C < 2:
-        raise ValueError(f"softmax probabilities need >= 2 channels (background first), got {C}")
+        raise InputError(f"softmax probabilities need >= 2 channels (background first), got {C}")
     eps = 1e-12
     out = np.zeros(Z, dtype=np.float32)
     for z in range(Z):  # one slice at a time keeps memory at (C, y, x)
@@ -235,7 +258,7 @@ def correction_dice_per_slice(
     """
     prediction, final = np.asarray(prediction), np.asarray(final)
     if prediction.shape != final.shape or prediction.ndim != 3:
-        raise ValueError(f"prediction {prediction.shape} and final labels {final.shape} must be equal (z, y, x) shapes")
+        raise InputError(f"prediction {prediction.shape} and final labels {final.shape} must be equal (z, y, x) shapes")
     cls = np.asarray(list(class_indices))
     zs = range(prediction.shape[0]) if slices is None else [int(z) for z in slices]
     return {int(z): float(dice(np.isin(prediction[z], cls), np.isin(final[z], cls))) for z in zs}

@@ -29,12 +29,22 @@ from typing import Any
 import numpy as np
 
 from .._atomic import atomic_path
+from ..errors import InputError
 from ..io.fingerprint import image_fingerprint
 from ..io.volume import InvalidInputError
 from ..paths import user_dir
 from .review import ReviewTracker
 
-__all__ = ["image_fingerprint", "SessionData", "SessionStore", "Snapshot", "Autosaver"]
+__all__ = [
+    "image_fingerprint",
+    "SessionData",
+    "SessionStore",
+    "Snapshot",
+    "Autosaver",
+    "CaseState",
+    "state_from_case",
+    "case_from_session",
+]
 
 _FP_RE = re.compile(r"^[A-Za-z0-9_-]{8,128}$")
 FORMAT_VERSION = 1
@@ -73,7 +83,7 @@ def _public_info(info: Mapping[str, Any] | None) -> dict:
 
 def _check_fp(fingerprint: str) -> str:
     if not isinstance(fingerprint, str) or not _FP_RE.match(fingerprint):
-        raise ValueError(f"bad session fingerprint {fingerprint!r}: expected 8-128 letters, digits, '_' or '-'")
+        raise InputError(f"bad session fingerprint {fingerprint!r}: expected 8-128 letters, digits, '_' or '-'")
     return fingerprint
 
 
@@ -108,16 +118,16 @@ class SessionStore:
         path = self.path_for(fingerprint)
         labels = np.asarray(labels)
         if labels.ndim != 3:
-            raise ValueError(f"labels must be (z, y, x), got shape {labels.shape}")
+            raise InputError(f"labels must be (z, y, x), got shape {labels.shape}")
         if review.n_slices != labels.shape[0]:
-            raise ValueError(f"review tracks {review.n_slices} slices but labels have {labels.shape[0]}")
+            raise InputError(f"review tracks {review.n_slices} slices but labels have {labels.shape[0]}")
         if labels.size and (labels.min() < 0 or labels.max() > 255):
-            raise ValueError("labels must be in 0..255 to be saved as uint8")
+            raise InputError("labels must be in 0..255 to be saved as uint8")
         arrays: dict[str, np.ndarray] = {"labels": labels.astype(np.uint8, copy=False)}
         if prediction is not None:
             prediction = np.asarray(prediction)
             if prediction.shape != labels.shape:
-                raise ValueError(f"prediction shape {prediction.shape} differs from labels {labels.shape}")
+                raise InputError(f"prediction shape {prediction.shape} differs from labels {labels.shape}")
             arrays["prediction"] = prediction.astype(np.uint8, copy=False)
         saved_at = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
         try:
@@ -130,7 +140,7 @@ class SessionStore:
                 }
             )
         except (TypeError, ValueError) as e:
-            raise ValueError(f"session info must be JSON-serialisable: {e}") from e
+            raise InputError(f"session info must be JSON-serialisable: {e}") from e
         arrays["meta_json"] = np.array(meta)
         with atomic_path(path, mode=0o600) as tmp, open(tmp, "wb") as f:
             np.savez_compressed(f, **arrays)
@@ -141,15 +151,15 @@ class SessionStore:
         p = self.path_for(fingerprint)
         return p if p.is_file() else None
 
-    def load(self, fingerprint: str) -> SessionData:
-        """Load a session.
+    def load(self, fingerprint: str, path: str | Path | None = None) -> SessionData:
+        """Load a session (``path``: one of its dated :meth:`copies` instead).
 
         Raises ``FileNotFoundError`` when there is none and
         :class:`~napari_gi_seg.io.volume.InvalidInputError` (naming the file) when it
         is corrupt.
         """
-        p = self.find(fingerprint)
-        if p is None:
+        p = self.find(fingerprint) if path is None else Path(path)
+        if p is None or not p.is_file():
             raise FileNotFoundError(f"no saved session for fingerprint {fingerprint} in {self.root}")
         try:
             with np.load(p, allow_pickle=False) as z:
@@ -163,6 +173,33 @@ class SessionStore:
             raise InvalidInputError(p, f"review has {review.n_slices} slices but labels {labels.shape[0]}")
         info = _public_info(meta.get("info") if isinstance(meta.get("info"), dict) else {})
         return SessionData(labels, prediction, review, info, str(meta.get("saved_at", "")), p)
+
+    def archive(self, fingerprint: str) -> Path | None:
+        """Keep the current session of ``fingerprint`` as a dated copy
+        ``<fingerprint>.<YYYYmmddTHHMMSSZ>.npz`` (its save time, UTC) and free the
+        main file, so new work on the scan starts a new session while the old one
+        stays restorable (:meth:`copies`, :meth:`load` with ``path``).
+
+        Returns the copy, or ``None`` when there was no session. Raises ``OSError``
+        from the file system (the session is then untouched)."""
+        p = self.find(fingerprint)
+        if p is None:
+            return None
+        stamp = _dt.datetime.fromtimestamp(p.stat().st_mtime, _dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        dest = self.root / f"{fingerprint}.{stamp}.npz"
+        n = 1
+        while dest.exists():
+            dest = self.root / f"{fingerprint}.{stamp}-{n}.npz"
+            n += 1
+        p.replace(dest)
+        return dest
+
+    def copies(self, fingerprint: str) -> list[Path]:
+        """Dated copies kept by :meth:`archive` for ``fingerprint``, newest first."""
+        if not self.root.is_dir():
+            return []
+        fp = _check_fp(fingerprint)
+        return sorted(self.root.glob(f"{fp}.*.npz"), key=lambda q: q.name, reverse=True)
 
     def delete(self, fingerprint: str) -> bool:
         """Remove a session; True if one existed."""
@@ -316,3 +353,78 @@ class Autosaver:
     def save_if_dirty(self) -> Path | None:
         """:meth:`save_now` when :attr:`dirty`, else ``None`` (for the timer)."""
         return self.save_now() if self.dirty else None
+
+
+@dataclass
+class CaseState:
+    """What a session holds of one case, independent of napari.
+
+    Attributes
+    ----------
+    labels : ndarray
+        ``(z, y, x)`` uint8 editable labels.
+    prediction : ndarray or None
+        ``(z, y, x)`` uint8 model output.
+    review : ReviewTracker
+        Per-slice review state (``z`` slices).
+    class_names : dict
+        ``{label value: name}`` including ``0: "background"``.
+    colours : dict
+        ``{label value: "#rrggbb"}`` of the foreground classes.
+    model_key : str or None
+        ``"name:version"`` of the model that predicted.
+    activation : str
+        ``"softmax"`` or ``"sigmoid"``.
+    uncertainty : ndarray or None
+        ``(z,)`` float32 per-slice uncertainty, NaN where never segmented.
+    """
+
+    labels: np.ndarray
+    prediction: np.ndarray | None
+    review: ReviewTracker
+    class_names: dict
+    colours: dict
+    model_key: str | None = None
+    activation: str = "softmax"
+    uncertainty: np.ndarray | None = None
+
+
+def state_from_case(case: CaseState) -> dict:
+    """The state an :class:`Autosaver` saves for a case: ``{"labels", "prediction",
+    "review", "info"}`` with ``info`` holding only :data:`SESSION_INFO_KEYS` values
+    (JSON-able: string keys, NaN uncertainty as ``None``; never a layer name)."""
+    u = case.uncertainty
+    info = {
+        "class_names": {str(k): v for k, v in case.class_names.items()},
+        "colours": {str(k): v for k, v in case.colours.items()},
+        "model_key": case.model_key,
+        "activation": case.activation,
+        "uncertainty": None if u is None else [None if not np.isfinite(v) else round(float(v), 5) for v in u],
+    }
+    return {"labels": np.asarray(case.labels), "prediction": case.prediction, "review": case.review, "info": info}
+
+
+def case_from_session(data: SessionData) -> CaseState:
+    """The inverse of :func:`state_from_case` for a loaded session: class names
+    (``"label <v>"`` for values a session without names holds), colours, model
+    key, activation and the ``(z,)`` uncertainty (dropped when its length is not
+    the slice count)."""
+    info = data.info or {}
+    names = {int(k): str(v) for k, v in (info.get("class_names") or {}).items()}
+    if not names:
+        names = {0: "background", **{int(v): f"label {v}" for v in np.unique(data.labels) if v}}
+    colours = {int(k): str(v) for k, v in (info.get("colours") or {}).items()}
+    unc = info.get("uncertainty")
+    u = None
+    if isinstance(unc, list) and len(unc) == data.review.n_slices:
+        u = np.array([np.nan if v is None else v for v in unc], dtype=np.float32)
+    return CaseState(
+        labels=np.asarray(data.labels, dtype=np.uint8),
+        prediction=None if data.prediction is None else np.asarray(data.prediction, dtype=np.uint8),
+        review=data.review,
+        class_names=names,
+        colours=colours,
+        model_key=info.get("model_key"),
+        activation=info.get("activation") or "softmax",
+        uncertainty=u,
+    )

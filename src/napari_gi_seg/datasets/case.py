@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import GiSegError
+from ..errors import GiSegError, InputError
 from ..io.volume import Volume
 
 #: Label value of voxels nobody labelled (excluded from losses and metrics).
@@ -106,11 +106,11 @@ def multilabel_target(target: np.ndarray, n_classes: int) -> np.ndarray:
     """
     t = np.asarray(target)
     if t.ndim != 3:
-        raise ValueError(f"single-label target must be (z, y, x), got shape {t.shape}")
+        raise InputError(f"single-label target must be (z, y, x), got shape {t.shape}")
     k = int(n_classes)
     bad = np.setdiff1d(np.unique(t), np.r_[np.arange(k + 1), IGNORE_INDEX])
     if bad.size:
-        raise ValueError(f"target holds label values {bad.tolist()} outside 0..{k} and the ignore label")
+        raise InputError(f"target holds label values {bad.tolist()} outside 0..{k} and the ignore label")
     ignore = t == IGNORE_INDEX
     out = np.zeros((k, *t.shape), dtype=np.uint8)
     for c in range(k):
@@ -147,7 +147,7 @@ def _parse_class_names(obj) -> list[str]:
     if isinstance(obj, dict):
         items = sorted(((int(k), str(v)) for k, v in obj.items() if int(k) != 0))
         return [v for _, v in items]
-    raise ValueError(f"class names must be a list or an index->name mapping, got {type(obj).__name__}")
+    raise InputError(f"class names must be a list or an index->name mapping, got {type(obj).__name__}")
 
 
 def fingerprint(cases: Sequence[Case]) -> str:
@@ -175,9 +175,9 @@ def split_groups(
         return groups, []
     k = max(2, int(round(1.0 / val_fraction)))
     if len(groups) < 2:
-        raise ValueError(f"need at least 2 patients to hold some out, got {len(groups)}")
+        raise InputError(f"need at least 2 patients to hold some out, got {len(groups)}")
     if not 0 <= fold < k:
-        raise ValueError(f"fold {fold} out of range 0..{k - 1} for val_fraction {val_fraction}")
+        raise InputError(f"fold {fold} out of range 0..{k - 1} for val_fraction {val_fraction}")
     rng = np.random.default_rng(seed)
     order = [groups[i] for i in rng.permutation(len(groups))]
     val = order[fold::k]

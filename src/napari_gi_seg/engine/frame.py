@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..errors import InputError
 from ..io.orientation import FrameGuessWarning, FrameMap, frame_map
 from ..io.volume import Volume
 from ..models.spec import ModelSpec
@@ -63,7 +64,7 @@ def plan_frame(volume: Volume | np.ndarray, spec: ModelSpec, fixed: bool = False
     if not isinstance(volume, Volume):
         data = np.asarray(volume)
         if data.ndim != 3:
-            raise ValueError(f"expected a 3D (z, y, x) volume, got shape {data.shape}")
+            raise InputError(f"expected a 3D (z, y, x) volume, got shape {data.shape}")
         ident = np.array([[0, 1], [1, 1], [2, 1]], dtype=float)
         codes = tuple(reversed(frame_spec.axcodes))
         fm = FrameMap(ident, data.shape, (1.0, 1.0, 1.0), codes, codes, None)
@@ -178,7 +179,7 @@ def case_to_model_frame(image: Volume, target: np.ndarray, spec: ModelSpec) -> t
     """
     target = np.asarray(target)
     if tuple(target.shape[-3:]) != image.shape:
-        raise ValueError(f"target shape {target.shape} does not end with the image's (z, y, x) {image.shape}")
+        raise InputError(f"target shape {target.shape} does not end with the image's (z, y, x) {image.shape}")
     plan = plan_frame(image, spec, fixed=True)
     norm = normalise_intensity(image.data, spec.normalisation, spec.percentiles)
     fill = float(norm.min()) if norm.size else 0.0

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ..errors import InputError, OutOfRangeError
 from ..io.volume import Volume
 from ..models.spec import ModelSpec
 from ..progress import CancelCallback, ProgressCallback, emit
@@ -40,13 +41,13 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' requested but no CUDA GPU is available")
+        raise InputError("device 'cuda' requested but no CUDA GPU is available")
     if device == "mps" and not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
-        raise ValueError("device 'mps' requested but MPS is not available")
+        raise InputError("device 'mps' requested but MPS is not available")
     return torch.device(device)
 
 
-def normalise_slices(spec: ModelSpec, slices: Sequence[int] | range | None, depth: int) -> list[int]:
+def normalise_slices(slices: Sequence[int] | range | None, depth: int) -> list[int]:
     """Target slice indices: all (``None``), or the given ones, validated and sorted.
 
     Raises ``IndexError`` for indices outside ``0..depth-1``.
@@ -56,7 +57,7 @@ def normalise_slices(spec: ModelSpec, slices: Sequence[int] | range | None, dept
     out = sorted({int(s) for s in slices})
     bad = [s for s in out if s < 0 or s >= depth]
     if bad:
-        raise IndexError(f"slice indices {bad[:5]} outside 0..{depth - 1}")
+        raise OutOfRangeError(f"slice indices {bad[:5]} outside 0..{depth - 1}")
     return out
 
 
@@ -127,7 +128,7 @@ def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype
     Raises ``ValueError`` for an unknown ``precision``.
     """
     if precision not in PRECISIONS:
-        raise ValueError(f"precision {precision!r} is not one of {PRECISIONS}")
+        raise InputError(f"precision {precision!r} is not one of {PRECISIONS}")
     if precision == "fp32":
         return None
     if precision == "bf16":
@@ -215,16 +216,16 @@ def iter_segment(
     """
     data = volume.data if isinstance(volume, Volume) else np.asarray(volume)
     if data.ndim != 3:
-        raise ValueError(f"expected a 3D (z, y, x) volume, got shape {data.shape}")
+        raise InputError(f"expected a 3D (z, y, x) volume, got shape {data.shape}")
     if tta and not spec.flip_augmented:
-        raise ValueError(
+        raise InputError(
             f"model {spec.key} was trained without left-right flips, so flip test-time "
             "augmentation would hurt it (it never saw a mirrored abdomen); run without TTA "
             "or use a model trained with flip augmentation (train --flip-augment)"
         )
     dev = resolve_device(device)
     amp_dtype = autocast_dtype(dev, precision)
-    targets = normalise_slices(spec, slices, data.shape[0])
+    targets = normalise_slices(slices, data.shape[0])
     plan = plan_frame(volume, spec)
     check_engine_size(volume, plan, spec, batch_size, return_probs)  # before anything is allocated
     fm, grid = plan.frame, plan.grid
@@ -348,7 +349,7 @@ def segment_volume(
     probs = np.zeros((spec.out_channels, *data.shape), dtype=np.float16) if return_probs else None
     dev = resolve_device(device)
     seg: list[int] = []
-    total = len(normalise_slices(spec, slices, data.shape[0]))
+    total = len(normalise_slices(slices, data.shape[0]))
     for b in iter_segment(volume, spec, net, slices, batch_size, dev, tta, return_probs, cancel, precision):
         labels[b.z] = b.labels
         if probs is not None and b.probs is not None:

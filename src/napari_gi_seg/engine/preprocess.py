@@ -10,6 +10,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..errors import InputError
+
 
 def normalise_intensity(
     data: np.ndarray,
@@ -29,7 +31,7 @@ def normalise_intensity(
     """
     x = np.asarray(data, dtype=np.float32)
     if not np.all(np.isfinite(x)):
-        raise ValueError("image contains NaN or infinite voxels")
+        raise InputError("image contains NaN or infinite voxels")
     lo, hi = (np.float32(v) for v in np.percentile(x, percentiles))
     if hi <= lo:
         hi = lo + np.float32(1.0)
@@ -40,7 +42,7 @@ def normalise_intensity(
         fg = x[x > lo]
         mu, sd = (float(fg.mean()), float(fg.std())) if fg.size else (float(x.mean()), float(x.std()))
         return ((x - mu) / max(sd, 1e-6)).astype(np.float32)
-    raise ValueError(f"unknown normalisation {method!r}")
+    raise InputError(f"unknown normalisation {method!r}")
 
 
 def context_indices(z: Sequence[int] | np.ndarray, offsets: Sequence[int], depth: int) -> np.ndarray:
@@ -125,7 +127,7 @@ class InplaneGrid:
         """Class probabilities ``(N, C, *padded)`` -> ``(N, C, h, w)``: crop the padding
         off, resample back (bilinear). Only for grids that did not crop."""
         if min(self.offset) < 0:
-            raise ValueError("a cropping grid cannot be inverted")
+            raise InputError("a cropping grid cannot be inverted")
         (oy, ox), (rh, rw) = self.offset, self.resampled
         p = p[..., oy : oy + rh, ox : ox + rw]
         return resize_images(p, self.shape)

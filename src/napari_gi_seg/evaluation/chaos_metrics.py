@@ -31,6 +31,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ..errors import InputError
+
 __all__ = ["ravd_percent", "surface_voxels", "symmetric_surface_distances_mm", "chaos_metrics"]
 
 
@@ -80,7 +82,7 @@ def chaos_metrics(pred: np.ndarray, ref: np.ndarray, spacing_mm: Sequence[float]
     convention: module docstring)."""
     p, r = np.asarray(pred, bool), np.asarray(ref, bool)
     if p.shape != r.shape:
-        raise ValueError(f"shape mismatch: prediction {p.shape} vs reference {r.shape}")
+        raise InputError(f"shape mismatch: prediction {p.shape} vs reference {r.shape}")
     out = {"ravd": ravd_percent(p, r)}
     if not p.any() and not r.any():
         return {**out, "assd_mm": 0.0, "mssd_mm": 0.0}

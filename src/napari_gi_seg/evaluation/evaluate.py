@@ -26,6 +26,7 @@ import numpy as np
 
 from .._atomic import write_text
 from ..datasets import IGNORE_INDEX, DatasetFormatError, SegDataset, detect_layout, open_dataset
+from ..errors import InputError
 from ..paths import public_path
 from ..progress import ProgressCallback, emit
 from .metrics import SURFACE_DICE_TOLERANCE_MM, aggregate, evaluate_case
@@ -97,7 +98,7 @@ def match_classes(
     by_name = {n: i for i, n in mc.items() if i != 0}
     out = [ClassMatch(n, v, by_name[n]) for v, n in sorted(dc.items()) if v != 0 and n in by_name]
     if not out:
-        raise ValueError(
+        raise InputError(
             f"the dataset's classes {[n for v, n in sorted(dc.items()) if v != 0]} share no name with the model's "
             f"{list(by_name)}; rename them (classes.json / dataset.json) or pick another model"
         )
@@ -105,7 +106,7 @@ def match_classes(
         names = {m.name for m in out}
         bad = [n for n in only if n not in names]
         if bad:
-            raise ValueError(
+            raise InputError(
                 f"--classes {bad} are not classes of both the model and the dataset (shared: {sorted(names)})"
             )
         out = [m for m in out if m.name in set(only)]
@@ -130,7 +131,7 @@ def _select_cases(ds: SegDataset, cases: Sequence[str] | None):
     found = {c.case_id for c in sel} | {c.group for c in sel}
     missing = [w for w in want if w not in found]
     if missing:
-        raise ValueError(f"{ds.root}: unknown case(s) {missing}; available: {[c.case_id for c in ds.cases][:20]}")
+        raise InputError(f"{ds.root}: unknown case(s) {missing}; available: {[c.case_id for c in ds.cases][:20]}")
     return sel
 
 

@@ -80,6 +80,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from ..errors import InputError
+
 #: Weights of the UW-Madison Kaggle score: 0.4 Dice + 0.6 (1 - normalised 3D Hausdorff).
 KAGGLE_DICE_WEIGHT = 0.4
 KAGGLE_HD_WEIGHT = 0.6
@@ -109,7 +111,7 @@ METRIC_NAMES = (
 def _masks(pred, ref, ignore):
     p, r = np.asarray(pred, bool), np.asarray(ref, bool)
     if p.shape != r.shape:
-        raise ValueError(f"shape mismatch: prediction {p.shape} vs reference {r.shape}")
+        raise InputError(f"shape mismatch: prediction {p.shape} vs reference {r.shape}")
     if ignore is not None:
         keep = ~np.asarray(ignore, bool)
         p, r = p[keep], r[keep]
@@ -159,7 +161,7 @@ def dice_per_class(
     """``{class: Dice}`` for integer label volumes of equal shape, ignoring voxels where
     ``ref == ignore_index``."""
     if pred.shape != ref.shape:
-        raise ValueError(f"shape mismatch: prediction {pred.shape} vs reference {ref.shape}")
+        raise InputError(f"shape mismatch: prediction {pred.shape} vs reference {ref.shape}")
     ign = (ref == ignore_index) if ignore_index is not None else None
     return {int(c): dice(pred == c, ref == c, ign) for c in classes}
 
@@ -195,9 +197,9 @@ def _surface_pair(pred, ref, spacing_mm, ignore):
 
     p, r = np.asarray(pred, bool), np.asarray(ref, bool)
     if p.shape != r.shape:
-        raise ValueError(f"shape mismatch: prediction {p.shape} vs reference {r.shape}")
+        raise InputError(f"shape mismatch: prediction {p.shape} vs reference {r.shape}")
     if len(spacing_mm) != p.ndim:
-        raise ValueError(f"spacing_mm {tuple(spacing_mm)} must have one value per axis of {p.shape}")
+        raise InputError(f"spacing_mm {tuple(spacing_mm)} must have one value per axis of {p.shape}")
     if ignore is not None:
         keep = ~np.asarray(ignore, bool)
         p, r = p & keep, r & keep
@@ -300,7 +302,7 @@ def added_path_length_per_slice(
 
     p, r = np.asarray(pred, bool), np.asarray(ref, bool)
     if p.shape != r.shape or p.ndim != 3:
-        raise ValueError(f"expected two (z, y, x) masks of one shape, got {p.shape} and {r.shape}")
+        raise InputError(f"expected two (z, y, x) masks of one shape, got {p.shape} and {r.shape}")
     dy, dx = float(spacing_mm[1]), float(spacing_mm[2])
     px = (dy + dx) / 2.0
     keep = None if ignore is None else ~np.asarray(ignore, bool)
@@ -333,7 +335,7 @@ def hausdorff_voxels(pred: np.ndarray, ref: np.ndarray) -> float:
 
     p, r = np.asarray(pred, bool), np.asarray(ref, bool)
     if p.shape != r.shape:
-        raise ValueError(f"shape mismatch: prediction {p.shape} vs reference {r.shape}")
+        raise InputError(f"shape mismatch: prediction {p.shape} vs reference {r.shape}")
     pe, re_ = bool(p.any()), bool(r.any())
     if not pe and not re_:
         return 0.0
@@ -367,7 +369,7 @@ def dice_2d_mean(pred: np.ndarray, ref: np.ndarray, ignore: np.ndarray | None = 
     ignored are skipped; NaN when every slice is."""
     p, r = np.asarray(pred, bool), np.asarray(ref, bool)
     if p.shape != r.shape:
-        raise ValueError(f"shape mismatch: prediction {p.shape} vs reference {r.shape}")
+        raise InputError(f"shape mismatch: prediction {p.shape} vs reference {r.shape}")
     if ignore is not None:
         keep = ~np.asarray(ignore, bool)
         p, r = p & keep, r & keep
@@ -454,12 +456,12 @@ def evaluate_case(
     """
     pred, ref = np.asarray(pred), np.asarray(ref)
     if pred.shape != ref.shape:
-        raise ValueError(f"shape mismatch: prediction {pred.shape} vs reference {ref.shape}")
+        raise InputError(f"shape mismatch: prediction {pred.shape} vs reference {ref.shape}")
     items = _class_items(class_names)
     if pred.ndim == 4 and len(items) != pred.shape[0]:
-        raise ValueError(f"{pred.shape[0]} mask channels but {len(items)} class names")
+        raise InputError(f"{pred.shape[0]} mask channels but {len(items)} class names")
     if pred.ndim not in (3, 4):
-        raise ValueError(f"expected (z, y, x) labels or (K, z, y, x) masks, got shape {pred.shape}")
+        raise InputError(f"expected (z, y, x) labels or (K, z, y, x) masks, got shape {pred.shape}")
     per_class = {}
     for k, (value, name) in enumerate(items):
         if pred.ndim == 4:
@@ -512,7 +514,7 @@ def rt_contour_metrics(
     (APL per slice listed for the given slices). Definitions: module docstring."""
     pred, ref = np.asarray(pred), np.asarray(ref)
     if pred.shape != ref.shape:
-        raise ValueError(f"shape mismatch: prediction {pred.shape} vs reference {ref.shape}")
+        raise InputError(f"shape mismatch: prediction {pred.shape} vs reference {ref.shape}")
     zs = list(range(ref.shape[0])) if slices is None else sorted({int(z) for z in slices})
     ignore = np.ones(ref.shape, bool)
     ignore[zs] = False

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import InputError
 from .nifti import nifti_affine
 from .volume import InvalidInputError, Volume, volume_from_layer_metadata
 
@@ -307,16 +308,16 @@ def resolve_label_suffix(path: str | Path, fmt: str | None = None) -> str:
     """
     suffix = label_suffix(path)
     if suffix is None:
-        raise ValueError(
+        raise InputError(
             f"{path}: cannot write labels with this extension; use one of {', '.join(LABEL_WRITE_SUFFIXES)}"
         )
     if fmt is None or LABEL_FORMATS[suffix] == fmt:
         return suffix
     if fmt not in FORMAT_SUFFIX:
-        raise ValueError(f"{path}: unknown label format {fmt!r}; one of {', '.join(FORMAT_SUFFIX)}")
+        raise InputError(f"{path}: unknown label format {fmt!r}; one of {', '.join(FORMAT_SUFFIX)}")
     if fmt in ("rtstruct", "dicom-seg") and suffix in (".dcm", ".seg.dcm"):
         return FORMAT_SUFFIX[fmt]
-    raise ValueError(
+    raise InputError(
         f"{path}: format {fmt} writes {FORMAT_SUFFIX[fmt]} files, not {suffix}; name the output *{FORMAT_SUFFIX[fmt]}"
     )
 
@@ -372,13 +373,13 @@ def write_labels(
     arr = np.asarray(labels)
     if arr.dtype.kind not in "biu":
         if arr.dtype.kind != "f" or not np.all(np.isfinite(arr)) or np.any(np.mod(arr, 1)):
-            raise ValueError(f"{p}: labels must be integers, got {arr.dtype}")
+            raise InputError(f"{p}: labels must be integers, got {arr.dtype}")
         arr = arr.astype(np.int64)
     if arr.size and arr.min() < 0:
-        raise ValueError(f"{p}: labels must be non-negative (min {arr.min()})")
+        raise InputError(f"{p}: labels must be non-negative (min {arr.min()})")
     multi = suffix == ".csv" and arr.ndim == 4
     if tuple(arr.shape[-3:] if multi else arr.shape) != like.shape:
-        raise ValueError(f"{p}: labels shape {arr.shape} differs from the image's (z, y, x) {like.shape}")
+        raise InputError(f"{p}: labels shape {arr.shape} differs from the image's (z, y, x) {like.shape}")
     if suffix in (".nii", ".nii.gz"):
         return write_nifti(like, p, arr)
     if suffix in (".tif", ".tiff"):
@@ -401,7 +402,7 @@ def write_labels(
         )
     cd = uwmgi.volume_case_day(like)
     if cd is None:
-        raise ValueError(f"{p}: the image has no UW-Madison case/day (metadata case_id, day); cannot name the rows")
+        raise InputError(f"{p}: the image has no UW-Madison case/day (metadata case_id, day); cannot name the rows")
     names = class_names or like.metadata.get("class_names") or uwmgi.uwmgi_class_names()
     return uwmgi.write_uwmgi_csv(p, arr, cd, names, like.metadata.get("slice_numbers"))
 

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import InputError
 from .rtstruct import base_dataset, check_labels, colour_rgb, find_referenced_series, save_dataset
 from .volume import InvalidInputError, Volume
 
@@ -139,10 +140,10 @@ def write_dicom_seg(
     ref, arr, classes = check_labels(path, labels, like, class_names, "a SEG")
     values = [k for k, _ in classes]
     if values != list(range(1, len(values) + 1)):
-        raise ValueError(f"{path}: class values must be 1..K for a DICOM-SEG, got {values}")
+        raise InputError(f"{path}: class values must be 1..K for a DICOM-SEG, got {values}")
     extra = sorted(set(np.unique(arr).tolist()) - {0, *values})
     if extra:
-        raise ValueError(f"{path}: label values {extra} have no class name")
+        raise InputError(f"{path}: label values {extra} have no class name")
     algo = hd.AlgorithmIdentificationSequence(
         name=model_name[:64], family=codes.cid7162.ArtificialIntelligence, version=str(model_version or "1")[:64]
     )

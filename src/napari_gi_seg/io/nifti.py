@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from .._atomic import atomic_path
+from ..errors import InputError
 from .volume import InvalidInputError, Volume, check_claimed_size
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -365,7 +366,7 @@ def write_nifti(volume: Volume, path: str | Path, data: np.ndarray | None = None
     path = Path(path)
     arr = volume.data if data is None else np.asarray(data)
     if tuple(arr.shape) != volume.shape:
-        raise ValueError(f"{path}: data shape {arr.shape} differs from the image's {volume.shape}")
+        raise InputError(f"{path}: data shape {arr.shape} differs from the image's {volume.shape}")
     if np.issubdtype(arr.dtype, np.integer) or arr.dtype == bool:
         arr = arr.astype(np.uint8 if arr.max(initial=0) <= 255 else np.uint16)
     else:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import InputError
+
 
 def radiological_orientation2d(affine, index_order=(2, 1, 0), coordinate_system: str = "RAS") -> tuple[str, str] | None:
     """napari ``camera.orientation2d`` that shows an axial ``(z, y, x)`` slice in the
@@ -209,7 +211,7 @@ class FrameMap:
         """Model-frame slice index of each input slice index ``z`` (only when
         :attr:`slice_axis_kept`; raises ``ValueError`` otherwise)."""
         if not self.slice_axis_kept:
-            raise ValueError("the input's slice axis is not the model's slice axis")
+            raise InputError("the input's slice axis is not the model's slice axis")
         z = np.asarray(z, dtype=np.int64)
         return self.input_shape[0] - 1 - z if self.slices_reversed else z
 
@@ -225,7 +227,7 @@ class FrameMap:
         """``(..., Y, X)`` model-frame slices (numpy or torch; last two axes) -> the
         input's ``(y, x)`` layout, for an input whose slice axis is kept."""
         if not self.slice_axis_kept:
-            raise ValueError("the input's slice axis is not the model's slice axis")
+            raise InputError("the input's slice axis is not the model's slice axis")
         # input axis 1 (y) went to model axis ornt[1, 0] with flip ornt[1, 1]
         if int(self.ornt[1, 0]) == 2:  # in-plane axes swapped
             arr = arr.transpose(-1, -2) if hasattr(arr, "dim") else np.swapaxes(arr, -1, -2)
@@ -305,7 +307,7 @@ def reorient_volume(volume, axcodes: tuple[str, str, str]):
     from nibabel.orientations import inv_ornt_aff
 
     if world_frame(volume) not in ("RAS", "LPS"):
-        raise ValueError(f"{volume.name}: no anatomical frame to reorient (coordinate system {world_frame(volume)!r})")
+        raise InputError(f"{volume.name}: no anatomical frame to reorient (coordinate system {world_frame(volume)!r})")
     fm = frame_map(volume, axcodes)
     data = np.ascontiguousarray(fm.to_model(volume.data))
     aff_zyx = zyx_affine(volume.affine, volume.index_order) @ inv_ornt_aff(fm.ornt, volume.shape)

@@ -26,6 +26,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ..errors import InputError
+
 _ID = re.compile(r"^case(\d+)_day(\d+)_slice_(\d+)$")
 _SCAN = re.compile(r"^slice_(\d+)_(\d+)_(\d+)_(\d+(?:\.\d+)?)_(\d+(?:\.\d+)?)\.png$", re.I)
 
@@ -57,7 +59,7 @@ def rle_encode(mask: np.ndarray) -> str:
     """
     mask = np.asarray(mask)
     if mask.ndim != 2:
-        raise ValueError(f"rle_encode expects a 2D (H, W) mask, got shape {mask.shape}")
+        raise InputError(f"rle_encode expects a 2D (H, W) mask, got shape {mask.shape}")
     flat = (mask.ravel(order="C") != 0).view(np.int8)
     if flat.size == 0:
         return ""
@@ -90,21 +92,21 @@ def rle_runs(rle: str) -> tuple[np.ndarray, np.ndarray]:
         # pandas gives float NaN for empty cells
         if rle is None or (isinstance(rle, float) and np.isnan(rle)):
             return np.zeros(0, np.int64), np.zeros(0, np.int64)
-        raise ValueError(f"RLE must be a string, got {type(rle).__name__}")
+        raise InputError(f"RLE must be a string, got {type(rle).__name__}")
     parts = rle.split()
     if not parts:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     if len(parts) % 2:
-        raise ValueError(f"RLE has an odd number of values ({len(parts)}); expected start/length pairs")
+        raise InputError(f"RLE has an odd number of values ({len(parts)}); expected start/length pairs")
     try:
         vals = np.fromiter(map(int, parts), dtype=np.int64, count=len(parts))
     except ValueError as e:
-        raise ValueError(f"RLE has a non-integer value: {e}") from e
+        raise InputError(f"RLE has a non-integer value: {e}") from e
     starts, lengths = vals[0::2], vals[1::2]
     if starts.min() < 1:
-        raise ValueError(f"RLE start {int(starts.min())} < 1 (starts are 1-based)")
+        raise InputError(f"RLE start {int(starts.min())} < 1 (starts are 1-based)")
     if lengths.min() < 1:
-        raise ValueError(f"RLE run length {int(lengths.min())} < 1")
+        raise InputError(f"RLE run length {int(lengths.min())} < 1")
     return starts - 1, lengths
 
 
@@ -131,7 +133,7 @@ def rle_decode(rle: str, shape: tuple[int, int]) -> np.ndarray:
         return out.reshape(h, w)
     ends = starts + lengths
     if int(ends.max()) > n:
-        raise ValueError(f"RLE run ends at pixel {int(ends.max())} beyond the {h}x{w} mask ({n} pixels)")
+        raise InputError(f"RLE run ends at pixel {int(ends.max())} beyond the {h}x{w} mask ({n} pixels)")
     if starts.size <= 4096:
         for a, b in zip(starts.tolist(), ends.tolist()):
             out[a:b] = 1
@@ -141,12 +143,6 @@ def rle_decode(rle: str, shape: tuple[int, int]) -> np.ndarray:
         np.add.at(delta, ends, -1)
         out[:] = np.cumsum(delta[:-1]) > 0
     return out.reshape(h, w)
-
-
-def rle_max_end(rle: str) -> int:
-    """The largest 1-based flat pixel index any run covers (0 for an empty mask)."""
-    starts, lengths = rle_runs(rle)
-    return int((starts + lengths).max()) if starts.size else 0
 
 
 def parse_uwmgi_id(slice_id: str) -> tuple[int, int, int]:
@@ -159,7 +155,7 @@ def parse_uwmgi_id(slice_id: str) -> tuple[int, int, int]:
     """
     m = _ID.match(str(slice_id).strip())
     if not m:
-        raise ValueError(f"not a UW-Madison slice id (case<N>_day<M>_slice_<NNNN>): {slice_id!r}")
+        raise InputError(f"not a UW-Madison slice id (case<N>_day<M>_slice_<NNNN>): {slice_id!r}")
     return int(m.group(1)), int(m.group(2)), int(m.group(3))
 
 
@@ -184,10 +180,10 @@ def parse_scan_name(name: str) -> ScanName:
     base = str(name).replace("\\", "/").rsplit("/", 1)[-1]
     m = _SCAN.match(base)
     if not m:
-        raise ValueError(f"not a UW-Madison scan file name (slice_NNNN_W_H_pw_ph.png): {base!r}")
+        raise InputError(f"not a UW-Madison scan file name (slice_NNNN_W_H_pw_ph.png): {base!r}")
     s = ScanName(int(m.group(1)), int(m.group(2)), int(m.group(3)), float(m.group(4)), float(m.group(5)))
     if min(s.width, s.height) <= 0 or min(s.spacing_x_mm, s.spacing_y_mm) <= 0:
-        raise ValueError(f"{base!r}: width, height and pixel spacing must be positive")
+        raise InputError(f"{base!r}: width, height and pixel spacing must be positive")
     return s
 
 

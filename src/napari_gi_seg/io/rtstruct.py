@@ -41,6 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from .._atomic import atomic_path
+from ..errors import InputError
 from .rtstruct_read import find_referenced_series, rasterise_contours, read_rtstruct, structure_set_frame_uid
 from .volume import Volume
 
@@ -71,7 +72,7 @@ def format_ds(value: float) -> str:
     """
     v = float(value)
     if not np.isfinite(v):
-        raise ValueError(f"cannot write {v} as a DICOM Decimal String")
+        raise InputError(f"cannot write {v} as a DICOM Decimal String")
     s = f"{v:.3f}".rstrip("0").rstrip(".")
     if s in ("-0", ""):
         s = "0"
@@ -88,7 +89,7 @@ def colour_rgb(colour) -> list[int]:
         c = colour.lstrip("#")
         if len(c) >= 6:
             return [int(c[i : i + 2], 16) for i in (0, 2, 4)]
-        raise ValueError(f"colour {colour!r} is not #rrggbb")
+        raise InputError(f"colour {colour!r} is not #rrggbb")
     vals = [float(v) for v in list(colour)[:3]]
     if max(vals) <= 1.0:
         vals = [v * 255 for v in vals]
@@ -127,12 +128,12 @@ def require_reference(like: Volume, path) -> object:
     """``like._dicom_ref`` or a ``ValueError`` naming ``path`` (the image is not a DICOM series)."""
     ref = getattr(like, "_dicom_ref", None)
     if ref is None:
-        raise ValueError(
+        raise InputError(
             f"{path}: RTSTRUCT and DICOM-SEG need an image read from a DICOM series "
             "(its UIDs and slice positions); save NIfTI for other images"
         )
     if tuple(ref.shape) != tuple(like.shape):
-        raise ValueError(f"{path}: the image {like.shape} no longer matches its DICOM series {ref.shape}")
+        raise InputError(f"{path}: the image {like.shape} no longer matches its DICOM series {ref.shape}")
     return ref
 
 
@@ -172,11 +173,11 @@ def check_labels(
     ref = require_reference(like, path)
     arr = np.asarray(labels)
     if arr.shape != like.shape:
-        raise ValueError(f"{path}: labels shape {arr.shape} differs from the image's (z, y, x) {like.shape}")
+        raise InputError(f"{path}: labels shape {arr.shape} differs from the image's (z, y, x) {like.shape}")
     if arr.dtype.kind not in "biu" or (arr.size and arr.min() < 0):
-        raise ValueError(f"{path}: labels must be non-negative integers, got {arr.dtype}")
+        raise InputError(f"{path}: labels must be non-negative integers, got {arr.dtype}")
     if not ref.frame_of_reference_uid:
-        raise ValueError(f"{path}: the image series has no FrameOfReferenceUID; {kind} cannot reference it")
+        raise InputError(f"{path}: the image series has no FrameOfReferenceUID; {kind} cannot reference it")
     classes = sorted((int(k), str(v)) for k, v in class_names.items() if int(k) != 0)
     return ref, arr, classes
 

@@ -94,7 +94,7 @@ def rasterise_contours(contours_lps, like: Volume, tolerance: float = 0.25) -> n
         z = zyx[:, 0]
         zk = int(round(float(np.median(z))))
         if np.abs(z - zk).max() > tolerance or not 0 <= zk < like.shape[0]:
-            raise ValueError(
+            raise InputError(
                 f"a contour lies off the image's slices (slice index {float(np.median(z)):.2f}); "
                 "it was drawn on another grid"
             )

@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from .._atomic import atomic_path
+from ..errors import InputError
 from .volume import InvalidInputError, Volume, check_claimed_size
 
 TIFF_SUFFIXES = (".tif", ".tiff")
@@ -205,9 +206,9 @@ def write_tiff_labels(
 
     labels = np.asarray(labels)
     if labels.ndim != 3:
-        raise ValueError(f"{path}: labels must be (z, y, x), got shape {labels.shape}")
+        raise InputError(f"{path}: labels must be (z, y, x), got shape {labels.shape}")
     if labels.size and (labels.min() < 0 or (np.issubdtype(labels.dtype, np.floating) and np.any(np.mod(labels, 1)))):
-        raise ValueError(f"{path}: labels must be non-negative integers")
+        raise InputError(f"{path}: labels must be non-negative integers")
     arr = labels.astype(np.uint8 if labels.max(initial=0) <= 255 else np.uint16)
     sz, sy, sx = (float(s) for s in spacing_mm)
     path = Path(path)

@@ -55,6 +55,7 @@ from pathlib import Path
 import numpy as np
 
 from .._atomic import atomic_path
+from ..errors import InputError
 from .rle import case_day_of, infer_mask_shape, parse_scan_name, parse_uwmgi_id, rle_decode, rle_encode
 from .volume import InvalidInputError, Volume
 
@@ -246,7 +247,7 @@ def read_uwmgi_case_day(path: str | Path, slice_spacing_mm: float = DEFAULT_SLIC
     if scans is None:
         raise InvalidInputError(folder, "no UW-Madison scans (scans/slice_NNNN_W_H_pw_ph.png) found")
     if not slice_spacing_mm or slice_spacing_mm <= 0:
-        raise ValueError(f"slice_spacing_mm must be positive, got {slice_spacing_mm}")
+        raise InputError(f"slice_spacing_mm must be positive, got {slice_spacing_mm}")
     files = [(parse_scan_name(p.name), p) for p in _scan_pngs(scans) if _valid_scan_name(p.name)]
     files.sort(key=lambda t: t[0].slice_index)
     numbers = [s.slice_index for s, _ in files]
@@ -330,7 +331,7 @@ def _resolve_geometry(
         shape = (len(slice_numbers), *hw)
     shape = tuple(int(s) for s in shape)
     if len(shape) != 3 or shape[0] != len(slice_numbers):
-        raise ValueError(f"shape {shape} must be (z, H, W) with z = {len(slice_numbers)} slices")
+        raise InputError(f"shape {shape} must be (z, H, W) with z = {len(slice_numbers)} slices")
     return shape, slice_numbers  # type: ignore[return-value]
 
 
@@ -413,13 +414,13 @@ def uwmgi_csv_rows(
     names = dict(class_names) if class_names else uwmgi_class_names()
     names = {int(k): str(v) for k, v in names.items() if int(k) != 0}
     if labels.ndim not in (3, 4):
-        raise ValueError(f"labels must be (z, y, x) or (K, z, y, x), got shape {labels.shape}")
+        raise InputError(f"labels must be (z, y, x) or (K, z, y, x), got shape {labels.shape}")
     nz = labels.shape[-3]
     numbers = list(range(1, nz + 1)) if slice_numbers is None else [int(s) for s in slice_numbers]
     if len(numbers) != nz:
-        raise ValueError(f"{len(numbers)} slice numbers for {nz} slices")
+        raise InputError(f"{len(numbers)} slice numbers for {nz} slices")
     if labels.ndim == 4 and max(names) > labels.shape[0]:
-        raise ValueError(f"class values {sorted(names)} exceed the {labels.shape[0]} mask channels")
+        raise InputError(f"class values {sorted(names)} exceed the {labels.shape[0]} mask channels")
     rows = []
     for z, sl in enumerate(numbers):
         sid = f"{case_day}_slice_{sl:04d}"
@@ -443,7 +444,7 @@ def write_uwmgi_csv(
     Raises ``ValueError`` for a malformed ``case_day`` or label array.
     """
     if not _CASE_DAY.match(case_day):
-        raise ValueError(f"case_day must look like 'case123_day20', got {case_day!r}")
+        raise InputError(f"case_day must look like 'case123_day20', got {case_day!r}")
     rows = uwmgi_csv_rows(labels, case_day, class_names, slice_numbers)
     path = Path(path)
     with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:

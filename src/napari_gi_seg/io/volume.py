@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import GiSegError
+from ..errors import GiSegError, InputError
 
 # Metadata keys that may be copied from a source file. Anything else (notably every
 # DICOM patient-module attribute) is dropped. See PS3.15 Annex E for the DICOM
@@ -189,13 +189,13 @@ class Volume:
 
     def __post_init__(self) -> None:
         if self.data.ndim != 3:
-            raise ValueError(f"Volume data must be 3D (z, y, x), got shape {self.data.shape}")
+            raise InputError(f"Volume data must be 3D (z, y, x), got shape {self.data.shape}")
         self.spacing_mm = tuple(float(s) for s in self.spacing_mm)  # type: ignore[assignment]
         if len(self.spacing_mm) != 3 or not all(np.isfinite(self.spacing_mm)) or min(self.spacing_mm) <= 0:
-            raise ValueError(f"spacing_mm must be 3 positive numbers (z, y, x), got {self.spacing_mm}")
+            raise InputError(f"spacing_mm must be 3 positive numbers (z, y, x), got {self.spacing_mm}")
         self.affine = np.asarray(self.affine, dtype=np.float64)
         if self.affine.shape != (4, 4):
-            raise ValueError(f"affine must be 4x4, got {self.affine.shape}")
+            raise InputError(f"affine must be 4x4, got {self.affine.shape}")
         self.index_order = tuple(int(i) for i in self.index_order)  # type: ignore[assignment]
         self.metadata = {k: v for k, v in self.metadata.items() if k in SAFE_METADATA_KEYS}
 
@@ -228,7 +228,7 @@ class Volume:
             If ``data.shape`` differs from :attr:`shape`.
         """
         if tuple(data.shape) != self.shape:
-            raise ValueError(f"shape {data.shape} differs from the volume's {self.shape}")
+            raise InputError(f"shape {data.shape} differs from the volume's {self.shape}")
         md = dict(self.metadata)
         md.update(metadata)
         return dataclasses.replace(self, data=data, metadata=md)

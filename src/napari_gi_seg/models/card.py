@@ -98,9 +98,21 @@ def headline_metric(spec: ModelSpec) -> tuple[float | None, str]:
         ``(0.887, "validation Dice on 4 held-out patients of chaos_mr_t2spir")`` for a
         trained model; ``(0.91, "held-back Dice on 9 slices of 1 patient of
         Dataset501_Corrections (slice-level; parent chaos-t2spir:1: 0.90 on the same
-        slices)")`` for a fine-tuned one; ``(None, "no metrics")`` otherwise.
+        slices)")`` for a fine-tuned one; for a copy adapted to one scan
+        (``metrics["adaptation"]``) its Dice on the corrected slices it was tuned on,
+        said to be no accuracy estimate, never the parent's validation figure that its
+        metrics carry; ``(None, "no metrics")`` otherwise.
     """
     m = spec.metrics or {}
+    ad = m.get("adaptation")
+    if isinstance(ad, dict) and isinstance(ad.get("dice_after"), (int, float)):
+        # a copy adapted to one scan: its only own figure is on the slices it was tuned on;
+        # the parent's validation (copied into its metrics) is never shown as the child's
+        n = len(ad.get("slices") or [])
+        where = f"Dice on the {n} corrected slices of one scan it was adapted on (trained on: not an accuracy estimate)"
+        if isinstance(ad.get("dice_before"), (int, float)):
+            where += f"; parent {spec.parent}: {ad['dice_before']:.3f} on the same slices"
+        return float(ad["dice_after"]), where
     ft = m.get("finetune")
     if isinstance(ft, dict) and isinstance(ft.get("dice_after"), (int, float)):
         ds = _dataset_name(ft.get("dataset") or (spec.training or {}).get("dataset"))

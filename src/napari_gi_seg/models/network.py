@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import GiSegError
+from ..errors import GiSegError, InputError
 from .spec import ModelSpec
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".pkl", ".bin")
@@ -109,7 +109,7 @@ def build_network(spec: ModelSpec) -> torch.nn.Module:
 
         kwargs = MONAI_PRESETS.get((spec.architecture, spec.encoder))
         if kwargs is None:
-            raise ValueError(f"unknown MONAI network preset {spec.architecture}/{spec.encoder}")
+            raise InputError(f"unknown MONAI network preset {spec.architecture}/{spec.encoder}")
         cls = getattr(nets, spec.architecture.split(".", 1)[1])
         return cls(spatial_dims=2, in_channels=spec.in_channels, out_channels=spec.out_channels, **kwargs)
 
@@ -196,7 +196,7 @@ def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, Exception) as e:  # safetensors raises several kinds
-        raise ValueError(f"{path}: not a valid safetensors file ({e})") from e
+        raise InputError(f"{path}: not a valid safetensors file ({e})") from e
 
 
 def load_state(net: torch.nn.Module, sd: dict[str, torch.Tensor]) -> torch.nn.Module:
@@ -228,7 +228,7 @@ def load_network(spec: ModelSpec, weights_path: str | Path, device: str | torch.
     try:
         load_state(net, load_weights(weights_path))
     except RuntimeError as e:
-        raise ValueError(
+        raise InputError(
             f"{weights_path}: weights do not match spec {spec.key} ({spec.architecture}/{spec.encoder}): {str(e)[:300]}"
         ) from e
     return net.to(device).eval()
@@ -256,10 +256,10 @@ def load_checkpoint(path: str | Path) -> dict:
         st = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, TypeError, AttributeError) as e:
         kind = type(e).__name__
-        raise ValueError(
+        raise InputError(
             f"{path}: refused: not a checkpoint this program wrote (it holds objects other than tensors, "
             f"or it is damaged; {kind}). Delete it or choose another work folder to start afresh"
         ) from None
     if not isinstance(st, dict) or not {"model", "optimizer", "epoch"} <= set(st):
-        raise ValueError(f"{path}: not a training checkpoint (missing model/optimizer/epoch entries)")
+        raise InputError(f"{path}: not a training checkpoint (missing model/optimizer/epoch entries)")
     return st

@@ -36,7 +36,7 @@ import torch
 
 from .. import __version__
 from .._atomic import atomic_dir, default_file_mode, write_bytes, write_json
-from ..errors import GiSegError
+from ..errors import GiSegError, InputError
 from ..paths import user_dir
 from .network import load_network, save_weights, weights_sha256
 from .spec import ModelSpec, validate_model_name
@@ -110,7 +110,7 @@ def _name_dir(root: Path, name: str) -> Path:
     validate_name(name)
     d = root / name
     if not _inside(d, root) or d.resolve() == root.resolve():
-        raise ValueError(f"model name {name!r} resolves outside the registry {root}")
+        raise InputError(f"model name {name!r} resolves outside the registry {root}")
     return d
 
 
@@ -280,7 +280,7 @@ def register_model(
     root = Path(root) if root is not None else user_models_root()
     name_dir = _name_dir(root, spec.name)
     if (model is None) == (weights_path is None):
-        raise ValueError("give exactly one of model or weights_path")
+        raise InputError("give exactly one of model or weights_path")
     if next_free:
         spec.version, dest = reserve_version(spec.name, root, start=spec.version)
     else:
@@ -345,7 +345,7 @@ def check_work_dir(work_dir: str | Path) -> Path:
     p = Path(work_dir)
     for root in (user_models_root(), BUNDLED_ROOT):
         if _inside(p, root):
-            raise ValueError(
+            raise InputError(
                 f"{p}: work folder is inside the model registry ({root}); choose a folder outside it "
                 "(registered models are never written to)"
             )

@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..errors import InputError
+
 SPEC_FORMAT_VERSION = 2
 #: Field of view (mm, square) of the CHAOS NIfTI files the bundled model was trained on
 #: (256 x 256 pixels of 1.25 mm): the default frame of format-1 specs (see :class:`ModelFrame`).
@@ -109,7 +111,7 @@ def validate_model_name(name: object) -> str:
         Naming the bad name and the pattern (``'../../escaped'``, ``'a/b'``, ``''``).
     """
     if not isinstance(name, str) or not _NAME_RE.match(name):
-        raise ValueError(
+        raise InputError(
             f"model name {name!r} is not allowed: use 1-64 letters, digits, '.', '_' or '-', "
             "starting with a letter or digit (no '/', no leading '.')"
         )
@@ -181,15 +183,15 @@ class ModelFrame:
         self.spacing_mm = tuple(float(s) for s in self.spacing_mm)  # type: ignore[assignment]
         pairs = [next((i for i, p in enumerate(_AXIS_PAIRS) if a in p), -1) for a in self.axcodes]
         if sorted(pairs) != [0, 1, 2]:
-            raise ValueError(f"frame axcodes {self.axcodes} must name one of L/R, A/P and S/I each")
+            raise InputError(f"frame axcodes {self.axcodes} must name one of L/R, A/P and S/I each")
         if len(self.spacing_mm) != 2 or min(self.spacing_mm) <= 0:
-            raise ValueError(f"frame spacing_mm {self.spacing_mm} must be 2 positive numbers (y, x)")
+            raise InputError(f"frame spacing_mm {self.spacing_mm} must be 2 positive numbers (y, x)")
         for name in ("spacing_range_mm", "fov_range_mm", "intensity_range"):
             rng = getattr(self, name)
             if rng is None:
                 continue
             if not isinstance(rng, dict) or any(len(v) != 2 or float(v[0]) > float(v[1]) for v in rng.values()):
-                raise ValueError(f"frame {name} must map names to [min, max], got {rng!r}")
+                raise InputError(f"frame {name} must map names to [min, max], got {rng!r}")
             setattr(self, name, {k: [float(v[0]), float(v[1])] for k, v in rng.items()})
 
     @classmethod
@@ -286,28 +288,28 @@ class ModelSpec:
         try:
             self.context_offsets = tuple(int(o) for o in self.context_offsets)
         except (TypeError, ValueError):
-            raise ValueError(f"context_offsets must be a list of integers, got {self.context_offsets!r}") from None
+            raise InputError(f"context_offsets must be a list of integers, got {self.context_offsets!r}") from None
         try:
             self.input_size = tuple(int(s) for s in self.input_size)  # type: ignore[assignment]
         except (TypeError, ValueError):
-            raise ValueError(f"input_size must be [height, width] integers, got {self.input_size!r}") from None
+            raise InputError(f"input_size must be [height, width] integers, got {self.input_size!r}") from None
         try:
             self.percentiles = tuple(float(p) for p in self.percentiles)  # type: ignore[assignment]
         except (TypeError, ValueError):
-            raise ValueError(f"percentiles must be [low, high] numbers, got {self.percentiles!r}") from None
+            raise InputError(f"percentiles must be [low, high] numbers, got {self.percentiles!r}") from None
         if not isinstance(self.classes, (list, tuple)) or len(self.classes) > MAX_CLASSES:
-            raise ValueError(f"classes must be a list of at most {MAX_CLASSES} classes")
+            raise InputError(f"classes must be a list of at most {MAX_CLASSES} classes")
         try:
             self.classes = [c if isinstance(c, ClassInfo) else ClassInfo(**c) for c in self.classes]
         except TypeError as e:
-            raise ValueError(f"classes: each class needs index and name (and optional colour, mirror): {e}") from None
+            raise InputError(f"classes: each class needs index and name (and optional colour, mirror): {e}") from None
         if self.frame is None:
             self.frame = ModelFrame.chaos_default(tuple(max(1, v) for v in self.input_size))
         elif not isinstance(self.frame, ModelFrame):
             try:
                 self.frame = ModelFrame(**self.frame)
             except TypeError as e:
-                raise ValueError(f"frame: {e}") from None
+                raise InputError(f"frame: {e}") from None
         for c in self.classes:
             if not c.colour:
                 c.colour = DEFAULT_COLOURS[c.index % len(DEFAULT_COLOURS)] if c.index else DEFAULT_COLOURS[1]
@@ -323,68 +325,68 @@ class ModelSpec:
         if not isinstance(self.weights_sha256, str) or (
             self.weights_sha256 and not re.fullmatch(r"[0-9a-f]{64}", self.weights_sha256)
         ):
-            raise ValueError(f"weights_sha256 must be 64 lower-case hex digits or empty, got {self.weights_sha256!r}")
+            raise InputError(f"weights_sha256 must be 64 lower-case hex digits or empty, got {self.weights_sha256!r}")
         if not isinstance(self.version, int) or isinstance(self.version, bool) or not 1 <= self.version <= MAX_VERSION:
-            raise ValueError(f"version must be an integer 1..{MAX_VERSION}, got {self.version!r}")
+            raise InputError(f"version must be an integer 1..{MAX_VERSION}, got {self.version!r}")
         lo, hi = INPUT_SIZE_RANGE
         if len(self.input_size) != 2 or not all(lo <= v <= hi for v in self.input_size):
-            raise ValueError(
+            raise InputError(
                 f"input_size must be [height, width] with each in {lo}..{hi} pixels, got {list(self.input_size)}"
             )
         if not 1 <= len(self.context_offsets) <= MAX_CONTEXT:
-            raise ValueError(f"context_offsets must hold 1..{MAX_CONTEXT} offsets, got {len(self.context_offsets)}")
+            raise InputError(f"context_offsets must hold 1..{MAX_CONTEXT} offsets, got {len(self.context_offsets)}")
         if any(abs(o) > MAX_CONTEXT_OFFSET for o in self.context_offsets):
-            raise ValueError(
+            raise InputError(
                 f"context_offsets must lie in -{MAX_CONTEXT_OFFSET}..{MAX_CONTEXT_OFFSET}, got {list(self.context_offsets)}"
             )
         if len(set(self.context_offsets)) != len(self.context_offsets):
-            raise ValueError(f"context_offsets must be distinct, got {list(self.context_offsets)}")
+            raise InputError(f"context_offsets must be distinct, got {list(self.context_offsets)}")
         if len(self.percentiles) != 2 or not 0.0 <= self.percentiles[0] < self.percentiles[1] <= 100.0:
-            raise ValueError(
+            raise InputError(
                 f"percentiles must be [low, high] with 0 <= low < high <= 100, got {list(self.percentiles)}"
             )
         if not isinstance(self.encoder, str) or not _ENCODER_RE.match(self.encoder):
-            raise ValueError(f"encoder must be a segmentation-models-pytorch encoder name, got {self.encoder!r}")
+            raise InputError(f"encoder must be a segmentation-models-pytorch encoder name, got {self.encoder!r}")
         presets = MONAI_ARCHITECTURES.get(self.architecture)
         if presets is not None:
             if self.encoder not in presets:
-                raise ValueError(
+                raise InputError(
                     f"encoder of a {self.architecture} spec must be one of its presets {presets}, got {self.encoder!r}"
                 )
             if any(v % 16 for v in self.input_size):
-                raise ValueError(
+                raise InputError(
                     f"input_size of a {self.architecture} spec must be multiples of 16, got {list(self.input_size)}"
                 )
         if len(self.classes) > MAX_CLASSES:
-            raise ValueError(f"classes: at most {MAX_CLASSES} classes, got {len(self.classes)}")
+            raise InputError(f"classes: at most {MAX_CLASSES} classes, got {len(self.classes)}")
         for c in self.classes:
             if not isinstance(c.name, str) or not 1 <= len(c.name) <= 64:
-                raise ValueError(f"classes: names must be 1..64 characters, got {c.name!r}")
+                raise InputError(f"classes: names must be 1..64 characters, got {c.name!r}")
             if not isinstance(c.index, int) or isinstance(c.index, bool):
-                raise ValueError(f"classes: index of {c.name!r} must be an integer, got {c.index!r}")
+                raise InputError(f"classes: index of {c.name!r} must be an integer, got {c.index!r}")
         if self.architecture not in ARCHITECTURES:
-            raise ValueError(f"architecture {self.architecture!r} is not one of {ARCHITECTURES}")
+            raise InputError(f"architecture {self.architecture!r} is not one of {ARCHITECTURES}")
         if self.normalisation not in NORMALISATIONS:
-            raise ValueError(f"normalisation {self.normalisation!r} is not one of {NORMALISATIONS}")
+            raise InputError(f"normalisation {self.normalisation!r} is not one of {NORMALISATIONS}")
         if self.flip_labels not in FLIP_LABELS:
-            raise ValueError(f"flip_labels {self.flip_labels!r} is not one of {FLIP_LABELS}")
+            raise InputError(f"flip_labels {self.flip_labels!r} is not one of {FLIP_LABELS}")
         if self.activation not in ACTIVATIONS:
-            raise ValueError(f"activation {self.activation!r} is not one of {ACTIVATIONS}")
+            raise InputError(f"activation {self.activation!r} is not one of {ACTIVATIONS}")
         if 0 not in self.context_offsets:
-            raise ValueError(f"context_offsets {self.context_offsets} must contain 0 (the target slice)")
+            raise InputError(f"context_offsets {self.context_offsets} must contain 0 (the target slice)")
         if not self.classes:
-            raise ValueError("a model needs at least one class")
+            raise InputError("a model needs at least one class")
         idx = [c.index for c in self.classes]
         if sorted(idx) != list(range(1, len(idx) + 1)):
-            raise ValueError(f"class indices must be 1..K, got {idx}")
+            raise InputError(f"class indices must be 1..K, got {idx}")
         names = [c.name for c in self.classes]
         if len(set(names)) != len(names):
-            raise ValueError(f"class names must be unique, got {names}")
+            raise InputError(f"class names must be unique, got {names}")
         for c in self.classes:
             if c.mirror is not None and c.mirror not in names:
-                raise ValueError(f"class {c.name!r} mirrors unknown class {c.mirror!r}")
+                raise InputError(f"class {c.name!r} mirrors unknown class {c.mirror!r}")
         if int(self.format_version) > SPEC_FORMAT_VERSION:
-            raise ValueError(
+            raise InputError(
                 f"spec format {self.format_version} is newer than this napari-gi-seg reads "
                 f"({SPEC_FORMAT_VERSION}); update napari-gi-seg"
             )
@@ -453,11 +455,11 @@ class ModelSpec:
         known = {f for f in cls.__dataclass_fields__}
         unknown = set(d) - known
         if unknown:
-            raise ValueError(f"unknown spec fields: {sorted(unknown)}")
+            raise InputError(f"unknown spec fields: {sorted(unknown)}")
         d = dict(d)
         if int(d.get("format_version", 1)) < 2:
             if d.get("frame") is not None:
-                raise ValueError("a format-1 spec has no 'frame' field")
+                raise InputError("a format-1 spec has no 'frame' field")
             d["format_version"] = SPEC_FORMAT_VERSION
         return cls(**d)
 
@@ -474,4 +476,4 @@ class ModelSpec:
         try:
             return cls.from_dict(json.loads(path.read_text()))
         except (json.JSONDecodeError, TypeError, ValueError) as e:
-            raise ValueError(f"{path}: invalid model spec: {e}") from e
+            raise InputError(f"{path}: invalid model spec: {e}") from e

@@ -250,7 +250,7 @@ def propagate(
     check_labels_belong(prev_volume, prev_labels)
     lab = np.asarray(prev_labels.data if isinstance(prev_labels, Volume) else prev_labels)
     if lab.dtype.kind not in "biu" or (lab.size and lab.min() < 0):
-        raise ValueError(f"labels must be non-negative integers, got {lab.dtype}")
+        raise InputError(f"labels must be non-negative integers, got {lab.dtype}")
     lab = lab.astype(np.uint16 if lab.max(initial=0) > 255 else np.uint8)
     names = class_names
     if names is None and isinstance(prev_labels, Volume):

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..errors import InputError
+
 __all__ = ["RegistrationSettings", "StageResult", "register", "STAGES"]
 
 #: The stages, in the order they run; ``stages`` in :class:`RegistrationSettings` is a prefix of it.
@@ -74,9 +76,9 @@ class RegistrationSettings:
     def __post_init__(self) -> None:
         self.stages = tuple(self.stages)
         if self.stages != STAGES[: len(self.stages)]:
-            raise ValueError(f"stages must be a prefix of {STAGES}, got {self.stages}")
+            raise InputError(f"stages must be a prefix of {STAGES}, got {self.stages}")
         if self.initial not in ("world", "moments"):
-            raise ValueError(f"initial must be 'world' or 'moments', got {self.initial!r}")
+            raise InputError(f"initial must be 'world' or 'moments', got {self.initial!r}")
 
 
 @dataclass

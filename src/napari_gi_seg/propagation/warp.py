@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import InputError
+
 __all__ = ["warp_labels", "folded_fraction", "INTERPOLATIONS"]
 
 #: Label interpolation methods of :func:`warp_labels`.
@@ -34,7 +36,7 @@ def warp_labels(labels_img, reference, transform, interpolation: str = "distance
     import SimpleITK as sitk
 
     if interpolation not in INTERPOLATIONS:
-        raise ValueError(f"interpolation must be one of {INTERPOLATIONS}, got {interpolation!r}")
+        raise InputError(f"interpolation must be one of {INTERPOLATIONS}, got {interpolation!r}")
     arr = sitk.GetArrayViewFromImage(labels_img)
     dtype = arr.dtype
     values = [int(v) for v in np.unique(arr) if v != 0]

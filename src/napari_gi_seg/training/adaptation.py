@@ -40,6 +40,7 @@ import torch
 from ..datasets import IGNORE_INDEX, Case
 from ..engine.inference import resolve_device, segment_volume
 from ..engine.postprocess import keep_largest_components
+from ..errors import InputError
 from ..evaluation.metrics import dice_per_class
 from ..io.volume import Volume
 from ..models.spec import ModelSpec
@@ -126,15 +127,15 @@ def parse_slices(text: str | Sequence[int], depth: int | None = None) -> list[in
         try:
             out = sorted({int(v) for v in text.split(",") if v.strip()})
         except ValueError:
-            raise ValueError(f"slices must be comma-separated integers such as 12,17,22, got {text!r}") from None
+            raise InputError(f"slices must be comma-separated integers such as 12,17,22, got {text!r}") from None
     else:
         out = sorted({int(v) for v in text})
     if not out:
-        raise ValueError("no slices given: list the corrected slices, e.g. 12,17,22")
+        raise InputError("no slices given: list the corrected slices, e.g. 12,17,22")
     if depth is not None:
         bad = [z for z in out if z < 0 or z >= depth]
         if bad:
-            raise ValueError(f"slice indices {bad} are outside 0..{depth - 1} (the scan has {depth} slices)")
+            raise InputError(f"slice indices {bad} are outside 0..{depth - 1} (the scan has {depth} slices)")
     return out
 
 
@@ -172,7 +173,7 @@ def corrected_target(labels: np.ndarray, slices: Sequence[int], spec: ModelSpec)
         used = lab[zs]
         bad = np.unique(used[(used > k) & (used != IGNORE_INDEX)])
         if bad.size:
-            raise ValueError(
+            raise InputError(
                 f"label value {int(bad[0])} on the corrected slices; the model {spec.key} has classes 1..{k} "
                 f"(and {IGNORE_INDEX} = ignore)"
             )
@@ -189,7 +190,7 @@ def corrected_target(labels: np.ndarray, slices: Sequence[int], spec: ModelSpec)
         used = lab[:, zs]
         out[:, zs] = np.where(used == IGNORE_INDEX, IGNORE_INDEX, used > 0)
         return out
-    raise ValueError(
+    raise InputError(
         f"labels of shape {lab.shape} do not fit the {spec.activation} model {spec.key} "
         f"(expected (z, y, x) labels{' or (K, z, y, x) masks' if spec.activation == 'sigmoid' else ''})"
     )
@@ -284,10 +285,10 @@ def adapt_to_scan(
     lab = np.asarray(labels)
     grid = lab.shape[-3:]
     if tuple(grid) != image.shape:
-        raise ValueError(f"labels of shape (z, y, x) {tuple(grid)} are not on the scan's grid {image.shape}")
+        raise InputError(f"labels of shape (z, y, x) {tuple(grid)} are not on the scan's grid {image.shape}")
     zs = parse_slices(slices, image.shape[0])
     if steps < 1 or batch_size < 1:
-        raise ValueError(f"steps and batch_size must be >= 1, got {steps} and {batch_size}")
+        raise InputError(f"steps and batch_size must be >= 1, got {steps} and {batch_size}")
     target = corrected_target(lab, zs, spec)
     dev = resolve_device(device)
 
@@ -298,7 +299,7 @@ def adapt_to_scan(
     gen = torch.Generator().manual_seed(seed)  # which slices make each batch
     ds = SliceDataset([Case("scan", "patient", image, target)], spec, augment=False, allow_flip=spec.flip_augmented)
     if len(ds) == 0:
-        raise ValueError("the corrected slices hold only the ignore label; nothing to learn from")
+        raise InputError("the corrected slices hold only the ignore label; nothing to learn from")
     if augment:
         ds.flip = bool(spec.flip_augmented)
         ds.transform = FewSliceAugment(seed)
@@ -472,7 +473,7 @@ def resegment_except(
     data = volume.data if isinstance(volume, Volume) else np.asarray(volume)
     lab = np.asarray(labels)
     if lab.shape != data.shape:
-        raise ValueError(f"labels of shape (z, y, x) {lab.shape} are not on the scan's grid {data.shape}")
+        raise InputError(f"labels of shape (z, y, x) {lab.shape} are not on the scan's grid {data.shape}")
     kept = set(parse_slices(keep, data.shape[0])) if len(keep) else set()
     todo = [z for z in range(data.shape[0]) if z not in kept]
     out = lab.astype(np.uint8, copy=True)
@@ -570,10 +571,10 @@ def adapt_from_files(
     from ..progress import TqdmProgress
 
     if len(volumes) != 1:
-        raise ValueError(f"--adapt needs a single scan; the input holds {len(volumes)} volumes")
+        raise InputError(f"--adapt needs a single scan; the input holds {len(volumes)} volumes")
     vol = volumes[0]
     if slices is None:
-        raise ValueError("--adapt needs --adapt-slices: the corrected slices, e.g. 12,17,22")
+        raise InputError("--adapt needs --adapt-slices: the corrected slices, e.g. 12,17,22")
     zs = parse_slices(slices, vol.shape[0])
     if save_model:
         from .patient_models import check_model_name
@@ -585,7 +586,7 @@ def adapt_from_files(
     try:
         corrected_target(corrected, zs, spec)
     except ValueError as e:
-        raise ValueError(f"{labels_path}: {e}") from None
+        raise InputError(f"{labels_path}: {e}") from None
     bars = TqdmProgress(disable=quiet, desc="adapt")
     try:
         res = adapt_to_scan(vol, corrected, zs, spec, net, steps=DEFAULT_STEPS, device=device, progress=bars)

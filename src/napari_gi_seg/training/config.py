@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from ..datasets import SegDataset
+from ..errors import InputError
 from ..models.spec import DEFAULT_ARCH, MONAI_ARCHITECTURES, ClassInfo, ModelSpec, mirror_pairs
 
 __all__ = ["TrainConfig", "TrainResult", "make_spec", "finetune_spec", "default_encoder"]
@@ -163,7 +164,7 @@ def make_spec(cfg: TrainConfig, ds: SegDataset) -> ModelSpec:
     mirrors = mirror_pairs(ds.class_names)
     unknown = set(cfg.single_component) - set(ds.class_names)
     if unknown:
-        raise ValueError(f"--single-component names {sorted(unknown)} are not classes of {ds.root} ({ds.class_names})")
+        raise InputError(f"--single-component names {sorted(unknown)} are not classes of {ds.root} ({ds.class_names})")
     classes = [
         ClassInfo(i + 1, n, mirror=mirrors.get(n), single_component=n in cfg.single_component)
         for i, n in enumerate(ds.class_names)

@@ -240,7 +240,9 @@ def finetune(
     prior = read_manifest(work) if resume else None
     if prior is not None:
         if prior.get("held_back") not in (held_json, raw_held) or prior.get("base") != entry.key:
-            raise ValueError(
+            from ..errors import InputError
+
+            raise InputError(
                 f"{work.name}: cannot resume: the run fine-tuned {prior.get('base')} holding back "
                 f"{prior.get('held_back')}, this call gives {entry.key} holding back {held_json} "
                 "(use the same dataset, --model, --val-fraction and --seed)"
@@ -295,7 +297,8 @@ def finetune(
             1,
             1,
             out.reason or f"registered {out.spec.key}",
-            model=out.spec.key,
+            model=out.spec.key if out.registered else None,  # a candidate has no version until registered
+            candidate=out.spec.name,
             parent=entry.key,
             registered=out.registered,
             reason=out.reason,

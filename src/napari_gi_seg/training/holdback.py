@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ..datasets import IGNORE_INDEX, Case, CaseRef, SegDataset, detect_layout, open_dataset, split_groups
+from ..errors import InputError
 
 __all__ = ["slice_split", "split_for_finetune", "open_for_base"]
 
@@ -59,7 +60,7 @@ def slice_split(case: Case, val_fraction: float) -> tuple[Case, Case, list[int]]
     """
     lab = _labelled_slices(case.target)
     if len(lab) < 2:
-        raise ValueError(f"case {case.case_id}: need at least 2 labelled slices to hold some back, found {len(lab)}")
+        raise InputError(f"case {case.case_id}: need at least 2 labelled slices to hold some back, found {len(lab)}")
     k = max(2, int(round(1.0 / max(val_fraction, 1e-6))))
     held = lab[k // 2 :: k] or [lab[len(lab) // 2]]
     t_train, t_val = case.target.copy(), np.full_like(case.target, IGNORE_INDEX)

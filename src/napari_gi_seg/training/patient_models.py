@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import InputError
 from ..models import registry
 from ..models.spec import ModelSpec
 from ..paths import user_dir
@@ -61,7 +62,7 @@ def _secret() -> bytes:
             Path(tmp).unlink(missing_ok=True)
     data = path.read_bytes()
     if len(data) < 16:
-        raise ValueError(f"{path}: patient key secret is damaged (too short); delete it to start a new one")
+        raise InputError(f"{path}: patient key secret is damaged (too short); delete it to start a new one")
     return data
 
 
@@ -87,7 +88,7 @@ def patient_key(identifier: str) -> str:
     """
     ident = str(identifier).strip()
     if not ident:
-        raise ValueError("empty patient identifier")
+        raise InputError("empty patient identifier")
     return "p" + hmac.new(_secret(), ident.encode("utf-8"), hashlib.sha256).hexdigest()[:16]
 
 
@@ -104,7 +105,7 @@ def patient_model_name(key: str) -> str:
 
     Raises ``ValueError`` when ``key`` is not a key made by :func:`patient_key`."""
     if not (len(key) == 17 and key[0] == "p" and all(ch in "0123456789abcdef" for ch in key[1:])):
-        raise ValueError(f"{key!r} is not a patient key (p + 16 hex digits)")
+        raise InputError(f"{key!r} is not a patient key (p + 16 hex digits)")
     return PREFIX + key
 
 

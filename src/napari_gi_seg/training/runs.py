@@ -10,6 +10,7 @@ import os
 from dataclasses import asdict
 from pathlib import Path
 
+from ..errors import InputError
 from ..paths import public_path
 from .manifest import write_manifest
 
@@ -128,7 +129,7 @@ def run_folder(name: str, version: int, work_dir, resume: bool) -> Path:
     if resume:
         found = resumable_run(name)
         if found is None:
-            raise ValueError(f"no interrupted fine-tune of {name!r} to resume in {registry.runs_root()}")
+            raise InputError(f"no interrupted fine-tune of {name!r} to resume in {registry.runs_root()}")
         return found
     return registry.new_run_dir(name, version)
 
@@ -169,7 +170,7 @@ def register_run(work_dir: str | Path, allow_worse: bool = False):
     spec = ModelSpec.load(cand)
     ft = spec.metrics.get("finetune", {})
     if ft.get("worse") and not allow_worse:
-        raise ValueError(
+        raise InputError(
             f"{spec.key}: held-back Dice {ft.get('dice_after'):.3f} is below its parent's "
             f"{ft.get('dice_before'):.3f}; registering it needs an explicit choice"
         )

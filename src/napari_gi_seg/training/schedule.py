@@ -16,6 +16,8 @@ import time
 
 import torch
 
+from ..errors import InputError
+
 __all__ = ["one_cycle_lr", "BudgetOneCycle"]
 
 
@@ -71,7 +73,7 @@ class BudgetOneCycle:
         final_div_factor: float = 100.0,
     ):
         if not budget_s > 0:
-            raise ValueError(f"budget must be > 0 seconds, got {budget_s}")
+            raise InputError(f"budget must be > 0 seconds, got {budget_s}")
         self.optimizer, self.max_lr, self.budget_s = optimizer, float(max_lr), float(budget_s)
         self.total_steps, self.last_epoch, self.elapsed_s = max(1, int(total_steps)), 0, 0.0
         self.pct_start, self.div_factor, self.final_div_factor = pct_start, div_factor, final_div_factor

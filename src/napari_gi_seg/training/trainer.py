@@ -47,6 +47,7 @@ from .._privacy import public_dataset_name, public_ids, redactions
 from ..datasets import Case, DatasetFormatError, SegDataset, fingerprint, open_dataset, split_groups
 from ..engine.domain import training_frame
 from ..engine.inference import resolve_device
+from ..errors import InputError
 from ..evaluation.plots import plot_history
 from ..models.card import model_card
 from ..models.network import build_network, load_state, load_weights, save_weights
@@ -270,7 +271,7 @@ class Trainer:
             load_state(net, self.init[1])
         if cfg.freeze_encoder:
             if not hasattr(net, "encoder"):
-                raise ValueError(
+                raise InputError(
                     f"--freeze-encoder needs an encoder-decoder (smp) network, not {self.spec.architecture}"
                 )
             for p in net.encoder.parameters():
