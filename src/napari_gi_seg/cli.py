@@ -60,7 +60,7 @@ def model_rows() -> list[dict]:
     from .models.card import headline_metric
 
     rows = []
-    for e in registry.list_models():
+    for e in registry.list_models(kind=None):
         row = {
             "name": e.name,
             "version": e.version,
@@ -79,6 +79,7 @@ def model_rows() -> list[dict]:
                 encoder=s.encoder,
                 input_size=list(s.input_size),
                 context_offsets=list(s.context_offsets),
+                kind=s.kind,
                 parent=s.parent,
                 created=s.created,
             )
@@ -111,7 +112,7 @@ def cmd_models(args: argparse.Namespace) -> int:
                 r["key"],
                 r["source"],
                 f"{r['architecture']}/{r['encoder']}",
-                ",".join(r["classes"]),
+                ",".join(r["classes"]) if r.get("kind") != "promptable" else "any structure (promptable)",
                 r["parent"] or "-",
                 "-" if r["mean_dice"] is None else f"{r['mean_dice']:.3f}",
                 r["dice_measured_on"] if r["mean_dice"] is not None else "",
