@@ -1,4 +1,4 @@
-"""The one dock: Segment, Correct and review, Export and Fine-tune as tabs.
+"""The one dock: Segment, Correct and review, Prompt, Export and Fine-tune as tabs.
 
 napari docks each manifest widget as its own panel; four panels stacked need
 about 1130 x 1650 px. :class:`GISegDock` puts the same four widgets (the classes
@@ -15,7 +15,7 @@ from qtpy.QtWidgets import QFrame, QScrollArea, QSizePolicy, QTabWidget, QVBoxLa
 from . import _context as C
 
 #: Tab titles, in order.
-TABS = ("Segment", "Correct", "Export", "Fine-tune")
+TABS = ("Segment", "Correct", "Prompt", "Export", "Fine-tune")
 #: Width the dock asks for (px); napari's layer panels take ~320 px on the left,
 #: so on a 1366 px wide screen the canvas keeps about half the window or more.
 DOCK_WIDTH = 330
@@ -40,9 +40,10 @@ class GISegDock(QWidget):
 
     Attributes
     ----------
-    segment, correct, export, finetune:
+    segment, correct, prompt, export, finetune:
         The :class:`~.segment_widget.SegmentWidget`,
-        :class:`~.correct_widget.CorrectWidget`, :class:`~.export_widget.ExportWidget`
+        :class:`~.correct_widget.CorrectWidget`, :class:`~.prompt_widget.PromptWidget`,
+        :class:`~.export_widget.ExportWidget`
         and :class:`~.finetune_widget.FinetuneWidget` inside the tabs.
     tabs
         The ``QTabWidget``.
@@ -53,11 +54,13 @@ class GISegDock(QWidget):
         from .correct_widget import CorrectWidget
         from .export_widget import ExportWidget
         from .finetune_widget import FinetuneWidget
+        from .prompt_widget import PromptWidget
         from .segment_widget import SegmentWidget
 
         self.viewer = C.unwrap(napari_viewer)
         self.segment = SegmentWidget(self.viewer)
         self.correct = CorrectWidget(self.viewer)
+        self.prompt = PromptWidget(self.viewer)
         self.export = ExportWidget(self.viewer)
         self.finetune = FinetuneWidget(self.viewer)
         self.tabs = QTabWidget()
@@ -65,10 +68,11 @@ class GISegDock(QWidget):
         tips = (
             "Run a registered model on an image layer",
             "Correction tools, per-slice review (Shift-R / Shift-N / Shift-U), autosave",
+            "Outline any structure with a box, clicks and scribbles; carry it through the stack",
             "Write the reviewed slices as an nnU-Net v2 training dataset",
             "Fine-tune a model on the exported corrections",
         )
-        for title, w, tip in zip(TABS, (self.segment, self.correct, self.export, self.finetune), tips):
+        for title, w, tip in zip(TABS, (self.segment, self.correct, self.prompt, self.export, self.finetune), tips):
             i = self.tabs.addTab(_scrolled(w), title)
             self.tabs.setTabToolTip(i, tip)
         self.tabs.setCurrentIndex(0)
