@@ -1,4 +1,4 @@
-"""Command line: ``napari-gi-seg segment|models|train|finetune|evaluate|demo``.
+"""Command line: ``napari-gi-seg segment|models|train|finetune|evaluate|prompt|demo``.
 
 Exit status: 0 on success; 2 with one line on stderr
 (``napari-gi-seg: error: <file>: <problem>``) for every expected failure: bad input
@@ -193,6 +193,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------- parser
+def _add_prompt_args(p: argparse.ArgumentParser) -> None:
+    from .cli_prompt import add_prompt_args
+
+    add_prompt_args(p)
+
+
+def _cmd_prompt(args: argparse.Namespace) -> int:
+    from .cli_prompt import cmd_prompt
+
+    return cmd_prompt(args)
+
+
 #: ``(name, help, add_arguments, command)`` per sub-command; add new commands here.
 COMMANDS: list[tuple[str, str, object, object]] = [
     ("segment", "segment an MRI volume with a registered model and write the labels", _add_segment_args, cmd_segment),
@@ -209,6 +221,12 @@ COMMANDS: list[tuple[str, str, object, object]] = [
         "score a model on a labelled dataset (Dice, IoU, HD95, Kaggle score)",
         _add_evaluate_args,
         cmd_evaluate,
+    ),
+    (
+        "prompt",
+        "segment structures from boxes and clicks in a JSON file (promptable model or random walker)",
+        _add_prompt_args,
+        _cmd_prompt,
     ),
     (
         "demo",
