@@ -212,6 +212,7 @@ def main(argv=None) -> int:
     ap.add_argument("--max-clicks", type=int, default=10)
     ap.add_argument("--no-3d", action="store_true")
     ap.add_argument("--no-gi", action="store_true")
+    ap.add_argument("--include", type=Path, nargs="*", default=[], help="--json files of earlier runs to merge in")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--markdown", type=Path, default=None)
     args = ap.parse_args(argv)
@@ -239,19 +240,29 @@ def main(argv=None) -> int:
                             {"method": key, "patient": pid, "contrast": st.contrast, "organ": organ_name, **r3}
                         )
             print(f"{pid} {st.contrast} done ({time.time() - t_start:.0f} s)", file=sys.stderr, flush=True)
-    for key in {r["method"] for r in res["raw2d"]}:
+    gi_before = {}
+    for prev in args.include:
+        old = json.loads(prev.read_text())
+        res["raw2d"] += old.get("raw2d", [])
+        res["raw3d"] += old.get("raw3d", [])
+        for d, per in (old.get("gi") or {}).items():
+            gi_before.setdefault(d, {}).update(per)
+    for key in sorted({r["method"] for r in res["raw2d"]}):
         rows = [r for r in res["raw2d"] if r["method"] == key]
-        per = {c: summarise([r for r in rows if r["contrast"] == c], args.max_clicks) for c in args.contrasts}
+        contrasts = [c for c in CONTRASTS if any(r["contrast"] == c for r in rows)]
+        per = {c: summarise([r for r in rows if r["contrast"] == c], args.max_clicks) for c in contrasts}
         per["all"] = summarise(rows, args.max_clicks)
         res["2d"][key] = per
         rows3 = [r for r in res["raw3d"] if r["method"] == key]
         if rows3:
-            p3 = {c: summarise_3d([r for r in rows3 if r["contrast"] == c]) for c in args.contrasts}
+            p3 = {c: summarise_3d([r for r in rows3 if r["contrast"] == c]) for c in contrasts}
             p3["all"] = summarise_3d(rows3)
             res["3d"][key] = p3
     if not args.no_gi:
         gi = gi_check(args.data, methods, args.max_clicks)
         res["gi"] = {d: {names.get(m, str(m)): v for m, v in per.items()} for d, per in gi.items()}
+    for d, per in gi_before.items():
+        res.setdefault("gi", {}).setdefault(d, {}).update(per)
     res["seconds"] = round(time.time() - t_start, 1)
     res["host"] = f"{os.cpu_count()} CPUs, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}"
     md = markdown(res)

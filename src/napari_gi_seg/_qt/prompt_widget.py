@@ -101,6 +101,7 @@ class PromptWidget(QWidget):
         self._layers: dict[str, object] = {}
         self._queue: deque = deque()
         self._worker = None
+        self._volume = None
         self._sent_scribble: dict[int, np.ndarray] = {}
         self._scribble_pending: set[int] = set()
         self._syncing = False
@@ -343,14 +344,12 @@ class PromptWidget(QWidget):
 
     # ------------------------------------------------------------ prompt events
     def _session(self):
+        """The session of the selected image, made on first use (in the worker: the
+        promptable model is loaded there, once per process)."""
         if self.session is None:
             from ..interactive import PromptSession
 
-            img = self.image_layer()
-            self.session = PromptSession(np.asarray(img.data), model=self._model)
-            self.status_label.setText(
-                f"Prompts answered by the {self.session.backend.kind} ({self.session.backend.name})."
-            )
+            self.session = PromptSession(self._volume, model=self._model)
         return self.session
 
     def _on_box(self, event) -> None:
@@ -417,23 +416,24 @@ class PromptWidget(QWidget):
             self._worker = None
             return
         method, args, kwargs = self._queue.popleft()
-        try:
-            session = self._session()
-        except Exception as e:  # noqa: BLE001 - shown, never a crash
+        img = self.image_layer()
+        if img is None:
             self._queue.clear()
-            self._on_error(e)
+            self._on_error(ValueError("open an image first"))
             return
-        fn = getattr(session, method)
+        if self.session is None:
+            self._volume = np.asarray(img.data)
 
         def body():
-            fn(*args, **kwargs)
+            session = self._session()
+            getattr(session, method)(*args, **kwargs)
             return session.mask
 
         if os.environ.get(SYNC_ENV, "") not in ("", "0"):
             self._worker = "sync"
             try:
                 self._on_result(body())
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:  # noqa: BLE001 - shown, never a crash
                 self._on_error(e)
             self._worker = None
             self._next()
@@ -458,12 +458,16 @@ class PromptWidget(QWidget):
         s = self.session
         secs = s.timings[-1][1] if s is not None and s.timings else 0.0
         n = int(mask3.any((1, 2)).sum())
-        self.status_label.setText(f"Object on {n} slice(s); last answer {secs:.2f} s ({s.backend.kind}).")
+        self.status_label.setText(
+            f"Object on {n} slice(s); last answer {secs:.2f} s ({s.backend.kind} {s.backend.name})."
+        )
         self.updated.emit()
 
     def _on_error(self, exc) -> None:
         log.warning("prompt failed: %s", exc)
         self.status_label.setText(f"Prompt not applied: {exc}")
+        if self._layers and not self._queue:  # the refused prompt leaves the layers too
+            self._sync_prompt_layers()
 
     def _sync_prompt_layers(self) -> None:
         """Show exactly the session's prompts on the layers (after undo and reset)."""
