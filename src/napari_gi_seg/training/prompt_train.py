@@ -186,7 +186,7 @@ def train(args) -> Path:
     while time.time() - start < budget and (args.max_steps is None or step < args.max_steps):
         frac = (time.time() - start) / budget
         for g in opt.param_groups:
-            g["lr"] = args.lr * (0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * min(frac, 1.0))))
+            g["lr"] = float(args.lr * (0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * min(frac, 1.0)))))
         ex = [make_example(rng, draw_object(rng, stacks, exclude)) for _ in range(args.batch)]
         X = _augment(rng, torch.from_numpy(np.stack([e[0] for e in ex])))
         T = torch.from_numpy(np.stack([e[1] for e in ex]).astype(np.float32))[:, None]
