@@ -211,6 +211,10 @@ def main(argv=None) -> int:
     ap.add_argument("--slices", type=int, default=3, help="slices per organ (2D)")
     ap.add_argument("--max-clicks", type=int, default=10)
     ap.add_argument("--no-3d", action="store_true")
+    ap.add_argument("--no-2d", action="store_true")
+    ap.add_argument(
+        "--propagator", default=None, help="'model': propagate with the prompt backend (default: the session's default)"
+    )
     ap.add_argument("--no-gi", action="store_true")
     ap.add_argument("--include", type=Path, nargs="*", default=[], help="--json files of earlier runs to merge in")
     ap.add_argument("--json", type=Path, default=None)
@@ -226,10 +230,12 @@ def main(argv=None) -> int:
     for pid in args.patients:
         for st in load_chaos_mr(args.data / "chaos_mr_dicom", [pid], args.contrasts):
             for m in methods:
-                s = PromptSession(st.image, model=m)
+                s = PromptSession(st.image, model=m, propagator=args.propagator)
                 key = names.get(m, str(m))
+                if args.propagator == "model" and m != RANDOM_WALKER:
+                    key += " (model propagation)"
                 for organ_name, organ, zs in chaos_objects(st, args.slices):
-                    for z in zs:
+                    for z in zs if not args.no_2d else []:
                         r = run_2d(s, organ[z], z, args.max_clicks)
                         res["raw2d"].append(
                             {"method": key, "patient": pid, "contrast": st.contrast, "organ": organ_name, "z": z, **r}
