@@ -117,6 +117,9 @@ def main() -> int:
     w.add_structure("stomach")
     _prompt(w, 0, stomach, clicks=3)
     w.commit()
+    for lyr in viewer.layers:  # the manual labels the reader opened beside the scan: hidden
+        if lyr.name.endswith(" labels"):
+            lyr.visible = False
     _settle(1.0)
     viewer.screenshot(str(HERE / "prompt_uwmgi_stomach.png"), canvas_only=False, flash=False)
     print(

@@ -52,6 +52,9 @@ def _objects(path: Path) -> list[dict]:
             raise InputError(f"{path}: object {i} needs an integer 'label' 1..255")
         if not isinstance(o.get("prompts"), list) or not o["prompts"]:
             raise InputError(f"{path}: object {i} needs a non-empty 'prompts' list")
+        for j, p in enumerate(o["prompts"]):  # checked before the scan is read
+            if not isinstance(p, dict) or not isinstance(p.get("z"), int) or not ({"box", "point"} & set(p)):
+                raise InputError(f"{path}: object {i} prompt {j}: needs an integer 'z' and a 'box' or a 'point'")
     return objs
 
 
