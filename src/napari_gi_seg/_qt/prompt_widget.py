@@ -171,6 +171,11 @@ class PromptWidget(QWidget):
         self._show_sign()
         self._refresh_images()
         C.register_widget(self.viewer, self)
+        # MONAI's UNet pulls in torch._dynamo, which probes triton: keep triton's LLVM
+        # out of a process where Mesa's is loaded (a segfault otherwise, see _compat)
+        from ._compat import guard_triton_llvm_clash
+
+        guard_triton_llvm_clash()
 
     # ------------------------------------------------------------ image and case
     def image_layer(self):
@@ -348,7 +353,9 @@ class PromptWidget(QWidget):
         promptable model is loaded there, once per process)."""
         if self.session is None:
             from ..interactive import PromptSession
+            from ._compat import guard_triton_llvm_clash
 
+            guard_triton_llvm_clash()
             self.session = PromptSession(self._volume, model=self._model)
         return self.session
 
