@@ -1,4 +1,4 @@
-"""Command line: ``napari-gi-seg segment|propagate|models|train|finetune|evaluate|demo``.
+"""Command line: ``napari-gi-seg segment|propagate|prompt|models|train|finetune|evaluate|demo``.
 
 Exit status: 0 on success; 2 with one line on stderr
 (``napari-gi-seg: error: <file>: <problem>``) for every expected failure: bad input
@@ -68,7 +68,7 @@ def model_rows() -> list[dict]:
     from .models.card import headline_metric
 
     rows = []
-    for e in registry.list_models():
+    for e in registry.list_models(kind=None):
         row = {
             "name": e.name,
             "version": e.version,
@@ -87,6 +87,7 @@ def model_rows() -> list[dict]:
                 encoder=s.encoder,
                 input_size=list(s.input_size),
                 context_offsets=list(s.context_offsets),
+                kind=s.kind,
                 parent=s.parent,
                 created=s.created,
             )
@@ -119,7 +120,7 @@ def cmd_models(args: argparse.Namespace) -> int:
                 r["key"],
                 r["source"],
                 f"{r['architecture']}/{r['encoder']}",
-                ",".join(r["classes"]),
+                ",".join(r["classes"]) if r.get("kind") != "promptable" else "any structure (promptable)",
                 r["parent"] or "-",
                 "-" if r["mean_dice"] is None else f"{r['mean_dice']:.3f}",
                 r["dice_measured_on"] if r["mean_dice"] is not None else "",
@@ -238,6 +239,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------- parser
+def _add_prompt_args(p: argparse.ArgumentParser) -> None:
+    from .cli_prompt import add_prompt_args
+
+    add_prompt_args(p)
+
+
+def _cmd_prompt(args: argparse.Namespace) -> int:
+    from .cli_prompt import cmd_prompt
+
+    return cmd_prompt(args)
+
+
 #: ``(name, help, add_arguments, command)`` per sub-command; add new commands here.
 COMMANDS: list[tuple[str, str, object, object]] = [
     ("segment", "segment an MRI volume with a registered model and write the labels", _add_segment_args, cmd_segment),
@@ -260,6 +273,12 @@ COMMANDS: list[tuple[str, str, object, object]] = [
         "score a model on a labelled dataset (Dice, IoU, HD95, Kaggle score)",
         _add_evaluate_args,
         cmd_evaluate,
+    ),
+    (
+        "prompt",
+        "segment structures from boxes and clicks in a JSON file (promptable model or random walker)",
+        _add_prompt_args,
+        _cmd_prompt,
     ),
     (
         "demo",

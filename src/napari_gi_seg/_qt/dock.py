@@ -67,6 +67,12 @@ PAGES: list[DockPage] = [
         "Correction tools, per-slice review (Shift-R / Shift-N / Shift-U), autosave",
     ),
     DockPage(
+        "Prompt",
+        "napari_gi_seg._qt.prompt_widget:PromptWidget",
+        "prompt",
+        "Outline any structure with a box, clicks and scribbles; carry it through the stack",
+    ),
+    DockPage(
         "Export",
         "napari_gi_seg._qt.export_widget:ExportWidget",
         "export",
@@ -118,10 +124,11 @@ class GISegDock(QWidget):
 
     Attributes
     ----------
-    segment, correct, export, finetune, propagate:
+    segment, correct, prompt, export, finetune, propagate:
         The :class:`~.segment_widget.SegmentWidget`,
-        :class:`~.correct_widget.CorrectWidget`, :class:`~.export_widget.ExportWidget`
-        and :class:`~.finetune_widget.FinetuneWidget` (and the other tools' pages) inside the tabs (one attribute
+        :class:`~.correct_widget.CorrectWidget`, :class:`~.prompt_widget.PromptWidget`,
+        :class:`~.export_widget.ExportWidget`, :class:`~.finetune_widget.FinetuneWidget`
+        and :class:`~.propagate_widget.PropagateWidget` inside the tabs (one attribute
         per page, named by :attr:`DockPage.attribute`).
     pages : dict
         ``{title: widget}`` of every page.

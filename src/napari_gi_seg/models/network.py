@@ -69,6 +69,8 @@ def verify_weights(spec: ModelSpec, weights_path: str | Path) -> None:
 #: - ``monai.UNet`` ``16-256-res2-batch``: the same with batch norm (Ioffe & Szegedy
 #:   2015); the default, because instance norm's per-slice statistics change with the
 #:   empty border a wider field of view adds (docs/models.md).
+#: - ``monai.UNet`` ``16-256-res1-batch``: one residual unit per level (the promptable
+#:   model, :mod:`napari_gi_seg.interactive`).
 #: - ``monai.DynUNet`` ``16-256-instance``: :class:`monai.networks.nets.DynUNet`, the
 #:   nnU-Net network (Isensee et al. 2021) at half nnU-Net's width: 3x3 kernels,
 #:   filters 16-256, 4 stride-2 levels, instance norm, no deep supervision (1.9 M).
@@ -79,6 +81,11 @@ MONAI_PRESETS: dict[tuple[str, str], dict] = {
     # not change what the network sees, unlike instance norm's per-slice statistics
     ("monai.UNet", "16-256-res2-batch"): dict(
         channels=(16, 32, 64, 128, 256), strides=(2, 2, 2, 2), num_res_units=2, norm="batch"
+    ),
+    # one residual unit per level: the promptable model's preset (about half the
+    # compute of res2, for a click answered in well under a second on a CPU)
+    ("monai.UNet", "16-256-res1-batch"): dict(
+        channels=(16, 32, 64, 128, 256), strides=(2, 2, 2, 2), num_res_units=1, norm="batch"
     ),
     ("monai.DynUNet", "16-256-instance"): dict(
         kernel_size=[3] * 5,

@@ -23,6 +23,7 @@ Safety rules (docs/robustness.md):
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import os
 import re
 import secrets
@@ -129,13 +130,33 @@ def _scan(root: Path, bundled: bool) -> list[ModelEntry]:
     return out
 
 
-def list_models() -> list[ModelEntry]:
-    """All registered versions, bundled first, sorted by name then version.
-    A user model with the same name and version as a bundled one is ignored."""
+def entry_kind(entry: ModelEntry) -> str:
+    """The spec's ``kind`` (``"semantic"`` or ``"promptable"``, :data:`~.spec.MODEL_KINDS`)
+    read from its JSON; ``"semantic"`` for specs without one or that cannot be read
+    (their errors surface where the spec is loaded)."""
+    try:
+        kind = json.loads((entry.folder / SPEC_FILE).read_text()).get("kind", "semantic")
+    except (OSError, ValueError, AttributeError):
+        return "semantic"
+    return kind if isinstance(kind, str) else "semantic"
+
+
+def list_models(kind: str | None = "semantic") -> list[ModelEntry]:
+    """Registered versions, bundled first, sorted by name then version.
+    A user model with the same name and version as a bundled one is ignored.
+
+    Parameters
+    ----------
+    kind : str or None
+        ``"semantic"`` (default: the models that segment fixed classes, what the
+        engine, the Segment tab and fine-tuning use), ``"promptable"`` (the interactive
+        models, :mod:`napari_gi_seg.interactive`), or ``None`` for all.
+    """
     entries = {(e.name, e.version): e for e in _scan(BUNDLED_ROOT, True)}
     for e in _scan(user_models_root(), False):
         entries.setdefault((e.name, e.version), e)
-    return sorted(entries.values(), key=lambda e: (not e.bundled, e.name, e.version))
+    out = sorted(entries.values(), key=lambda e: (not e.bundled, e.name, e.version))
+    return out if kind is None else [e for e in out if entry_kind(e) == kind]
 
 
 def parse_key(key: str) -> tuple[str, int | None]:
@@ -157,11 +178,11 @@ def get_entry(name: str | None = None, version: int | None = None) -> ModelEntry
     name = name or DEFAULT_MODEL
     n, v = parse_key(name)
     version = version if version is not None else v
-    entries = [e for e in list_models() if e.name == n]
+    entries = [e for e in list_models(kind=None) if e.name == n]
     if version is not None:
         entries = [e for e in entries if e.version == version]
     if not entries:
-        known = sorted({e.key for e in list_models()})
+        known = sorted({e.key for e in list_models(kind=None)})
         raise ModelNotFoundError(
             f"unknown model {name!r}{'' if version is None else f' version {version}'}; registered: {', '.join(known) or 'none'}"
         )
@@ -179,7 +200,7 @@ def load_model(
 
 def next_version(name: str) -> int:
     """1 + the highest registered version of ``name`` (1 if none)."""
-    vs = [e.version for e in list_models() if e.name == name]
+    vs = [e.version for e in list_models(kind=None) if e.name == name]
     return max(vs, default=0) + 1
 
 
@@ -285,7 +306,7 @@ def register_model(
         spec.version, dest = reserve_version(spec.name, root, start=spec.version)
     else:
         dest = name_dir / str(spec.version)
-        taken = any(e.name == spec.name and e.version == spec.version for e in list_models())
+        taken = any(e.name == spec.name and e.version == spec.version for e in list_models(kind=None))
         if not taken:
             name_dir.mkdir(parents=True, exist_ok=True)
             _remove_stale_reservations(name_dir)

@@ -32,7 +32,10 @@ SMP_ARCHITECTURES = ("Unet", "UnetPlusPlus", "DeepLabV3Plus", "FPN")
 #: is the default). ``16-256-res2-batch`` normalises with batch norm, whose running
 #: statistics make the output independent of the slice's field of view; the
 #: instance-norm ``16-256-res2`` is kept so that models trained with it still load.
-MONAI_ARCHITECTURES = {"monai.UNet": ("16-256-res2-batch", "16-256-res2"), "monai.DynUNet": ("16-256-instance",)}
+MONAI_ARCHITECTURES = {
+    "monai.UNet": ("16-256-res2-batch", "16-256-res2", "16-256-res1-batch"),
+    "monai.DynUNet": ("16-256-instance",),
+}
 ARCHITECTURES = SMP_ARCHITECTURES + tuple(MONAI_ARCHITECTURES)
 #: The architecture ``train`` uses unless told otherwise (chosen by the peer table in
 #: docs/benchmarks.md, ``benchmarks/peer_training.py``).
@@ -41,6 +44,13 @@ NORMALISATIONS = ("percentile", "zscore")
 ACTIVATIONS = ("softmax", "sigmoid")
 #: What a left-right flip does to lateralised classes (:attr:`ModelSpec.flip_labels`).
 FLIP_LABELS = ("swap", "keep")
+#: What a model does (:attr:`ModelSpec.kind`): ``"semantic"`` segments fixed classes
+#: (the engine's models); ``"promptable"`` segments one object a user points at with a
+#: box, clicks or scribbles (:mod:`napari_gi_seg.interactive`), whatever its class.
+MODEL_KINDS = ("semantic", "promptable")
+#: Prompt input channels a promptable model may name, in the order they follow the
+#: image channels (:mod:`napari_gi_seg.interactive.encoding`).
+PROMPT_CHANNELS = ("box", "positive", "negative", "previous_mask")
 
 # Distinct colours (RGB hex) used when a spec gives none; index 0 is background.
 DEFAULT_COLOURS = (
@@ -248,6 +258,19 @@ class ModelSpec:
         ``"keep"`` (contextual): flipped images keep their labels, so the right kidney is
         the one beside the liver on either side; a flipped prediction needs no channel
         swap. Only meaningful with ``flip_augmented``.
+    kind
+        ``"semantic"`` (fixed classes, the engine's models) or ``"promptable"`` (one
+        object per call, placed by a user's prompts; :data:`MODEL_KINDS`). Registry
+        listings for segmentation show only semantic models
+        (:func:`napari_gi_seg.models.registry.list_models`).
+    prompt_channels
+        Promptable models only: the prompt input channels after the image channels
+        (names from :data:`PROMPT_CHANNELS`); the input has
+        ``len(context_offsets) + len(prompt_channels)`` channels.
+    prompt_encoding
+        Promptable models only: how prompts become channels and where the crop lies
+        (``crop_margin``, ``click_radius_px``, ``crop_percentiles``; see
+        :mod:`napari_gi_seg.interactive.encoding`).
     frame
         The model's frame (:class:`ModelFrame`): orientation, in-plane target spacing and
         training ranges. ``None`` (the default when building a spec in code) becomes
@@ -282,6 +305,9 @@ class ModelSpec:
     flip_labels: str = "swap"
     frame: ModelFrame | None = None
     weights_sha256: str = ""
+    kind: str = "semantic"
+    prompt_channels: tuple[str, ...] = ()
+    prompt_encoding: dict[str, Any] = field(default_factory=dict)
     format_version: int = SPEC_FORMAT_VERSION
 
     def __post_init__(self) -> None:
@@ -303,6 +329,10 @@ class ModelSpec:
             self.classes = [c if isinstance(c, ClassInfo) else ClassInfo(**c) for c in self.classes]
         except TypeError as e:
             raise InputError(f"classes: each class needs index and name (and optional colour, mirror): {e}") from None
+        try:
+            self.prompt_channels = tuple(str(c) for c in self.prompt_channels)
+        except TypeError:
+            raise InputError(f"prompt_channels must be a list of names, got {self.prompt_channels!r}") from None
         if self.frame is None:
             self.frame = ModelFrame.chaos_default(tuple(max(1, v) for v in self.input_size))
         elif not isinstance(self.frame, ModelFrame):
@@ -372,6 +402,20 @@ class ModelSpec:
             raise InputError(f"flip_labels {self.flip_labels!r} is not one of {FLIP_LABELS}")
         if self.activation not in ACTIVATIONS:
             raise InputError(f"activation {self.activation!r} is not one of {ACTIVATIONS}")
+        if self.kind not in MODEL_KINDS:
+            raise InputError(f"kind {self.kind!r} is not one of {MODEL_KINDS}")
+        bad = [c for c in self.prompt_channels if c not in PROMPT_CHANNELS]
+        if bad or len(set(self.prompt_channels)) != len(self.prompt_channels):
+            raise InputError(
+                f"prompt_channels must be distinct names from {PROMPT_CHANNELS}, got {self.prompt_channels}"
+            )
+        if self.kind == "promptable":
+            if not self.prompt_channels:
+                raise InputError("a promptable model needs prompt_channels")
+            if self.activation != "sigmoid" or len(self.classes) != 1:
+                raise InputError("a promptable model has one sigmoid output (one class: the object)")
+        elif self.prompt_channels:
+            raise InputError("prompt_channels are for promptable models only (kind 'promptable')")
         if 0 not in self.context_offsets:
             raise InputError(f"context_offsets {self.context_offsets} must contain 0 (the target slice)")
         if not self.classes:
@@ -394,8 +438,9 @@ class ModelSpec:
     # ------------------------------------------------------------------ derived
     @property
     def in_channels(self) -> int:
-        """Number of network input channels (= number of 2.5D context slices)."""
-        return len(self.context_offsets)
+        """Number of network input channels: the 2.5D context slices, then the prompt
+        channels of a promptable model."""
+        return len(self.context_offsets) + len(self.prompt_channels)
 
     @property
     def out_channels(self) -> int:
@@ -441,6 +486,7 @@ class ModelSpec:
         d["context_offsets"] = list(self.context_offsets)
         d["input_size"] = list(self.input_size)
         d["percentiles"] = list(self.percentiles)
+        d["prompt_channels"] = list(self.prompt_channels)
         d["frame"]["axcodes"] = list(self.frame.axcodes)
         d["frame"]["spacing_mm"] = list(self.frame.spacing_mm)
         return d
