@@ -7,8 +7,15 @@ What :func:`finetune` does
 1. Loads the base model through the registry: ``spec.json`` + ``model.safetensors``
    (never pickle). The base's folder is only read, never written.
 2. Opens the dataset (any layout of :func:`~napari_gi_seg.datasets.open_dataset`)
-   and maps its classes to the base's **by name** (same set of names required; the
-   label values are re-ordered to the base's order when they differ).
+   and maps its classes to the base's **by name** (the label values are re-ordered to
+   the base's order when they differ). **New structures**: the dataset's classes the
+   base lacks are appended after the base's (:mod:`napari_gi_seg.models.grow`: known
+   indices unchanged, so old label files stay valid; new outputs initialised fresh,
+   every other weight copied; colours and TG-263 names from
+   :mod:`napari_gi_seg.curation.structures`). Base classes the dataset lacks, and
+   classes a case does not annotate (``dataset.json`` ``annotated_classes``), are
+   partial labels: never read as background (marginal loss for softmax models,
+   per-channel ignore for sigmoid ones: :mod:`napari_gi_seg.training.losses`).
 3. Holds back part of the data, never trained on:
 
    * **patient level** when the dataset has >= 2 patients (groups):
@@ -31,7 +38,11 @@ What :func:`finetune` does
    data fingerprint and ``metrics.finetune = {dice_before, dice_after, held_back,
    split, per_class_before, per_class_after, worse}`` **unless** the new model is
    worse than its parent on the held-back data (``dice_after < dice_before``) and
-   ``register_if_worse`` is false, or the run was stopped (``cancel``). The candidate
+   ``register_if_worse`` is false, or the run was stopped (``cancel``). A model grown
+   by new structures is worse when any **old** class's held-back Dice fell by more
+   than :data:`OLD_CLASS_TOLERANCE` (its mean includes the new classes, which the
+   parent lacks); ``metrics.finetune`` then also lists ``new_classes``,
+   ``old_class_change`` and ``n_cases`` (held-back cases each class was scored on). The candidate
    (``candidate.json`` + ``best.safetensors``) then stays in the run folder, and
    :func:`register_run` registers it on an explicit choice.
 
@@ -62,13 +73,17 @@ from .._logging import run_log_file
 from ..datasets import DatasetFormatError, as_multilabel
 from ..paths import public_path
 from ..progress import CancelCallback, ProgressCallback, emit
-from .holdback import open_for_base, slice_split, split_for_finetune
+from .holdback import open_for_base, slice_split, split_for_finetune, widen_dataset
 from .manifest import LOG_FILE, read_manifest, write_manifest
 from .runs import CANDIDATE_FILE, register_run, resumable_run, run_folder
 
 __all__ = ["FinetuneResult", "finetune", "register_run", "resumable_run", "slice_split", "CANDIDATE_FILE"]
 
 log = logging.getLogger(__name__)
+
+#: Largest fall of an old class's held-back Dice a model grown by new structures may
+#: show and still be registered without an explicit choice.
+OLD_CLASS_TOLERANCE = 0.02
 
 
 @dataclass
@@ -211,11 +226,8 @@ def finetune(
     base_spec = entry.spec()
     base_names = [c.name for c in base_spec.classes]
     ds = open_for_base(dataset, class_names, base_names)
-    if sorted(ds.class_names) != sorted(base_names):
-        raise DatasetFormatError(
-            f"{ds.root}: classes {ds.class_names} differ from the base model {entry.key}'s "
-            f"{base_names}; fine-tuning needs the same class names"
-        )
+    base_spec, new_names, ds = _grown(base_spec, ds)
+    base_names = [c.name for c in base_spec.classes]
     if ds.multilabel and base_spec.activation != "sigmoid":
         raise DatasetFormatError(
             f"{ds.root}: a multi-label dataset cannot fine-tune the {base_spec.activation} model {entry.key}"
@@ -271,10 +283,15 @@ def finetune(
             freeze_encoder=freeze_encoder,
         )
         state_dict = load_weights(entry.weights_path)
+        if new_names:
+            from ..models.grow import grow_state_dict
+
+            state_dict = grow_state_dict(state_dict, base_spec, seed=seed)
+            log.info("new structure(s) %s appended to %s's outputs", new_names, entry.key)
         res = _train(
             ds, train_ds, held_cases, entry, base_spec, name, version, work, args, state_dict, progress, cancel
         )
-        out = _decide(res, entry, before, held_json, split, work, register_if_worse, ds)
+        out = _decide(res, entry, before, held_json, split, work, register_if_worse, ds, new_names)
         emit(
             progress,
             "done",
@@ -298,16 +315,45 @@ def finetune(
     return out
 
 
+def _grown(base_spec, ds):
+    """``(spec, new_names, dataset)``: the base's spec grown by the dataset's classes it
+    lacks (:func:`~napari_gi_seg.models.grow.grow_spec`), and the dataset in that class
+    order (:func:`~napari_gi_seg.training.holdback.widen_dataset`); unchanged when the
+    dataset has exactly the base's classes.
+
+    Raises :class:`DatasetFormatError` for a dataset that shares no class with the base
+    and adds none (nothing to learn)."""
+    from ..curation.structures import structure_for
+    from ..models.grow import grow_spec, new_class_names
+
+    base_names = [c.name for c in base_spec.classes]
+    if sorted(ds.class_names) == sorted(base_names):
+        return base_spec, [], ds
+    new = new_class_names(base_spec, ds.class_names)
+    if not new and not set(ds.class_names) & set(base_names):
+        raise DatasetFormatError(f"{ds.root}: classes {ds.class_names} share nothing with {base_spec.key}'s")
+    infos = [structure_for(n) for n in new]
+    spec = grow_spec(
+        base_spec, [{"name": s.name, "colour": s.colour, "single_component": s.single_component} for s in infos]
+    )
+    return spec, new, widen_dataset(ds, [c.name for c in spec.classes])
+
+
 def _baseline(entry, base_spec, held_cases, device) -> dict:
     from ..engine.inference import resolve_device
     from ..models.network import load_network
     from .validation import validate
 
     dev = resolve_device(device)
+    base_spec = entry.spec()  # the parent as registered (not grown): its classes only
     base_net = load_network(base_spec, entry.weights_path, dev)
     m = validate(base_net, base_spec, held_cases, dev)
     log.info("base %s: held-back mean Dice %.4f", entry.key, m["mean_dice"])
-    return {"mean_dice": m["mean_dice"], "per_class": {k: v["dice"] for k, v in m["per_class"].items()}}
+    return {
+        "mean_dice": m["mean_dice"],
+        "per_class": {k: v["dice"] for k, v in m["per_class"].items()},
+        "n_cases": {k: v.get("n_cases") for k, v in m["per_class"].items()},
+    }
 
 
 def _train(ds, train_ds, held_cases, entry, base_spec, name, version, work, args: dict, state_dict, progress, cancel):
@@ -353,17 +399,26 @@ def _train(ds, train_ds, held_cases, entry, base_spec, name, version, work, args
     return t.fit()
 
 
-def _decide(res, entry, before, held_json, split, work, register_if_worse, ds) -> FinetuneResult:
+def _decide(res, entry, before, held_json, split, work, register_if_worse, ds, new_names=()) -> FinetuneResult:
     """Fill the spec's fine-tune metrics, keep the candidate in the run folder and
-    register it unless it is worse than its parent (without ``register_if_worse``) or
-    the run was stopped."""
+    register it unless it is worse than its parent (without ``register_if_worse``; a
+    grown model: an old class down by more than :data:`OLD_CLASS_TOLERANCE`) or the
+    run was stopped."""
     spec = res.spec
     bm = res.best_metrics or {}
     after = {
         "mean_dice": float(bm.get("mean_dice", float("nan"))),
         "per_class": {k: v["dice"] for k, v in bm.get("per_class", {}).items()},
     }
-    worse = not (after["mean_dice"] >= before["mean_dice"])  # NaN counts as worse
+    change = {
+        k: after["per_class"].get(k, float("nan")) - b
+        for k, b in before["per_class"].items()
+        if b == b  # an old class scored on the held-back data
+    }
+    if new_names:
+        worse = any(not (d >= -OLD_CLASS_TOLERANCE) for d in change.values())  # NaN counts as worse
+    else:
+        worse = not (after["mean_dice"] >= before["mean_dice"])  # NaN counts as worse
     spec.parent = entry.key
     spec.metrics["finetune"] = {
         "dice_before": before["mean_dice"],
@@ -376,6 +431,14 @@ def _decide(res, entry, before, held_json, split, work, register_if_worse, ds) -
         "per_class_after": after["per_class"],
         "base": entry.key,
     }
+    if new_names:
+        spec.metrics["finetune"].update(
+            new_classes=list(new_names),
+            old_class_change={k: round(v, 4) for k, v in change.items()},
+            old_class_tolerance=OLD_CLASS_TOLERANCE,
+            n_cases={k: v.get("n_cases") for k, v in bm.get("per_class", {}).items()},
+            annotated_cases={n: sum(n in a for a in ds.annotated_classes().values()) for n in new_names},
+        )
     spec.training["split"] = split
     spec.training["held_back"] = held_json
     write_json(work / CANDIDATE_FILE, spec.to_dict())
@@ -390,6 +453,12 @@ def _decide(res, entry, before, held_json, split, work, register_if_worse, ds) -
     reason = ""
     if res.stopped == "cancelled":
         reason = f"stopped after {len(res.history)} epoch(s): not registered; the best epoch so far is kept in the run folder"
+    elif worse and not register_if_worse and new_names:
+        fell = ", ".join(f"{k} {v:+.3f}" for k, v in change.items() if not v >= -OLD_CLASS_TOLERANCE)
+        reason = (
+            f"old class(es) fell by more than {OLD_CLASS_TOLERANCE} on the held-back data ({fell}): "
+            "not registered (register it anyway with --register-if-worse)"
+        )
     elif worse and not register_if_worse:
         reason = (
             f"held-back Dice fell from {before['mean_dice']:.3f} ({entry.key}) to {after['mean_dice']:.3f}: "
