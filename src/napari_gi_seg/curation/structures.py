@@ -25,6 +25,8 @@ __all__ = [
     "tg263_name",
     "structure_for",
     "new_structure",
+    "add_structure",
+    "rt_roi_names",
     "StructureError",
 ]
 
@@ -123,3 +125,55 @@ def new_structure(name: str, colour: str, existing: Sequence[str] | Mapping[int,
     if colour and not _COLOUR_RE.match(colour):
         raise StructureError(f"colour {colour!r}: use #rrggbb")
     return structure_for(name, colour)
+
+
+def add_structure(
+    class_names: Mapping[int, str], colours: Mapping[int, str], structure: Structure
+) -> tuple[dict[int, str], dict[int, str], int]:
+    """The case's classes with ``structure`` appended after the last one (its label
+    value is ``max + 1``, so the values of the model's classes never change).
+
+    Parameters
+    ----------
+    class_names : mapping
+        ``{value: name}`` (``0: "background"`` may be present).
+    colours : mapping
+        ``{value: "#rrggbb"}``.
+    structure : Structure
+        From :func:`new_structure` (checked against ``class_names``).
+
+    Returns
+    -------
+    (dict, dict, int)
+        ``(class_names, colours, value)``, new dicts.
+
+    Raises
+    ------
+    StructureError
+        The name is taken, or no label value is left (uint8 labels with an ignore
+        value: at most 254 structures).
+    """
+    names = {int(k): str(v) for k, v in class_names.items()}
+    fg = {k: v for k, v in names.items() if k != 0}
+    new_structure(structure.name, structure.colour, fg)  # raises when taken or malformed
+    value = max(fg, default=0) + 1
+    if value > 254:
+        raise StructureError("no label value left for another structure (at most 254)")
+    names[value] = structure.name
+    out_colours = {int(k): str(v) for k, v in colours.items()}
+    out_colours[value] = structure.colour
+    return names, out_colours, value
+
+
+def rt_roi_names(class_names: Mapping[int, str], tg263: bool = True) -> dict[int, str]:
+    """``{value: ROI name}`` for RTSTRUCT ``ROIName`` / SEG ``SegmentLabel``: each
+    foreground class's TG-263 name (:func:`tg263_name`) when ``tg263``, else its own
+    name. Two classes that would map to the same TG-263 name keep their own names."""
+    fg = {int(k): str(v) for k, v in class_names.items() if int(k) != 0}
+    if not tg263:
+        return fg
+    mapped = {k: tg263_name(v) for k, v in fg.items()}
+    counts = {}
+    for v in mapped.values():
+        counts[v] = counts.get(v, 0) + 1
+    return {k: (mapped[k] if counts[mapped[k]] == 1 else fg[k]) for k in fg}

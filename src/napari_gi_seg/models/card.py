@@ -211,10 +211,20 @@ def _metric_tables(spec: ModelSpec, evaluations: Sequence[tuple[str, dict]]) -> 
     if f.get("per_class_after"):
         where = headline_metric(spec)[1]
         worse = " **Worse than the parent; registered on an explicit choice.**" if f.get("worse") else ""
+        cols = {"before": f.get("per_class_before") or {}, "after": f["per_class_after"]}
+        if f.get("new_classes"):
+            cols["held-back cases"] = f.get("n_cases") or {}
+            new = ", ".join(f"`{n}`" for n in f["new_classes"])
+            taught = ", ".join(f"{n} on {k} case(s)" for n, k in (f.get("annotated_cases") or {}).items())
+            where += (
+                f". Structure(s) {new} added by fine-tuning (annotated: {taught}); each class is scored only on "
+                f"the held-back cases that annotate it; an old class down by more than "
+                f"{f.get('old_class_tolerance', 0.02)} blocks registration unless chosen"
+            )
         table(
             "Fine-tuning",
             f"From `{f.get('base')}`: {where}; the parent (before) and this model (after).{worse}",
-            {"before": f.get("per_class_before") or {}, "after": f["per_class_after"]},
+            cols,
             {"before": f.get("dice_before"), "after": f.get("dice_after")},
         )
     a = m.get("adaptation") or {}

@@ -41,8 +41,10 @@ What :func:`finetune` does
    ``register_if_worse`` is false, or the run was stopped (``cancel``). A model grown
    by new structures is worse when any **old** class's held-back Dice fell by more
    than :data:`OLD_CLASS_TOLERANCE` (its mean includes the new classes, which the
-   parent lacks); ``metrics.finetune`` then also lists ``new_classes``,
-   ``old_class_change`` and ``n_cases`` (held-back cases each class was scored on). The candidate
+   parent lacks), or when an old class cannot be checked (no held-back case annotates
+   it); ``metrics.finetune`` then also lists ``new_classes``, ``old_class_change``,
+   ``old_classes_not_measured``, ``n_cases`` (held-back cases each class was scored
+   on) and ``annotated_cases`` (cases that annotate each new class). The candidate
    (``candidate.json`` + ``best.safetensors``) then stays in the run folder, and
    :func:`register_run` registers it on an explicit choice.
 
@@ -110,6 +112,11 @@ class FinetuneResult:
         Why it was not registered (``""`` when it was).
     stopped : str or None
         ``"cancelled"`` etc. when the run ended early (see :class:`~napari_gi_seg.training.trainer.TrainResult`).
+    new_classes : list of str
+        Structures appended to the base's classes (empty when it was not grown).
+    worse_decided : bool or None
+        The decision for a grown model (an old class down by more than
+        :data:`OLD_CLASS_TOLERANCE`, or not checked); ``None`` otherwise.
     """
 
     entry: object | None
@@ -122,6 +129,8 @@ class FinetuneResult:
     work_dir: Path | None = None
     reason: str = ""
     stopped: str | None = None
+    new_classes: list[str] = field(default_factory=list)
+    worse_decided: bool | None = None
 
     @property
     def registered(self) -> bool:
@@ -130,7 +139,11 @@ class FinetuneResult:
 
     @property
     def worse(self) -> bool:
-        """True when the new model's held-back Dice is below its parent's."""
+        """True when the new model's held-back Dice is below its parent's (a grown
+        model: when an old class fell by more than :data:`OLD_CLASS_TOLERANCE` or could
+        not be checked)."""
+        if self.worse_decided is not None:
+            return self.worse_decided
         return bool(self.dice_after < self.dice_before)
 
 
@@ -415,8 +428,9 @@ def _decide(res, entry, before, held_json, split, work, register_if_worse, ds, n
         for k, b in before["per_class"].items()
         if b == b  # an old class scored on the held-back data
     }
+    unmeasured = [k for k, n in (before.get("n_cases") or {}).items() if not n]
     if new_names:
-        worse = any(not (d >= -OLD_CLASS_TOLERANCE) for d in change.values())  # NaN counts as worse
+        worse = bool(unmeasured) or any(not (d >= -OLD_CLASS_TOLERANCE) for d in change.values())  # NaN: worse
     else:
         worse = not (after["mean_dice"] >= before["mean_dice"])  # NaN counts as worse
     spec.parent = entry.key
@@ -436,6 +450,7 @@ def _decide(res, entry, before, held_json, split, work, register_if_worse, ds, n
             new_classes=list(new_names),
             old_class_change={k: round(v, 4) for k, v in change.items()},
             old_class_tolerance=OLD_CLASS_TOLERANCE,
+            old_classes_not_measured=unmeasured,
             n_cases={k: v.get("n_cases") for k, v in bm.get("per_class", {}).items()},
             annotated_cases={n: sum(n in a for a in ds.annotated_classes().values()) for n in new_names},
         )
@@ -455,10 +470,13 @@ def _decide(res, entry, before, held_json, split, work, register_if_worse, ds, n
         reason = f"stopped after {len(res.history)} epoch(s): not registered; the best epoch so far is kept in the run folder"
     elif worse and not register_if_worse and new_names:
         fell = ", ".join(f"{k} {v:+.3f}" for k, v in change.items() if not v >= -OLD_CLASS_TOLERANCE)
-        reason = (
-            f"old class(es) fell by more than {OLD_CLASS_TOLERANCE} on the held-back data ({fell}): "
-            "not registered (register it anyway with --register-if-worse)"
-        )
+        why = f"old class(es) fell by more than {OLD_CLASS_TOLERANCE} on the held-back data ({fell})" if fell else ""
+        if unmeasured:
+            why += ("; " if why else "") + (
+                f"old class(es) {', '.join(unmeasured)} not checked: no held-back case annotates them "
+                "(export some cases with them annotated)"
+            )
+        reason = f"{why}: not registered (register it anyway with --register-if-worse)"
     elif worse and not register_if_worse:
         reason = (
             f"held-back Dice fell from {before['mean_dice']:.3f} ({entry.key}) to {after['mean_dice']:.3f}: "
@@ -482,4 +500,6 @@ def _decide(res, entry, before, held_json, split, work, register_if_worse, ds, n
         work,
         reason,
         res.stopped,
+        list(new_names),
+        worse if new_names else None,
     )
