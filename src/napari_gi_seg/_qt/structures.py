@@ -130,7 +130,8 @@ def new_structure_button(page) -> QPushButton:
     button.setToolTip("Add a structure to this case (e.g. Stomach), draw it, review, export, fine-tune")
 
     def clicked() -> None:
-        ctx = page.context() if callable(getattr(page, "context", None)) else getattr(page, "_ctx", None)
+        ctx = getattr(page, "context", None)  # a property (Correct page) or a method (a case controller)
+        ctx = ctx() if callable(ctx) else ctx
         if ctx is None:
             return
         dlg = NewStructureDialog(ctx.class_names, page)
