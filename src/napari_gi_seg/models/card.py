@@ -101,7 +101,13 @@ def headline_metric(spec: ModelSpec) -> tuple[float | None, str]:
             n = len(held) if isinstance(held, (list, tuple)) else 0
             where = f"held-back Dice on {n} patient(s) of {ds} (patient-level)"
         before = ft.get("dice_before")
-        if isinstance(before, (int, float)):
+        if ft.get("new_classes"):  # grown: the parent lacks the new classes, its mean is over the old ones
+            n_cases = ft.get("n_cases") or {}
+            new = ", ".join(f"{c} on {n_cases.get(c, 0)} case(s)" for c in ft["new_classes"])
+            change = ", ".join(f"{c} {d:+.3f}" for c, d in (ft.get("old_class_change") or {}).items())
+            where += f"; new structure(s) scored: {new}; old classes vs parent {ft.get('base', spec.parent)}: "
+            where += change or "not measured"
+        elif isinstance(before, (int, float)):
             where += f"; parent {ft.get('base', spec.parent)}: {before:.3f} on the same data"
         return float(ft["dice_after"]), where
     v = m.get("validation")
