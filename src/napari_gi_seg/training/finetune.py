@@ -221,7 +221,7 @@ def finetune(
     ModelNotFoundError
         Unknown base model.
     DatasetFormatError
-        Bad dataset, or class names that differ from the base's (lists both).
+        Bad dataset, or classes that share nothing with the base's and add none.
     ValueError
         Too little labelled data to hold some back; ``resume`` with nothing to resume or
         with other held-back data than the interrupted run.

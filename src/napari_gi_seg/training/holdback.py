@@ -91,7 +91,7 @@ def split_for_finetune(ds: SegDataset, base_names: list[str], val_fraction: floa
     Parameters
     ----------
     ds : SegDataset
-        The opened dataset (same class names as the base, any order).
+        The opened dataset (the model's class names, any order; see :func:`widen_dataset`).
     base_names : list of str
         The (grown) model's class names in its index order; each case's
         ``annotated`` classes are kept.
