@@ -54,8 +54,8 @@ def test_grown_network_keeps_old_logits(tiny_model):
     mgrown = grow_spec(spec, ["spleen"])
     mbig = load_state(build_network(mgrown), grow_state_dict(mbase.state_dict(), mgrown)).eval()
     with torch.no_grad():
-        out = mbig(x)
-        assert torch.allclose(out[:, :4], mbase(x), atol=1e-5) and out[:, 4].std() > 0
+        out, ref = mbig(x[:1, :, :32, :32]), mbase(x[:1, :, :32, :32])
+        assert torch.allclose(out[:, :4], ref, atol=1e-5) and out[:, 4].std() > 0
 
 
 def test_marginal_loss_is_plain_loss_when_all_annotated(tiny_model, chaos_volumes):

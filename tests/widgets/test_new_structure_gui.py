@@ -11,7 +11,13 @@ from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import QApplication
 
 from napari_gi_seg._qt.export_widget import ExportWidget
-from napari_gi_seg._qt.structures import NewStructureDialog, new_structure_button, new_structures_text
+from napari_gi_seg._qt.finetune_widget import FinetuneWidget
+from napari_gi_seg._qt.structures import (
+    NewStructureDialog,
+    new_structure_button,
+    new_structures_label,
+    new_structures_text,
+)
 
 
 def _accept_dialog_with(name: str):
@@ -56,8 +62,15 @@ def test_new_structure_drawn_and_exported(qtbot, segmented, tmp_path, tiny_key):
     assert meta["labels"]["Stomach"] == 5 and meta["labels"]["ignore"] == 6
     assert next(iter(meta["annotated_classes"].values()))[-1] == "Stomach"
     assert "Stomach (5)" in new_structures_text(out, tiny_key)
+    ft = FinetuneWidget(viewer)  # the Fine-tune page lists it once the hook line adds the label
+    qtbot.addWidget(ft)
+    label = new_structures_label(ft)
+    ft.base_combo.setCurrentText(tiny_key)
+    ft.folder_edit.setText(str(out))
+    assert "New structures: Stomach (5)" in label.text() and "Stomach on 1 of 1 case(s)" in label.text()
     assert cor._state_of(ctx)["info"]["class_names"]["5"] == "Stomach"  # kept in the session's autosave
     from napari_gi_seg.datasets import open_dataset
 
     case = open_dataset(out).cases[0].load()
-    assert np.count_nonzero(case.target[12] == 5) == 400 and case.annotated is None  # every structure annotated
+    assert np.count_nonzero(case.target[12] == 5) == 400
+    assert case.annotated == ("liver", "right_kidney", "left_kidney", "spleen", "Stomach")  # every structure

@@ -6,8 +6,8 @@ Hooks (one line each, so the Correct page's own code stays as it is)::
 
     # Correct page, where its buttons are laid out:
     layout.addWidget(new_structure_button(self))
-    # Fine-tune page, when the dataset or the base model changes:
-    self.new_label.setText(new_structures_text(dataset_folder, base_key))
+    # Fine-tune page, under the base-model row:
+    form.addRow(new_structures_label(self))
 
 ``new_structure_button(page)`` needs ``page.context()`` (the case: ``class_names``,
 ``colours``, ``labels_layer``), and calls ``page._refresh_classes()`` and
@@ -33,7 +33,13 @@ from qtpy.QtWidgets import (
 
 from ..curation.structures import TG263_ABDOMEN, StructureError, add_structure, new_structure, structure_for
 
-__all__ = ["NewStructureDialog", "add_structure_to_case", "new_structure_button", "new_structures_text"]
+__all__ = [
+    "NewStructureDialog",
+    "add_structure_to_case",
+    "new_structure_button",
+    "new_structures_label",
+    "new_structures_text",
+]
 
 
 class NewStructureDialog(QDialog):
@@ -170,3 +176,20 @@ def new_structures_text(dataset, base_key: str) -> str:
     per = ds.annotated_classes()
     counts = ", ".join(f"{n} on {sum(n in a for a in per.values())} of {len(per)} case(s)" for n in new)
     return f"New structures: {added}, appended after {spec.key}'s {k} classes; annotated: {counts}"
+
+
+def new_structures_label(page) -> QLabel:
+    """A label for the Fine-tune page ``page`` (its ``folder_edit`` and ``base_combo``)
+    that lists the dataset's new structures (:func:`new_structures_text`), updated when
+    the dataset folder or the base model changes."""
+    label = QLabel("")
+    label.setWordWrap(True)
+
+    def update(*_) -> None:
+        label.setText(new_structures_text(page.folder_edit.text().strip(), page.base_combo.currentText()))
+
+    page.folder_edit.textChanged.connect(update)
+    page.base_combo.currentTextChanged.connect(update)
+    page.new_structures_label = label
+    update()
+    return label
