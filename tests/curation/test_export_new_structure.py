@@ -99,3 +99,15 @@ def test_tg263_names_and_new_structure_checks():
         new_structure("ignore", "", GROWN)
     with pytest.raises(StructureError, match="colour"):
         new_structure("Duodenum", "red", GROWN)
+
+
+def test_bad_annotated_classes_names_the_key(tmp_path, chaos_image_volume, chaos_labels):
+    from napari_gi_seg.datasets import DatasetFormatError
+
+    ds = tmp_path / "ds"
+    export_case(ds, chaos_image_volume, chaos_labels, [12], GROWN, case_id="a")
+    meta = json.loads((ds / "dataset.json").read_text())
+    meta["annotated_classes"]["a"] = ["stomach"]
+    (ds / "dataset.json").write_text(json.dumps(meta))
+    with pytest.raises(DatasetFormatError, match=r"annotated_classes\.a.*not in 'labels': \['stomach'\]"):
+        open_dataset(ds)

@@ -56,6 +56,7 @@ class NewStructureDialog(QDialog):
     def __init__(self, existing: dict[int, str], parent: QWidget | None = None):
         super().__init__(parent)
         self.setWindowTitle("New structure")
+        self.setMinimumWidth(340)
         self.existing = {int(k): str(v) for k, v in existing.items() if int(k) != 0}
         taken = {v.lower() for v in self.existing.values()}
         self.name = QComboBox()
@@ -108,6 +109,7 @@ class NewStructureDialog(QDialog):
             self.structure()
         except StructureError as e:
             self.error.setText(str(e))
+            self.adjustSize()  # the wrapped message fits
             return
         self.accept()
 
