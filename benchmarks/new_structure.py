@@ -121,6 +121,7 @@ def main(argv=None) -> int:
     p.add_argument("--write-docs", action="store_true")
     p.add_argument("--smoke", action="store_true", help="one test patient, to check the script runs")
     p.add_argument("--references", action="store_true", help="also score the bundled model and the unrepaired base")
+    p.add_argument("--base", default="", help="a base without the spleen repaired by an earlier run (same --home)")
     a = p.parse_args(argv)
     os.environ["NAPARI_GI_SEG_HOME"] = a.home
     import torch
@@ -149,7 +150,9 @@ def main(argv=None) -> int:
     work = Path(a.home) / "work"
     work.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%S")
-    # 1. the base without the spleen, repaired
+    # 1. the base without the spleen, repaired (or --base: one a previous run repaired)
+    if a.base:
+        return _runs(a, registry.get_entry(a.base).key, test, pool, repair, ks, volumes, work, stamp)
     bundled = registry.get_entry("chaos-t2spir:2")
     spec, sd = drop_classes(bundled.spec(), load_weights(bundled.weights_path), ["spleen"])
     spec.name, spec.version = f"nospleen-raw-{stamp}", 1
@@ -160,9 +163,15 @@ def main(argv=None) -> int:
                    val_fraction=0.25)  # fmt: skip
     base = rep.entry.key
     _log(f"base {base} repaired in {time.time() - t0:.0f} s")
+    return _runs(a, base, test, pool, repair, ks, volumes, work, stamp, raw)
+
+
+def _runs(a, base, test, pool, repair, ks, volumes, work, stamp, raw=None) -> int:
+    from napari_gi_seg.training.finetune import finetune
+
     results = {"test": test, "pool": pool, "repair": repair, "base": base, "host": platform.platform(),
                "threads": a.threads, "epochs": a.epochs, "steps": a.steps, "lr": a.lr, "runs": []}  # fmt: skip
-    if a.references:  # the bundled model and the base before its repair, on the same patients
+    if a.references and raw:  # the bundled model and the base before its repair, on the same patients
         results["bundled_on_test"] = _score("chaos-t2spir:2", test, volumes)
         results["raw_on_test"] = _score(raw, test, volumes)
     results["base_on_test"] = _score(base, test, volumes)
@@ -171,12 +180,12 @@ def main(argv=None) -> int:
     for k in ks:
         for mode in a.modes.split(","):
             ds = _export(work / f"k{k}-{mode}-{stamp}", pool[:k], volumes, mode)
-            t = time.time()
+            t, cpu = time.time(), time.process_time()
             res = finetune(ds, base, f"spleen-k{k}-{mode}-{stamp}", epochs=a.epochs, max_steps_per_epoch=a.steps,
                            lr=a.lr, batch_size=8, device="cpu", register_if_worse=True)  # fmt: skip
-            secs = time.time() - t
+            secs, cpu = time.time() - t, time.process_time() - cpu
             sc = _score(res.entry.key, test, volumes)
-            row = {"k": k, "mode": mode, "seconds": round(secs, 1), "spleen": sc.get("spleen"),
+            row = {"k": k, "mode": mode, "seconds": round(secs, 1), "cpu_seconds": round(cpu, 1), "spleen": sc.get("spleen"),
                    "change": {n: sc[n] - results["base_on_test"][n] for n in OLD}, "dice": sc,
                    "held_back": res.spec.metrics["finetune"], "reason": res.reason}  # fmt: skip
             results["runs"].append(row)
