@@ -103,22 +103,21 @@ def test_case_without_new_class_does_not_teach_background(tiny_model, chaos_volu
     assert liver > float(init.softmax(1)[:, 1][y == 1].mean())  # the annotated classes are still fitted
 
 
-def test_finetune_grows_base_and_predicts_new_class(nospleen_key, chaos3, chaos_dir, capsys):
-    """``napari-gi-seg finetune DATASET --model BASE --name NEW`` (no extra flag): a
-    dataset whose classes.json has the spleen grows the base without it into a model
-    with the spleen appended (old indices unchanged) that finds it on a training scan."""
-    from napari_gi_seg import cli
+def test_finetune_grows_base_and_predicts_new_class(nospleen_key, chaos3, chaos_dir):
+    """A dataset whose classes.json has the spleen fine-tunes the base without it (no
+    extra argument: what ``napari-gi-seg finetune DATASET --model BASE --name NEW``
+    calls) into a model with the spleen appended (old indices unchanged) that finds it
+    on a training scan."""
     from napari_gi_seg.engine.inference import segment_volume
     from napari_gi_seg.io.nifti import read_nifti
+    from napari_gi_seg.training.finetune import finetune
 
-    rc = cli.main(
-        ["finetune", str(chaos3), "--model", nospleen_key, "--name", "tiny-spleen", "--epochs", "3"]
-        + ["--max-steps-per-epoch", "6", "--batch-size", "8", "--lr", "1e-2", "--device", "cpu"]
-        + ["--val-fraction", "0.34", "--register-if-worse"]
-    )
-    out = capsys.readouterr().out
-    assert rc == 0 and "new structure(s) spleen: spleen" in out and "old classes' change: liver" in out
-    entry = registry.get_entry("tiny-spleen")
+    res = finetune(
+        chaos3, nospleen_key, "tiny-spleen", epochs=3, max_steps_per_epoch=6, batch_size=8, lr=1e-2,
+        device="cpu", augment=False, val_fraction=0.34, register_if_worse=True,
+    )  # fmt: skip
+    assert res.registered and res.new_classes == ["spleen"]
+    entry = res.entry
     spec, net = registry.load_model(entry.key)
     assert [(c.index, c.name) for c in spec.classes] == [
         (1, "liver"), (2, "right_kidney"), (3, "left_kidney"), (4, "spleen")
