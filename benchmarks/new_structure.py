@@ -198,6 +198,19 @@ def _runs(a, base, test, pool, repair, ks, volumes, work, stamp, raw=None) -> in
     return 0
 
 
+def table_rows(r: dict) -> list[str]:
+    """One markdown row per run of ``r``: k, annotated, spleen Dice, old organs' change, seconds."""
+    out = []
+    for row in r["runs"]:
+        c = row["change"]
+        cpu = f" ({row['cpu_seconds']:.0f} CPU)" if row.get("cpu_seconds") else ""
+        out.append(
+            f"| {row['k']} | {'all' if row['mode'] == 'all' else 'spleen only'} | {row['spleen']:.3f} | "
+            f"{c['liver']:+.3f} | {c['right_kidney']:+.3f} | {c['left_kidney']:+.3f} | {row['seconds']:.0f}{cpu} |"
+        )
+    return out
+
+
 def report(r: dict) -> str:
     """The docs/benchmarks.md section for the results ``r``."""
     b = r["base_on_test"]
@@ -217,12 +230,7 @@ def report(r: dict) -> str:
         "| k | annotated | spleen Dice | liver change | right kidney change | left kidney change | seconds |",
         "|---:|---|---:|---:|---:|---:|---:|",
     ]
-    for row in r["runs"]:
-        c = row["change"]
-        lines.append(
-            f"| {row['k']} | {'all' if row['mode'] == 'all' else 'spleen only'} | {row['spleen']:.3f} | "
-            f"{c['liver']:+.3f} | {c['right_kidney']:+.3f} | {c['left_kidney']:+.3f} | {row['seconds']:.0f} |"
-        )
+    lines += table_rows(r)
     lines += [
         "",
         "Caveat: the bundled weights were trained on all 16 patients *with* the spleen, so the base's features",

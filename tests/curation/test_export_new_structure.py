@@ -9,7 +9,14 @@ import numpy as np
 import pytest
 
 from napari_gi_seg.curation.export import export_case
-from napari_gi_seg.curation.structures import StructureError, new_structure, structure_for, tg263_name
+from napari_gi_seg.curation.structures import (
+    StructureError,
+    add_structure,
+    new_structure,
+    rt_roi_names,
+    structure_for,
+    tg263_name,
+)
 from napari_gi_seg.datasets import IGNORE_INDEX, open_dataset
 from napari_gi_seg.io.nifti import read_nifti
 
@@ -99,6 +106,14 @@ def test_tg263_names_and_new_structure_checks():
         new_structure("ignore", "", GROWN)
     with pytest.raises(StructureError, match="colour"):
         new_structure("Duodenum", "red", GROWN)
+    assert rt_roi_names({0: "background", **GROWN, 5: "Stomach"}) == {
+        1: "Liver", 2: "Kidney_R", 3: "Kidney_L", 4: "Spleen", 5: "Stomach"
+    }  # fmt: skip
+    assert rt_roi_names({1: "liver", 2: "Liver"}) == {1: "liver", 2: "Liver"}  # a clash keeps the own names
+    names, colours, value = add_structure(
+        {0: "background", **GROWN}, {4: "#f58231"}, new_structure("Stomach", "", GROWN)
+    )
+    assert value == 5 and names[5] == "Stomach" and colours[5] == "#f5c26b" and names[4] == "spleen"
 
 
 def test_bad_annotated_classes_names_the_key(tmp_path, chaos_image_volume, chaos_labels):
