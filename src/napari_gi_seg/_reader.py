@@ -118,7 +118,8 @@ def read_layers(path) -> list[LayerData]:
             elif kind == "dicom":
                 md = v.metadata
                 what = md.get("series_description") or md.get("modality") or "series"
-                name = f"{v.name} {what}" + (f" [{md['series_instance_uid_hash'][:6]}]" if len(vols) > 1 else "")
+                uid = md.get("series_instance_uid_hash", "")  # a NIfTI beside the series has none
+                name = f"{v.name} {what}" + (f" [{uid[:6]}]" if len(vols) > 1 and uid else "")
                 out.append(_image_tuple(v, name))
             elif v.metadata.get("is_labels") or (
                 kind == "tiff" and looks_like_labels(p, v.data) and v.data.dtype.kind in "iu"

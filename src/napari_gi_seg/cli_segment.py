@@ -89,6 +89,12 @@ def add_segment_args(p: argparse.ArgumentParser) -> None:
         "bfloat16, else fp32)",
     )
     p.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists (default: refuse)")
+    p.add_argument(
+        "--skip-unreadable",
+        action="store_true",
+        help="leave out unreadable or truncated files of a DICOM series with a warning naming them (default: "
+        "refuse the series); a slice they leave missing is interpolated from its neighbours, with a warning",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument(
         "--adapt",
@@ -109,7 +115,7 @@ def add_segment_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def read_input_volumes(path: str):
+def read_input_volumes(path: str, skip_unreadable: bool = False):
     """Read ``path`` with :func:`napari_gi_seg.io.read_image` (all formats) -> list of
     image :class:`~napari_gi_seg.io.volume.Volume` (several for a DICOM folder with
     several series or a UW-Madison case folder with several days).
@@ -124,7 +130,7 @@ def read_input_volumes(path: str):
 
     if not Path(path).exists():
         raise CLIError(f"{path}: file not found")
-    vols = read_image(path)
+    vols = read_image(path, skip_unreadable=skip_unreadable, allow_uneven=skip_unreadable)
     if not vols:
         raise CLIError(f"{path}: no image found")
     for v in vols:
@@ -210,6 +216,7 @@ def _segment_options(args, slices=None, merge=None):
         save_probabilities=args.save_probabilities,
         quiet=args.quiet,
         merge=merge,
+        fmt=args.format,
     )
 
 
@@ -232,7 +239,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from .engine.batch import OUTPUT_FORMATS
-    from .io import LABEL_FORMATS, LABEL_WRITE_SUFFIXES, label_suffix
+    from .io import LABEL_FORMATS, LABEL_WRITE_SUFFIXES, label_suffix, resolve_label_suffix
     from .models.network import load_network
 
     if (args.input is None) == (args.input_dir is None):
@@ -243,13 +250,16 @@ def cmd_segment(args: argparse.Namespace) -> int:
     if suffix is None:
         raise CLIError(f"{args.output}: unknown output format; use one of {', '.join(LABEL_WRITE_SUFFIXES)}")
     if args.format is not None and LABEL_FORMATS[suffix] != args.format:
-        raise CLIError(
-            f"{args.output}: --format {args.format} writes {OUTPUT_FORMATS[args.format]} files, not {suffix}"
-        )
+        try:  # an explicit --format wins where the name allows it (any .dcm for rtstruct / dicom-seg)
+            resolve_label_suffix(args.output, args.format)
+        except ValueError:
+            raise CLIError(
+                f"{args.output}: --format {args.format} writes {OUTPUT_FORMATS[args.format]} files, not {suffix}"
+            ) from None
     if not os.path.exists(args.input):
         raise CLIError(f"{args.input}: file not found")
     device, entry, spec = _segment_setup(args)
-    vols = read_input_volumes(args.input)
+    vols = read_input_volumes(args.input, args.skip_unreadable)
     outs = _output_paths(args.output, vols)
     if not args.overwrite:
         for o in outs:
@@ -308,7 +318,11 @@ def _segment_folder(args: argparse.Namespace) -> int:
     records = []
     for unit in batch.shard(units, rank, world):
         try:
-            vols = [v for v in read_image(unit) if not v.metadata.get("is_labels")]
+            vols = [
+                v
+                for v in read_image(unit, skip_unreadable=args.skip_unreadable, allow_uneven=args.skip_unreadable)
+                if not v.metadata.get("is_labels")
+            ]
         except (OSError, ValueError) as e:
             records.append(
                 {"unit": batch.unit_stem(unit), "status": "failed", "error": _no_path(e, unit, out_dir), "rank": rank}

@@ -81,3 +81,39 @@ def chaos_labels(chaos_label_path):
     from napari_gi_seg.io.nifti import read_nifti
 
     return read_nifti(chaos_label_path, as_labels=True).data
+
+
+# ----------------------------------------------------------------- the scanner's own CHAOS DICOM
+@pytest.fixture(scope="session")
+def chaos_mr_dicom(data_dir):
+    """``<data>/chaos_mr_dicom``: the CHAOS MR series as the scanner wrote them (see its
+    SOURCE.md: T1-DUAL in/opposed phase share one SeriesInstanceUID, empty Type 2
+    attributes, oblique series)."""
+    d = data_dir / "chaos_mr_dicom"
+    if not d.is_dir():
+        msg = f"real data missing: CHAOS MR DICOM ({d})"
+        if os.environ.get("CI", "").strip().lower() in ("1", "true", "yes"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return d
+
+
+@pytest.fixture(scope="session")
+def t2spir_p2(chaos_mr_dicom):
+    """Patient 2's T2-SPIR series (26 slices of 320 x 320, 1.36 mm, oblique)."""
+    return chaos_mr_dicom / "2" / "T2SPIR" / "DICOM_anon"
+
+
+@pytest.fixture(scope="session")
+def t1dual_p2(chaos_mr_dicom):
+    """Patient 2's T1-DUAL folder: InPhase/ and OutPhase/, one SeriesInstanceUID."""
+    return chaos_mr_dicom / "2" / "T1DUAL" / "DICOM_anon"
+
+
+@pytest.fixture(scope="session")
+def t2spir_p2_volume(t2spir_p2):
+    """Patient 2's T2-SPIR series as read (one volume)."""
+    from napari_gi_seg.io import read_image
+
+    [vol] = read_image(t2spir_p2)
+    return vol

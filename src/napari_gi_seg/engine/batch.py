@@ -74,12 +74,21 @@ def find_scans(folder: str | Path) -> list[Path]:
     children = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
     if any(p.is_file() and looks_like_dicom(p) for p in children):
         return [folder]
-    units = []
-    for p in children:
+    # one unit per real file or folder: a link to the folder itself or above (``loop -> .``)
+    # or to a sibling (``alias -> seriesA``) adds none; real entries win over links
+    here, seen, units = folder.resolve(), set(), []
+    for p in sorted(children, key=lambda c: (c.is_symlink(), c.name)):
+        try:
+            real = p.resolve()
+        except (OSError, RuntimeError):  # a dangling or looping link
+            continue
+        if real in seen or (p.is_dir() and (real == here or real in here.parents)):
+            continue
         kind = _kind(p)
         if (p.is_dir() and kind in ("dicom", "uwmgi")) or (p.is_file() and kind in ("nifti", "tiff")):
+            seen.add(real)
             units.append(p)
-    return units
+    return sorted(units)
 
 
 def shard(items: list, rank: int, world_size: int) -> list:
@@ -140,6 +149,8 @@ def output_names(unit: Path, vols: list[Volume]) -> list[str]:
         tag = md.get("series_description") or md.get("series_instance_uid_hash", "")[:8] or v.name
         if md.get("day") is not None and md.get("case_id"):
             tag = f"{md['case_id']}_day{md['day']}"
+        if md.get("volume_label"):  # one volume of a multi-echo series: ..._e1, ..._e2 (as dcm2niix)
+            tag = f"{tag}_{md['volume_label']}"
         name = f"{stem}_{safe_name(tag)}"
         while name in names:
             name += "_" + str(md.get("series_instance_uid_hash", "x"))[:6]
@@ -198,6 +209,8 @@ class SegmentOptions:
     #: ``labels (z, y, x) -> labels`` applied before writing (``segment --adapt`` puts the
     #: corrected slices back as drawn), or ``None``
     merge: Callable[[np.ndarray], np.ndarray] | None = None
+    #: output format (a key of :data:`OUTPUT_FORMATS`), or ``None``: by the suffix
+    fmt: str | None = None
 
 
 def write_probabilities(path: str | Path, probs: np.ndarray, volume: Volume, class_names: dict[int, str]) -> Path:
@@ -246,7 +259,7 @@ def segment_to_file(
     from ..io.rtstruct import require_reference
     from .inference import segment_volume
 
-    if str(out).lower().endswith(".dcm"):
+    if str(out).lower().endswith(".dcm") or options.fmt in ("rtstruct", "dicom-seg"):
         require_reference(volume, out)  # fail before the work, not after
     res = segment_volume(
         volume,
@@ -264,7 +277,9 @@ def segment_to_file(
     colours = {c.index: c.colour for c in spec.classes}
     out = Path(out)
     labels = res.labels if options.merge is None else options.merge(res.labels)
-    write_labels(out, labels, volume, names, colours=colours, model_key=spec.key, generation="AUTOMATIC")
+    write_labels(
+        out, labels, volume, names, colours=colours, model_key=spec.key, generation="AUTOMATIC", fmt=options.fmt
+    )
     rec = {
         "output": out.name,
         "input_sha256": voxel_sha256(volume.data),

@@ -78,6 +78,78 @@ def plan_frame(volume: Volume | np.ndarray, spec: ModelSpec, fixed: bool = False
     return FramePlan(fm, grid)
 
 
+#: Default cap (bytes) on what the engine allocates for one input in the model's frame
+#: (:func:`engine_bytes`): 4 GiB. ``$NAPARI_GI_SEG_MAX_ENGINE_BYTES`` overrides it.
+DEFAULT_MAX_ENGINE_BYTES = 4 * 1024**3
+#: Float32 feature maps per pixel of the network canvas counted for the network's own
+#: activations (a U-Net decoder holds ~16-32 channels at full resolution).
+ACTIVATION_CHANNELS = 32
+
+
+def max_engine_bytes() -> int:
+    """The engine cap (bytes): ``$NAPARI_GI_SEG_MAX_ENGINE_BYTES`` (a positive integer;
+    a malformed value is ignored) or :data:`DEFAULT_MAX_ENGINE_BYTES`."""
+    import os
+
+    try:
+        v = int(float(os.environ.get("NAPARI_GI_SEG_MAX_ENGINE_BYTES", "")))
+    except ValueError:
+        return DEFAULT_MAX_ENGINE_BYTES
+    return v if v > 0 else DEFAULT_MAX_ENGINE_BYTES
+
+
+def engine_bytes(plan: FramePlan, spec: ModelSpec, batch_size: int, return_probs: bool = False) -> int:
+    """Bytes the engine will allocate for one input with ``plan`` (an estimate from the
+    grid alone, before anything is allocated):
+
+    ``batch x H x W x 4 x (in_channels + out_channels + ACTIVATION_CHANNELS)`` for a
+    batch on the ``(H, W)`` network canvas (the slice resampled to the model's spacing and
+    padded), plus ``out_channels x Z x Y x X x 4`` when the input's slice axis is not the
+    model's (the whole probability volume is kept), plus ``out_channels x z x y x x x 2``
+    (float16) with ``return_probs``.
+    """
+    H, W = (int(v) for v in plan.grid.padded)
+    bs = max(1, int(batch_size))
+    n = bs * H * W * 4 * (spec.in_channels + spec.out_channels + ACTIVATION_CHANNELS)
+    vox = int(np.prod(plan.frame.model_shape, dtype=np.int64))
+    if not plan.frame.slice_axis_kept:
+        n += spec.out_channels * vox * 4
+    if return_probs:
+        n += spec.out_channels * vox * 2
+    return int(n)
+
+
+def check_engine_size(
+    volume: Volume | np.ndarray, plan: FramePlan, spec: ModelSpec, batch_size: int, return_probs: bool = False
+) -> int:
+    """Refuse, before anything is allocated, an input whose grid in the model's frame
+    would need more than :func:`max_engine_bytes` (:func:`engine_bytes`): e.g. a NIfTI
+    whose header says 40 mm pixels (each slice resampled to ~8192 x 8192 at the model's
+    1.25 mm) or a spacing in the wrong unit. Returns the estimate (bytes).
+
+    Raises
+    ------
+    InvalidInputError
+        Naming the input file, the resampled grid, the spacing and the cap.
+    """
+    from ..io.volume import InvalidInputError
+
+    need = engine_bytes(plan, spec, batch_size, return_probs)
+    cap = max_engine_bytes()
+    if need > cap:
+        src = volume.metadata.get("source_path", "input") if isinstance(volume, Volume) else "input"
+        sp = plan.frame.model_spacing_mm
+        raise InvalidInputError(
+            src,
+            f"in the model's frame each slice would be resampled from {plan.grid.shape[0]} x {plan.grid.shape[1]} "
+            f"pixels of {sp[1]:g} x {sp[2]:g} mm to {plan.grid.resampled[0]} x {plan.grid.resampled[1]} pixels of "
+            f"{spec.frame.spacing_mm[0]:g} x {spec.frame.spacing_mm[1]:g} mm, about {need / 1024**3:.1f} GiB for the "
+            f"engine, above the {cap / 1024**3:.1f} GiB limit. Check the voxel spacing in the file (its units?); "
+            "set NAPARI_GI_SEG_MAX_ENGINE_BYTES to raise the limit",
+        )
+    return need
+
+
 def case_to_model_frame(image: Volume, target: np.ndarray, spec: ModelSpec) -> tuple[torch.Tensor, torch.Tensor]:
     """Bring a training case into the model's frame, exactly as inference sees a scan.
 

@@ -22,7 +22,7 @@ from ..io.volume import Volume
 from ..models.spec import ModelSpec
 from ..progress import CancelCallback, ProgressCallback, emit
 from .domain import log_input_warnings
-from .frame import plan_frame
+from .frame import check_engine_size, plan_frame
 from .postprocess import postprocess_labels
 from .preprocess import context_batch, normalise_intensity
 
@@ -207,7 +207,9 @@ def iter_segment(
     ------
     ValueError
         A non-3D volume, NaN voxels, or ``tta=True`` with a model not trained with
-        flips (``spec.flip_augmented``).
+        flips (``spec.flip_augmented``); an input whose grid in the model's frame needs
+        more memory than the engine cap (``InvalidInputError`` naming the file,
+        :func:`~napari_gi_seg.engine.frame.check_engine_size`), before any allocation.
     IndexError
         Slice indices out of range.
     """
@@ -222,10 +224,11 @@ def iter_segment(
         )
     dev = resolve_device(device)
     amp_dtype = autocast_dtype(dev, precision)
-    norm = normalise_intensity(data, spec.normalisation, spec.percentiles)
     targets = normalise_slices(spec, slices, data.shape[0])
     plan = plan_frame(volume, spec)
+    check_engine_size(volume, plan, spec, batch_size, return_probs)  # before anything is allocated
     fm, grid = plan.frame, plan.grid
+    norm = normalise_intensity(data, spec.normalisation, spec.percentiles)
     log_input_warnings(volume, spec)  # out-of-distribution input: logged, never refused
     fill = float(norm.min()) if norm.size else 0.0
     model_vol = fm.to_model(norm)  # (Z, Y, X) view in the model's frame

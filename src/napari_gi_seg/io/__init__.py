@@ -80,13 +80,23 @@ def is_supported(path: str | Path) -> bool:
     return _kind(path) is not None
 
 
-def read_image(path: str | Path, slice_spacing_mm: float | None = None) -> list[Volume]:
+def read_image(
+    path: str | Path,
+    slice_spacing_mm: float | None = None,
+    *,
+    skip_unreadable: bool = False,
+    allow_uneven: bool = False,
+) -> list[Volume]:
     """Read the image volume(s) at ``path``.
 
     * ``.nii``/``.nii.gz`` -> one Volume (label-like files are flagged
       ``metadata["is_labels"]``, see :func:`.nifti.looks_like_labels`);
     * ``.tif``/``.tiff`` -> one Volume;
-    * a DICOM folder (recursive) or file -> one Volume per series;
+    * a DICOM folder (recursive) or file -> one Volume per series (per echo of a
+      multi-echo series; :func:`.dicom.read_dicom_folder`, which ``skip_unreadable`` and
+      ``allow_uneven`` are passed to). NIfTI and TIFF images in the same folder are read
+      too, after the series (never dropped silently); label files there are left out
+      with a ``UserWarning`` naming them;
     * a UW-Madison case-day folder -> one Volume; a ``caseN`` folder -> one per day.
       ``slice_spacing_mm`` overrides the 3 mm default of that format.
 
@@ -112,7 +122,8 @@ def read_image(path: str | Path, slice_spacing_mm: float | None = None) -> list[
     if kind == "dicom":
         from .dicom import read_dicom_folder
 
-        return read_dicom_folder(p)
+        vols = read_dicom_folder(p, allow_uneven=allow_uneven, skip_unreadable=skip_unreadable)
+        return vols + (_other_images(p) if p.is_dir() else [])
     if kind == "uwmgi":
         from .uwmgi import DEFAULT_SLICE_SPACING_MM, case_day_folders, read_uwmgi_case_day
 
@@ -127,6 +138,32 @@ def read_image(path: str | Path, slice_spacing_mm: float | None = None) -> list[
         "unsupported input; expected NIfTI (.nii/.nii.gz), TIFF stack, DICOM series folder "
         "or UW-Madison case-day folder (scans/slice_NNNN_W_H_pw_ph.png)",
     )
+
+
+def _other_images(folder: Path) -> list[Volume]:
+    """The NIfTI and TIFF images under a DICOM ``folder`` (label files are left out,
+    with one ``UserWarning`` naming them)."""
+    import warnings
+
+    from .dicom_files import iter_files
+    from .nifti import is_nifti, read_nifti
+    from .tiff import is_tiff, read_tiff
+
+    vols, labels = [], []
+    for f in sorted(iter_files(folder)):
+        if is_nifti(f.name) or is_tiff(f.name):
+            v = read_nifti(f) if is_nifti(f.name) else read_tiff(f)
+            (labels if v.metadata.get("is_labels") else vols).append(v if not v.metadata.get("is_labels") else f)
+    if labels:
+        names = ", ".join(str(f.relative_to(folder)) for f in labels[:5])
+        warnings.warn(
+            f"{folder}: label file(s) beside the DICOM series not opened as images: {names}"
+            + (f" and {len(labels) - 5} more" if len(labels) > 5 else "")
+            + " (open them as labels of the series)",
+            UserWarning,
+            stacklevel=3,
+        )
+    return vols
 
 
 def _check_like(path, labels: Volume, like: Volume | None) -> Volume:
@@ -253,6 +290,37 @@ def label_suffix(path: str | Path) -> str | None:
     return next((s for s in LABEL_WRITE_SUFFIXES if n.endswith(s)), None)
 
 
+#: The suffix :func:`write_labels` dispatches on for each output format.
+FORMAT_SUFFIX = {"nifti": ".nii.gz", "tiff": ".tif", "uwmgi-csv": ".csv", "rtstruct": ".dcm", "dicom-seg": ".seg.dcm"}
+
+
+def resolve_label_suffix(path: str | Path, fmt: str | None = None) -> str:
+    """The :data:`LABEL_WRITE_SUFFIXES` entry that decides how ``path`` is written:
+    its own suffix, or, with an explicit ``fmt``, that format's where the name allows
+    it (an explicit DICOM format wins for any ``.dcm`` name).
+
+    Raises
+    ------
+    ValueError
+        Unknown extension or format, or a ``fmt`` whose files cannot have this name
+        (e.g. ``fmt="nifti"`` for ``x.dcm``), naming the file.
+    """
+    suffix = label_suffix(path)
+    if suffix is None:
+        raise ValueError(
+            f"{path}: cannot write labels with this extension; use one of {', '.join(LABEL_WRITE_SUFFIXES)}"
+        )
+    if fmt is None or LABEL_FORMATS[suffix] == fmt:
+        return suffix
+    if fmt not in FORMAT_SUFFIX:
+        raise ValueError(f"{path}: unknown label format {fmt!r}; one of {', '.join(FORMAT_SUFFIX)}")
+    if fmt in ("rtstruct", "dicom-seg") and suffix in (".dcm", ".seg.dcm"):
+        return FORMAT_SUFFIX[fmt]
+    raise ValueError(
+        f"{path}: format {fmt} writes {FORMAT_SUFFIX[fmt]} files, not {suffix}; name the output *{FORMAT_SUFFIX[fmt]}"
+    )
+
+
 def write_labels(
     path: str | Path,
     labels: np.ndarray,
@@ -262,8 +330,10 @@ def write_labels(
     colours: Mapping[int, object] | None = None,
     model_key: str | None = None,
     generation: str = "AUTOMATIC",
+    fmt: str | None = None,
 ) -> Path:
-    """Write a label volume aligned with the image ``like``; format by extension.
+    """Write a label volume aligned with the image ``like``; format by extension, or
+    by ``fmt`` where given.
 
     * ``.nii``/``.nii.gz``: :func:`.nifti.write_nifti` with ``like``'s geometry (its
       affine in RAS: the writer converts a DICOM source's LPS affine itself), transposed
@@ -280,23 +350,26 @@ def write_labels(
       with ``colours`` (value -> ``#rrggbb``); ``model_key`` (``"name:version"``) names
       the algorithm; ``generation`` is ``"AUTOMATIC"`` or ``"SEMIAUTOMATIC"``.
 
+    ``fmt`` (``"nifti"``, ``"tiff"``, ``"uwmgi-csv"``, ``"rtstruct"``, ``"dicom-seg"``)
+    wins over the extension where the extension allows it: any ``.dcm`` name takes
+    ``"rtstruct"`` or ``"dicom-seg"`` (``seg.dcm`` as a DICOM-SEG), while a NIfTI, TIFF
+    or CSV format needs its own extension.
+
     Files are written to a temp name and renamed. Returns the path written.
 
     Raises
     ------
     ValueError
-        Unknown extension, shape differing from ``like``, non-integer labels, or a CSV
-        for an image without a UW-Madison case-day.
+        Unknown extension, a ``fmt`` the extension cannot hold, shape differing from
+        ``like``, non-integer labels, or a CSV for an image without a UW-Madison case-day.
     """
     from . import uwmgi
     from .nifti import write_nifti
     from .tiff import write_tiff_labels
 
     p = Path(path)
-    suffix = label_suffix(p)
+    suffix = resolve_label_suffix(p, fmt)
     arr = np.asarray(labels)
-    if suffix is None:
-        raise ValueError(f"{p}: cannot write labels with this extension; use one of {', '.join(LABEL_WRITE_SUFFIXES)}")
     if arr.dtype.kind not in "biu":
         if arr.dtype.kind != "f" or not np.all(np.isfinite(arr)) or np.any(np.mod(arr, 1)):
             raise ValueError(f"{p}: labels must be integers, got {arr.dtype}")
@@ -343,6 +416,8 @@ __all__ = [
     "write_labels",
     "nifti_affine",
     "label_suffix",
+    "resolve_label_suffix",
+    "FORMAT_SUFFIX",
     "LABEL_WRITE_SUFFIXES",
     "LABEL_FORMATS",
 ]

@@ -3,10 +3,24 @@ files) with pydicom.
 
 Reading (:func:`read_dicom_folder`):
 
-* every file under the folder (recursively) is tried; files that are not DICOM
-  (no ``DICM`` preamble), have no pixel data or no image geometry are ignored
-  (DICOMDIR, structured reports, ``README.txt``, ...);
-* images are grouped by ``SeriesInstanceUID``; each series gives one :class:`Volume`;
+* every file under the folder (recursively; folder links followed once, so
+  ``loop -> .`` ends and ``alias -> seriesA`` adds nothing; a file reached by two
+  names is read once) is tried (:mod:`.dicom_files`); files that are not DICOM (no
+  ``DICM`` preamble and no DICOM suffix) or not images (DICOMDIR, structured reports,
+  RTSTRUCT, SEG, ``README.txt``, ...) are ignored. A member that cannot be read (cut
+  short, a damaged header or pixel data, a ``.dcm`` file without the preamble) is an
+  :class:`InvalidInputError` naming the file; ``skip_unreadable=True`` skips it with a
+  ``UserWarning`` naming it instead;
+* images are grouped by ``SeriesInstanceUID``; a series that holds several volumes
+  (echoes of a dual-echo/Dixon acquisition, such as the CHAOS T1-DUAL in- and
+  opposed-phase images sharing one UID; magnitude/phase; time points) is split by
+  the per-volume tags (``EchoTime``, ``EchoNumbers``, ``TemporalPositionIdentifier``,
+  ``InversionTime``, ``ImageType``) and, last, by folder, as dcm2niix and 3D Slicer
+  do: one :class:`Volume` each, ``metadata["volume_label"]`` ``e1``/``e2`` (the echo
+  number) and ``metadata["echo_time_ms"]``;
+* ``PhotometricInterpretation`` MONOCHROME1 (low values shown white, PS3.3
+  C.7.6.3.1.2) is inverted within the series' value range (``max + min - v``), so
+  that, as for MONOCHROME2, high values are bright;
 * an Enhanced (multi-frame) image, e.g. Enhanced MR Image Storage as current
   scanners write it, contributes one slice per frame: position from each frame's
   ``PerFrameFunctionalGroupsSequence`` > ``PlanePositionSequence`` >
@@ -216,12 +230,15 @@ def looks_like_dicom(path: str | Path) -> bool:
 
 def is_dicom_folder(path: str | Path, max_files: int = 200) -> bool:
     """True if ``path`` is a folder with at least one DICOM file among the first
-    ``max_files`` files found (recursively). Never raises."""
+    ``max_files`` files found (recursively, symlink loops cut:
+    :func:`.dicom_files.iter_files`). Never raises."""
+    from .dicom_files import iter_files
+
     try:
         p = Path(path)
         if not p.is_dir():
             return False
-        for n, f in enumerate(q for q in p.rglob("*") if q.is_file()):
+        for n, f in enumerate(iter_files(p)):
             if n >= max_files:
                 break
             if looks_like_dicom(f):
@@ -236,56 +253,50 @@ def series_uid_hash(uid: str) -> str:
     return hashlib.sha256(str(uid).encode()).hexdigest()[:16]
 
 
-def _headers(folder: Path):
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-
-    for f in sorted(q for q in folder.rglob("*") if q.is_file()):
-        if not looks_like_dicom(f):
-            continue
-        try:
-            ds = pydicom.dcmread(f, stop_before_pixels=True)
-        except (InvalidDicomError, OSError, ValueError, EOFError, AttributeError):
-            continue
-        if "Rows" not in ds or "Columns" not in ds:  # not an image (DICOMDIR, SR, RT structure set, ...)
-            continue
-        if str(getattr(ds, "Modality", "") or "").upper() in LABEL_MODALITIES:  # a SEG beside its series
-            continue
-        yield f, ds
-
-
-def read_dicom_folder(path: str | Path, allow_uneven: bool = False) -> list[Volume]:
+def read_dicom_folder(path: str | Path, allow_uneven: bool = False, skip_unreadable: bool = False) -> list[Volume]:
     """Read every DICOM image series under ``path`` (recursively) into Volumes
-    ``(z, y, x)``, float32, one per ``SeriesInstanceUID``, sorted by series description
-    then UID hash. A single ``.dcm`` file reads the series it belongs to from its folder.
-    Single-frame slices and Enhanced multi-frame files are both read (module docstring).
+    ``(z, y, x)``, float32: one per ``SeriesInstanceUID``, or one per echo (time point,
+    ...) where a series holds several volumes (:func:`.dicom_files.split_volumes`;
+    ``metadata["volume_label"]`` ``"e1"``, ``"e2"``, ... and ``"echo_time_ms"``), sorted
+    by series description, UID hash, then label. A single ``.dcm`` file reads the series
+    it belongs to from its folder. Single-frame slices and Enhanced multi-frame files
+    are both read (module docstring).
 
     Parameters
     ----------
     path
-        A folder (searched recursively) or one DICOM file.
+        A folder (searched recursively; folder links followed once, symlink loops cut,
+        one file reached by two names read once) or one DICOM file.
     allow_uneven
         Read series with uneven slice gaps (a missing slice, variable spacing) with a
         ``UserWarning``, interpolating them onto an even grid at the median spacing,
         instead of refusing them.
+    skip_unreadable
+        Leave out, with a ``UserWarning`` naming them, member files that cannot be read
+        (truncated, damaged header or pixel data) instead of refusing the series. A gap
+        they leave is then refused like any uneven gap unless ``allow_uneven``.
 
     Returns
     -------
     list[Volume]
         ``metadata["coordinate_system"] = "LPS"``; affine in LPS mm, source voxel order
-        ``(column, row, slice)``.
+        ``(column, row, slice)``. MONOCHROME1 images are inverted (module docstring).
 
     Raises
     ------
     InvalidInputError
-        No DICOM image in the folder; a series mixing image sizes (names the folder and
-        the sizes) or orientations; several slices at one position (multi-echo or
-        time series); uneven slice gaps (names the positions and the expected spacing)
-        unless ``allow_uneven``; missing ``PixelSpacing``/``ImagePositionPatient``;
-        unreadable pixel data (e.g. a compressed transfer syntax without its decoder); a
-        series larger than the reader cap (``Rows x Columns x slices``, checked before
-        any pixel data is decoded).
+        No DICOM image in the folder; an unreadable or truncated member (names the file)
+        unless ``skip_unreadable``; a series mixing image sizes (names the folder and
+        the sizes) or orientations; several slices at one position that no per-volume
+        tag or folder tells apart; uneven slice gaps (names the positions and the
+        expected spacing) unless ``allow_uneven``; missing
+        ``PixelSpacing``/``ImagePositionPatient``; unreadable pixel data (e.g. a
+        compressed transfer syntax without its decoder); a series larger than the
+        reader cap (``Rows x Columns x slices``, checked before any pixel data is
+        decoded).
     """
+    from .dicom_files import read_members, split_volumes
+
     path = Path(path)
     only_uid = None
     if path.is_file():
@@ -301,16 +312,46 @@ def read_dicom_folder(path: str | Path, allow_uneven: bool = False) -> list[Volu
     if not folder.is_dir():
         raise InvalidInputError(folder, "not a folder")
     groups: dict[str, list] = defaultdict(list)
-    for f, ds in _headers(folder):
+    for f, ds in read_members(folder, skip_unreadable=skip_unreadable):
         uid = str(getattr(ds, "SeriesInstanceUID", "") or "")
         if only_uid is not None and uid != only_uid:
             continue
         groups[uid].append((f, ds))
     if not groups:
         raise InvalidInputError(folder, "no DICOM image files found")
-    vols = [_series_volume(folder, uid, items, allow_uneven) for uid, items in groups.items()]
-    vols.sort(key=lambda v: (str(v.metadata.get("series_description", "")), v.metadata["series_instance_uid_hash"]))
+    vols = []
+    for uid, items in groups.items():
+        for label, info, members in split_volumes(items, _has_duplicate_positions(items)):
+            vols.extend(_volumes_of(folder, uid, members, label, info, allow_uneven, skip_unreadable))
+    vols.sort(
+        key=lambda v: (
+            str(v.metadata.get("series_description", "")),
+            v.metadata["series_instance_uid_hash"],
+            str(v.metadata.get("volume_label", "")),
+        )
+    )
     return vols
+
+
+def _volumes_of(folder, uid, items, label, info, allow_uneven, skip) -> list[Volume]:
+    """The volume(s) of one labelled group: split by folder where images still share a
+    slice position (CHAOS-like layouts with no differing tag)."""
+    from .dicom_files import split_by_folder
+
+    parts = [(label, items)]
+    if _has_duplicate_positions(items):
+        parts = split_by_folder(label, items)
+    return [_series_volume(folder, uid, its, allow_uneven, skip, lab, info) for lab, its in parts]
+
+
+def _has_duplicate_positions(items) -> bool:
+    try:
+        pos = sorted(
+            tuple(round(float(v), 3) for v in fr["ipp"]) for f, ds in items for fr in _frames(f, ds) if fr["ipp"]
+        )
+    except (TypeError, ValueError, InvalidInputError):
+        return False
+    return len(pos) != len(set(pos))
 
 
 def _first(seq_owner, name: str):
@@ -401,10 +442,29 @@ def _even_grid(data: np.ndarray, pos: np.ndarray, dz: float) -> tuple[np.ndarray
     return (1 - w) * data[i] + w * data[i + 1], new
 
 
-def _series_volume(folder: Path, uid: str, items: list, allow_uneven: bool = False) -> Volume:
+def _decode(fr: dict, pixels: dict):
+    """The 2D stored pixel array of one frame (``pixels``: the one file kept decoded)."""
     import pydicom
 
-    label = f"series {series_uid_hash(uid)}"
+    f = fr["path"]
+    try:
+        if f not in pixels:
+            pixels.clear()
+            pixels[f] = pydicom.dcmread(f).pixel_array  # one file in memory at a time
+        arr = pixels[f] if fr["frame"] is None else pixels[f][fr["frame"]]
+    except MemoryError as e:
+        raise InvalidInputError(f, "not enough memory to decode the pixel data") from e
+    except Exception as e:  # decoder missing, truncated pixel data, ...
+        raise InvalidInputError(f, f"cannot decode pixel data: {e}") from e
+    if arr.ndim != 2:
+        raise InvalidInputError(f, f"expected a grey 2D image, got pixel array shape {arr.shape}")
+    return arr
+
+
+def _series_volume(
+    folder: Path, uid: str, items: list, allow_uneven: bool = False, skip: bool = False, vlabel: str = "", info=None
+) -> Volume:
+    label = f"series {series_uid_hash(uid)}" + (f" volume {vlabel}" if vlabel else "")
     sizes = sorted({(int(ds.Rows), int(ds.Columns)) for _, ds in items})
     if len(sizes) > 1:
         txt = ", ".join(f"{c}x{r}" for r, c in sizes)
@@ -428,39 +488,46 @@ def _series_volume(folder: Path, uid: str, items: list, allow_uneven: bool = Fal
     order = np.argsort(pos, kind="stable")
     pos, ipps = pos[order], ipps[order]
     frames = [frames[i] for i in order]
+    if len(pos) > 1 and np.diff(pos).min() < POSITION_TOLERANCE_MM:
+        raise InvalidInputError(
+            folder,
+            f"{label} has several images at the same slice position that neither EchoTime, EchoNumbers, "
+            "TemporalPositionIdentifier, InversionTime, ImageType nor their folder tell apart (a repeated "
+            "acquisition or duplicate files?)",
+        )
+    check_claimed_size(folder, (len(frames), *sizes[0]), 4)  # before any pixel data is decoded
+    slices, pixels, kept, skipped = [], {}, [], []
+    for i, fr in enumerate(frames):
+        try:
+            arr = _decode(fr, pixels)
+        except InvalidInputError as e:
+            if not skip:
+                raise
+            skipped.append(f"{Path(fr['path']).name} ({e.problem})")
+            continue
+        slope = float(fr["slope"] if fr["slope"] not in (None, "") else 1.0)
+        inter = float(fr["inter"] if fr["inter"] not in (None, "") else 0.0)
+        slices.append(arr.astype(np.float32) * np.float32(slope) + np.float32(inter))
+        kept.append(i)
+    if skipped:
+        warnings.warn(f"{folder}: skipped unreadable pixel data: {'; '.join(skipped[:5])}", UserWarning, stacklevel=4)
+        if not kept:
+            raise InvalidInputError(folder, f"{label}: no readable image left")
+        frames, pos, ipps = [frames[i] for i in kept], pos[kept], ipps[kept]
     uneven = False
     if len(pos) > 1:
-        gaps = np.diff(pos)
-        if gaps.min() < POSITION_TOLERANCE_MM:
-            raise InvalidInputError(
-                folder,
-                f"{label} has several images at the same slice position "
-                "(multi-echo, multi-phase or time series?); split it into one series per volume",
-            )
         dz = _check_gaps(folder, label, pos, allow_uneven)
+        gaps = np.diff(pos)
         uneven = bool(np.abs(gaps - dz).max() > max(GAP_TOLERANCE["absolute_mm"], GAP_TOLERANCE["relative"] * dz))
     else:
         ds0 = items[0][1]
         dz = float(getattr(ds0, "SpacingBetweenSlices", 0) or getattr(ds0, "SliceThickness", 0) or 1.0)
     dy, dx = float(pss[0, 0]), float(pss[0, 1])
-    check_claimed_size(folder, (len(frames), *sizes[0]), 4)  # before any pixel data is decoded
-    slices, pixels = [], {}
-    for fr in frames:
-        f = fr["path"]
-        try:
-            if f not in pixels:
-                pixels = {f: pydicom.dcmread(f).pixel_array}  # one file in memory at a time
-            arr = pixels[f] if fr["frame"] is None else pixels[f][fr["frame"]]
-        except MemoryError as e:
-            raise InvalidInputError(f, "not enough memory to decode the pixel data") from e
-        except Exception as e:  # decoder missing, truncated pixel data, ...
-            raise InvalidInputError(f, f"cannot decode pixel data: {e}") from e
-        if arr.ndim != 2:
-            raise InvalidInputError(f, f"expected a grey 2D image, got pixel array shape {arr.shape}")
-        slope = float(fr["slope"] if fr["slope"] not in (None, "") else 1.0)
-        inter = float(fr["inter"] if fr["inter"] not in (None, "") else 0.0)
-        slices.append(arr.astype(np.float32) * np.float32(slope) + np.float32(inter))
     data = np.stack(slices)
+    ds0 = items[0][1]
+    inverted = str(getattr(ds0, "PhotometricInterpretation", "") or "").upper() == "MONOCHROME1"
+    if inverted:  # low values are white: flip within the series' range, so high = bright (PS3.3 C.7.6.3.1.2)
+        data = np.float32(data.max() + data.min()) - data
     if uneven:
         data, new_pos = _even_grid(data, pos, dz)
         # in-plane drift of the positions (sheared stacks) follows the first-to-last line
@@ -474,7 +541,7 @@ def _series_volume(folder: Path, uid: str, items: list, allow_uneven: bool = Fal
     affine[:3, 1] = col_cos * dy
     affine[:3, 2] = step
     affine[:3, 3] = ipps[0]
-    ds0 = items[0][1]
+    for_uid = str(getattr(ds0, "FrameOfReferenceUID", "") or "")
     md = {
         "source_path": str(folder),
         "format": "dicom",
@@ -485,6 +552,10 @@ def _series_volume(folder: Path, uid: str, items: list, allow_uneven: bool = Fal
         "coordinate_system": "LPS",
         "spacing_source": "PixelSpacing and slice positions"
         + (" (uneven gaps interpolated onto an even grid)" if uneven else ""),
+        **({"frame_of_reference_uid_hash": series_uid_hash(for_uid)} if for_uid else {}),
+        **({"volume_label": vlabel} if vlabel else {}),
+        **(info or {}),
+        **({"photometric": "MONOCHROME1 (inverted)"} if inverted else {}),
     }
     # RTSTRUCT / DICOM-SEG references need one SOP instance per slice: a classic,
     # evenly spaced single-frame series (not an Enhanced multi-frame file, not slices

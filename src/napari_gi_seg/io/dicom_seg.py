@@ -56,20 +56,28 @@ def _property_type(name: str):
     return Code(code[0], "SCT", code[1]) if code else Code("91772007", "SCT", "Organ")
 
 
-def _source_images(ref) -> list:
-    """Minimal image datasets (no pixel data) of the referenced series, from the reference."""
+def _source_images(ref, study_uid: str) -> list:
+    """Minimal image datasets (no pixel data) of the referenced series, from the reference.
+
+    Every Type 2 Patient/Study attribute is present: the series' value, or empty where
+    the series had it empty or absent (normal after anonymisation, e.g. every CHAOS
+    series: PatientID, PatientBirthDate, AccessionNumber), as PS3.3 allows for Type 2.
+    ``study_uid``: the SEG's StudyInstanceUID (the series', or one generated when it
+    had none)."""
     from pydicom.dataset import Dataset
 
-    from .rtstruct import format_ds
+    from .rtstruct import _TYPE2_PATIENT_STUDY, format_ds
 
     n = len(ref.sop_instance_uids)
     thickness = float(np.linalg.norm(ref.positions[-1] - ref.positions[0])) / (n - 1) if n > 1 else 1.0
     out = []
     for k, uid in enumerate(ref.sop_instance_uids):
         ds = Dataset()
+        for tag in _TYPE2_PATIENT_STUDY:
+            setattr(ds, tag, "")
         for tag, v in ref.patient_study.items():
             setattr(ds, tag, v)
-        ds.StudyInstanceUID = ref.study_instance_uid
+        ds.StudyInstanceUID = study_uid
         ds.SeriesInstanceUID, ds.SOPClassUID, ds.SOPInstanceUID = ref.series_instance_uid, ref.sop_class_uid, uid
         ds.Modality = ref.modality or "MR"
         ds.FrameOfReferenceUID = ref.frame_of_reference_uid
@@ -153,7 +161,7 @@ def write_dicom_seg(
         descs.append(d)
     base = base_dataset(ref, SEG_SOP_CLASS_UID, "SEG", "GI-Seg segmentation", model_name)
     seg = hd.seg.Segmentation(
-        source_images=_source_images(ref),
+        source_images=_source_images(ref, str(base.StudyInstanceUID)),
         pixel_array=arr.astype(np.uint8 if len(values) < 256 else np.uint16),
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descs,
@@ -197,9 +205,13 @@ def read_dicom_seg(path: str | Path, like: Volume | None = None) -> Volume:
     ------
     InvalidInputError
         Not a readable SEG; the referenced series is not found; ``like`` is not the
-        series the SEG references.
+        series the SEG references (a :class:`~.frames.FrameOfReferenceError` when its
+        ``FrameOfReferenceUID`` differs).
     """
     import highdicom as hd
+
+    from .dicom import series_uid_hash
+    from .frames import FrameOfReferenceError, frame_uid_mismatch
 
     p = Path(path)
     try:
@@ -215,6 +227,11 @@ def read_dicom_seg(path: str | Path, like: Volume | None = None) -> Volume:
     ref = getattr(like, "_dicom_ref", None)
     if ref is None:
         raise InvalidInputError(p, "a DICOM-SEG opens only on the DICOM series it was made on")
+    for_uid = str(getattr(seg, "FrameOfReferenceUID", "") or "")
+    for_hash = series_uid_hash(for_uid) if for_uid else ""
+    why = frame_uid_mismatch(like.metadata.get("frame_of_reference_uid_hash", ""), for_hash)
+    if why is not None:
+        raise FrameOfReferenceError(p, f"labels refused for this scan: {why}")
     numbers = [int(n) for n in seg.segment_numbers]
     try:
         px = seg.get_pixels_by_source_instance(
@@ -229,7 +246,8 @@ def read_dicom_seg(path: str | Path, like: Volume | None = None) -> Volume:
     for i, n in enumerate(numbers):
         labels[px[..., i] > 0] = n
     names = {n: str(seg.get_segment_description(n).segment_label) for n in numbers}
-    return like.with_data(labels, is_labels=True, class_names=names, format="dicom-seg", source_path=str(p))
+    extra = {"frame_of_reference_uid_hash": for_hash} if for_hash else {}
+    return like.with_data(labels, is_labels=True, class_names=names, format="dicom-seg", source_path=str(p), **extra)
 
 
 __all__ = ["write_dicom_seg", "read_dicom_seg", "SEG_SOP_CLASS_UID"]

@@ -36,6 +36,11 @@ from .._atomic import atomic_path
 from .volume import InvalidInputError, Volume, check_claimed_size
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
+#: mm per unit of the NIfTI ``xyzt_units`` spatial code (nibabel's names); ``unknown``
+#: (code 0, common in converters) is taken as mm.
+SPATIAL_UNIT_MM = {"meter": 1000.0, "mm": 1.0, "micron": 1e-3, "unknown": 1.0}
+#: Corner-voxel distance (mm) above which a qform/sform disagreement is warned.
+QFORM_SFORM_TOLERANCE_MM = 1.0
 _LABEL_NAME = re.compile(r"(^|[_\-.])(label|labels|seg|segmentation|mask|gt)([_\-.0-9]|$)", re.I)
 MAX_LABEL_VALUE = 255
 
@@ -140,6 +145,13 @@ def check_nifti_header(path: str | Path) -> tuple[tuple[int, ...], np.dtype]:
         raise InvalidInputError(
             path, f"invalid voxel spacing in the header ({txt}); spacing must be a positive number of mm"
         )
+    if dtype.fields is not None or dtype.kind not in "biuf":
+        kind = str(hdr.get_value_label("datatype")) if "datatype" in hdr else str(dtype)
+        raise InvalidInputError(
+            path,
+            f"voxels of data type {kind} ({dtype}) are not supported: expected one grey value per voxel "
+            "(an RGB or complex NIfTI is not an MR magnitude image; convert it to a scalar volume)",
+        )
     check_claimed_size(path, shape, dtype.itemsize)
     need = offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     if gz:
@@ -185,13 +197,39 @@ def read_nifti(path: str | Path, as_labels: bool | None = None) -> Volume:
         raise InvalidInputError(path, "not enough memory to read this volume") from e
 
 
+def _gunzip_verified(path: Path) -> bytes:
+    """The whole decompressed stream of a ``.nii.gz``, its CRC-32 and length checked
+    against the gzip trailer (RFC 1952 section 2.3.1; Python's :mod:`gzip` checks them at
+    the end of each member). nibabel reads only the bytes the header claims and so never
+    reaches the trailer: a flipped bit would be read as data."""
+    try:
+        with gzip.open(path, "rb") as f:
+            return f.read()
+    except (EOFError, zlib.error, gzip.BadGzipFile) as e:
+        if isinstance(e, EOFError):
+            what = "truncated: the gzip stream ends before its end-of-stream marker"
+        elif "crc" in str(e).lower():
+            what = "gzip CRC check failed: the file is damaged, a flipped bit?"
+        else:
+            what = "corrupt gzip stream"
+        raise InvalidInputError(path, f"cannot read NIfTI ({what}; {type(e).__name__}: {e}); nothing was read") from e
+
+
 def _read_checked(path: Path, as_labels: bool | None) -> Volume:
     import nibabel as nib
 
     try:
-        img = nib.load(str(path))
+        with open(path, "rb") as f:
+            gz = f.read(2) == b"\x1f\x8b"
+        if gz:
+            raw = _gunzip_verified(path)
+            cls = nib.Nifti2Image if raw[:4] in (b"\x1c\x02\x00\x00", b"\x00\x00\x02\x1c") else nib.Nifti1Image
+            img = cls.from_bytes(raw)
+            del raw
+        else:
+            img = nib.load(str(path))
         arr = np.asanyarray(img.dataobj)
-    except FileNotFoundError:
+    except (FileNotFoundError, InvalidInputError):
         raise
     except (EOFError, zlib.error, gzip.BadGzipFile, OSError, ValueError, nib.filebasedimages.ImageFileError) as e:
         raise InvalidInputError(path, f"cannot read NIfTI (truncated or corrupt file?): {e}") from e
@@ -207,6 +245,14 @@ def _read_checked(path: Path, as_labels: bool | None) -> Volume:
     zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
     if min(zooms) <= 0:
         raise InvalidInputError(path, f"non-positive voxel spacing {zooms} in the header")
+    affine = np.asarray(img.affine, dtype=np.float64)
+    units = str(img.header.get_xyzt_units()[0] or "unknown")
+    scale = SPATIAL_UNIT_MM.get(units, 1.0)
+    _warn_qform_sform(path, img.header, arr.shape, scale)
+    if scale != 1.0:  # spacing and world coordinates in mm, as everything downstream expects
+        zooms = tuple(z * scale for z in zooms)
+        affine = affine.copy()
+        affine[:3, :] *= scale
     data = np.ascontiguousarray(np.transpose(arr, (2, 1, 0)))
     labels = looks_like_labels(path, data) if as_labels is None else as_labels
     if labels:
@@ -215,13 +261,47 @@ def _read_checked(path: Path, as_labels: bool | None) -> Volume:
         data = data.astype(np.uint8 if data.max(initial=0) <= 255 else np.uint16)
     else:
         data = data.astype(np.float32, copy=False)
+    md = {"source_path": str(path), "format": "nifti", "modality": "MR", "is_labels": bool(labels)}
+    if scale != 1.0:
+        md["spatial_units"] = units
+        md["spacing_source"] = f"pixdim in {units} (xyzt_units), converted to mm"
     return Volume(
-        data=data,
-        spacing_mm=(zooms[2], zooms[1], zooms[0]),
-        affine=np.asarray(img.affine, dtype=np.float64),
-        index_order=(2, 1, 0),
-        metadata={"source_path": str(path), "format": "nifti", "modality": "MR", "is_labels": bool(labels)},
+        data=data, spacing_mm=(zooms[2], zooms[1], zooms[0]), affine=affine, index_order=(2, 1, 0), metadata=md
     )
+
+
+class NiftiGeometryWarning(UserWarning):
+    """A NIfTI file whose two orientation fields (qform, sform) place the image differently."""
+
+
+def _warn_qform_sform(path: Path, hdr, shape, mm_per_unit: float = 1.0) -> float:
+    """Warn (:class:`NiftiGeometryWarning`) when both the qform and the sform are set
+    (codes > 0) and map the grid's corner voxels more than :data:`QFORM_SFORM_TOLERANCE_MM`
+    apart (``mm_per_unit``: the file's spatial unit in mm); returns that distance (mm, 0
+    when one is unset). The sform is used, as
+    nibabel's ``get_best_affine`` (NIfTI-1 method 3 before method 2) does."""
+    import itertools
+    import warnings
+
+    try:
+        qc, sc = int(hdr["qform_code"]), int(hdr["sform_code"])
+        if qc <= 0 or sc <= 0:
+            return 0.0
+        q, sf = hdr.get_qform(), hdr.get_sform()
+    except Exception:  # noqa: BLE001 - a header nibabel cannot turn into both matrices: nothing to compare
+        return 0.0
+    corners = np.array(list(itertools.product(*[(0, max(0, int(n) - 1)) for n in shape[:3]])), float)
+    pts = np.c_[corners, np.ones(len(corners))].T
+    d = float(np.linalg.norm((q @ pts - sf @ pts)[:3], axis=0).max()) * mm_per_unit
+    if d > QFORM_SFORM_TOLERANCE_MM:
+        warnings.warn(
+            f"{path}: the qform and the sform place the image up to {d:.1f} mm apart; using the sform "
+            f"(sform_code {sc}, as nibabel and FSL do; ITK-based tools such as 3D Slicer may use the qform). "
+            "Check which one the scanner or converter meant",
+            NiftiGeometryWarning,
+            stacklevel=4,
+        )
+    return d
 
 
 def nifti_affine(volume: Volume) -> np.ndarray:
@@ -294,6 +374,7 @@ def write_nifti(volume: Volume, path: str | Path, data: np.ndarray | None = None
     affine = nifti_affine(volume)
     img = nib.Nifti1Image(src, affine)
     img.header.set_zooms(tuple(np.abs(np.array(volume.spacing_mm))[list(volume.index_order)]))
+    img.header.set_xyzt_units("mm")
     img.set_qform(affine, code=1)
     img.set_sform(affine, code=1)
     with atomic_path(path) as tmp:

@@ -47,6 +47,12 @@ SAFE_METADATA_KEYS = (
     "spacing_assumed",  # True when the file had no spacing and 1 mm was assumed
     "slice_numbers",  # UW-Madison: slice number (from the file name) of each z index
     "coordinate_system",  # world frame of `affine`: "RAS" (NIfTI), "LPS" (DICOM), "none"
+    "volume_label",  # DICOM: the volume of a series that holds several ("e1", "e2": echoes)
+    "echo_time_ms",  # DICOM: EchoTime of a volume split from a multi-echo series
+    "echo_number",  # DICOM: EchoNumbers of that volume
+    "frame_of_reference_uid_hash",  # DICOM: sha256 (16 hex) of the FrameOfReferenceUID (io.frames)
+    "photometric",  # DICOM: "MONOCHROME1 (inverted)" when the reader inverted the values
+    "spatial_units",  # NIfTI: the xyzt_units the file's spacing was converted from (e.g. "micron")
 )
 
 #: Layer-metadata key holding the random token of a volume's DICOM reference (see
@@ -86,7 +92,17 @@ class InvalidInputError(GiSegError, ValueError):
     def __init__(self, path: str | Path, problem: str):
         self.path = str(path)
         self.problem = problem
-        super().__init__(f"{self.path}: {problem}")
+        super().__init__(f"{display_path(self.path)}: {problem}")
+
+
+def display_path(path: str | Path) -> str:
+    """``path`` as a message shows it: control characters (a newline, a tab, an
+    escape) written as Python escapes (``\\n``), so a hostile file name cannot cut or
+    forge the one-line error."""
+    s = str(path)
+    if s.isprintable():
+        return s
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in s)
 
 
 #: Default cap on the voxel data one reader may hold (bytes, as float32): 2 GiB, i.e.
@@ -189,15 +205,18 @@ class Volume:
 
     @property
     def name(self) -> str:
-        """A display name from the source file name (no patient data)."""
+        """A display name from the source file name (no patient data), with the
+        ``volume_label`` of a volume split from a multi-volume series (``"DICOM_anon_e1"``)."""
         src = self.metadata.get("source_path")
         if not src:
             return "volume"
         n = Path(src).name
         for suf in (".nii.gz", ".nii", ".tif", ".tiff", ".csv", ".png"):
             if n.lower().endswith(suf):
-                return n[: -len(suf)]
-        return n
+                n = n[: -len(suf)]
+                break
+        label = self.metadata.get("volume_label")
+        return f"{n}_{label}" if label else n
 
     def with_data(self, data: np.ndarray, **metadata: Any) -> Volume:
         """A copy sharing the geometry with new ``(z, y, x)`` data of the same shape.

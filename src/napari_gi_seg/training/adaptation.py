@@ -559,10 +559,13 @@ def adapt_from_files(
     ------
     ValueError
         ``--adapt`` with several volumes, unreadable labels or labels off the scan's
-        grid (``InvalidInputError`` naming the file), bad slice list, label values
+        grid (``InvalidInputError`` naming the file), labels from another frame of
+        reference (:class:`~napari_gi_seg.io.frames.FrameOfReferenceError`, by
+        :func:`~napari_gi_seg.io.frames.check_same_frame`), bad slice list, label values
         the model does not have; ``FileNotFoundError`` for a missing label file.
     """
     from ..io import read_labels
+    from ..io.frames import check_same_frame
     from ..progress import TqdmProgress
 
     if len(volumes) != 1:
@@ -576,6 +579,7 @@ def adapt_from_files(
 
         check_model_name(save_model)  # before the fine-tune, not after
     lab = read_labels(labels_path, like=vol)
+    check_same_frame(vol, lab, labels_path)  # an RTSTRUCT/SEG/NIfTI of another frame of reference is refused
     corrected = np.asarray(lab.data)
     try:
         corrected_target(corrected, zs, spec)
