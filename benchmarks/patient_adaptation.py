@@ -154,6 +154,7 @@ def adapt_patient(case, spec, base_net, args) -> dict:
 def run(args) -> dict:
     import torch
 
+    from napari_gi_seg._privacy import recorded_among
     from napari_gi_seg.datasets import open_dataset, split_groups
     from napari_gi_seg.paths import data_dir
 
@@ -169,8 +170,9 @@ def run(args) -> dict:
         if unknown:
             raise SystemExit(f"--patients {unknown} not in {root} (patients: {', '.join(ds.groups)})")
     else:
-        patients = list((spec.training or {}).get("val_patients") or split_groups(ds.groups, 0.25, 0, 0)[1])
-    trained_on = set((spec.training or {}).get("train_patients") or [])
+        recorded = (spec.training or {}).get("val_patients")  # names, or keyed pseudonyms (napari_gi_seg._privacy)
+        patients = recorded_among(recorded, ds.groups) if recorded else list(split_groups(ds.groups, 0.25, 0, 0)[1])
+    trained_on = set(recorded_among((spec.training or {}).get("train_patients"), ds.groups))
     if trained_on & set(patients):
         print(f"warning: the model trained on patients {sorted(trained_on & set(patients))}", file=sys.stderr)
     print(f"base model {source}; patients {patients}; {args.threads} threads", file=sys.stderr, flush=True)

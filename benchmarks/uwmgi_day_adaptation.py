@@ -99,6 +99,7 @@ def _mean(d: dict, key: str) -> float:
 def run(args) -> dict:
     import torch
 
+    from napari_gi_seg._privacy import recorded_among
     from napari_gi_seg.datasets import open_dataset
     from napari_gi_seg.models import registry
     from napari_gi_seg.training.adaptation import adapt_to_scan
@@ -112,7 +113,7 @@ def run(args) -> dict:
     if args.patients:
         patients = set(args.patients.split(","))
     elif args.patients_from_spec:
-        patients = set((spec.training or {}).get("val_patients") or [])
+        patients = set(recorded_among((spec.training or {}).get("val_patients"), ds.groups))
     pairs = day_pairs(ds, patients)[: args.max_patients or None]
     if not pairs:
         raise SystemExit(f"{args.data}: no patient with two labelled case-days (patients {sorted(patients or [])})")

@@ -162,6 +162,9 @@ SLOW_TESTS = {
     "test_torchrun_two_processes_registers_one_model",
     "test_finetune_cancel_stops_gracefully_and_keeps_best_epoch",
     "test_torchrun_two_processes_share_the_scans",
+    "test_kill_mid_folder_run_then_rerun_completes",  # a child process imports torch (~15-35 s)
+    "test_sigterm_during_finetune_cli_finishes_the_epoch_and_resume_completes",  # two fine-tunes (~30 s)
+    "test_known_synthetic_deformation_is_recovered",  # three registrations of a real scan
 }
 
 
@@ -236,3 +239,21 @@ def chaos_dicom(tmp_path_factory, chaos_image_path, chaos_label_path) -> DicomCa
 def chaos_dicom_flipped(tmp_path_factory, chaos_image_path, chaos_label_path) -> DicomCase:
     """The same patient in a second orientation (columns running the other way)."""
     return _dicom_case(tmp_path_factory, chaos_image_path, chaos_label_path, "chaos_dicom_flip", flip_x=True)
+
+
+# ----------------------------------------------------------------- the CHAOS MR DICOM as the organisers ship it
+@pytest.fixture(scope="session")
+def chaos_dicom_dir(data_dir) -> Path:
+    """``<data>/chaos_mr_dicom``: the 16 CHAOS MR patients' original DICOM and Ground PNGs
+    (T2-SPIR, T1 in/opposed phase; see its SOURCE.md)."""
+    return require_path(data_dir / "chaos_mr_dicom", "CHAOS MR DICOM folder")
+
+
+@pytest.fixture(scope="session")
+def chaos_dicom_root(chaos_dicom_dir, tmp_path_factory) -> Path:
+    """A CHAOS MR folder with two real patients (symlinks): 1 (axial, T2 256 px 1.54 mm)
+    and 22 (oblique, T1 2.03 mm pixels: the coarsest in-plane spacing of the 16)."""
+    root = tmp_path_factory.mktemp("chaos_dicom")
+    for pid in ("1", "22"):
+        os.symlink(chaos_dicom_dir / pid, root / pid)
+    return root

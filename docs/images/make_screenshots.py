@@ -59,9 +59,13 @@ def quick_model(steps: int, size: int = 96) -> str:
     from napari_gi_seg.training.trainer import segmentation_loss
 
     names = ["liver", "right_kidney", "left_kidney", "spleen"]
-    spec = ModelSpec(name="quick-chaos", encoder="mobilenet_v2", input_size=(size, size),
-                     classes=[{"index": i + 1, "name": n} for i, n in enumerate(names)],
-                     description=f"screenshot model: {steps} steps on CHAOS patients 2 and 3")
+    spec = ModelSpec(
+        name="quick-chaos",
+        encoder="mobilenet_v2",
+        input_size=(size, size),
+        classes=[{"index": i + 1, "name": n} for i, n in enumerate(names)],
+        description=f"screenshot model: {steps} steps on CHAOS patients 2 and 3",
+    )
     torch.manual_seed(0)
     net = build_network(spec)
     xs, ys = [], []
@@ -92,11 +96,18 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=None)
     ap.add_argument("--out", default=str(HERE))
-    ap.add_argument("--finetune-args", default="--max-steps-per-epoch 4 --batch-size 4",
-                    help="extra arguments of the fine-tune run shown in finetune.png")
+    ap.add_argument(
+        "--finetune-args",
+        default="--max-steps-per-epoch 4 --batch-size 4",
+        help="extra arguments of the fine-tune run shown in finetune.png",
+    )
     ap.add_argument("--epochs", type=int, default=3)
-    ap.add_argument("--quick-model-steps", type=int, default=0,
-                    help="when the model is not installed: fit a small screenshot model for this many steps")
+    ap.add_argument(
+        "--quick-model-steps",
+        type=int,
+        default=0,
+        help="when the model is not installed: fit a small screenshot model for this many steps",
+    )
     args = ap.parse_args(argv)
     out = Path(args.out)
     work = Path(tempfile.mkdtemp(prefix="gi-seg-shots-"))

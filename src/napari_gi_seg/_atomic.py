@@ -12,6 +12,12 @@ Rules (the same for every writer)
 
   It ends with the destination's name, so libraries that pick the format from the
   extension (nibabel, tifffile, matplotlib) still see ``.nii.gz``/``.tif``/``.png``.
+* Permissions follow the umask, as if the destination had been created directly:
+  a file gets ``0o666 & ~umask`` (what ``open()`` gives), a folder ``0o777 & ~umask``
+  (what ``mkdir`` gives), whatever mode the library that wrote the temporary chose.
+  Only an explicit ``mode`` (e.g. ``0o600`` for session files) overrides it; a
+  labels file or an RTSTRUCT with the patient's name is never made world-readable
+  behind a ``umask 077``.
 * When the writer is done the data is flushed to disk (``fsync`` of the file, or of
   every file of a folder), renamed onto the destination with :func:`os.replace`
   (atomic on POSIX and Windows for files) and the folder's entry is ``fsync``-ed.
@@ -56,6 +62,9 @@ __all__ = [
     "write_json",
     "remove_stale",
     "is_temp_name",
+    "current_umask",
+    "default_file_mode",
+    "default_dir_mode",
 ]
 
 log = logging.getLogger(__name__)
@@ -79,6 +88,31 @@ def is_temp_name(name: str) -> bool:
 def _temp_sibling(dest: Path) -> Path:
     tail = dest.name[-_MAX_NAME:]
     return dest.parent / f"{TMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}-{tail}"
+
+
+def current_umask() -> int:
+    """The process's umask (Linux: read from ``/proc/self/status``, no change of state;
+    elsewhere set and restored at once)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
+def default_file_mode() -> int:
+    """``0o666 & ~umask``: the mode ``open(path, "w")`` gives a new file."""
+    return 0o666 & ~current_umask()
+
+
+def default_dir_mode() -> int:
+    """``0o777 & ~umask``: the mode ``mkdir`` gives a new folder."""
+    return 0o777 & ~current_umask()
 
 
 def _pid_alive(pid: int) -> bool:
@@ -210,7 +244,7 @@ def _prepare(dest: str | Path) -> tuple[Path, Path]:
 
 
 @contextlib.contextmanager
-def atomic_path(dest: str | Path, *, mode: int | None = 0o644) -> Iterator[Path]:
+def atomic_path(dest: str | Path, *, mode: int | None = None) -> Iterator[Path]:
     """Context manager yielding a temporary path beside ``dest`` to write one file to
     (with any library); on success the file is fsync-ed and renamed onto ``dest``.
 
@@ -220,7 +254,8 @@ def atomic_path(dest: str | Path, *, mode: int | None = 0o644) -> Iterator[Path]
         The final file path; its folder is created if missing. An existing file is
         replaced only when the write succeeds.
     mode
-        Permission bits of the final file (``None``: leave as created).
+        Permission bits of the final file; ``None`` (default): ``0o666 & ~umask``, as
+        ``open()`` would create it (:func:`default_file_mode`).
 
     Raises
     ------
@@ -238,8 +273,7 @@ def atomic_path(dest: str | Path, *, mode: int | None = 0o644) -> Iterator[Path]
         yield tmp
         if not tmp.exists():
             raise FileNotFoundError(f"{dest}: the writer produced no file")
-        if mode is not None:
-            os.chmod(tmp, mode)
+        os.chmod(tmp, default_file_mode() if mode is None else mode)
         _fsync_path(tmp)
         _pause_hook(dest)
         os.replace(tmp, dest)
@@ -272,7 +306,7 @@ def atomic_dir(dest: str | Path) -> Iterator[Path]:
     try:
         tmp.mkdir()
         yield tmp
-        os.chmod(tmp, 0o755)
+        os.chmod(tmp, default_dir_mode())  # as mkdir would have made dest
         for root, _dirs, files in os.walk(tmp):
             for f in files:
                 _fsync_path(Path(root) / f)
@@ -301,7 +335,7 @@ def atomic_dir(dest: str | Path) -> Iterator[Path]:
     _fsync_dir(dest.parent)
 
 
-def write_bytes(dest: str | Path, data: bytes, *, mode: int | None = 0o644) -> Path:
+def write_bytes(dest: str | Path, data: bytes, *, mode: int | None = None) -> Path:
     """Atomically write ``data`` to ``dest`` (see :func:`atomic_path`); returns ``dest``."""
     dest = Path(dest)
     with atomic_path(dest, mode=mode) as tmp, open(tmp, "wb") as f:
@@ -309,7 +343,7 @@ def write_bytes(dest: str | Path, data: bytes, *, mode: int | None = 0o644) -> P
     return dest
 
 
-def write_text(dest: str | Path, text: str, *, mode: int | None = 0o644) -> Path:
+def write_text(dest: str | Path, text: str, *, mode: int | None = None) -> Path:
     """Atomically write UTF-8 ``text`` to ``dest``; returns ``dest``."""
     return write_bytes(dest, text.encode("utf-8"), mode=mode)
 

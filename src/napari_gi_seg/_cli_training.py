@@ -2,8 +2,11 @@
 
 Both run with the progress/cancel protocol (:mod:`napari_gi_seg.progress`): a tqdm
 bar per epoch on a terminal, one log line per epoch, and a graceful stop: the first
-Ctrl-C (SIGINT) or SIGTERM, or the creation of ``--stop-file``, ends the run after the
-current epoch with the best epoch kept; a second signal aborts at once.
+Ctrl-C (SIGINT) or SIGTERM, or the creation of ``--stop-file``, ends the run after
+finishing the current epoch (at most 120 s more; otherwise the epoch is checkpointed as
+a partial one, which ``--resume`` completes: :mod:`napari_gi_seg.training.stopping`),
+with the best epoch kept; a second signal aborts at once. Every numeric option is
+range-checked while parsing (:mod:`napari_gi_seg._cli_types`), before any work.
 """
 
 from __future__ import annotations
@@ -17,18 +20,25 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 
-from .models.spec import ARCHITECTURES, DEFAULT_ARCH
+from ._cli_types import SEED_MAX, float_above, fraction, int_at_least
+from .models.spec import ARCHITECTURES, DEFAULT_ARCH, INPUT_SIZE_RANGE, MAX_CONTEXT, MAX_CONTEXT_OFFSET
 
 log = logging.getLogger("napari_gi_seg.cli")
 
 
 def _offsets(s: str) -> tuple[int, ...]:
+    """argparse type of ``--context``: 1..MAX_CONTEXT distinct integers within +-MAX_CONTEXT_OFFSET."""
     try:
-        return tuple(int(v) for v in s.split(","))
+        offs = tuple(int(v) for v in s.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"context must be comma-separated integers such as -1,0,1, got {s!r}"
         ) from None
+    if not 1 <= len(offs) <= MAX_CONTEXT or len(set(offs)) != len(offs):
+        raise argparse.ArgumentTypeError(f"context must be 1..{MAX_CONTEXT} distinct offsets, got {s!r}")
+    if any(abs(o) > MAX_CONTEXT_OFFSET for o in offs):
+        raise argparse.ArgumentTypeError(f"context offsets must lie within +-{MAX_CONTEXT_OFFSET} slices, got {s!r}")
+    return offs
 
 
 def _model_name(s: str) -> str:
@@ -50,7 +60,8 @@ def graceful_stop(stop_file: str | None = None) -> Iterator[Callable[[], bool]]:
     """A ``cancel()`` callable for a long run: True after SIGINT/SIGTERM or once
     ``stop_file`` exists.
 
-    The first signal asks the run to stop after the current epoch (the best epoch is
+    The first signal asks the run to stop after finishing the current epoch (the
+    trainer's bounded wait, :mod:`napari_gi_seg.training.stopping`; the best epoch is
     kept); a second one raises :class:`KeyboardInterrupt` at once. The previous signal
     handlers are restored on exit. Signals are only caught in the main thread.
 
@@ -71,7 +82,10 @@ def graceful_stop(stop_file: str | None = None) -> Iterator[Callable[[], bool]]:
         if state["stop"]:
             raise KeyboardInterrupt
         state["stop"] = True
-        log.warning("stop requested (%s): ending after the current epoch; again to abort", signal.Signals(signum).name)
+        log.warning(
+            "%s received: the run stops once the current epoch is finished and checkpointed; press again to abort",
+            signal.Signals(signum).name,
+        )
 
     old = {}
     if threading.current_thread() is threading.main_thread():
@@ -107,29 +121,46 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
         help="smp encoder name, or the MONAI network's preset (default: mobilenet_v2 / the network's first preset)",
     )
     p.add_argument("--context", type=_offsets, default=(-1, 0, 1), help="2.5D slice offsets (default -1,0,1)")
-    p.add_argument("--size", type=int, default=160, help="in-plane input size in pixels (default 160)")
-    p.add_argument("--epochs", type=int, default=100)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate of the one-cycle schedule")
+    lo, hi = INPUT_SIZE_RANGE
     p.add_argument(
-        "--val-fraction", type=float, default=0.25, help="fraction of patients held out for validation (0: none)"
+        "--size",
+        type=int_at_least(lo, hi),
+        default=160,
+        help=f"in-plane input size in pixels, {lo}..{hi} (default 160)",
     )
-    p.add_argument("--fold", type=int, default=0)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=int_at_least(1), default=100, help="epochs, >= 1 (default 100)")
+    p.add_argument("--batch-size", type=int_at_least(1), default=16, help="slices per step, >= 1 (default 16)")
+    p.add_argument("--lr", type=float_above(0), default=2e-3, help="peak learning rate of the one-cycle schedule, > 0")
+    p.add_argument(
+        "--val-fraction",
+        type=fraction(allow_zero=True),
+        default=0.25,
+        help="fraction of patients held out for validation, in [0, 1) (0: none)",
+    )
+    p.add_argument("--fold", type=int_at_least(0), default=0, help="validation fold, >= 0")
+    p.add_argument("--seed", type=int_at_least(0, SEED_MAX), default=0)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
-    p.add_argument("--patience", type=int, default=30, help="early stopping: epochs without validation improvement")
     p.add_argument(
-        "--max-minutes", type=float, default=None, help="stop after this many minutes (best checkpoint kept)"
+        "--patience",
+        type=int_at_least(1),
+        default=30,
+        help="early stopping: epochs without validation improvement, >= 1",
+    )
+    p.add_argument(
+        "--max-minutes",
+        type=float_above(0),
+        default=None,
+        help="stop after this many minutes, > 0 (best checkpoint kept)",
     )
     p.add_argument(
         "--budget-minutes",
-        type=float,
+        type=float_above(0),
         default=None,
         help="train for this many minutes: the one-cycle learning-rate schedule spans the budget "
         "(--epochs is then an upper bound)",
     )
-    p.add_argument("--max-steps-per-epoch", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--max-steps-per-epoch", type=int_at_least(1), default=None, help=argparse.SUPPRESS)
     p.add_argument("--stop-file", default=None, help=argparse.SUPPRESS)
     p.add_argument("--work-dir", default=None, help="run folder (checkpoints, metrics.csv, training_curve.png)")
     p.add_argument(
@@ -138,8 +169,9 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
         default=[],
         help="case-days/cases to leave out, comma-separated (UW-Madison: known faulty ones)",
     )
+    _add_sequences_arg(p)
     p.add_argument("--description", default="")
-    p.add_argument("--num-workers", type=int, default=0)
+    p.add_argument("--num-workers", type=int_at_least(0), default=0, help="data-loader worker processes, >= 0")
     p.add_argument(
         "--single-component",
         type=_names,
@@ -165,6 +197,16 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
         help="lateralised classes on flipped images: keep (contextual: the right kidney is the one beside the "
         "liver; the default) or swap (anatomical: laterality = image side, which small networks learn slowly); "
         "see docs/training.md",
+    )
+
+
+def _add_sequences_arg(p: argparse.ArgumentParser) -> None:
+    """``--sequences t2spir,t1in,t1out`` (CHAOS layout only; default all contrasts)."""
+    p.add_argument(
+        "--sequences",
+        type=_names,
+        default=None,
+        help="CHAOS layout: contrasts to use, comma-separated from t2spir,t1in,t1out (default all)",
     )
 
 
@@ -195,6 +237,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         max_steps_per_epoch=args.max_steps_per_epoch,
         work_dir=args.work_dir,
         exclude=args.exclude,
+        sequences=args.sequences,
         description=args.description,
         num_workers=args.num_workers,
         single_component=args.single_component,
@@ -213,7 +256,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _add_finetune_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "dataset", help="labelled dataset folder (nnU-Net v2 export of corrections, UW-Madison, NIfTI pairs)"
+        "dataset",
+        help="labelled dataset folder (nnU-Net v2 export of corrections, UW-Madison, NIfTI pairs, CHAOS MR)",
     )
     p.add_argument(
         "--model", required=True, dest="base", metavar="BASE", help="registered base model NAME or NAME:VERSION"
@@ -224,31 +268,42 @@ def _add_finetune_args(p: argparse.ArgumentParser) -> None:
         type=_model_name,
         help="registry name of the fine-tuned model (letters, digits, . _ -; next free version)",
     )
-    p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--lr", type=float, default=5e-4, help="peak learning rate of the one-cycle schedule (default 5e-4)")
+    p.add_argument("--epochs", type=int_at_least(1), default=20, help="epochs, >= 1 (default 20)")
+    p.add_argument(
+        "--lr",
+        type=float_above(0),
+        default=5e-4,
+        help="peak learning rate of the one-cycle schedule, > 0 (default 5e-4)",
+    )
     p.add_argument("--freeze-encoder", action="store_true", help="train only the decoder and segmentation head")
     p.add_argument(
         "--val-fraction",
-        type=float,
+        type=fraction(),
         default=0.25,
-        help="share of patients held back (a single patient: share of its labelled slices)",
+        help="share of patients held back, in (0, 1) (a single patient: share of its labelled slices)",
     )
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=int_at_least(1), default=8, help="slices per step, >= 1 (default 8)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
-    p.add_argument("--max-minutes", type=float, default=None, help="time budget (best weights so far are registered)")
+    p.add_argument(
+        "--max-minutes",
+        type=float_above(0),
+        default=None,
+        help="time budget in minutes, > 0 (best weights so far kept)",
+    )
     p.add_argument(
         "--classes",
         type=_names,
         default=None,
         help="the dataset's class names in label order (NIfTI pairs without classes.json; default: the base's)",
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int_at_least(0, SEED_MAX), default=0)
     p.add_argument("--work-dir", default=None, help="run folder (default <user folder>/runs/NAME-vN)")
     p.add_argument(
         "--jsonl",
         action="store_true",
         help="print one JSON object per progress event on stdout (baseline, step, validate, epoch, done)",
     )
+    _add_sequences_arg(p)
     p.add_argument(
         "--register-if-worse",
         action="store_true",
@@ -259,7 +314,7 @@ def _add_finetune_args(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="continue the interrupted fine-tune of NAME (or the one in --work-dir) from its last checkpoint",
     )
-    p.add_argument("--max-steps-per-epoch", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--max-steps-per-epoch", type=int_at_least(1), default=None, help=argparse.SUPPRESS)
     p.add_argument("--stop-file", default=None, help=argparse.SUPPRESS)  # the widget's graceful stop
 
 
@@ -312,6 +367,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
             resume=args.resume,
             progress=progress,
             cancel=cancel,
+            sequences=args.sequences,
         )
     if not args.jsonl:
         ft = res.spec.metrics["finetune"]

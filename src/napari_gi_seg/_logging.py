@@ -70,7 +70,7 @@ def is_debug() -> bool:
 
 
 @contextlib.contextmanager
-def run_log_file(path: str | Path, level: int = logging.DEBUG) -> Iterator[Path]:
+def run_log_file(path: str | Path, level: int = logging.DEBUG, redact: dict[str, str] | None = None) -> Iterator[Path]:
     """Append every log record of the package to ``path`` while the block runs.
 
     Parameters
@@ -80,6 +80,10 @@ def run_log_file(path: str | Path, level: int = logging.DEBUG) -> Iterator[Path]
         resumed run keeps one log; nested calls for the same file write it once).
     level : int
         Lowest level written (default ``DEBUG``: the file keeps more than the terminal).
+    redact : dict, optional
+        ``{private text: pseudonym}`` replaced in every line the file gets (dataset
+        folder and case names: :func:`napari_gi_seg._privacy.redactions`); a nested
+        call for the same file adds its pairs to the enclosing one's.
 
     Yields
     ------
@@ -90,12 +94,17 @@ def run_log_file(path: str | Path, level: int = logging.DEBUG) -> Iterator[Path]
     path.parent.mkdir(parents=True, exist_ok=True)
     logger = logging.getLogger(LOGGER_NAME)
     target = str(path.resolve())
-    if any(getattr(h, "baseFilename", None) == target for h in logger.handlers):
-        yield path  # an enclosing run already writes this file
-        return
+    from ._privacy import RedactingFormatter
+
+    for other in logger.handlers:
+        if getattr(other, "baseFilename", None) == target:  # an enclosing run already writes this file
+            if redact and isinstance(other.formatter, RedactingFormatter):
+                other.formatter.add(redact)
+            yield path
+            return
     h = logging.FileHandler(path, encoding="utf-8")
     h.setLevel(level)
-    h.setFormatter(logging.Formatter(FILE_FORMAT))
+    h.setFormatter(RedactingFormatter(FILE_FORMAT, redact or {}))
     old = logger.level
     if logger.level == logging.NOTSET or logger.level > level:
         logger.setLevel(level)

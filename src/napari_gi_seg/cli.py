@@ -1,4 +1,4 @@
-"""Command line: ``napari-gi-seg segment|models|train|finetune|evaluate|demo``.
+"""Command line: ``napari-gi-seg segment|propagate|models|train|finetune|evaluate|demo``.
 
 Exit status: 0 on success; 2 with one line on stderr
 (``napari-gi-seg: error: <file>: <problem>``) for every expected failure: bad input
@@ -18,6 +18,7 @@ from collections.abc import Sequence
 
 from ._cli_errors import run_guarded
 from ._cli_training import _add_finetune_args, _add_train_args, cmd_finetune, cmd_train
+from ._cli_types import int_at_least
 
 log = logging.getLogger("napari_gi_seg.cli")
 
@@ -45,6 +46,20 @@ def read_input_volumes(path: str):
     from .cli_segment import read_input_volumes as read
 
     return read(path)
+
+
+# ----------------------------------------------------------------- propagate
+def _add_propagate_args(p: argparse.ArgumentParser) -> None:
+    from .cli_propagate import add_propagate_args
+
+    add_propagate_args(p)
+
+
+def cmd_propagate(args: argparse.Namespace) -> int:
+    """``napari-gi-seg propagate``: see :func:`napari_gi_seg.cli_propagate.cmd_propagate`."""
+    from .cli_propagate import cmd_propagate as run
+
+    return run(args)
 
 
 # ----------------------------------------------------------------- models
@@ -125,7 +140,29 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------- evaluate
 def _add_evaluate_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("dataset", help="labelled dataset folder (any layout the trainer reads)")
+    p.add_argument(
+        "dataset", nargs="?", default=None, help="labelled dataset folder (any layout the trainer reads, CHAOS too)"
+    )
+    p.add_argument(
+        "--reference",
+        default=None,
+        metavar="REF",
+        help="score a prediction against this reference instead of a model on a dataset: a label file or a "
+        "folder of per-slice PNGs (natural sort order; CHAOS values or binary)",
+    )
+    p.add_argument("--prediction", default=None, metavar="PRED", help="with --reference: the label file or PNG folder")
+    p.add_argument(
+        "--image",
+        default=None,
+        metavar="DICOM_DIR",
+        help="with --reference: the DICOM series the labels belong to (geometry, slice order of PNGs)",
+    )
+    p.add_argument(
+        "--sequences",
+        type=_names,
+        default=None,
+        help="CHAOS layout: contrasts to score, comma-separated from t2spir,t1in,t1out (default all)",
+    )
     p.add_argument("--model", default=None, help="registered model NAME or NAME:VERSION (default: the default model)")
     p.add_argument("--json", default=None, metavar="PATH", help="write all metrics as JSON")
     p.add_argument("--report", default=None, metavar="PATH", help="write a Markdown report (images in PATH_files/)")
@@ -144,20 +181,36 @@ def _add_evaluate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cases", type=_names, default=None, help="only these case or patient ids, comma-separated")
     p.add_argument("--tta", action="store_true", help="left-right flip test-time augmentation")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=int_at_least(1), default=8, help="slices per forward pass, >= 1 (default 8)")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """``napari-gi-seg evaluate DATASET``: segment every case and print/write Dice, IoU, precision,
     recall, HD95 (mm) and the UW-Madison Kaggle terms."""
+    from .errors import UsageError
     from .evaluation.evaluate import evaluate_dataset, format_table, write_json, write_report
 
+    if args.reference or args.prediction:
+        if not (args.reference and args.prediction) or args.dataset or args.model or args.report:
+            raise UsageError("evaluate --reference REF --prediction PRED [--image DICOM_DIR] [--classes] [--json]")
+        from .evaluation.reference import evaluate_reference
+
+        summary = evaluate_reference(args.reference, args.prediction, image=args.image, classes=args.classes)
+        print(format_table(summary))
+        if args.json:
+            print(f"metrics: {write_json(summary, args.json)}")
+        return 0
+    if not args.dataset:
+        raise UsageError("evaluate needs a DATASET folder, or --reference REF --prediction PRED")
+    if args.image:
+        raise UsageError("--image goes with --reference/--prediction")
     ev = evaluate_dataset(
         args.dataset,
         model=args.model,
         cases=args.cases,
         classes=args.classes,
         dataset_classes=args.dataset_classes,
+        sequences=args.sequences,
         tta=args.tta,
         device=args.device,
         batch_size=args.batch_size,
@@ -195,6 +248,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 #: ``(name, help, add_arguments, command)`` per sub-command; add new commands here.
 COMMANDS: list[tuple[str, str, object, object]] = [
     ("segment", "segment an MRI volume with a registered model and write the labels", _add_segment_args, cmd_segment),
+    (
+        "propagate",
+        "carry the previous day's labels onto today's scan by image registration",
+        _add_propagate_args,
+        cmd_propagate,
+    ),
     ("models", "list the registered models", _add_models_args, cmd_models),
     ("train", "train a new model and register it", _add_train_args, cmd_train),
     (

@@ -14,6 +14,7 @@ import os
 import sys
 
 from ._cli_errors import CLIError
+from ._cli_types import int_at_least
 
 
 def _slice_range(s: str) -> tuple[int | None, int | None]:
@@ -70,7 +71,7 @@ def add_segment_args(p: argparse.ArgumentParser) -> None:
         help="registered model NAME or NAME:VERSION (default: the bundled default model, newest version)",
     )
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
-    p.add_argument("--batch-size", type=int, default=8, help="slices per forward pass (default 8)")
+    p.add_argument("--batch-size", type=int_at_least(1), default=8, help="slices per forward pass, >= 1 (default 8)")
     p.add_argument(
         "--tta", action="store_true", help="average with a left-right flipped pass (left/right classes swapped back)"
     )
@@ -88,7 +89,12 @@ def add_segment_args(p: argparse.ArgumentParser) -> None:
         help="number type of the forward pass (default auto: fp16 on CUDA, bf16 on CPUs with native "
         "bfloat16, else fp32)",
     )
-    p.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists (default: refuse)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace OUTPUT if it exists (default: refuse; an input of the run is never replaced); with -i DIR: "
+        "segment every scan again (default: a rerun skips outputs that are up to date in the manifest)",
+    )
     p.add_argument(
         "--skip-unreadable",
         action="store_true",
@@ -157,8 +163,9 @@ def _resolve_slices(sl, depth: int, source: str) -> range | None:
 def _output_paths(output: str, vols, fmt_suffix: str | None = None) -> list[str]:
     """One output per volume: OUTPUT itself, or ``<stem>_<volume name><suffix>`` when
     the input holds several volumes (e.g. a folder of DICOM series: the volume name
-    is then suffixed with the series description and the first 8 hex digits of the
-    hashed ``SeriesInstanceUID``, so two series never share a path).
+    is then suffixed with the first 8 hex digits of the hashed ``SeriesInstanceUID``,
+    so two series never share a path). Free-text DICOM fields such as
+    ``SeriesDescription`` never reach a file name (they may hold a patient's name).
 
     Raises
     ------
@@ -168,24 +175,82 @@ def _output_paths(output: str, vols, fmt_suffix: str | None = None) -> list[str]
     """
     if len(vols) == 1:
         return [output]
-    import re
-
+    from .engine.batch import safe_name
     from .io import label_suffix
 
     suf = label_suffix(output) or fmt_suffix or ""
     stem = output[: len(output) - len(label_suffix(output) or "")]
     outs = []
     for v in vols:
-        tag = v.name
+        tag = safe_name(v.name)
         uid = v.metadata.get("series_instance_uid_hash")
         if uid:
-            desc = re.sub(r"[^A-Za-z0-9._-]+", "-", str(v.metadata.get("series_description") or "")).strip("-")[:40]
-            tag = "_".join(t for t in (v.name, desc, uid[:8]) if t)
+            tag = f"{tag}_{uid[:8]}"
         outs.append(f"{stem}_{tag}{suf}")
     dup = sorted({o for o in outs if outs.count(o) > 1})
     if dup:
         raise CLIError(f"{dup[0]}: several volumes of the input would be written to this one file; nothing written")
     return outs
+
+
+def _input_files(path: str | os.PathLike | None) -> list[str]:
+    """The files an input names: the file itself, or every file under a folder."""
+    if not path or not os.path.exists(path):
+        return []
+    if not os.path.isdir(path):
+        return [str(path)]
+    return [os.path.join(root, f) for root, _dirs, files in os.walk(path) for f in files]
+
+
+def refuse_input_overwrite(outputs, inputs) -> None:
+    """Raise :class:`~napari_gi_seg.errors.ConflictError` when an output would replace a
+    file that is an input of the same run (compared by resolved path and, for files that
+    exist, ``os.path.samefile``: symlinks and hard links count), whatever ``--overwrite``
+    says: the labels must never replace the scan.
+
+    Parameters
+    ----------
+    outputs : iterable of path
+        The files the run would write.
+    inputs : iterable of path
+        Input files or folders (a folder stands for every file under it).
+    """
+    from pathlib import Path
+
+    from .errors import ConflictError
+
+    files = [f for i in inputs for f in _input_files(i)]
+    resolved = {str(Path(f).resolve()): f for f in files}
+    for o in outputs:
+        hit = resolved.get(str(Path(o).resolve()))
+        if hit is None and os.path.exists(o):
+            hit = next((f for f in files if _same(o, f)), None)
+        if hit is not None:
+            raise ConflictError(
+                f"{o}: this output is the input {hit} of the same run; refusing to write the labels over "
+                "the scan (with or without --overwrite): choose another output"
+            )
+
+
+def _same(a, b) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def warn_burned_in(vol, source) -> None:
+    """Log a warning when a DICOM series says ``BurnedInAnnotation`` YES (0028,0301):
+    its pixels may show the patient's name or other identifiers, which the labels do
+    not carry but an export of the image would."""
+    if vol.metadata.get("burned_in_annotation"):
+        import logging
+
+        logging.getLogger("napari_gi_seg.cli").warning(
+            "%s: the series says BurnedInAnnotation=YES: its pixels may show patient identifiers; "
+            "do not share or export the image without checking it (export refuses it unless allowed)",
+            source,
+        )
 
 
 def _segment_setup(args):
@@ -238,7 +303,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     import os
     from pathlib import Path
 
-    from .engine.batch import OUTPUT_FORMATS
+    from .engine.batch import OUTPUT_FORMATS, probabilities_path
     from .io import LABEL_FORMATS, LABEL_WRITE_SUFFIXES, label_suffix, resolve_label_suffix
     from .models.network import load_network
 
@@ -261,6 +326,10 @@ def cmd_segment(args: argparse.Namespace) -> int:
     device, entry, spec = _segment_setup(args)
     vols = read_input_volumes(args.input, args.skip_unreadable)
     outs = _output_paths(args.output, vols)
+    prob_outs = [probabilities_path(o) for o in outs] if args.save_probabilities else []
+    refuse_input_overwrite([*outs, *prob_outs], [args.input, args.adapt])
+    for v in vols:
+        warn_burned_in(v, args.input)
     if not args.overwrite:
         for o in outs:
             if os.path.exists(o):
@@ -286,10 +355,14 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
 def _segment_folder(args: argparse.Namespace) -> int:
     """Every scan unit in the input folder -> one output per series in the output
-    folder + the run manifest (rank 0); units sharded by rank under torchrun."""
+    folder + the run manifest; units sharded by rank under torchrun. Resumable: a rerun
+    skips up-to-date outputs, redoes missing or stale ones and merges the manifest
+    (:mod:`napari_gi_seg.engine.resume`)."""
     from pathlib import Path
 
     from .engine import batch
+    from .engine.resume import FolderManifest
+    from .errors import ConflictError
     from .io import read_image
     from .models.network import load_network
 
@@ -301,11 +374,19 @@ def _segment_folder(args: argparse.Namespace) -> int:
         raise CLIError(f"{src}: not a folder")
     if out_dir.exists() and not out_dir.is_dir():
         raise CLIError(f"{out_dir}: exists and is not a folder (a folder run writes one file per series)")
+    if out_dir.resolve() == src.resolve() or (out_dir.exists() and _same(out_dir, src)):
+        raise ConflictError(
+            f"{out_dir}: the output folder is the input folder {src}; the labels would replace or mix with "
+            "the scans (and be read as scans by the next run): choose another output folder"
+        )
     fmt = args.format or "nifti"
     suffix = batch.OUTPUT_FORMATS[fmt]
     units = batch.find_scans(src)
     if not units:
         raise CLIError(f"{src}: no scans found (DICOM series folders, NIfTI or TIFF files)")
+    refuse_input_overwrite(
+        [out_dir / f"{batch.unit_stem(u)}{suffix}" for u in units if u.is_file()], [u for u in units if u.is_file()]
+    )
     device, entry, spec = _segment_setup(args)
     started = batch.utc_now()
     rank, world = batch.distributed_context()
@@ -314,8 +395,10 @@ def _segment_folder(args: argparse.Namespace) -> int:
 
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)) % torch.cuda.device_count())
     out_dir.mkdir(parents=True, exist_ok=True)
+    info = batch.run_info(entry, spec, device, _segment_options(args), fmt, world)
+    manifest = FolderManifest(out_dir, info, started, incremental=world == 1)
     net = load_network(spec, entry.weights_path, device)
-    records = []
+    records, skipped = [], 0
     for unit in batch.shard(units, rank, world):
         try:
             vols = [
@@ -324,32 +407,43 @@ def _segment_folder(args: argparse.Namespace) -> int:
                 if not v.metadata.get("is_labels")
             ]
         except (OSError, ValueError) as e:
-            records.append(
-                {"unit": batch.unit_stem(unit), "status": "failed", "error": _no_path(e, unit, out_dir), "rank": rank}
-            )
+            rec = {"unit": batch.unit_stem(unit), "status": "failed", "error": _no_path(e, unit, out_dir), "rank": rank}
+            records.append(manifest.add(rec))
             print(f"napari-gi-seg: {e}", file=sys.stderr)
             continue
         for vol, stem in zip(vols, batch.output_names(unit, vols)):
             out = out_dir / f"{stem}{suffix}"
+            refuse_input_overwrite([out], [unit])
+            warn_burned_in(vol, unit)
+            sha = batch.voxel_sha256(vol.data)
+            if not args.overwrite and manifest.up_to_date(out, sha):
+                print(f"{out}: up to date (same input, model and settings), skipped")
+                records.append(manifest.skipped(out.name))
+                skipped += 1
+                continue
             try:
                 if out.exists() and not args.overwrite:
-                    raise CLIError(f"{out}: already exists (pass --overwrite to replace it)")
+                    if not manifest.listed(out.name):
+                        raise CLIError(f"{out}: already exists and no earlier run recorded it (pass --overwrite)")
+                    print(f"{out}: {manifest.why_stale(out, sha)}; segmenting it again")
+                manifest.running(out.name, sha)
                 options = _segment_options(args, _resolve_slices(args.slices, vol.shape[0], str(unit)))
                 rec = _run_one(vol, out, spec, net, device, options, args.quiet or world > 1)
             except (CLIError, OSError, ValueError) as e:
                 rec = {"output": out.name, "status": "failed", "error": _no_path(e, unit, out_dir)}
                 print(f"napari-gi-seg: {e}", file=sys.stderr)
-            records.append({**rec, "rank": rank})
+            records.append(manifest.add({**rec, "rank": rank}, out))
     records = batch.gather_records(records, world)
     if rank == 0:
-        info = batch.run_info(entry, spec, device, _segment_options(args), fmt, world)
-        print(f"manifest: {batch.write_manifest(out_dir, info, records, started)}")
+        print(f"manifest: {manifest.save(records)}")
     if world > 1:
         import torch.distributed as dist
 
         dist.barrier()
         dist.destroy_process_group()
     failed = [r for r in records if r.get("status") != "ok"]
+    if skipped:
+        print(f"{skipped} of {len(records)} outputs were up to date and skipped (--overwrite segments them again)")
     if failed:
         raise CLIError(f"{len(failed)} of {len(records)} scans failed (see {out_dir / batch.MANIFEST_NAME})")
     return 0

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from ._atomic import atomic_path
+from ._privacy import recorded_among
 
 
 def has_display() -> bool:
@@ -173,7 +174,7 @@ def run_headless(
         "labels_path": str(labels_path),
         "overlay_path": str(overlay),
         # the sample is CHAOS patient 1: say so when the model trained on it
-        "seen_in_training": "1" in [str(p) for p in (spec.training or {}).get("train_patients", [])],
+        "seen_in_training": bool(recorded_among((spec.training or {}).get("train_patients"), ["1"])),
     }
     if not quiet:
         print(

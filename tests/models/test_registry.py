@@ -4,6 +4,7 @@ overwritten, pickle checkpoints refused, corrupt files reported clearly."""
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 
 import pytest
@@ -30,7 +31,8 @@ def test_spec_and_weights_round_trip(small_spec, model_home):
     spec2, net2 = registry.load_model("unit-test")
     d1, d2 = small_spec.to_dict(), spec2.to_dict()
     assert d2["created"] and d2["software_version"]  # filled in at registration
-    for k in ("created", "software_version"):
+    assert d2["weights_sha256"] == hashlib.sha256(entry.weights_path.read_bytes()).hexdigest()  # and this
+    for k in ("created", "software_version", "weights_sha256"):
         d1.pop(k), d2.pop(k)
     assert d1 == d2
     assert spec2.classes[1].mirror == "left_kidney" and spec2.metrics == {"validation": {"mean_dice": 0.5}}

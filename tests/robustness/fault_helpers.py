@@ -51,6 +51,8 @@ def run_until_paused(code: str, *args: str, match: str = "", timeout: float = 60
 
 
 CHAOS_CLASSES = {1: "liver", 2: "right_kidney", 3: "left_kidney", 4: "spleen"}
+#: Parts of the patient-like dataset and case names the privacy tests use; none may be written.
+PRIVATE_NAMES = ("Zzdoe", "Janetest", "7734921", "Roe_Richard", "MRN1234")
 
 
 def temp_leftovers(folder: Path) -> list[str]:

@@ -138,7 +138,8 @@ def test_dicom_folder_with_two_series_writes_one_output_per_series(tmp_path, cha
     assert rc == 0, err
     outs = sorted((tmp_path / "out").glob("*.nii.gz"))
     assert len(outs) == 2  # the second series no longer overwrites the first
-    assert all(o.name.startswith("seg_MRN123456_T2-SPIR_") for o in outs)
+    # the input folder's name and the hashed series UID; never the free-text SeriesDescription
+    assert all(o.name.startswith("seg_MRN123456_") and "SPIR" not in o.name for o in outs)
     vols = [read_nifti(o, as_labels=True) for o in outs]
     assert all(v.shape == (4, 256, 256) for v in vols)
     assert not np.array_equal(vols[0].data, vols[1].data)  # different slices, different labels

@@ -10,9 +10,11 @@ import os
 import stat
 
 import pytest
-from fault_helpers import CHAOS_CLASSES
+from fault_helpers import CHAOS_CLASSES, PRIVATE_NAMES
 
 from napari_gi_seg.paths import installation_secret, public_path, user_dir
+
+PRIVATE = "Zzdoe_Janetest_MRN7734921"
 
 
 def test_installation_secret_is_private_and_stable():
@@ -59,11 +61,11 @@ def trained(chaos_dir, tmp_path_factory):
     from napari_gi_seg.training.trainer import TrainConfig, train
 
     root = tmp_path_factory.mktemp("private_site_name")
-    ds = root / "ds"
+    ds = root / PRIVATE  # folder and case named after patients, as exports from a PACS often are
     ds.mkdir()
-    for pid in ("1", "2"):
+    for pid, case in (("1", PRIVATE), ("2", "Roe_Richard_MRN1234")):
         for kind in ("image", "label"):
-            os.symlink(chaos_dir / f"{kind}_{pid}.nii.gz", ds / f"{kind}_{pid}.nii.gz")
+            os.symlink(chaos_dir / f"{kind}_{pid}.nii.gz", ds / f"{kind}_{case}.nii.gz")
     (ds / "classes.json").write_text(json.dumps(list(CHAOS_CLASSES.values())))
     home = root / "home"
     old = os.environ.get("NAPARI_GI_SEG_HOME")
@@ -96,9 +98,26 @@ def test_specs_cards_and_run_configs_hold_no_absolute_path(trained):
         text = f.read_text()
         assert str(root) not in text and "private_site_name" not in text, f
     spec = json.loads((res.entry.folder / "spec.json").read_text())
-    assert spec["training"]["dataset"] == "ds"
+    assert spec["training"]["dataset"].startswith("dataset-")  # a keyed pseudonym (napari_gi_seg._privacy)
     assert "registered.json" in {p.name for p in res.work_dir.iterdir()}
     assert res.work_dir.name.startswith("private-v1-")  # unique per run
+
+
+def test_train_writes_no_dataset_or_case_name(trained):
+    """Nothing the run writes (registered spec and card, run.json, config.json, train.log,
+    metrics.csv) names the dataset folder or a case taken from a file name."""
+    root, ds, res = trained
+    files = [res.entry.folder / n for n in ("spec.json", "MODEL_CARD.md")]
+    files += [res.work_dir / n for n in ("run.json", "config.json", "train.log", "MODEL_CARD.md", "metrics.csv")]
+    for f in files:
+        text = f.read_text()
+        assert not [w for w in PRIVATE_NAMES if w in text], f
+    spec = json.loads((res.entry.folder / "spec.json").read_text())
+    t = spec["training"]
+    assert len(t["dataset"]) == 16 and all(p.startswith("case-") for p in t["train_patients"] + t["val_patients"])
+    run = json.loads((res.work_dir / "run.json").read_text())
+    assert run["dataset"]["name"] == t["dataset"] and run["split"]["validation"] == t["val_patients"]
+    assert t["dataset"] in (res.work_dir / "train.log").read_text()  # the log says which dataset, by pseudonym
 
 
 def test_evaluation_outputs_hold_no_absolute_path(trained, tmp_path, monkeypatch):
@@ -106,9 +125,9 @@ def test_evaluation_outputs_hold_no_absolute_path(trained, tmp_path, monkeypatch
 
     root, ds, res = trained
     monkeypatch.setenv("NAPARI_GI_SEG_HOME", str(root / "home"))
-    ev = evaluate_dataset(ds, model="private", cases=["1"], device="cpu")
+    ev = evaluate_dataset(ds, model="private", cases=[PRIVATE], device="cpu")
     j = write_json(ev.summary, tmp_path / "metrics.json")
     r = write_report(ev, tmp_path / "report.md")
     for f in (j, r):
         assert str(root) not in f.read_text() and "private_site_name" not in f.read_text()
-    assert json.loads(j.read_text())["dataset"] == "ds"
+    assert json.loads(j.read_text())["dataset"] == PRIVATE  # evaluate's own outputs stay with the user

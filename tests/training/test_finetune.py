@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from napari_gi_seg import cli
+from napari_gi_seg._privacy import public_case_id, public_dataset_name
 from napari_gi_seg.datasets import IGNORE_INDEX, Case
 from napari_gi_seg.models import registry
 from napari_gi_seg.training.checkpoint import CheckpointError, load_checkpoint
@@ -60,6 +61,7 @@ def test_finetune_registers_child_with_before_after_and_run_record(tiny_entry, c
     assert ft["split"] == "patient" and len(ft["held_back"]) == 1
     held = ft["held_back"][0]
     assert held not in spec.training["train_patients"]
+    held_public, held = held, next(p for p in ("1", "2", "3") if public_case_id(p) == held)  # keyed pseudonyms
     # dice_before is the base's Dice on the held-back patient, computed independently
     expected = _independent_dice("tiny-chaos:1", chaos3 / f"image_{held}.nii.gz", chaos3 / f"label_{held}.nii.gz")
     assert ft["dice_before"] == pytest.approx(expected, abs=2e-3)
@@ -77,9 +79,9 @@ def test_finetune_registers_child_with_before_after_and_run_record(tiny_entry, c
     # the run folder: manifest with split, versions, hardware; a log file
     man = read_manifest(res.work_dir)
     assert man["status"] == "registered" and man["model"] == "tiny-ft:1" and man["kind"] == "finetune"
-    assert man["split"] == {"train": spec.training["train_patients"], "validation": [held]}
+    assert man["split"] == {"train": spec.training["train_patients"], "validation": [held_public]}
     assert man["versions"]["torch"].split("+")[0] == torch.__version__.split("+")[0]
-    assert man["hardware"]["cpus"] == os.cpu_count() and man["config"]["dataset"] == chaos3.name
+    assert man["hardware"]["cpus"] == os.cpu_count() and man["config"]["dataset"] == public_dataset_name(chaos3)
     assert str(chaos3) not in json.dumps(man)  # no local absolute path
     log = (res.work_dir / "train.log").read_text()
     assert "held-back mean Dice" in log and "epoch=1" in log and "registered tiny-ft:1" in log
@@ -87,7 +89,8 @@ def test_finetune_registers_child_with_before_after_and_run_record(tiny_entry, c
     card = (e.folder / "MODEL_CARD.md").read_text()
     assert "## Fine-tuning" in card and "tiny-chaos:1" in card
     rows = {r["key"]: r for r in cli.model_rows()}
-    assert rows["tiny-ft:1"]["dice_measured_on"].startswith("held-back Dice on 1 patient(s) of chaos3")
+    where = f"held-back Dice on 1 patient(s) of {public_dataset_name(chaos3)}"
+    assert rows["tiny-ft:1"]["dice_measured_on"].startswith(where)
     assert "parent tiny-chaos:1" in rows["tiny-ft:1"]["dice_measured_on"]
 
 
@@ -135,7 +138,7 @@ def test_stop_keeps_best_epoch_and_resume_continues(tiny_entry, chaos3):
         **{**TINY_FT, "epochs": 3, "max_steps_per_epoch": 2},
     )
     assert res.stopped == "cancelled" and not res.registered and "stopped after 1 epoch" in res.reason
-    assert len(steps) == 1 and [r["epoch"] for r in res.history] == [1]
+    assert len(steps) == 2 and [r["epoch"] for r in res.history] == [1]  # the epoch was finished (2 steps)
     assert (res.work_dir / "best.safetensors").exists() and (res.work_dir / "candidate.json").exists()
     man = read_manifest(res.work_dir)
     assert man["status"] == "not-registered" and man["stopped"] == "cancelled"
@@ -203,7 +206,8 @@ def test_finetune_cli_jsonl_single_patient_slice_split_and_stop_file(tiny_entry,
     done = lines[-1]
     assert done["model"] == "tiny-one:1" and done["parent"] == "tiny-chaos:1" and done["registered"] is True
     ft = registry.get_entry("tiny-one").spec().metrics["finetune"]
-    held = ft["held_back"]["2"]
+    ((case, held),) = ft["held_back"].items()  # case "2", by its keyed pseudonym
+    assert case.startswith("case-")
     assert ft["split"] == "slice" and len(held) >= 2
     # the held-back Dice is measured on the held-back slices only
     expected = _independent_dice("tiny-chaos:1", one / "image_2.nii.gz", one / "label_2.nii.gz", slices=held)

@@ -8,6 +8,7 @@ import json
 import numpy as np
 
 from napari_gi_seg import cli
+from napari_gi_seg._privacy import public_dataset_name
 from napari_gi_seg.models import registry
 
 
@@ -42,7 +43,7 @@ def test_train_registers_loadable_model_and_resume_continues(chaos3, tmp_path, t
     man = json.loads((work / "run.json").read_text())
     assert man["kind"] == "train" and man["status"] == "registered" and man["model"] == "cli-tiny:2"
     assert man["split"] == {"train": s2.training["train_patients"], "validation": s2.training["val_patients"]}
-    assert man["config"]["dataset"] == chaos3.name and man["config"]["work_dir"] == "run"  # names only
+    assert man["config"]["dataset"] == public_dataset_name(chaos3) and man["config"]["work_dir"] == "run"
     assert man["start_epoch"] == 1 and man["epochs_run"] == 2 and man["log_file"] == "train.log"
     assert man["versions"]["napari-gi-seg"] and man["hardware"]["cpus"] >= 1
     assert str(tmp_path) not in (work / "run.json").read_text()
@@ -50,7 +51,7 @@ def test_train_registers_loadable_model_and_resume_continues(chaos3, tmp_path, t
     assert "time budget" in log and "resumed from checkpoint_last.pt at epoch 2" in log and "epoch=2" in log
     assert log.count("registered cli-tiny:") == 2  # both runs appended to the same log
     # the model card says where the validation Dice was measured
-    assert s2.metrics["validation"]["measured_on"] == f"1 held-out patient(s) of {chaos3.name}"
+    assert s2.metrics["validation"]["measured_on"] == f"1 held-out patient(s) of {public_dataset_name(chaos3)}"
 
 
 def test_debug_flag_before_or_after_the_command(capsys):

@@ -1,4 +1,4 @@
-"""The one dock: Segment, Correct and review, Export and Fine-tune as tabs.
+"""The one dock: Segment, Correct and review, Export, Fine-tune and Previous day as tabs.
 
 napari docks each manifest widget as its own panel; four panels stacked need
 about 1130 x 1650 px. :class:`GISegDock` puts the same four widgets (the classes
@@ -15,7 +15,7 @@ from qtpy.QtWidgets import QFrame, QScrollArea, QSizePolicy, QTabWidget, QVBoxLa
 from . import _context as C
 
 #: Tab titles, in order.
-TABS = ("Segment", "Correct", "Export", "Fine-tune")
+TABS = ("Segment", "Correct", "Export", "Fine-tune", "Previous day")
 #: Width the dock asks for (px); napari's layer panels take ~320 px on the left,
 #: so on a 1366 px wide screen the canvas keeps about half the window or more.
 DOCK_WIDTH = 330
@@ -40,10 +40,11 @@ class GISegDock(QWidget):
 
     Attributes
     ----------
-    segment, correct, export, finetune:
+    segment, correct, export, finetune, propagate:
         The :class:`~.segment_widget.SegmentWidget`,
-        :class:`~.correct_widget.CorrectWidget`, :class:`~.export_widget.ExportWidget`
-        and :class:`~.finetune_widget.FinetuneWidget` inside the tabs.
+        :class:`~.correct_widget.CorrectWidget`, :class:`~.export_widget.ExportWidget`,
+        :class:`~.finetune_widget.FinetuneWidget` and
+        :class:`~.propagate_widget.PropagateWidget` inside the tabs.
     tabs
         The ``QTabWidget``.
     """
@@ -53,6 +54,7 @@ class GISegDock(QWidget):
         from .correct_widget import CorrectWidget
         from .export_widget import ExportWidget
         from .finetune_widget import FinetuneWidget
+        from .propagate_widget import PropagateWidget
         from .segment_widget import SegmentWidget
 
         self.viewer = C.unwrap(napari_viewer)
@@ -60,6 +62,7 @@ class GISegDock(QWidget):
         self.correct = CorrectWidget(self.viewer)
         self.export = ExportWidget(self.viewer)
         self.finetune = FinetuneWidget(self.viewer)
+        self.propagate = PropagateWidget(self.viewer)
         self.tabs = QTabWidget()
         self.tabs.setDocumentMode(True)
         tips = (
@@ -67,8 +70,10 @@ class GISegDock(QWidget):
             "Correction tools, per-slice review (Shift-R / Shift-N / Shift-U), autosave",
             "Write the reviewed slices as an nnU-Net v2 training dataset",
             "Fine-tune a model on the exported corrections",
+            "Bring the previous day's contours onto today's scan (image registration)",
         )
-        for title, w, tip in zip(TABS, (self.segment, self.correct, self.export, self.finetune), tips):
+        pages = (self.segment, self.correct, self.export, self.finetune, self.propagate)
+        for title, w, tip in zip(TABS, pages, tips):
             i = self.tabs.addTab(_scrolled(w), title)
             self.tabs.setTabToolTip(i, tip)
         self.tabs.setCurrentIndex(0)

@@ -65,6 +65,7 @@ from .. import __version__
 from .._atomic import atomic_dir, is_temp_name, write_bytes, write_json
 from ..datasets import NNUNET_FILE_ENDING, NNUNET_LABELS, nnunet_image_relpath, nnunet_label_relpath
 from ..datasets.nnunet import NNUNET_IMAGES, read_dataset_json
+from ..errors import InputError
 from ..evaluation.metrics import rt_contour_metrics
 from ..io.fingerprint import image_fingerprint
 from ..io.nifti import write_nifti
@@ -72,7 +73,7 @@ from ..io.volume import Volume
 from ..progress import ProgressCallback, emit
 from .review import correction_dice_per_slice
 
-__all__ = ["export_case", "IGNORE_NAME", "FILE_ENDING", "dataset_labels"]
+__all__ = ["export_case", "IGNORE_NAME", "FILE_ENDING", "dataset_labels", "BurnedInAnnotationError"]
 
 IGNORE_NAME = "ignore"
 FILE_ENDING = NNUNET_FILE_ENDING
@@ -212,6 +213,11 @@ def _only_staging(folder: Path) -> bool:
     return True
 
 
+class BurnedInAnnotationError(InputError):
+    """An export refused because the image's DICOM series declares burned-in
+    annotation (identifiers possibly drawn into the pixels)."""
+
+
 def export_case(
     dataset_dir: str | Path,
     image: Volume,
@@ -225,6 +231,7 @@ def export_case(
     model_key: str | None = None,
     annotated: Sequence[str] | None = None,
     progress: ProgressCallback | None = None,
+    allow_burned_in: bool = False,
 ) -> Path:
     """Add one reviewed case to an nnU-Net v2 raw dataset (created if missing).
 
@@ -268,6 +275,9 @@ def export_case(
     progress
         Gets ``"export"`` :class:`~napari_gi_seg.progress.ProgressEvent` s (3 steps:
         image written, labels written, dataset committed); see :mod:`napari_gi_seg.progress`.
+    allow_burned_in
+        Export an image whose DICOM series says ``BurnedInAnnotation`` YES (0028,0301)
+        anyway: an explicit choice after checking that its pixels show no identifier.
 
     Returns
     -------
@@ -280,10 +290,19 @@ def export_case(
         that neither extend nor are a prefix of an existing dataset's, ``annotated``
         naming unknown classes, a ``case_id`` that exists already or
         is malformed, or ``dataset_dir`` is a non-empty folder that is not a dataset.
+    BurnedInAnnotationError
+        The image's series says ``BurnedInAnnotation`` YES and ``allow_burned_in`` is
+        false (nothing is written): the training data would carry identifiers in pixels.
     OSError
         From the file system; the dataset is then left as it was.
     """
     dataset_dir = Path(dataset_dir)
+    if image.metadata.get("burned_in_annotation") and not allow_burned_in:
+        raise BurnedInAnnotationError(
+            f"{image.name}: the DICOM series says BurnedInAnnotation=YES (0028,0301): its pixels may show the "
+            "patient's name or other identifiers; not exported. Check the image and export with "
+            "allow_burned_in=True only if it shows none"
+        )
     labels = np.asarray(labels)
     if labels.shape != image.shape:
         raise ValueError(f"labels shape {labels.shape} differs from the image's {image.shape}")

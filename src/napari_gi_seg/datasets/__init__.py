@@ -15,6 +15,10 @@ Layouts
 ``uwmgi``
     UW-Madison GI Tract Kaggle layout (``train.csv`` + ``train/caseN/caseN_dayM/scans``),
     multi-label (see :mod:`napari_gi_seg.datasets.uwmgi`).
+``chaos``
+    The CHAOS MR layout as the organisers ship it (``<patient>/T2SPIR/DICOM_anon`` +
+    ``Ground/*.png``, ``<patient>/T1DUAL/...``): each contrast of a patient is a case of
+    the patient's group (``sequences=``; see :mod:`napari_gi_seg.datasets.chaos`).
 
 Each case carries a ``group`` (the patient) so splits are patient-level, never by
 slice and never by day.
@@ -36,6 +40,7 @@ from .case import (
     multilabel_target,
     split_groups,
 )
+from .chaos import CHAOS_MR_VALUES, CHAOS_SEQUENCES, chaos_root, open_chaos
 from .nifti_pairs import open_nifti_pairs
 from .nnunet import (
     NNUNET_FILE_ENDING,
@@ -53,11 +58,14 @@ LAYOUTS = {
     "nnunet": lambda root, class_names=None, **kw: open_nnunet(root, class_names),
     "uwmgi": lambda root, class_names=None, **kw: open_uwmgi(root, **kw),
     "nifti-pairs": lambda root, class_names=None, **kw: open_nifti_pairs(root, class_names),
+    "chaos": lambda root, class_names=None, sequences=None, **kw: open_chaos(root, class_names, sequences),
 }
+#: Options only some layouts take: option -> the layouts that accept it.
+LAYOUT_OPTIONS = {"sequences": ("chaos",), "exclude": ("uwmgi",)}
 
 
 def detect_layout(root: str | Path) -> str:
-    """``"nnunet"``, ``"uwmgi"`` or ``"nifti-pairs"``; raises :class:`DatasetFormatError`."""
+    """``"nnunet"``, ``"uwmgi"``, ``"nifti-pairs"`` or ``"chaos"``; raises :class:`DatasetFormatError`."""
     root = Path(root)
     if not root.is_dir():
         raise DatasetFormatError(f"{root}: not a folder")
@@ -67,9 +75,12 @@ def detect_layout(root: str | Path) -> str:
         return "uwmgi"
     if any(root.glob("image_*.nii*")):
         return "nifti-pairs"
+    if chaos_root(root) is not None:
+        return "chaos"
     raise DatasetFormatError(
         f"{root}: unknown dataset layout; expected nnU-Net v2 (dataset.json + imagesTr/labelsTr), "
-        "UW-Madison (train.csv + train/caseN/...), or image_<id>.nii.gz/label_<id>.nii.gz pairs"
+        "UW-Madison (train.csv + train/caseN/...), image_<id>.nii.gz/label_<id>.nii.gz pairs, "
+        "or CHAOS MR (<patient>/T2SPIR/DICOM_anon + Ground)"
     )
 
 
@@ -80,9 +91,18 @@ def open_dataset(root: str | Path, class_names: Sequence[str] | None = None, **k
     without ``classes.json``. Extra keyword arguments go to the layout's opener
     (e.g. ``exclude=`` for UW-Madison).
 
+    ``None`` values are dropped; an option the detected layout does not take
+    (:data:`LAYOUT_OPTIONS`, e.g. ``sequences=`` for a NIfTI folder) is an error.
+
     Raises :class:`DatasetFormatError` naming the folder and the problem.
     """
-    return LAYOUTS[detect_layout(root)](Path(root), class_names, **kwargs)
+    layout = detect_layout(root)
+    kwargs = {k: v for k, v in kwargs.items() if v is not None and v != []}
+    wrong = [k for k in kwargs if k in LAYOUT_OPTIONS and layout not in LAYOUT_OPTIONS[k]]
+    if wrong:
+        opts = ", ".join(f"{k} (layouts: {', '.join(LAYOUT_OPTIONS[k])})" for k in wrong)
+        raise DatasetFormatError(f"{root}: the {layout} layout does not take {opts}")
+    return LAYOUTS[layout](Path(root), class_names, **kwargs)
 
 
 __all__ = [
@@ -101,6 +121,11 @@ __all__ = [
     "open_nnunet",
     "open_nifti_pairs",
     "open_uwmgi",
+    "open_chaos",
+    "chaos_root",
+    "CHAOS_MR_VALUES",
+    "CHAOS_SEQUENCES",
+    "LAYOUT_OPTIONS",
     "NNUNET_FILE_ENDING",
     "NNUNET_IMAGES",
     "NNUNET_JSON",

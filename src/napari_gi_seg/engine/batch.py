@@ -22,11 +22,9 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
-import json
 import os
 import platform
 import re
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -138,22 +136,30 @@ def unit_stem(unit: Path) -> str:
 
 
 def output_names(unit: Path, vols: list[Volume]) -> list[str]:
-    """One output stem per volume of ``unit``: the unit's stem, plus the series
-    description (or its UID hash) when the unit holds several series."""
+    """One output stem per volume of ``unit``: the unit's stem (its sanitised file or
+    folder name), plus, when the unit holds several series, the first 8 hex digits of
+    the hashed ``SeriesInstanceUID`` (UW-Madison: ``<case id>_day<n>``), and ``-2``,
+    ``-3``... should two volumes still share a name (one series split into volumes).
+
+    Free-text DICOM fields (``SeriesDescription``, ``ProtocolName``, ...) are never used:
+    they may hold a patient's name.
+    """
     stem = unit_stem(unit)
     if len(vols) == 1:
         return [stem]
-    names = []
-    for v in vols:
+    names: list[str] = []
+    for i, v in enumerate(vols):
         md = v.metadata
-        tag = md.get("series_description") or md.get("series_instance_uid_hash", "")[:8] or v.name
+        tag = str(md.get("series_instance_uid_hash") or "")[:8] or f"{i + 1:03d}"
         if md.get("day") is not None and md.get("case_id"):
             tag = f"{md['case_id']}_day{md['day']}"
         if md.get("volume_label"):  # one volume of a multi-echo series: ..._e1, ..._e2 (as dcm2niix)
             tag = f"{tag}_{md['volume_label']}"
-        name = f"{stem}_{safe_name(tag)}"
+        base = f"{stem}_{safe_name(tag)}"
+        name, k = base, 1
         while name in names:
-            name += "_" + str(md.get("series_instance_uid_hash", "x"))[:6]
+            k += 1
+            name = f"{base}-{k}"
         names.append(name)
     return names
 
@@ -216,21 +222,29 @@ class SegmentOptions:
 def write_probabilities(path: str | Path, probs: np.ndarray, volume: Volume, class_names: dict[int, str]) -> Path:
     """Save ``(C, z, y, x)`` float16 probabilities as a compressed ``.npz`` with
     ``probabilities``, ``class_names`` (channel order: background first for softmax
-    models) and ``spacing_mm``; temp file then rename."""
+    models) and ``spacing_mm``, through :func:`napari_gi_seg._atomic.atomic_path`
+    (a killed run leaves no visible file; its hidden temporary is removed by the next
+    write into the folder)."""
+    from .._atomic import atomic_path
+
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp.npz")
-    try:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a file object: numpy adds no suffix
         np.savez_compressed(
-            tmp,
+            f,
             probabilities=np.asarray(probs, np.float16),
             class_names=np.array([class_names[k] for k in sorted(class_names)]),
             spacing_mm=np.asarray(volume.spacing_mm, float),
         )
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
+
+
+def probabilities_path(out: str | Path) -> Path:
+    """``<output stem>.probabilities.npz`` beside the label file ``out``."""
+    from ..io import label_suffix
+
+    out = Path(out)
+    stem = out.name[: len(out.name) - len(label_suffix(out) or out.suffix)]
+    return out.with_name(stem + PROBABILITIES_SUFFIX)
 
 
 def segment_to_file(
@@ -292,10 +306,7 @@ def segment_to_file(
         "status": "ok",
     }
     if options.save_probabilities and res.probs is not None:
-        from ..io import label_suffix
-
-        stem = out.name[: len(out.name) - len(label_suffix(out) or out.suffix)]
-        p = write_probabilities(out.with_name(stem + PROBABILITIES_SUFFIX), res.probs, volume, spec.class_names)
+        p = write_probabilities(probabilities_path(out), res.probs, volume, spec.class_names)
         rec["probabilities"] = p.name
     return rec
 
@@ -327,9 +338,17 @@ def run_info(entry, spec, device: torch.device, options: SegmentOptions, fmt: st
     }
 
 
-def write_manifest(folder: str | Path, info: dict, records: list[dict], started: str) -> Path:
-    """Write :data:`MANIFEST_NAME` in ``folder`` (temp file then rename)."""
-    path = Path(folder) / MANIFEST_NAME
+def write_manifest(
+    folder: str | Path, info: dict, records: list[dict], started: str, history: list[dict] | None = None
+) -> Path:
+    """Write :data:`MANIFEST_NAME` in ``folder`` through :func:`napari_gi_seg._atomic.write_json`.
+
+    ``records``: one per output (see :mod:`napari_gi_seg.engine.resume` for how a rerun
+    merges them with the previous manifest); ``history``: the earlier runs into the same
+    folder (``started``, ``finished``, ``model``), oldest first.
+    """
+    from .._atomic import write_json
+
     doc = {
         "format_version": 1,
         "software": "napari-gi-seg",
@@ -339,14 +358,9 @@ def write_manifest(folder: str | Path, info: dict, records: list[dict], started:
         "n_outputs": sum(r.get("status") == "ok" for r in records),
         "cases": sorted(records, key=lambda r: str(r.get("output", ""))),
     }
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        tmp.write_text(json.dumps(doc, indent=2) + "\n")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    if history:
+        doc["previous_runs"] = history
+    return write_json(Path(folder) / MANIFEST_NAME, doc)
 
 
 def utc_now() -> str:

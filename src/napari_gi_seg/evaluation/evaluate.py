@@ -112,14 +112,14 @@ def match_classes(
     return out
 
 
-def _open(dataset, dataset_classes, model_names) -> tuple[SegDataset, bool]:
+def _open(dataset, dataset_classes, model_names, sequences=None) -> tuple[SegDataset, bool]:
     if isinstance(dataset, SegDataset):
         return dataset, False
     root = Path(dataset)
     if dataset_classes is None and detect_layout(root) == "nifti-pairs" and not (root / "classes.json").exists():
         # Unnamed label values: assume they follow the model's class order (reported).
-        return open_dataset(root, model_names), True
-    return open_dataset(root, dataset_classes), False
+        return open_dataset(root, model_names, sequences=sequences), True
+    return open_dataset(root, dataset_classes, sequences=sequences), False
 
 
 def _select_cases(ds: SegDataset, cases: Sequence[str] | None):
@@ -148,6 +148,7 @@ def evaluate_dataset(
     cases: Sequence[str] | None = None,
     classes: Sequence[str] | None = None,
     dataset_classes: Sequence[str] | None = None,
+    sequences: Sequence[str] | None = None,
     tta: bool = False,
     device: str = "auto",
     batch_size: int = 8,
@@ -166,6 +167,7 @@ def evaluate_dataset(
     dataset_classes: the dataset's class names in label order, for NIfTI pairs without
         ``classes.json``; when omitted there, the model's class order is assumed
         (``summary["class_names_assumed"] = True``).
+    sequences: CHAOS layout only: the contrasts to score (default all).
     tta: left-right flip test-time augmentation. device: ``auto``/``cpu``/``cuda``/``mps``.
     progress: gets an ``"evaluate"`` :class:`~napari_gi_seg.progress.ProgressEvent`
     (``done`` cases of ``total``, ``message`` the case id) before each case.
@@ -195,7 +197,7 @@ def evaluate_dataset(
     else:
         spec, net = registry.load_model(model, device="cpu")
     model_names = [c.name for c in spec.classes]
-    ds, assumed = _open(dataset, dataset_classes, model_names)
+    ds, assumed = _open(dataset, dataset_classes, model_names, sequences)
     matches = match_classes({c.index: c.name for c in spec.classes}, ds.class_names, classes)
     refs = _select_cases(ds, cases)
     if not refs:
@@ -304,6 +306,9 @@ def format_table(summary: dict) -> str:
         ("apl_mm", "APL mm", 0),
         ("kaggle_hd", "kaggleHD", 3),
         ("kaggle_score", "kaggle", 3),
+        ("ravd", "RAVD %", 1),
+        ("assd_mm", "ASSD mm", 2),
+        ("mssd_mm", "MSSD mm", 1),
     ]
     w = max([len("class")] + [len(n) for n in summary["per_class"]] + [len("mean")])
     head = f"{'class':<{w}}  " + "  ".join(f"{h:>8}" for _, h, _ in cols)
@@ -312,7 +317,7 @@ def format_table(summary: dict) -> str:
         lines.append(f"{n:<{w}}  " + "  ".join(f"{_f(m.get(k), nd):>8}" for k, _, nd in cols))
     lines.append(f"{'mean':<{w}}  " + "  ".join(f"{_f(summary.get('mean_' + k), nd):>8}" for k, _, nd in cols))
     undefined = {n: m.get("hd95_undefined", 0) for n, m in summary["per_class"].items() if m.get("hd95_undefined")}
-    tail = f"{summary['n_cases']} case(s), model {summary['model']}"
+    tail = f"{summary['n_cases']} case(s)" + (f", model {summary['model']}" if summary.get("model") else "")
     if summary.get("surface_dice_tolerance_mm") is not None:
         tail += f"; surface Dice (sDice) at {summary['surface_dice_tolerance_mm']:g} mm; APL per case"
     if undefined:

@@ -99,6 +99,9 @@ METRIC_NAMES = (
     "kaggle_hd",
     "kaggle_dice_2d",
     "kaggle_score",
+    "ravd",
+    "assd_mm",
+    "mssd_mm",
 )
 
 
@@ -411,6 +414,7 @@ def evaluate_case(
     kaggle: bool = True,
     rt: bool = True,
     surface_tolerance_mm: float = SURFACE_DICE_TOLERANCE_MM,
+    chaos: bool = True,
 ) -> dict:
     """All metrics of one case, per class.
 
@@ -433,12 +437,16 @@ def evaluate_case(
         Also compute the radiotherapy contour metrics: ``surface_dice`` at
         ``surface_tolerance_mm``, ``msd_mm``, ``apl_mm`` (total added path length) and
         ``apl_mm_per_slice`` (list over z, NaN where the slice is ignored).
+    chaos
+        Also compute the CHAOS challenge metrics ``ravd`` (percent), ``assd_mm`` and
+        ``mssd_mm`` (:mod:`napari_gi_seg.evaluation.chaos_metrics`; ignored voxels are
+        left out of both masks).
 
     Returns
     -------
     ``{"per_class": {name: {"dice", "iou", "precision", "recall", "hd95_mm",
     "surface_dice", "msd_mm", "apl_mm", "apl_mm_per_slice", "kaggle_hd",
-    "kaggle_dice_2d", "kaggle_score", "ref_voxels", "pred_voxels"}},
+    "kaggle_dice_2d", "kaggle_score", "ravd", "assd_mm", "mssd_mm", "ref_voxels", "pred_voxels"}},
     "mean_dice": float, "surface_dice_tolerance_mm": float}``. See the module docstring for definitions and empty-mask
     conventions.
 
@@ -473,6 +481,12 @@ def evaluate_case(
             m["apl_mm_per_slice"] = [round(float(v), 3) for v in apl]
         if kaggle:
             m.update(kaggle_score(p, r, ign))
+        if chaos:
+            from .chaos_metrics import chaos_metrics
+
+            m.update(
+                chaos_metrics(p & ~ign, r & ~ign, spacing_mm) if ign is not None else chaos_metrics(p, r, spacing_mm)
+            )
         keep = ~ign if ign is not None else slice(None)
         m["ref_voxels"] = int(np.count_nonzero(r[keep]))
         m["pred_voxels"] = int(np.count_nonzero(p[keep]))

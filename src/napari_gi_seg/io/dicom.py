@@ -557,6 +557,8 @@ def _series_volume(
         **(info or {}),
         **({"photometric": "MONOCHROME1 (inverted)"} if inverted else {}),
     }
+    # (0028,0301) YES: identifiers may be burned into the pixels (segment warns, export refuses)
+    md["burned_in_annotation"] = str(getattr(ds0, "BurnedInAnnotation", "") or "").strip().upper() == "YES"
     # RTSTRUCT / DICOM-SEG references need one SOP instance per slice: a classic,
     # evenly spaced single-frame series (not an Enhanced multi-frame file, not slices
     # interpolated onto an even grid)

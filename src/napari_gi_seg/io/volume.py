@@ -53,6 +53,7 @@ SAFE_METADATA_KEYS = (
     "frame_of_reference_uid_hash",  # DICOM: sha256 (16 hex) of the FrameOfReferenceUID (io.frames)
     "photometric",  # DICOM: "MONOCHROME1 (inverted)" when the reader inverted the values
     "spatial_units",  # NIfTI: the xyzt_units the file's spacing was converted from (e.g. "micron")
+    "burned_in_annotation",  # DICOM (0028,0301) BurnedInAnnotation YES: identifiers may be in the pixels
 )
 
 #: Layer-metadata key holding the random token of a volume's DICOM reference (see

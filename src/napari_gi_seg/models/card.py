@@ -33,6 +33,17 @@ __all__ = ["headline_metric", "model_card", "write_model_card", "DATA_SOURCES"]
 #: Facts about the public datasets models are trained on, keyed by a token of the
 #: dataset path recorded in ``spec.training["dataset"]``.
 DATA_SOURCES: dict[str, dict[str, str]] = {
+    "chaos_mr_dicom": {
+        "name": "CHAOS - Combined (CT-MR) Healthy Abdominal Organ Segmentation, MR T2-SPIR and T1-DUAL "
+        "(in-phase and opposed-phase) series as the organisers distribute them (original anonymised DICOM, "
+        "native geometry, Ground PNGs with the challenge's manual labels)",
+        "licence": "CC BY-SA 4.0 (Zenodo record 3431873); the weights are a derived work and carry the same "
+        "attribution and share-alike terms",
+        "citation": 'Kavur A.E. et al., "CHAOS Challenge - combined (CT-MR) Healthy Abdominal Organ Segmentation", '
+        "Medical Image Analysis 69 (2021) 101950",
+        "frame": "the DICOM series' own geometry: axial or oblique, 256-320 px matrices, 1.36-2.03 mm pixels, "
+        "5.5-9 mm slice spacing",
+    },
     "chaos": {
         "name": "CHAOS - Combined (CT-MR) Healthy Abdominal Organ Segmentation, MR T2-SPIR series with the "
         "challenge's manual labels (as resampled to 1.25 x 1.25 x 7.7 mm in the public shenqq377/Q-Net repository)",
@@ -173,7 +184,7 @@ def _metric_tables(spec: ModelSpec, evaluations: Sequence[tuple[str, dict]]) -> 
 
     def table(title: str, where: str, cols: dict[str, dict[str, float]], mean: dict[str, float] | None = None):
         heads = list(cols)
-        digits = {h: 1 if h == "hd95_mm" else 3 for h in heads}
+        digits = {h: 1 if h in ("hd95_mm", "ravd", "assd_mm") else 3 for h in heads}
         out.extend([f"### {title}", "", where, "", "| organ | " + " | ".join(_HEADS.get(h, h) for h in heads) + " |"])
         out.append("|---|" + "---:|" * len(heads))
         for n in names:
@@ -204,9 +215,21 @@ def _metric_tables(spec: ModelSpec, evaluations: Sequence[tuple[str, dict]]) -> 
             },
             {"dice": cv.get("mean_dice"), "sd": cv.get("sd")},
         )
+    for seq, s in (cv.get("per_sequence") or {}).items():
+        table(
+            f"Cross-validation, {seq}",
+            f"The same cross-validation, the {s.get('n', '?')} held-out {seq} series only. Mean +- sd over series.",
+            {
+                "dice": {k: d.get("dice") for k, d in s["per_class"].items()},
+                "sd": {k: d.get("sd") for k, d in s["per_class"].items()},
+            },
+            {"dice": s.get("mean_dice"), "sd": s.get("sd")},
+        )
     for label, summary in evaluations:
         pc = summary.get("per_class") or {}
-        metrics = [k for k in ("dice", "hd95_mm", "kaggle_score") if any(k in d for d in pc.values())]
+        metrics = [
+            k for k in ("dice", "hd95_mm", "ravd", "assd_mm", "kaggle_score") if any(k in d for d in pc.values())
+        ]
         table(
             "Evaluation",
             label,
@@ -247,7 +270,14 @@ def _metric_tables(spec: ModelSpec, evaluations: Sequence[tuple[str, dict]]) -> 
     return out
 
 
-_HEADS = {"dice": "Dice", "sd": "sd", "hd95_mm": "HD95 (mm)", "kaggle_score": "Kaggle score"}
+_HEADS = {
+    "dice": "Dice",
+    "sd": "sd",
+    "hd95_mm": "HD95 (mm)",
+    "ravd": "RAVD (%)",
+    "assd_mm": "ASSD (mm)",
+    "kaggle_score": "Kaggle score",
+}
 
 
 def _fmt(x, digits: int = 3) -> str:

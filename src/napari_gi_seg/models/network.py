@@ -17,6 +17,48 @@ class UnsafeWeightsError(GiSegError, ValueError):
     """Raised for weight files that would need unpickling (``.pt``/``.pth``/...)."""
 
 
+class WeightsIntegrityError(GiSegError, ValueError):
+    """A weights file whose sha256 differs from the one its spec recorded at
+    registration (a damaged copy, a flipped bit on disk, a replaced file)."""
+
+
+def weights_sha256(path: str | Path) -> str:
+    """sha256 hex digest of a weights file's bytes (read in 1 MiB blocks)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def verify_weights(spec: ModelSpec, weights_path: str | Path) -> None:
+    """Check ``weights_path`` against ``spec.weights_sha256`` (nothing to check when the
+    spec has none: specs registered before the field existed).
+
+    Raises
+    ------
+    WeightsIntegrityError
+        Naming the model folder, the spec and both digests, when the file differs.
+    FileNotFoundError
+        The file does not exist.
+    """
+    expected = getattr(spec, "weights_sha256", "") or ""
+    if not expected:
+        return
+    path = Path(weights_path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: weights file not found")
+    got = weights_sha256(path)
+    if got != expected:
+        raise WeightsIntegrityError(
+            f"{path.parent}: {path.name} is damaged or was replaced: its sha256 is {got[:16]}..., "
+            f"spec.json of {spec.key} recorded {expected[:16]}... at registration; refusing to load it "
+            "(restore the folder from a copy, or register the model again)"
+        )
+
+
 #: Constructor arguments of the MONAI networks a spec may name, by
 #: ``(architecture, preset)`` (the preset is the spec's ``encoder``); spatial_dims,
 #: in_channels and out_channels come from the spec.
@@ -175,8 +217,13 @@ def load_state(net: torch.nn.Module, sd: dict[str, torch.Tensor]) -> torch.nn.Mo
 def load_network(spec: ModelSpec, weights_path: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:
     """Build the network for ``spec``, load ``weights_path`` (float32), eval mode.
 
-    Raises ``ValueError`` naming the file when the weights do not fit the spec.
+    The file is first checked against ``spec.weights_sha256`` (:func:`verify_weights`).
+
+    Raises ``ValueError`` naming the file when the weights do not fit the spec, and
+    :class:`WeightsIntegrityError` (a ``ValueError``) naming the folder when the file's
+    sha256 differs from the spec's.
     """
+    verify_weights(spec, weights_path)
     net = build_network(spec)
     try:
         load_state(net, load_weights(weights_path))

@@ -35,10 +35,10 @@ from pathlib import Path
 import torch
 
 from .. import __version__
-from .._atomic import atomic_dir, write_bytes, write_json
+from .._atomic import atomic_dir, default_file_mode, write_bytes, write_json
 from ..errors import GiSegError
 from ..paths import user_dir
-from .network import load_network, save_weights
+from .network import load_network, save_weights, weights_sha256
 from .spec import ModelSpec, validate_model_name
 
 BUNDLED_ROOT = Path(__file__).with_name("bundled")
@@ -253,6 +253,8 @@ def register_model(
     folder beside it and renamed onto it, so a crash never leaves a half-registered
     model and two processes never share a version. ``root`` defaults to the user
     models folder (pass :data:`BUNDLED_ROOT` to ship a model with the package).
+    ``spec.weights_sha256`` is set to the sha256 of the ``model.safetensors`` written,
+    and every later load checks it (:func:`~napari_gi_seg.models.network.verify_weights`).
 
     Parameters
     ----------
@@ -302,11 +304,12 @@ def register_model(
         spec.software_version = __version__
     try:
         with atomic_dir(dest) as tmp:
-            write_json(tmp / SPEC_FILE, spec.to_dict())
             if model is not None:
                 save_weights(model, tmp / WEIGHTS_FILE, half=half)
             else:
                 shutil.copyfile(weights_path, tmp / WEIGHTS_FILE)
+            spec.weights_sha256 = weights_sha256(tmp / WEIGHTS_FILE)  # checked on every load
+            write_json(tmp / SPEC_FILE, spec.to_dict())
             for fname, src in (extra_files or {}).items():
                 if callable(src):
                     content = src(spec)
@@ -314,7 +317,7 @@ def register_model(
                 elif Path(src).exists():
                     shutil.copyfile(src, tmp / fname)
             for f in tmp.iterdir():
-                os.chmod(f, 0o644)
+                os.chmod(f, default_file_mode())  # as open() would under the user's umask
     except BaseException:
         try:
             dest.rmdir()  # release the reservation (only if still empty)

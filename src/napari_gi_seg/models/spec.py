@@ -251,6 +251,12 @@ class ModelSpec:
         training ranges. ``None`` (the default when building a spec in code) becomes
         :meth:`ModelFrame.chaos_default` for ``input_size``; format-1 spec files, which
         have no frame, get the same default.
+    weights_sha256
+        sha256 (64 lower-case hex digits) of the registered ``model.safetensors``,
+        recorded by :func:`~napari_gi_seg.models.registry.register_model` and checked
+        by :func:`~napari_gi_seg.models.network.load_network` before the weights are
+        used (a flipped byte is refused). ``""``: not recorded (specs written before
+        it existed still load, unchecked).
     """
 
     name: str
@@ -273,6 +279,7 @@ class ModelSpec:
     flip_augmented: bool = False
     flip_labels: str = "swap"
     frame: ModelFrame | None = None
+    weights_sha256: str = ""
     format_version: int = SPEC_FORMAT_VERSION
 
     def __post_init__(self) -> None:
@@ -313,6 +320,10 @@ class ModelSpec:
         read from a file someone else may have written, and its sizes decide what is
         allocated (an ``input_size`` of 100000 x 100000 would ask for 120 GB)."""
         validate_model_name(self.name)
+        if not isinstance(self.weights_sha256, str) or (
+            self.weights_sha256 and not re.fullmatch(r"[0-9a-f]{64}", self.weights_sha256)
+        ):
+            raise ValueError(f"weights_sha256 must be 64 lower-case hex digits or empty, got {self.weights_sha256!r}")
         if not isinstance(self.version, int) or isinstance(self.version, bool) or not 1 <= self.version <= MAX_VERSION:
             raise ValueError(f"version must be an integer 1..{MAX_VERSION}, got {self.version!r}")
         lo, hi = INPUT_SIZE_RANGE

@@ -390,6 +390,7 @@ def adapted_spec(
         parent=spec.key,
         created="",
         software_version="",
+        weights_sha256="",  # the adapted weights: registration records their sha256
         description=f"{spec.key} adapted to one scan on {len(slices)} corrected slices",
         metrics={
             **{k: v for k, v in spec.metrics.items() if k != "adaptation"},

@@ -11,7 +11,7 @@ import torch
 from ..datasets import SegDataset
 from ..models.spec import DEFAULT_ARCH, MONAI_ARCHITECTURES, ClassInfo, ModelSpec, mirror_pairs
 
-__all__ = ["TrainConfig", "TrainResult", "make_spec", "default_encoder"]
+__all__ = ["TrainConfig", "TrainResult", "make_spec", "finetune_spec", "default_encoder"]
 
 
 def default_encoder(arch: str) -> str:
@@ -58,6 +58,8 @@ class TrainConfig:
     base_model: str | None = None
     freeze_encoder: bool = False
     exclude: list[str] = field(default_factory=list)
+    # CHAOS layout: the contrasts to use ("t2spir,t1in,t1out"); None: all (datasets.chaos)
+    sequences: list[str] | None = None
     register: bool = True
     # classes that are one connected organ (post-processing keeps the largest 3D component)
     single_component: list[str] = field(default_factory=list)
@@ -67,6 +69,44 @@ class TrainConfig:
     # what a flip does to lateralised classes: "keep" (contextual, the default: chosen by the peer table in
     # docs/benchmarks.md) or "swap" (anatomical); see ModelSpec.flip_labels
     flip_labels: str = "keep"
+    #: after a stop request the current epoch may run this many more seconds (training.stopping)
+    stop_grace_s: float = 120.0
+
+    def validate(self) -> None:
+        """Check the numeric settings before any work.
+
+        Raises
+        ------
+        UsageError
+            Naming the setting and its range (``epochs``, ``batch_size``,
+            ``max_steps_per_epoch`` >= 1; ``lr`` > 0; ``val_fraction`` in [0, 1);
+            ``max_minutes``/``budget_minutes`` > 0; ``patience`` >= 1; ``stop_grace_s`` >= 0).
+        """
+        import math
+
+        from ..errors import UsageError
+
+        def bad(name, rule):
+            raise UsageError(f"{name} must be {rule}, got {getattr(self, name)!r}")
+
+        for name in ("epochs", "batch_size", "patience", "val_every"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                bad(name, "an integer >= 1")
+        if self.max_steps_per_epoch is not None and (
+            not isinstance(self.max_steps_per_epoch, int) or self.max_steps_per_epoch < 1
+        ):
+            bad("max_steps_per_epoch", "an integer >= 1 or None")
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            bad("lr", "a number > 0")
+        if not (isinstance(self.val_fraction, (int, float)) and 0 <= self.val_fraction < 1):
+            bad("val_fraction", "in [0, 1)")
+        for name in ("max_minutes", "budget_minutes"):
+            v = getattr(self, name)
+            if v is not None and not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+                bad(name, "a number > 0 or None")
+        if not (isinstance(self.stop_grace_s, (int, float)) and self.stop_grace_s >= 0):
+            bad("stop_grace_s", "a number >= 0")
 
 
 @dataclass
@@ -140,4 +180,25 @@ def make_spec(cfg: TrainConfig, ds: SegDataset) -> ModelSpec:
         activation="sigmoid" if ds.multilabel else "softmax",
         flip_labels=cfg.flip_labels,
         description=cfg.description,
+    )
+
+
+def finetune_spec(base_spec: ModelSpec, cfg: TrainConfig) -> ModelSpec:
+    """The spec of a model fine-tuned from ``base_spec``: the base's architecture,
+    classes, normalisation and frame, with ``cfg``'s name, version and description,
+    ``parent`` = the base's key, and no metrics, training record or weights sha256 yet
+    (registration records the new weights' sha256)."""
+    return ModelSpec.from_dict(
+        {
+            **base_spec.to_dict(),
+            "name": cfg.name,
+            "version": cfg.version or 1,
+            "parent": base_spec.key,
+            "metrics": {},
+            "created": "",
+            "software_version": "",
+            "training": {},
+            "description": cfg.description,
+            "weights_sha256": "",
+        }
     )

@@ -72,12 +72,13 @@ from pathlib import Path
 
 from .._atomic import write_json
 from .._logging import run_log_file
+from .._privacy import public_dataset_name, public_ids, redactions
 from ..datasets import DatasetFormatError, as_multilabel
-from ..paths import public_path
 from ..progress import CancelCallback, ProgressCallback, emit
 from .holdback import open_for_base, slice_split, split_for_finetune, widen_dataset
 from .manifest import LOG_FILE, read_manifest, write_manifest
 from .runs import CANDIDATE_FILE, register_run, resumable_run, run_folder
+from .stopping import DEFAULT_GRACE_S
 
 __all__ = ["FinetuneResult", "finetune", "register_run", "resumable_run", "slice_split", "CANDIDATE_FILE"]
 
@@ -101,7 +102,9 @@ class FinetuneResult:
     dice_before, dice_after : float
         Held-back mean Dice of the base and of the new model (same held-back data).
     held_back : list or dict
-        Held-back patients (patient split) or ``{case_id: [slice indices]}`` (slice split).
+        Held-back patients (patient split) or ``{case_id: [slice indices]}`` (slice split),
+        by keyed pseudonyms (:func:`napari_gi_seg._privacy.public_case_id`), as written
+        into the spec and ``run.json``.
     split : str
         ``"patient"`` or ``"slice"``.
     history : list of dict
@@ -169,6 +172,8 @@ def finetune(
     resume: bool = False,
     progress: ProgressCallback | None = None,
     cancel: CancelCallback | None = None,
+    stop_grace_s: float = DEFAULT_GRACE_S,
+    sequences: Sequence[str] | None = None,
 ) -> FinetuneResult:
     """Fine-tune registered model ``base`` on ``dataset`` and register it as ``name``
     when it is not worse than ``base`` on the held-back data.
@@ -176,7 +181,7 @@ def finetune(
     Parameters
     ----------
     dataset : str or Path
-        Dataset folder (nnU-Net v2 export, UW-Madison, NIfTI pairs).
+        Dataset folder (nnU-Net v2 export, UW-Madison, NIfTI pairs, CHAOS MR).
     base : str
         Registry key of the base model (``"name"`` or ``"name:version"``).
     name : str
@@ -209,8 +214,12 @@ def finetune(
         ``train_loss``, ``lr``, ``seconds``, ``val_mean_dice`` = held-back Dice,
         ``val_dice_<class>``) and ``"done"`` (``model``, ``registered``, ``reason``,
         ``dice_before``, ``dice_after``, ``worse``, ``run_dir``, ...). ``cancel()``
-        stops after the current epoch; the model is then not registered and the best
-        epoch so far stays in the run folder for :func:`register_run`.
+        stops after the current epoch (finished within ``stop_grace_s`` seconds, else
+        checkpointed as a partial epoch that ``resume`` completes: :mod:`.stopping`); the
+        model is then not registered and the best epoch so far stays in the run folder
+        for :func:`register_run`.
+    stop_grace_s : float
+        See ``cancel``.
 
     Returns
     -------
@@ -229,7 +238,7 @@ def finetune(
         ``resume`` with an unusable checkpoint.
     """
     from ..models import registry
-    from ..models.network import load_weights
+    from ..models.network import load_weights, verify_weights
 
     t0 = time.time()
     registry.validate_name(name)
@@ -238,7 +247,7 @@ def finetune(
     entry = registry.get_entry(base)
     base_spec = entry.spec()
     base_names = [c.name for c in base_spec.classes]
-    ds = open_for_base(dataset, class_names, base_names)
+    ds = open_for_base(dataset, class_names, base_names, sequences)
     base_spec, new_names, ds = _grown(base_spec, ds)
     base_names = [c.name for c in base_spec.classes]
     if ds.multilabel and base_spec.activation != "sigmoid":
@@ -248,12 +257,14 @@ def finetune(
     if base_spec.activation == "sigmoid":
         ds = as_multilabel(ds)  # a single-label export: one channel per class, ignore in every channel
     train_ds, held_cases, held_back, split = split_for_finetune(ds, base_names, val_fraction, seed)
-    held_json = json.loads(json.dumps(held_back))  # {case: [z]} as JSON writes it (str keys)
+    # {case: [z]} as JSON writes it (str keys), by keyed pseudonyms: case ids come from file names
+    raw_held = json.loads(json.dumps(held_back))
+    held_json = public_ids(raw_held)
     version = registry.next_version(name)
     work = run_folder(name, version, work_dir, resume)
     prior = read_manifest(work) if resume else None
     if prior is not None:
-        if prior.get("held_back") != held_json or prior.get("base") != entry.key:
+        if prior.get("held_back") not in (held_json, raw_held) or prior.get("base") != entry.key:
             raise ValueError(
                 f"{work.name}: cannot resume: the run fine-tuned {prior.get('base')} holding back "
                 f"{prior.get('held_back')}, this call gives {entry.key} holding back {held_json} "
@@ -261,8 +272,9 @@ def finetune(
             )
         version = int(prior.get("version", version))
     work.mkdir(parents=True, exist_ok=True)
-    with run_log_file(work / LOG_FILE):
-        log.info("fine-tuning %s on %s as %s (run folder %s)", entry.key, public_path(ds.root), name, work.name)
+    private = redactions(dataset, [*ds.groups, *(c.case_id for c in ds.cases)])
+    with run_log_file(work / LOG_FILE, redact=private):
+        log.info("fine-tuning %s on %s as %s (run folder %s)", entry.key, public_dataset_name(ds.root), name, work.name)
         before = (prior or {}).get("baseline")
         if not before:
             before = _baseline(entry, base_spec, held_cases, device)
@@ -294,7 +306,9 @@ def finetune(
             augment=augment,
             description=description,
             freeze_encoder=freeze_encoder,
+            stop_grace_s=stop_grace_s,
         )
+        verify_weights(base_spec, entry.weights_path)
         state_dict = load_weights(entry.weights_path)
         if new_names:
             from ..models.grow import grow_state_dict
@@ -396,10 +410,11 @@ def _train(ds, train_ds, held_cases, entry, base_spec, name, version, work, args
         augment=args["augment"],
         work_dir=str(work),
         version=version,
-        description=args["description"] or f"{entry.key} fine-tuned on {public_path(ds.root)}",
+        description=args["description"] or f"{entry.key} fine-tuned on {public_dataset_name(ds.root)}",
         base_model=entry.key,
         freeze_encoder=args["freeze_encoder"],
         register=False,
+        stop_grace_s=args["stop_grace_s"],
     )
     t = Trainer(
         cfg,
@@ -440,7 +455,7 @@ def _decide(res, entry, before, held_json, split, work, register_if_worse, ds, n
         "worse": worse,
         "held_back": held_json,
         "split": split,
-        "dataset": public_path(ds.root),
+        "dataset": public_dataset_name(ds.root),
         "per_class_before": before["per_class"],
         "per_class_after": after["per_class"],
         "base": entry.key,

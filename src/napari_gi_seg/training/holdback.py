@@ -76,13 +76,14 @@ def slice_split(case: Case, val_fraction: float) -> tuple[Case, Case, list[int]]
     )
 
 
-def open_for_base(dataset, class_names, base_names) -> SegDataset:
+def open_for_base(dataset, class_names, base_names, sequences=None) -> SegDataset:
     """Open ``dataset``; NIfTI pairs without ``classes.json`` and without
-    ``class_names`` are assumed to follow the base model's class order ``base_names``."""
+    ``class_names`` are assumed to follow the base model's class order ``base_names``.
+    ``sequences``: the CHAOS layout's contrasts (default all)."""
     root = Path(dataset)
     if class_names is None and detect_layout(root) == "nifti-pairs" and not (root / "classes.json").exists():
         class_names = base_names  # unnamed label values: assume the base's order
-    return open_dataset(root, class_names)
+    return open_dataset(root, class_names, sequences=sequences)
 
 
 def split_for_finetune(ds: SegDataset, base_names: list[str], val_fraction: float, seed: int):

@@ -38,8 +38,8 @@ def dist_info() -> tuple[int, int, int]:
 
 def public_config(cfg) -> dict:
     """A :class:`~.config.TrainConfig` as a dict fit for a run's ``config.json``,
-    ``run.json`` or a spec: the dataset and work folders by name only (no local
-    absolute paths).
+    ``run.json`` or a spec: no local absolute path, and the dataset folder and the
+    excluded case ids as keyed pseudonyms (:mod:`napari_gi_seg._privacy`).
 
     Parameters
     ----------
@@ -49,13 +49,19 @@ def public_config(cfg) -> dict:
     Returns
     -------
     dict
-        ``dataclasses.asdict(cfg)`` with ``dataset`` and ``work_dir`` passed through
-        :func:`napari_gi_seg.paths.public_path`.
+        ``dataclasses.asdict(cfg)`` with ``dataset`` ->
+        :func:`~napari_gi_seg._privacy.public_dataset_name`, ``exclude`` ->
+        :func:`~napari_gi_seg._privacy.public_ids` and ``work_dir`` ->
+        :func:`napari_gi_seg.paths.public_path` (the run folder's name).
     """
+    from .._privacy import public_dataset_name, public_ids
+
     d = asdict(cfg)
-    for k in ("dataset", "work_dir"):
-        if d.get(k):
-            d[k] = public_path(d[k])
+    if d.get("dataset"):
+        d["dataset"] = public_dataset_name(d["dataset"])
+    if d.get("work_dir"):
+        d["work_dir"] = public_path(d["work_dir"])
+    d["exclude"] = public_ids(d.get("exclude") or [])
     return d
 
 

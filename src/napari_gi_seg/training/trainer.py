@@ -43,6 +43,7 @@ import torch
 
 from .._atomic import write_json, write_text
 from .._logging import run_log_file
+from .._privacy import public_dataset_name, public_ids, redactions
 from ..datasets import Case, DatasetFormatError, SegDataset, fingerprint, open_dataset, split_groups
 from ..engine.domain import training_frame
 from ..engine.inference import resolve_device
@@ -50,16 +51,16 @@ from ..evaluation.plots import plot_history
 from ..models.card import model_card
 from ..models.network import build_network, load_state, load_weights, save_weights
 from ..models.spec import ModelSpec
-from ..paths import public_path
 from ..progress import CancelCallback, ProgressCallback, emit
-from .checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint, write_history_csv
-from .config import TrainConfig, TrainResult, make_spec
+from .checkpoint import CHECKPOINT_FILE, restore, save_checkpoint, write_history_csv
+from .config import TrainConfig, TrainResult, finetune_spec, make_spec
 from .data import SliceDataset, seed_worker
 from .losses import segmentation_loss
 from .manifest import LOG_FILE, environment, write_manifest
 from .runs import dist_info as _dist_info
 from .runs import public_config, work_dir_for
 from .schedule import BudgetOneCycle
+from .stopping import StopControl
 from .validation import metrics_record, validate
 
 __all__ = ["TrainConfig", "TrainResult", "Trainer", "train", "make_spec", "SliceDataset", "segmentation_loss", "validate"]  # fmt: skip
@@ -88,9 +89,11 @@ class Trainer:
         steps of the epoch, ``metrics={"loss"}``), ``"validate"`` (cases) and ``"epoch"``
         (``metrics`` = the epoch's row, also appended to ``metrics.csv``).
     cancel : callable, optional
-        Polled after every optimiser step; ``True`` ends the run after validating the
-        current epoch (the best epoch so far is kept; ``TrainResult.stopped`` is
-        ``"cancelled"``).
+        Polled after every optimiser step; ``True`` ends the run after finishing,
+        validating and checkpointing the current epoch (at most ``cfg.stop_grace_s``
+        more seconds, then the epoch is checkpointed as a partial one; see
+        :mod:`.stopping`). The best epoch so far is kept; ``TrainResult.stopped`` is
+        ``"cancelled"``.
     """
 
     def __init__(
@@ -111,6 +114,8 @@ class Trainer:
         self.best, self.best_metrics, self.bad_epochs, self.start_epoch = -1.0, {}, 0, 0
         self.stopped: str | None = None
         self.last_epoch = -1
+        self.global_step, self.resume_skip, self.epoch_steps = 0, 0, 0
+        self.stop = StopControl(cancel, cfg.stop_grace_s)
         self._improved = False
         self._stack = contextlib.ExitStack()
 
@@ -130,6 +135,7 @@ class Trainer:
         from ..models import registry
 
         cfg = self.cfg
+        cfg.validate()  # numeric settings in range (UsageError) before any work
         self.t_start = time.time()
         if cfg.work_dir:
             registry.check_work_dir(cfg.work_dir)  # before any work: never inside the registry
@@ -139,13 +145,15 @@ class Trainer:
         self._setup_device()
         ds = self.dataset
         if ds is None:
-            ds = open_dataset(cfg.dataset, cfg.class_names, **({"exclude": cfg.exclude} if cfg.exclude else {}))
+            ds = open_dataset(cfg.dataset, cfg.class_names, exclude=cfg.exclude, sequences=cfg.sequences)
         self.ds = ds
         self.spec = self._make_spec()
         self.work = work_dir_for(cfg, self.spec, self.rank, self.distributed)
         self.work.mkdir(parents=True, exist_ok=True)
         if self.rank == 0:
-            self._stack.enter_context(run_log_file(self.work / LOG_FILE))
+            # dataset folder and case names never reach the log file (pseudonyms: napari_gi_seg._privacy)
+            private = redactions(cfg.dataset, [*ds.groups, *(c.case_id for c in ds.cases)])
+            self._stack.enter_context(run_log_file(self.work / LOG_FILE, redact=private))
         self._setup_data()
         self._setup_model()
         self._resume()
@@ -159,11 +167,11 @@ class Trainer:
                 status="running",
                 config=public_config(cfg),
                 dataset={
-                    "name": public_path(ds.root),
+                    "name": public_dataset_name(ds.root),
                     "layout": ds.layout,
                     "fingerprint": self.spec.data_fingerprint,
                 },
-                split={"train": self.train_groups, "validation": self.val_groups},
+                split={"train": public_ids(self.train_groups), "validation": public_ids(self.val_groups)},
                 **environment(str(self.device)),
                 world_size=self.world,
                 start_epoch=self.start_epoch,
@@ -195,19 +203,7 @@ class Trainer:
                     f"{cfg.dataset}: classes {ds.class_names} differ from the base model's "
                     f"{[c.name for c in base_spec.classes]}"
                 )
-            spec = ModelSpec.from_dict(
-                {
-                    **base_spec.to_dict(),
-                    "name": cfg.name,
-                    "version": cfg.version or 1,
-                    "parent": base_spec.key,
-                    "metrics": {},
-                    "created": "",
-                    "software_version": "",
-                    "training": {},
-                    "description": cfg.description,
-                }
-            )
+            spec = finetune_spec(base_spec, cfg)
         else:
             spec = make_spec(cfg, ds)
         if cfg.register and self.rank == 0 and cfg.version is None:
@@ -230,7 +226,7 @@ class Trainer:
         else:
             self.train_groups, self.val_groups = list(ds.groups), sorted({c.group for c in self.held_out})
         self._log(
-            f"dataset {public_path(ds.root)} ({ds.layout}): {len(ds.groups)} patients, classes {ds.class_names}; "
+            f"dataset {public_dataset_name(ds.root)} ({ds.layout}): {len(ds.groups)} patients, classes {ds.class_names}; "
             f"train {len(self.train_groups)} / validate {len(self.val_groups)} patients"
         )
         train_cases = [c.load() for c in ds.subset(self.train_groups).cases]
@@ -312,22 +308,7 @@ class Trainer:
         if not self.checkpoint_path.exists():
             self._log(f"--resume: no checkpoint in {self.work.name}, starting fresh")
             return
-        st = load_checkpoint(self.checkpoint_path)
-        self.net.load_state_dict(st["model"])
-        self.opt.load_state_dict(st["optimizer"])
-        sched = self.sched
-        if int(st["scheduler"].get("total_steps", -1)) == sched.total_steps:
-            sched.load_state_dict(st["scheduler"])
-        else:
-            # --epochs (or steps per epoch) changed: keep the new one-cycle schedule and
-            # continue it from the number of steps already taken (loading the old state
-            # would end its cosine decay early and then raise past total_steps).
-            sched.last_epoch = min(int(st["scheduler"].get("last_epoch", 0)), sched.total_steps - 1)
-            self._log(f"--resume: schedule changed to {sched.total_steps} steps; continuing at step {sched.last_epoch}")
-        self.start_epoch, self.best, self.bad_epochs = int(st["epoch"]) + 1, float(st["best"]), int(st["bad_epochs"])
-        self.best_metrics, self.history = st["best_metrics"], st["history"]
-        self.last_epoch = self.start_epoch - 1
-        self._log(f"resumed from {CHECKPOINT_FILE} at epoch {self.start_epoch + 1}")
+        restore(self)  # training.checkpoint: model, optimiser, schedule, step and epoch counters
 
     # ------------------------------------------------------------------ steps
     def epochs(self) -> Iterator[int]:
@@ -360,17 +341,22 @@ class Trainer:
         if budget:
             self.sched.restart_clock()
         it = iter(self.loader)
-        for step in range(self.steps_per_epoch):
+        first = self.resume_skip if epoch == self.start_epoch else 0  # a partial epoch resumed at its next step
+        done = first
+        for step in range(first, self.steps_per_epoch):
             x, y, *u = next(it)  # u: the classes a sample does not annotate (partial labels; training.data)
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             with torch.autocast(device_type=self.device.type, enabled=self.device.type == "cuda"):
                 logits = self.model(x)
             loss = segmentation_loss(logits.float(), y, self.ds.multilabel, u[0] if u else None)
             self.opt.zero_grad(set_to_none=True)
+            lr = float(self.opt.param_groups[0]["lr"])  # the rate this step uses
             self.scaler.scale(loss).backward()
             self.scaler.step(self.opt)
             self.scaler.update()
             self.sched.step()
+            self.global_step += 1
+            done = step + 1
             losses.append(float(loss.detach()))
             emit(
                 self.progress,
@@ -379,22 +365,29 @@ class Trainer:
                 self.steps_per_epoch,
                 f"epoch {epoch + 1}/{cfg.epochs}",
                 loss=losses[-1],
+                lr=lr,
+                global_step=self.global_step,
             )
-            if self.cancel is not None and self.cancel():
-                self.stopped = "cancelled"
-                self._log(f"stop requested: ending after epoch {epoch + 1} (the best epoch so far is kept)")
+            if self.stop.after_step(epoch, cfg.epochs, step + 1, self.steps_per_epoch):
                 break
             if budget and self.sched.spent:
                 self.stopped = "time budget"
                 self._log(f"training budget of {cfg.budget_minutes} min spent in epoch {epoch + 1}")
                 break
-        self.last_epoch = epoch
-        return {
+        self.last_epoch, self.epoch_steps = epoch, done
+        if self.stop.requested and not self.stopped:
+            self.stopped = "cancelled"
+            self._log(self.stop.report(epoch, done, self.steps_per_epoch))
+        row = {
             "epoch": epoch + 1,
             "train_loss": float(np.mean(losses)) if losses else float("nan"),
             "lr": self.sched.get_last_lr()[0],
             "seconds": round(time.time() - t0, 2),
+            "steps": done,
         }
+        if done < self.steps_per_epoch:
+            row["partial"] = True
+        return row
 
     def validate(self) -> dict:
         """Validation Dice of the current network on the validation cases (rank 0).
@@ -426,7 +419,7 @@ class Trainer:
         score = m.get("score", m["mean_dice"])  # the Kaggle score for multi-label models
         if score > self.best:
             self.best, self.best_metrics, self._improved, self.bad_epochs = score, m, True, 0
-        else:
+        elif not row.get("partial"):  # a partial epoch is validated again once --resume completes it
             self.bad_epochs += 1
 
     def checkpoint(self, epoch: int, row: dict) -> None:
@@ -438,7 +431,10 @@ class Trainer:
         if self.rank == 0:
             if self._improved:
                 save_weights(self.net, self.best_path)
-            self.history.append(row)
+            if self.history and self.history[-1].get("epoch") == row["epoch"]:
+                self.history[-1] = row  # the completed epoch replaces its partial row
+            else:
+                self.history.append(row)
             write_history_csv(self.work / "metrics.csv", self.history)
             save_checkpoint(
                 self.checkpoint_path,
@@ -450,6 +446,8 @@ class Trainer:
                 self.bad_epochs,
                 self.best_metrics,
                 self.history,
+                global_step=self.global_step,
+                epoch_steps=self.epoch_steps,
             )
             self._log(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
             emit(self.progress, "epoch", epoch + 1, cfg.epochs, f"epoch {epoch + 1}/{cfg.epochs}", **row)
@@ -487,11 +485,12 @@ class Trainer:
             bm = self.best_metrics
             spec.metrics = metrics_record(bm, self.val_groups, ds.root)
             spec.training = {
-                "dataset": public_path(ds.root),
+                "dataset": public_dataset_name(ds.root),
                 "layout": ds.layout,
-                "train_patients": self.train_groups,
-                "val_patients": self.val_groups,
+                "train_patients": public_ids(self.train_groups),
+                "val_patients": public_ids(self.val_groups),
                 "epochs_run": self.last_epoch + 1,
+                "optimiser_steps": self.global_step,
                 "stopped": self.stopped,
                 "config": {k: v for k, v in public_config(cfg).items() if k != "dataset"},
                 "minutes": round((time.time() - self.t_start) / 60, 1),
@@ -503,7 +502,10 @@ class Trainer:
             png = plot_history(self.history, self.work / "training_curve.png") if self.history else None
             card = write_text(self.work / "MODEL_CARD.md", model_card(spec))
             status = "stopped" if self.stopped == "cancelled" else "finished"
-            if cfg.register:
+            if self.global_step == 0:
+                self._log("no optimiser step was taken: nothing is registered")
+                status = "not-registered"
+            if cfg.register and self.global_step > 0:
                 entry = registry.register_model(
                     spec,
                     model=self.net,
@@ -524,6 +526,7 @@ class Trainer:
                 status=status,
                 stopped=self.stopped,
                 epochs_run=self.last_epoch + 1,
+                optimiser_steps=self.global_step,
                 best_val_mean_dice=bm.get("mean_dice") if bm else None,
                 model=spec.key if entry is not None else None,
             )

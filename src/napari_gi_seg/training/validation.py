@@ -126,9 +126,10 @@ def _flatten_multilabel(masks: np.ndarray, spec: ModelSpec) -> np.ndarray:
 
 def metrics_record(best_metrics: dict, patients: list[str], dataset_root) -> dict:
     """The ``metrics`` of a trained model's spec: the best epoch's validation metrics
-    (see :func:`validate`) with the patients and the dataset (by folder name only) they
-    were measured on; ``{}`` when there was no validation."""
-    from ..paths import public_path
+    (see :func:`validate`) with the patients and the dataset they were measured on, as
+    keyed pseudonyms (:mod:`napari_gi_seg._privacy`: never a folder or file name of the
+    user's data); ``{}`` when there was no validation."""
+    from .._privacy import public_dataset_name, public_ids
 
     bm = best_metrics
     if not bm:
@@ -138,8 +139,8 @@ def metrics_record(best_metrics: dict, patients: list[str], dataset_root) -> dic
             "mean_dice": bm.get("mean_dice"),
             **({"mean_kaggle_score": bm["mean_kaggle_score"]} if "mean_kaggle_score" in bm else {}),
             "per_class": bm.get("per_class", {}),
-            "per_case": bm.get("per_case", {}),
-            "patients": patients,
-            "measured_on": f"{len(patients)} held-out patient(s) of {public_path(dataset_root)}",
+            "per_case": public_ids(bm.get("per_case", {})),
+            "patients": public_ids(patients),
+            "measured_on": f"{len(patients)} held-out patient(s) of {public_dataset_name(dataset_root)}",
         }
     }

@@ -1,0 +1,208 @@
+"""4-fold patient cross-validation of the multi-contrast recipe on the CHAOS MR DICOM
+(T2-SPIR, T1 in-phase, T1 opposed-phase), per contrast and organ.
+
+The 16 patients of ``../shared/data/chaos_mr_dicom`` (the organisers' DICOM and Ground
+PNGs, read by the ``chaos`` dataset layout) are cut into 4 patient folds
+(:func:`napari_gi_seg.datasets.split_groups`, ``val_fraction 0.25``, seed 0): a patient's
+three contrasts are always on the same side. Each fold trains the recipe of the bundled
+model (MONAI ``UNet`` ``16-256-res2-batch``, flips ``keep``, the trainer's MONAI
+intensity augmentation, one-cycle over ``--minutes`` of wall-clock training) on 12
+patients x 3 contrasts and scores the 4 held-out patients' 12 series: 3D Dice per organ
+on each whole series at its native grid, final weights (no epoch chosen on them).
+
+``--baseline MODEL`` also scores a registered model (e.g. ``chaos-t2spir:2``) on the
+same held-out series (the before row of docs/benchmarks.md). Results go to ``--json``
+after every fold (a partial run keeps what it did)::
+
+    OMP_NUM_THREADS=1 nice -n 19 python benchmarks/chaos_cv.py --minutes 9 --size 176 \\
+        --json runs/chaos-cv.json --baseline chaos-t2spir:2
+    python benchmarks/chaos_cv.py --summarise runs/chaos-cv.json
+
+Run by hand (not in CI): about ``folds x (minutes + 2)`` minutes on one thread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+CLASSES = ("liver", "right_kidney", "left_kidney", "spleen")
+SEQUENCES = ("t2spir", "t1in", "t1out")
+
+
+def _save(path: Path, out: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(out, indent=1))
+    tmp.replace(path)
+
+
+def _init(base: str | None):
+    """``(spec, state dict)`` of the registered model ``base`` to start from, or ``None``."""
+    if not base:
+        return None
+    from napari_gi_seg.models.registry import load_model
+
+    spec, net = load_model(base)
+    return spec, {k: v.float() for k, v in net.state_dict().items()}
+
+
+def run_fold(
+    root: Path,
+    fold: int,
+    minutes: float,
+    size: int,
+    work: Path,
+    seed: int = 0,
+    base: str | None = None,
+    lr: float = 2e-3,
+    name: str = "chaos-cv",
+    description: str = "",
+) -> dict:
+    """Train fold ``fold`` (``fold < 0``: every patient, registered as ``name``) and score
+    its held-out series; returns the fold's record. ``base``: start from that registered
+    model (its frame and normalisation are kept, as in ``finetune``)."""
+    from napari_gi_seg.training.trainer import TrainConfig, Trainer
+
+    final = fold < 0
+    cfg = TrainConfig(
+        dataset=str(root),
+        name=name,
+        lr=lr,
+        description=description,
+        class_names=list(CLASSES),
+        arch="monai.UNet",
+        encoder="16-256-res2-batch",
+        size=size,
+        epochs=100000,
+        budget_minutes=minutes,
+        val_fraction=0.0 if final else 0.25,
+        fold=max(fold, 0),
+        seed=seed,
+        device="cpu",
+        patience=100000,
+        val_every=100000,  # validate once, when the budget is spent: final weights
+        work_dir=str(work / ("final" if final else f"fold{fold}")),
+        register=final,
+        single_component=list(CLASSES),
+        flip_augment=True,
+        flip_labels="keep",
+    )
+    t = Trainer(cfg, init=_init(base))
+    t0 = time.time()
+    res = t.fit()
+    return {
+        "base": base,
+        "lr": lr,
+        "registered": res.spec.key if res.entry is not None else None,
+        "fold": fold,
+        "minutes": minutes,
+        "size": size,
+        "steps": int(getattr(t.sched, "last_epoch", 0)),
+        "epochs": len(res.history),
+        "train_minutes": round(t.sched.elapsed_s / 60, 2),
+        "wall_minutes": round((time.time() - t0) / 60, 2),
+        "train_patients": t.train_groups,
+        "val_patients": t.val_groups,
+        "frame": res.spec.to_dict()["frame"],
+        "per_case": {k: {c: float(v[c]) for c in CLASSES} for k, v in res.best_metrics.get("per_case", {}).items()},
+    }
+
+
+def run_baseline(root: Path, model: str, patients: list[str]) -> dict:
+    """Dice per organ of a registered model on every series of ``patients``."""
+    import torch
+
+    from napari_gi_seg.datasets import open_dataset
+    from napari_gi_seg.models.registry import load_model
+    from napari_gi_seg.training.validation import validate
+
+    spec, net = load_model(model)
+    ds = open_dataset(root, list(CLASSES)).subset(patients)
+    r = validate(net, spec, [c.load() for c in ds.cases], torch.device("cpu"))
+    return {k: {c: float(v[c]) for c in CLASSES} for k, v in r["per_case"].items()}
+
+
+def summarise(per_case: dict[str, dict[str, float]]) -> dict:
+    """Per contrast (and all): per organ mean +- sd over series, mean Dice of the 4-organ means."""
+    out = {}
+    for seq in (*SEQUENCES, "all"):
+        rows = [v for k, v in per_case.items() if seq == "all" or k.endswith("_" + seq)]
+        if not rows:
+            continue
+        means = [np.mean([r[c] for c in CLASSES]) for r in rows]
+        out[seq] = {
+            "n": len(rows),
+            **{c: (float(np.mean([r[c] for r in rows])), float(np.std([r[c] for r in rows]))) for c in CLASSES},
+            "mean": (float(np.mean(means)), float(np.std(means))),
+        }
+    return out
+
+
+def markdown(summary: dict, title: str) -> str:
+    lines = [f"| {title} | series | " + " | ".join(CLASSES) + " | mean Dice |", "|---|---:|" + "---:|" * 5]
+    for seq, s in summary.items():
+        cells = " | ".join(f"{s[c][0]:.3f} +- {s[c][1]:.3f}" for c in CLASSES)
+        lines.append(f"| {seq} | {s['n']} | {cells} | **{s['mean'][0]:.3f} +- {s['mean'][1]:.3f}** |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", default=str(Path(__file__).resolve().parents[1] / ".." / "shared/data/chaos_mr_dicom"))
+    p.add_argument("--folds", default="0,1,2,3")
+    p.add_argument("--minutes", type=float, default=9.0, help="training budget per fold")
+    p.add_argument("--size", type=int, default=176)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--work", default=None, help="run folders (default: next to --json)")
+    p.add_argument("--json", default="chaos-cv.json")
+    p.add_argument("--baseline", default=None, help="registered model also scored on the held-out series")
+    p.add_argument("--base", default=None, help="start every fold from this registered model (a fine-tune)")
+    p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate of the one-cycle schedule")
+    p.add_argument("--final", default=None, metavar="NAME", help="train on every patient and register as NAME")
+    p.add_argument("--description", default="")
+    p.add_argument("--summarise", default=None, help="print the tables of a results JSON and exit")
+    a = p.parse_args(argv)
+    if a.summarise:
+        out = json.loads(Path(a.summarise).read_text())
+        cv = {k: v for f in out["folds"] for k, v in f["per_case"].items()}
+        print(markdown(summarise(cv), "CV, contrast"))
+        for f in out["folds"]:
+            print(f"fold {f['fold']}: {f['steps']} steps, {f['epochs']} epochs, {f['train_minutes']} min")
+        if out.get("baseline"):
+            print()
+            print(markdown(summarise(out["baseline"]), f"{out['baseline_model']}, contrast"))
+        return 0
+    import torch
+
+    torch.set_num_threads(a.threads)
+    root, path = Path(a.data).resolve(), Path(a.json)
+    work = Path(a.work) if a.work else path.parent / (path.stem + "-runs")
+    if a.final:
+        rec = run_fold(root, -1, a.minutes, a.size, work, base=a.base, lr=a.lr, name=a.final, description=a.description)
+        _save(path, {"final": rec})
+        print(f"registered {rec['registered']}: {rec['steps']} steps, {rec['epochs']} epochs", flush=True)
+        return 0
+    out = json.loads(path.read_text()) if path.exists() else {"folds": [], "baseline": {}}
+    done = {f["fold"] for f in out["folds"]}
+    for fold in (int(f) for f in a.folds.split(",")):
+        if fold in done:
+            continue
+        rec = run_fold(root, fold, a.minutes, a.size, work, base=a.base, lr=a.lr)
+        out["folds"].append(rec)
+        _save(path, out)
+        print(f"fold {fold}: {rec['steps']} steps; " + json.dumps(summarise(rec["per_case"])["all"]), flush=True)
+        if a.baseline:
+            out["baseline_model"] = a.baseline
+            out["baseline"].update(run_baseline(root, a.baseline, rec["val_patients"]))
+            _save(path, out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

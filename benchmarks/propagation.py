@@ -1,0 +1,259 @@
+"""Propagation: yesterday's labels carried onto today's scan by registration (issue 23).
+
+Run by hand (not in CI), in the background on a shared machine::
+
+    OMP_NUM_THREADS=1 nice -n 19 .venv/bin/python benchmarks/propagation.py --json /tmp/prop.json > prop.log 2>&1 &
+    .venv/bin/python benchmarks/propagation.py --json /tmp/prop.json --write-docs   # table from the finished pairs
+
+On the CHAOS scanner DICOM (``../shared/data/chaos_mr_dicom``; loader and generator in
+``tests/propagation_helpers.py``, shared with the tests), three kinds of pair:
+
+``synthetic``
+    T2-SPIR -> a synthetic next day of itself (Gaussian radial-basis deformation of
+    5-15 mm peak, rotation <= 3 degrees, shift <= 8 mm, bias field, noise; a different
+    model from the registration's B-spline), scored against the labels moved by the
+    same known mapping.
+``t2->t1``
+    T2-SPIR labels carried onto the same patient's T1 in-phase scan (same session,
+    another breath-hold, contrast and grid), scored against T1's Ground.
+``inter-patient``
+    Patient A's T2-SPIR onto patient B's (the hard case; centres of mass aligned first).
+
+Each pair runs :func:`napari_gi_seg.propagation.propagate` once with ``stage_labels``,
+so the floor (no registration: labels resampled by scanner coordinates), rigid-only,
+affine-only and the full rigid -> affine -> B-spline come from one registration.
+Reported per organ: Dice, HD95 (mm), mean surface distance (mm); per pair: wall and CPU
+seconds, folded fraction. Pairs are written to ``--json`` as they finish (a checkpoint:
+a rerun skips them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from propagation_helpers import CLASS_NAMES, load_chaos, synthetic_next_day  # noqa: E402
+
+PATIENTS = (1, 2, 3, 8, 10, 13, 15, 20, 21, 22, 31, 32, 34, 36, 37, 39)
+INTER = ((1, 3), (8, 13), (20, 36))
+MODES = ("none", "rigid", "affine", "bspline")
+GOALS = {"synthetic": (0.92, 0.25), "t2->t1": (0.75, 0.15)}
+
+
+def score(pred: np.ndarray, ref: np.ndarray, spacing) -> dict:
+    from napari_gi_seg.evaluation.metrics import dice, hd95_mm, mean_surface_distance_mm
+
+    out = {}
+    for v, name in CLASS_NAMES.items():
+        p, r = pred == v, ref == v
+        if not r.any():
+            continue
+        out[name] = {
+            "dice": dice(p, r),
+            "hd95_mm": hd95_mm(p, r, spacing),
+            "msd_mm": mean_surface_distance_mm(p, r, spacing),
+        }
+    return out
+
+
+def run_pair(kind: str, prev, prev_lab, today, truth, initial: str = "world") -> dict:
+    from napari_gi_seg.propagation import RegistrationSettings, propagate
+
+    r = propagate(prev, prev_lab, today, settings=RegistrationSettings(initial=initial), stage_labels=True)
+    labels = {**r.stage_labels, "bspline": r.labels.data}
+    return {
+        "kind": kind,
+        "seconds": r.seconds,
+        "cpu_seconds": r.cpu_seconds,
+        "stage_seconds": r.stage_seconds,
+        "folded_fraction": r.folded_fraction,
+        "metric": r.metric,
+        "scores": {m: score(labels[m], truth, today.spacing_mm) for m in MODES},
+    }
+
+
+def pairs(patients):
+    for i, pid in enumerate(patients):
+        yield "synthetic", str(pid)
+        yield "t2->t1", str(pid)
+        if i < len(INTER):
+            yield "inter-patient", f"{INTER[i][0]}->{INTER[i][1]}"
+
+
+def compute(kind: str, key: str) -> dict:
+    if kind == "synthetic":
+        vol, lab = load_chaos(key, "t2")
+        today, truth, params = synthetic_next_day(vol, lab, seed=int(key))
+        rec = run_pair(kind, vol, lab, today, truth)
+        rec["peak_mm"] = params["peak_mm"]
+        return rec
+    if kind == "t2->t1":
+        vol, lab = load_chaos(key, "t2")
+        t1, t1_lab = load_chaos(key, "t1in")
+        return run_pair(kind, vol, lab, t1, t1_lab)
+    a, b = key.split("->")
+    va, la = load_chaos(a, "t2")
+    vb, lb = load_chaos(b, "t2")
+    return run_pair(kind, va, la, vb, lb, initial="moments")
+
+
+def _mean(recs, mode, metric):
+    vals = [o[metric] for r in recs for o in r["scores"][mode].values()]
+    vals = [v for v in vals if np.isfinite(v)]
+    return float(np.mean(vals)) if vals else float("nan")
+
+
+def table(results: dict) -> str:
+    lines = []
+    kinds = ("synthetic", "t2->t1", "inter-patient")
+    lines.append("| pairs | n | mode | Dice | HD95 mm | MSD mm | wall s (median, max) | CPU s (median) | folded |")
+    lines.append("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for kind in kinds:
+        recs = [r for r in results.values() if r.get("kind") == kind]
+        if not recs:
+            continue
+        for m in MODES:
+            sec = [r["seconds"] for r in recs]
+            cpu = [r["cpu_seconds"] for r in recs]
+            timing = f"{np.median(sec):.0f}, {np.max(sec):.0f}" if m == "bspline" else ""
+            ctime = f"{np.median(cpu):.0f}" if m == "bspline" else ""
+            fold = f"{max(r['folded_fraction'] for r in recs):.4f}" if m == "bspline" else ""
+            lines.append(
+                f"| {kind} | {len(recs)} | {m} | {_mean(recs, m, 'dice'):.3f} | {_mean(recs, m, 'hd95_mm'):.1f} | "
+                f"{_mean(recs, m, 'msd_mm'):.1f} | {timing} | {ctime} | {fold} |"
+            )
+    lines.append("")
+    lines.append("Per organ (Dice, floor -> B-spline):")
+    lines.append("")
+    lines.append("| pairs | " + " | ".join(CLASS_NAMES.values()) + " |")
+    lines.append("| --- |" + " --- |" * len(CLASS_NAMES))
+    for kind in kinds:
+        recs = [r for r in results.values() if r.get("kind") == kind]
+        if not recs:
+            continue
+        cells = []
+        for name in CLASS_NAMES.values():
+            f = [r["scores"]["none"][name]["dice"] for r in recs if name in r["scores"]["none"]]
+            b = [r["scores"]["bspline"][name]["dice"] for r in recs if name in r["scores"]["bspline"]]
+            cells.append(f"{np.mean(f):.3f} -> {np.mean(b):.3f}" if f else "-")
+        lines.append(f"| {kind} | " + " | ".join(cells) + " |")
+    lines.append("")
+    for kind, (goal, margin) in GOALS.items():
+        recs = [r for r in results.values() if r.get("kind") == kind]
+        if not recs:
+            continue
+        d, f = _mean(recs, "bspline", "dice"), _mean(recs, "none", "dice")
+        ok = d >= goal and d >= f + margin
+        lines.append(
+            f"- Goal {kind}: Dice >= {goal} and >= floor + {margin}: {d:.3f} vs floor {f:.3f} -> "
+            f"{'reached' if ok else 'NOT reached'}."
+        )
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--json", default="/tmp/propagation-benchmark.json")
+    ap.add_argument("--patients", default="all", help="comma-separated CHAOS ids or 'all'")
+    ap.add_argument(
+        "--write-docs", action="store_true", help="only write the table from --json into docs/benchmarks.md"
+    )
+    args = ap.parse_args(argv)
+    path = Path(args.json)
+    results = json.loads(path.read_text()) if path.exists() else {}
+    if not args.write_docs:
+        patients = PATIENTS if args.patients == "all" else tuple(int(p) for p in args.patients.split(","))
+        for kind, key in pairs(patients):
+            name = f"{kind} {key}"
+            if name in results:
+                continue
+            t = time.perf_counter()
+            results[name] = compute(kind, key)
+            b = results[name]["scores"]
+            print(
+                f"{name}: Dice none {_mean([results[name]], 'none', 'dice'):.3f} rigid "
+                f"{_mean([results[name]], 'rigid', 'dice'):.3f} affine {_mean([results[name]], 'affine', 'dice'):.3f} "
+                f"bspline {_mean([results[name]], 'bspline', 'dice'):.3f}; {time.perf_counter() - t:.0f} s "
+                f"(cpu {results[name]['cpu_seconds']:.0f} s)",
+                flush=True,
+            )
+            del b
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(results, indent=1))
+            os.replace(tmp, path)
+    print(table(results))
+    if args.write_docs:
+        from _report import write_section
+
+        info = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores visible, SimpleITK threads 2, shared by other jobs (load average 13-14)"
+        write_section(
+            "propagation",
+            "## Propagation: previous day's labels by registration\n\n"
+            + DOC_HEAD.format(info=info)
+            + table(results)
+            + "\n\n"
+            + DOC_NOTES.format(n=len({k.split(" ", 1)[1] for k in results if not k.startswith("inter")}))
+            + "\n",
+        )
+    return 0
+
+
+DOC_HEAD = """`benchmarks/propagation.py` (issue 23) on the CHAOS scanner DICOM (T2-SPIR and T1
+in-phase series as the scanner wrote them, Ground PNGs), with the default settings of
+`napari_gi_seg.propagation` (SimpleITK: rigid -> affine -> B-spline, Mattes mutual
+information, 4 mm in-plane working grid with the slice spacing kept, two-level pyramid,
+20k / 30k seeded random samples, 50 mm B-spline mesh, signed-distance label warping,
+2 SimpleITK threads). Modes from one registration per pair: `none` is the floor (labels
+resampled by scanner coordinates), `rigid` and `affine` the transform after those stages,
+`bspline` the full chain. Dice, HD95 and MSD are means over organs and pairs; seconds are
+per pair for the whole call, including warping the labels of all four modes (a plain
+`propagate` warps one set). Machine: {info}.
+
+"""
+
+DOC_NOTES = """What this run is and is not:
+
+- **Patients used: {n} of 16**: synthetic next days of patients 1 and 2, T2 -> T1 of
+  patient 1, the inter-patient pair 1 -> 3. The run shared 2 cores
+  with about six other engineers' jobs (load average 13-14) at `nice -n 19`, so a pair took
+  10-15 minutes of wall time; the CPU seconds (all threads of the process) are the better
+  guide: on 2 idle cores a pair's wall time is at most its CPU seconds, often about half.
+  The other patients were not run; rerun the command above (it resumes from `--json`).
+- **Seconds per pair (goal <= 60 s on 2 cores) not measured honestly here**: CPU seconds of a
+  pair were 81 (synthetic), 171 (T2 -> T1, a finer T1 grid) and 112 (inter-patient),
+  including three extra label warps for the comparison modes; whether a plain
+  `propagate` fits in 60 s of wall time on 2 idle cores is open.
+- **Synthetic next days**: Dice >= 0.92 reached (0.96 / 0.955), "floor + 0.25" NOT reached
+  (floors 0.84 / 0.79: 5-15 mm deformations leave much overlap); rigid alone gives 0.95 /
+  0.91, the B-spline stage adds 0.01-0.04 over it.
+- **T2 -> T1 of one session: NOT reached.** The registration makes it worse than the
+  scanner coordinates (B-spline 0.84 vs floor 0.91 for patient 1): mutual information
+  between fat-saturated T2 and in-phase T1 pulls the organs' edges towards the wrong
+  structures at this working resolution. For two sequences of one session (one Frame of
+  Reference) carrying the labels by scanner coordinates (`--stages none`) is the better
+  choice today; the dock therefore defaults each structure the model knows to the model's
+  labels.
+- **Inter-patient** (the hard case): rigid, affine and B-spline each add overlap (floor 0.26
+  -> 0.69 for 1 -> 3), far from a usable contour, and the B-spline folds 2.7 % of the body
+  there (0 on the same-patient pairs): a transform to distrust, which the CLI prints.
+- Not compared: itk-elastix (not installed: the time went to the SimpleITK pipeline; the
+  issue's comparison is open); signed-distance against nearest-neighbour label
+  interpolation (signed distance kept: with nearest neighbour the labels of a 7.7 mm slice
+  grid keep their steps, and the first signed-distance version, which used ITK's
+  boundary-at-zero convention, eroded every organ by a voxel, up to 7.7 mm across slices).
+- This run's seeds came from the wall clock (SimpleITK reads seed 0 that way; fixed after
+  the run started, so reruns are now reproducible)."""
+
+if __name__ == "__main__":
+    sys.exit(main())
