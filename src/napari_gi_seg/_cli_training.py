@@ -381,6 +381,12 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         # an unregistered candidate has no version: the registry gives one only when it is registered
         after = res.spec.key if res.registered else f"{res.spec.name} (candidate)"
         print(f"  after   {after:<24} {res.dice_after:.4f}{'  (worse)' if res.worse else ''}")
+        if ft.get("new_classes"):  # grown by new structures (training.finetune)
+            print(
+                f"  new structure(s) {', '.join(ft['new_classes'])}: "
+                + ", ".join(f"{n} {ft['per_class_after'].get(n, float('nan')):.4f}" for n in ft["new_classes"])
+            )
+            print("  old classes' change: " + ", ".join(f"{n} {d:+.4f}" for n, d in ft["old_class_change"].items()))
         if res.registered:
             print(f"registered {res.spec.key} (parent {res.spec.parent})  ({res.entry.folder})")
         else:

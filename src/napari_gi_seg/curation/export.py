@@ -30,6 +30,18 @@ of cases (:func:`napari_gi_seg.datasets.nnunet.listed_cases`): files of an
 interrupted append are never read for training. An exception removes the new case
 files; a ``kill -9`` leaves at most unlisted files (ignored, with a warning).
 
+Partial labels (new structures): ``dataset.json``'s ``annotated_classes``
+``{case: [names]}`` records which structures were annotated on each case's reviewed
+slices (also in the case's provenance entry). An export may **add** structures to an
+existing dataset (its classes are the dataset's followed by new ones, so old label
+values keep their meaning): the cases exported before then are recorded as not
+annotating the new structures, and their label files' old ignore value (now the first
+new structure's value) is rewritten to the new ignore value after the commit (until
+then the reader treats a class a case does not annotate as the ignore label, so a
+crash in between leaves a dataset that reads correctly). An export with fewer classes
+than the dataset (a model that lacks the added structures) is written with the
+dataset's labels and annotates only its own classes.
+
 Privacy: default case ids and groups are ``img<8 hex>``, an HMAC-SHA256 of the image
 file or folder name keyed with a per-installation secret
 (:func:`napari_gi_seg.paths.installation_secret`, mode 0600, never exported), so a
@@ -42,6 +54,7 @@ import datetime as _dt
 import hashlib
 import hmac
 import json
+import logging
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -65,6 +78,7 @@ __all__ = ["export_case", "IGNORE_NAME", "FILE_ENDING", "dataset_labels", "Burne
 IGNORE_NAME = "ignore"
 FILE_ENDING = NNUNET_FILE_ENDING
 PROVENANCE_FILE = "provenance.json"
+log = logging.getLogger(__name__)
 _CASE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 
 
@@ -91,6 +105,44 @@ def dataset_labels(class_names: Mapping[int, str]) -> dict[str, int]:
     out.update({n: k for k, n in items})
     out[IGNORE_NAME] = len(items) + 1
     return out
+
+
+def _merge_labels(dataset_dir: Path, old: dict[str, int], new: dict[str, int]):
+    """The labels of an append: ``(labels, grown_from)``. ``new`` equal to ``old``, or a
+    prefix of it (written with the dataset's labels): ``(old, None)``; ``new`` extends
+    ``old`` with structures after its classes: ``(new, old)``. Anything else raises
+    ``ValueError`` naming both."""
+    fg_old = [n for n, _ in sorted(old.items(), key=lambda kv: kv[1]) if n not in ("background", IGNORE_NAME)]
+    fg_new = [n for n, _ in sorted(new.items(), key=lambda kv: kv[1]) if n not in ("background", IGNORE_NAME)]
+    if fg_new == fg_old and old == new:
+        return old, None
+    if len(fg_new) < len(fg_old) and fg_old[: len(fg_new)] == fg_new and old.get(IGNORE_NAME) == len(fg_old) + 1:
+        return old, None
+    if len(fg_new) > len(fg_old) and fg_new[: len(fg_old)] == fg_old and old.get(IGNORE_NAME) == len(fg_old) + 1:
+        return new, old
+    raise InputError(
+        f"{dataset_dir}: dataset classes {old} differ from this export's {new} (new structures can only be "
+        "added after the dataset's classes, with the same names and values for the others)"
+    )
+
+
+def _rewrite_ignore(dataset_dir: Path, case_ids: Sequence[str], old_ignore: int, new_ignore: int) -> None:
+    """After a commit that added structures: the label files of ``case_ids`` get
+    ``new_ignore`` where they held ``old_ignore`` (each file temp-then-rename), so that
+    nnU-Net itself reads their unreviewed slices as ignored. A crash part-way is
+    harmless for our reader (see the module docstring)."""
+    from ..io.nifti import read_nifti
+
+    for cid in case_ids:
+        path = dataset_dir / nnunet_label_relpath(cid, FILE_ENDING)
+        try:
+            lab = read_nifti(path, as_labels=True)
+            data = np.asarray(lab.data).astype(np.uint8)
+            if (data == old_ignore).any():
+                data[data == old_ignore] = new_ignore
+                write_nifti(lab, path, data=data)
+        except (OSError, ValueError) as e:  # the dataset is committed and reads correctly; warn only
+            log.warning("%s: could not rewrite the ignore value %d -> %d (%s)", path, old_ignore, new_ignore, e)
 
 
 def _utc_now() -> str:
@@ -177,6 +229,7 @@ def export_case(
     group: str | None = None,
     prediction: np.ndarray | None = None,
     model_key: str | None = None,
+    annotated: Sequence[str] | None = None,
     progress: ProgressCallback | None = None,
     allow_burned_in: bool = False,
 ) -> Path:
@@ -214,6 +267,11 @@ def export_case(
         in ``provenance.json``.
     model_key
         ``"name:version"`` of the model that produced the prediction.
+    annotated
+        Names of the structures annotated on the reviewed slices (partial labels);
+        default: every class in ``class_names``. The others are recorded as not
+        annotated, so training does not read their absence as background
+        (:mod:`napari_gi_seg.training.losses`).
     progress
         Gets ``"export"`` :class:`~napari_gi_seg.progress.ProgressEvent` s (3 steps:
         image written, labels written, dataset committed); see :mod:`napari_gi_seg.progress`.
@@ -229,7 +287,8 @@ def export_case(
     ------
     ValueError
         Nothing reviewed, shape mismatch, label values > K, bad class names, classes
-        that differ from an existing dataset's, a ``case_id`` that exists already or
+        that neither extend nor are a prefix of an existing dataset's, ``annotated``
+        naming unknown classes, a ``case_id`` that exists already or
         is malformed, or ``dataset_dir`` is a non-empty folder that is not a dataset.
     BurnedInAnnotationError
         The image's series says ``BurnedInAnnotation`` YES and ``allow_burned_in`` is
@@ -257,9 +316,12 @@ def export_case(
         raise InputError(f"reviewed slice(s) {bad} out of range 0..{image.shape[0] - 1}")
     label_map = dataset_labels(class_names)
     k = len(label_map) - 2
-    ignore = label_map[IGNORE_NAME]
     if labels.size and (labels.min() < 0 or labels.max() > k):
         raise InputError(f"label values must be 0..{k} for {k} classes, found {int(labels.min())}..{int(labels.max())}")
+    own_names = [n for n in label_map if n not in ("background", IGNORE_NAME)]
+    annotated = own_names if annotated is None else [str(n) for n in annotated]
+    if not set(annotated) <= set(own_names) or not annotated:
+        raise InputError(f"annotated structures {annotated} must be a non-empty subset of the classes {own_names}")
     if prediction is not None:
         prediction = np.asarray(prediction)
         if prediction.shape != labels.shape:
@@ -270,8 +332,7 @@ def export_case(
     if appending:
         meta = read_dataset_json(dataset_dir)  # type-checked; DatasetFormatError names file and key
         old_labels = {str(n): int(v) for n, v in meta.get("labels", {}).items()}
-        if old_labels != label_map:
-            raise InputError(f"{dataset_dir}: dataset classes {old_labels} differ from this export's {label_map}")
+        label_map, grown_from = _merge_labels(dataset_dir, old_labels, label_map)
         if meta.get("file_ending", FILE_ENDING) != FILE_ENDING:
             raise InputError(f"{dataset_dir}: file_ending {meta.get('file_ending')!r} is not {FILE_ENDING!r}")
         prov_path = dataset_dir / PROVENANCE_FILE
@@ -298,7 +359,12 @@ def export_case(
         }
         prov = {"format_version": 1, "cases": []}
         existing = set()
+        grown_from = None
     existing |= set(meta.get("groups", {}))
+    ignore = label_map[IGNORE_NAME]
+    all_names = [n for n in label_map if n not in ("background", IGNORE_NAME)]
+    old_names = [n for n in (grown_from or label_map) if n not in ("background", IGNORE_NAME)]
+    before = {c: list(meta.get("annotated_classes", {}).get(c, old_names)) for c in meta.get("groups", {})}
 
     src_key = _source_key(image)
     if case_id is None:
@@ -327,6 +393,8 @@ def export_case(
         "shape_zyx": [int(s) for s in image.shape],
         "spacing_mm": [float(s) for s in image.spacing_mm],
         "reviewed_slices": zs,
+        "annotated_classes": [n for n in all_names if n in annotated],
+        "not_annotated_classes": [n for n in all_names if n not in annotated],
         "n_ignored_slices": int(unreviewed.size),
         "correction_dice_per_slice": None if dice_z is None else {str(z): round(d, 6) for z, d in dice_z.items()},
         "mean_correction_dice": None if dice_z is None else round(float(np.mean(list(dice_z.values()))), 6),
@@ -335,6 +403,8 @@ def export_case(
         else _finite(rt_contour_metrics(prediction, labels, image.spacing_mm, class_names, zs)),
     }
     meta = dict(meta)
+    meta["labels"] = label_map
+    meta["annotated_classes"] = {**before, case_id: entry["annotated_classes"]}
     meta["groups"] = {**meta.get("groups", {}), case_id: group}
     meta["numTraining"] = len(meta["groups"])
     prov = dict(prov)
@@ -371,6 +441,9 @@ def export_case(
         written.append(prov_path)
         write_json(prov_path, prov)
         write_json(dataset_dir / "dataset.json", meta)  # the commit
+        written = []
+        if grown_from is not None:
+            _rewrite_ignore(dataset_dir, sorted(before), grown_from[IGNORE_NAME], ignore)
     except BaseException:
         for f in written:
             try:

@@ -35,21 +35,27 @@ class Case:
     ``image``: the raw image :class:`Volume` ``(z, y, x)``. ``target``: ``(z, y, x)``
     uint8 labels 0..K with :data:`IGNORE_INDEX` for unlabelled voxels (softmax
     datasets), or ``(K, z, y, x)`` uint8 {0, 1, IGNORE_INDEX} masks (multi-label).
+    ``annotated``: the class names annotated on this case's labelled voxels (partial
+    labels); ``None`` means every class of the dataset. Where a class is not annotated,
+    a 0 voxel means "background or that class", never "not that class".
     """
 
     case_id: str
     group: str
     image: Volume
     target: np.ndarray
+    annotated: tuple[str, ...] | None = None
 
 
 @dataclass
 class CaseRef:
-    """A lazily loaded case: ``load()`` returns the :class:`Case`."""
+    """A lazily loaded case: ``load()`` returns the :class:`Case`. ``annotated`` as
+    :attr:`Case.annotated` (known without loading the volumes)."""
 
     case_id: str
     group: str
     load: Callable[[], Case]
+    annotated: tuple[str, ...] | None = None
 
 
 @dataclass
@@ -63,6 +69,15 @@ class SegDataset:
     cases: list[CaseRef]
     multilabel: bool = False
     extra: dict = field(default_factory=dict)
+
+    @property
+    def partial(self) -> bool:
+        """True when some case does not annotate every class (partial labels)."""
+        return any(not_annotated(c.annotated, self.class_names) for c in self.cases)
+
+    def annotated_classes(self) -> dict[str, list[str]]:
+        """``{case_id: [class names annotated in that case]}`` in the dataset's class order."""
+        return {c.case_id: [n for n in self.class_names if c.annotated is None or n in c.annotated] for c in self.cases}
 
     @property
     def groups(self) -> list[str]:
@@ -82,7 +97,15 @@ class SegDataset:
         )
 
 
-def multilabel_target(target: np.ndarray, n_classes: int) -> np.ndarray:
+def not_annotated(annotated: Sequence[str] | None, class_names: Sequence[str]) -> list[str]:
+    """The names of ``class_names`` that ``annotated`` (``None`` = all) leaves out, in order."""
+    if annotated is None:
+        return []
+    a = set(annotated)
+    return [n for n in class_names if n not in a]
+
+
+def multilabel_target(target: np.ndarray, n_classes: int, not_annotated_channels: Sequence[int] = ()) -> np.ndarray:
     """Single-label targets as multi-label masks (for a sigmoid model).
 
     Parameters
@@ -92,12 +115,16 @@ def multilabel_target(target: np.ndarray, n_classes: int) -> np.ndarray:
         (e.g. an export of reviewed slices, :mod:`napari_gi_seg.curation.export`).
     n_classes
         K, the number of foreground classes (channel ``k`` is label value ``k + 1``).
+    not_annotated_channels
+        Channels (0-based) of classes not annotated in this case (partial labels): set
+        to :data:`IGNORE_INDEX` everywhere (per-channel ignore: the sigmoid counterpart
+        of the marginal loss, :mod:`napari_gi_seg.training.losses`).
 
     Returns
     -------
     ``(K, z, y, x)`` uint8 in {0, 1, IGNORE_INDEX}: channel ``k`` is 1 where the label
     is ``k + 1``; an ignored voxel is ignored in **every** channel (nobody said which
-    organs are there), a labelled voxel is 0 in the channels of the other classes.
+    organs are there), a labelled voxel is 0 in the channels of the other annotated classes.
 
     Raises
     ------
@@ -116,13 +143,16 @@ def multilabel_target(target: np.ndarray, n_classes: int) -> np.ndarray:
     for c in range(k):
         out[c][t == c + 1] = 1
         out[c][ignore] = IGNORE_INDEX
+    for c in not_annotated_channels:
+        out[c] = IGNORE_INDEX
     return out
 
 
 def as_multilabel(ds: SegDataset) -> SegDataset:
     """The same dataset with its single-label targets loaded as multi-label masks
     (:func:`multilabel_target`), so a sigmoid (multi-label) model can be trained or
-    fine-tuned on a single-label export. A multi-label dataset is returned as is."""
+    fine-tuned on a single-label export. A multi-label dataset is returned as is.
+    Classes a case does not annotate are ignored in their channels for that case."""
     if ds.multilabel:
         return ds
     k = len(ds.class_names)
@@ -130,9 +160,10 @@ def as_multilabel(ds: SegDataset) -> SegDataset:
     def converted(ref: CaseRef) -> CaseRef:
         def load() -> Case:
             c = ref.load()
-            return Case(c.case_id, c.group, c.image, multilabel_target(c.target, k))
+            skip = [ds.class_names.index(n) for n in not_annotated(c.annotated, ds.class_names)]
+            return Case(c.case_id, c.group, c.image, multilabel_target(c.target, k, skip), c.annotated)
 
-        return CaseRef(ref.case_id, ref.group, load)
+        return CaseRef(ref.case_id, ref.group, load, ref.annotated)
 
     return SegDataset(ds.root, ds.layout, list(ds.class_names), [converted(c) for c in ds.cases], True, ds.extra)
 

@@ -9,6 +9,13 @@ must be the highest value) marks voxels nobody reviewed; it is mapped to
 exporter writes): files it does not list are ignored with a warning, so the image
 and label files of an interrupted append never reach training (without a group
 or provenance). Every key is type-checked (:func:`validate_dataset_json`).
+
+Partial labels: ``dataset.json``'s optional ``"annotated_classes": {case: [names]}``
+(written by our exporter) says which structures were annotated on each case's
+reviewed slices; a case it does not list annotates every class. In a case's label
+file, the value of a class the case does not annotate is read as the ignore label:
+that is how the label files of cases exported before a structure was added (whose
+ignore value was the new structure's value) stay valid.
 """
 
 from __future__ import annotations
@@ -96,6 +103,16 @@ def validate_dataset_json(path: Path, meta: object) -> dict:
             bad(f"groups.{cid}", "case ids must be letters, digits, '.', '_' or '-' (no path separators)")
         if not isinstance(g, str) or not g:
             bad(f"groups.{cid}", f"the patient id must be a non-empty string, got {g!r}")
+    annotated = meta.get("annotated_classes", {})
+    names = set(labels) - {"background", "ignore"}
+    if not isinstance(annotated, dict):
+        bad("annotated_classes", f"must be an object mapping case ids to lists of class names, got {annotated!r}")
+    for cid, a in annotated.items():
+        if not isinstance(a, list) or not all(isinstance(n, str) for n in a):
+            bad(f"annotated_classes.{cid}", f"must be a list of class names, got {a!r}")
+        unknown = sorted(set(a) - names)
+        if unknown:
+            bad(f"annotated_classes.{cid}", f"names classes not in 'labels': {unknown}")
     for k in ("name", "description"):
         if k in meta and not isinstance(meta[k], str):
             bad(k, f"must be a string, got {type(meta[k]).__name__}")
@@ -173,6 +190,7 @@ def open_nnunet(root: Path, class_names: Sequence[str] | None = None) -> SegData
         raise DatasetFormatError(f"{root}: classes {names} differ from the requested {list(class_names)}")
     suffix = meta.get("file_ending", NNUNET_FILE_ENDING)
     groups = meta.get("groups", {})
+    annotated = {cid: tuple(n for n in names if n in a) for cid, a in meta.get("annotated_classes", {}).items()}
     lab_dir = root / NNUNET_LABELS
     ids = listed_cases(root, meta)
     if not ids:
@@ -192,12 +210,14 @@ def open_nnunet(root: Path, class_names: Sequence[str] | None = None) -> SegData
             t = lab.data.astype(np.uint8)
             if ignore_value is not None:
                 t[t == int(ignore_value)] = IGNORE_INDEX
+            for v, n in fg:  # a class this case does not annotate: its value is no label (see module docstring)
+                if cid in annotated and n not in annotated[cid]:
+                    t[t == v] = IGNORE_INDEX
             if (t[t != IGNORE_INDEX].max(initial=0)) > len(names):
                 raise DatasetFormatError(f"{lab_dir / (cid + suffix)}: label values exceed the {len(names)} classes")
-            return Case(cid, str(groups.get(cid, cid)), img, t)
+            return Case(cid, str(groups.get(cid, cid)), img, t, annotated.get(cid))
 
         return load
 
-    return SegDataset(
-        root, "nnunet", names, [CaseRef(i, str(groups.get(i, i)), loader(i)) for i in ids], extra={"dataset_json": meta}
-    )
+    refs = [CaseRef(i, str(groups.get(i, i)), loader(i), annotated.get(i)) for i in ids]
+    return SegDataset(root, "nnunet", names, refs, extra={"dataset_json": meta})

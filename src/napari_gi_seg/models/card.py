@@ -124,7 +124,13 @@ def headline_metric(spec: ModelSpec) -> tuple[float | None, str]:
             n = len(held) if isinstance(held, (list, tuple)) else 0
             where = f"held-back Dice on {n} patient(s) of {ds} (patient-level)"
         before = ft.get("dice_before")
-        if isinstance(before, (int, float)):
+        if ft.get("new_classes"):  # grown: the parent lacks the new classes, its mean is over the old ones
+            n_cases = ft.get("n_cases") or {}
+            new = ", ".join(f"{c} on {n_cases.get(c, 0)} case(s)" for c in ft["new_classes"])
+            change = ", ".join(f"{c} {d:+.3f}" for c, d in (ft.get("old_class_change") or {}).items())
+            where += f"; new structure(s) scored: {new}; old classes vs parent {ft.get('base', spec.parent)}: "
+            where += change or "not measured"
+        elif isinstance(before, (int, float)):
             where += f"; parent {ft.get('base', spec.parent)}: {before:.3f} on the same data"
         return float(ft["dice_after"]), where
     v = m.get("validation")
@@ -246,10 +252,20 @@ def _metric_tables(spec: ModelSpec, evaluations: Sequence[tuple[str, dict]]) -> 
     if f.get("per_class_after"):
         where = headline_metric(spec)[1]
         worse = " **Worse than the parent; registered on an explicit choice.**" if f.get("worse") else ""
+        cols = {"before": f.get("per_class_before") or {}, "after": f["per_class_after"]}
+        if f.get("new_classes"):
+            cols["held-back cases"] = f.get("n_cases") or {}
+            new = ", ".join(f"`{n}`" for n in f["new_classes"])
+            taught = ", ".join(f"{n} on {k} case(s)" for n, k in (f.get("annotated_cases") or {}).items())
+            where += (
+                f". Structure(s) {new} added by fine-tuning (annotated: {taught}); each class is scored only on "
+                f"the held-back cases that annotate it; an old class down by more than "
+                f"{f.get('old_class_tolerance', 0.02)} blocks registration unless chosen"
+            )
         table(
             "Fine-tuning",
             f"From `{f.get('base')}`: {where}; the parent (before) and this model (after).{worse}",
-            {"before": f.get("per_class_before") or {}, "after": f["per_class_after"]},
+            cols,
             {"before": f.get("dice_before"), "after": f.get("dice_after")},
         )
     a = m.get("adaptation") or {}

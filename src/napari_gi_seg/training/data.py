@@ -8,6 +8,7 @@ import math
 import torch
 
 from ..datasets import IGNORE_INDEX, Case
+from ..datasets.case import not_annotated
 from ..engine.frame import case_to_model_frame
 from ..engine.preprocess import context_indices
 from ..models.spec import ModelSpec
@@ -25,6 +26,12 @@ class SliceDataset(torch.utils.data.Dataset):
     (float16 in memory). ``__getitem__`` returns ``(x, y)``:
     ``x`` ``(C, size, size)`` float32, ``y`` ``(size, size)`` int64 (softmax, with
     :data:`IGNORE_INDEX`) or ``(K, size, size)`` float32 (multi-label, 255 = ignore).
+    With partial labels (a softmax model and a case whose ``annotated`` leaves out one
+    of the spec's classes) it returns ``(x, y, not_annotated)``, ``not_annotated``
+    ``(spec.out_channels,)`` bool, for the marginal loss
+    (:func:`~napari_gi_seg.training.losses.segmentation_loss`); multi-label targets
+    carry partial labels as per-channel ignore instead
+    (:func:`~napari_gi_seg.datasets.as_multilabel`).
 
     Parameters
     ----------
@@ -53,7 +60,15 @@ class SliceDataset(torch.utils.data.Dataset):
             self.flip_lut, self.flip_channels = lut, None
         else:
             self.flip_lut, self.flip_channels = None, torch.tensor(perm)
-        self.images, self.targets, self.index = [], [], []
+        self.images, self.targets, self.index, self.not_annotated = [], [], [], []
+        names = [k.name for k in spec.classes]
+        for c in cases:
+            u = torch.zeros(spec.out_channels, dtype=torch.bool)
+            if spec.activation == "softmax":
+                for n in not_annotated(c.annotated, names):
+                    u[names.index(n) + 1] = True
+            self.not_annotated.append(u)
+        self.partial = any(bool(u.any()) for u in self.not_annotated)
         for ci, c in enumerate(cases):
             # the model's frame, exactly as inference sees a scan (engine.frame)
             im, t = case_to_model_frame(c.image, c.target, spec)
@@ -124,9 +139,14 @@ class SliceDataset(torch.utils.data.Dataset):
             y = lab[0].round().long() if y.ndim == 2 else lab.round().float()
         else:
             y = y.long() if y.ndim == 2 else y.float()
+        u = self.not_annotated[ci]
         if self.flip and torch.rand(()) < 0.5:
             x, y = torch.flip(x, (-1,)), torch.flip(y, (-1,))
             y = self.flip_lut[y] if y.ndim == 2 else y[self.flip_channels]
+            if self.flip_lut is not None:
+                u = u[self.flip_lut[: u.numel()]]
+        if self.partial:
+            return x.contiguous(), y.contiguous(), u
         return x.contiguous(), y.contiguous()
 
 

@@ -7,8 +7,15 @@ What :func:`finetune` does
 1. Loads the base model through the registry: ``spec.json`` + ``model.safetensors``
    (never pickle). The base's folder is only read, never written.
 2. Opens the dataset (any layout of :func:`~napari_gi_seg.datasets.open_dataset`)
-   and maps its classes to the base's **by name** (same set of names required; the
-   label values are re-ordered to the base's order when they differ).
+   and maps its classes to the base's **by name** (the label values are re-ordered to
+   the base's order when they differ). **New structures**: the dataset's classes the
+   base lacks are appended after the base's (:mod:`napari_gi_seg.models.grow`: known
+   indices unchanged, so old label files stay valid; new outputs initialised fresh,
+   every other weight copied; colours and TG-263 names from
+   :mod:`napari_gi_seg.curation.structures`). Base classes the dataset lacks, and
+   classes a case does not annotate (``dataset.json`` ``annotated_classes``), are
+   partial labels: never read as background (marginal loss for softmax models,
+   per-channel ignore for sigmoid ones: :mod:`napari_gi_seg.training.losses`).
 3. Holds back part of the data, never trained on:
 
    * **patient level** when the dataset has >= 2 patients (groups):
@@ -31,7 +38,13 @@ What :func:`finetune` does
    data fingerprint and ``metrics.finetune = {dice_before, dice_after, held_back,
    split, per_class_before, per_class_after, worse}`` **unless** the new model is
    worse than its parent on the held-back data (``dice_after < dice_before``) and
-   ``register_if_worse`` is false, or the run was stopped (``cancel``). The candidate
+   ``register_if_worse`` is false, or the run was stopped (``cancel``). A model grown
+   by new structures is worse when any **old** class's held-back Dice fell by more
+   than :data:`OLD_CLASS_TOLERANCE` (its mean includes the new classes, which the
+   parent lacks), or when an old class cannot be checked (no held-back case annotates
+   it); ``metrics.finetune`` then also lists ``new_classes``, ``old_class_change``,
+   ``old_classes_not_measured``, ``n_cases`` (held-back cases each class was scored
+   on) and ``annotated_cases`` (cases that annotate each new class). The candidate
    (``candidate.json`` + ``best.safetensors``) then stays in the run folder, and
    :func:`register_run` registers it on an explicit choice.
 
@@ -62,7 +75,7 @@ from .._logging import run_log_file
 from .._privacy import public_dataset_name, public_ids, redactions
 from ..datasets import DatasetFormatError, as_multilabel
 from ..progress import CancelCallback, ProgressCallback, emit
-from .holdback import open_for_base, slice_split, split_for_finetune
+from .holdback import open_for_base, slice_split, split_for_finetune, widen_dataset
 from .manifest import LOG_FILE, read_manifest, write_manifest
 from .runs import CANDIDATE_FILE, register_run, resumable_run, run_folder
 from .stopping import DEFAULT_GRACE_S
@@ -70,6 +83,10 @@ from .stopping import DEFAULT_GRACE_S
 __all__ = ["FinetuneResult", "finetune", "register_run", "resumable_run", "slice_split", "CANDIDATE_FILE"]
 
 log = logging.getLogger(__name__)
+
+#: Largest fall of an old class's held-back Dice a model grown by new structures may
+#: show and still be registered without an explicit choice.
+OLD_CLASS_TOLERANCE = 0.02
 
 
 @dataclass
@@ -98,6 +115,11 @@ class FinetuneResult:
         Why it was not registered (``""`` when it was).
     stopped : str or None
         ``"cancelled"`` etc. when the run ended early (see :class:`~napari_gi_seg.training.trainer.TrainResult`).
+    new_classes : list of str
+        Structures appended to the base's classes (empty when it was not grown).
+    worse_decided : bool or None
+        The decision for a grown model (an old class down by more than
+        :data:`OLD_CLASS_TOLERANCE`, or not checked); ``None`` otherwise.
     """
 
     entry: object | None
@@ -110,6 +132,8 @@ class FinetuneResult:
     work_dir: Path | None = None
     reason: str = ""
     stopped: str | None = None
+    new_classes: list[str] = field(default_factory=list)
+    worse_decided: bool | None = None
 
     @property
     def registered(self) -> bool:
@@ -118,7 +142,11 @@ class FinetuneResult:
 
     @property
     def worse(self) -> bool:
-        """True when the new model's held-back Dice is below its parent's."""
+        """True when the new model's held-back Dice is below its parent's (a grown
+        model: when an old class fell by more than :data:`OLD_CLASS_TOLERANCE` or could
+        not be checked)."""
+        if self.worse_decided is not None:
+            return self.worse_decided
         return bool(self.dice_after < self.dice_before)
 
 
@@ -202,7 +230,7 @@ def finetune(
     ModelNotFoundError
         Unknown base model.
     DatasetFormatError
-        Bad dataset, or class names that differ from the base's (lists both).
+        Bad dataset, or classes that share nothing with the base's and add none.
     ValueError
         Too little labelled data to hold some back; ``resume`` with nothing to resume or
         with other held-back data than the interrupted run.
@@ -220,11 +248,8 @@ def finetune(
     base_spec = entry.spec()
     base_names = [c.name for c in base_spec.classes]
     ds = open_for_base(dataset, class_names, base_names, sequences)
-    if sorted(ds.class_names) != sorted(base_names):
-        raise DatasetFormatError(
-            f"{ds.root}: classes {ds.class_names} differ from the base model {entry.key}'s "
-            f"{base_names}; fine-tuning needs the same class names"
-        )
+    base_spec, new_names, ds = _grown(base_spec, ds)
+    base_names = [c.name for c in base_spec.classes]
     if ds.multilabel and base_spec.activation != "sigmoid":
         raise DatasetFormatError(
             f"{ds.root}: a multi-label dataset cannot fine-tune the {base_spec.activation} model {entry.key}"
@@ -287,10 +312,15 @@ def finetune(
         )
         verify_weights(base_spec, entry.weights_path)
         state_dict = load_weights(entry.weights_path)
+        if new_names:
+            from ..models.grow import grow_state_dict
+
+            state_dict = grow_state_dict(state_dict, base_spec, seed=seed)
+            log.info("new structure(s) %s appended to %s's outputs", new_names, entry.key)
         res = _train(
             ds, train_ds, held_cases, entry, base_spec, name, version, work, args, state_dict, progress, cancel
         )
-        out = _decide(res, entry, before, held_json, split, work, register_if_worse, ds)
+        out = _decide(res, entry, before, held_json, split, work, register_if_worse, ds, new_names)
         emit(
             progress,
             "done",
@@ -315,16 +345,45 @@ def finetune(
     return out
 
 
+def _grown(base_spec, ds):
+    """``(spec, new_names, dataset)``: the base's spec grown by the dataset's classes it
+    lacks (:func:`~napari_gi_seg.models.grow.grow_spec`), and the dataset in that class
+    order (:func:`~napari_gi_seg.training.holdback.widen_dataset`); unchanged when the
+    dataset has exactly the base's classes.
+
+    Raises :class:`DatasetFormatError` for a dataset that shares no class with the base
+    and adds none (nothing to learn)."""
+    from ..curation.structures import structure_for
+    from ..models.grow import grow_spec, new_class_names
+
+    base_names = [c.name for c in base_spec.classes]
+    if sorted(ds.class_names) == sorted(base_names):
+        return base_spec, [], ds
+    new = new_class_names(base_spec, ds.class_names)
+    if not new and not set(ds.class_names) & set(base_names):
+        raise DatasetFormatError(f"{ds.root}: classes {ds.class_names} share nothing with {base_spec.key}'s")
+    infos = [structure_for(n) for n in new]
+    spec = grow_spec(
+        base_spec, [{"name": s.name, "colour": s.colour, "single_component": s.single_component} for s in infos]
+    )
+    return spec, new, widen_dataset(ds, [c.name for c in spec.classes])
+
+
 def _baseline(entry, base_spec, held_cases, device) -> dict:
     from ..engine.inference import resolve_device
     from ..models.network import load_network
     from .validation import validate
 
     dev = resolve_device(device)
+    base_spec = entry.spec()  # the parent as registered (not grown): its classes only
     base_net = load_network(base_spec, entry.weights_path, dev)
     m = validate(base_net, base_spec, held_cases, dev)
     log.info("base %s: held-back mean Dice %.4f", entry.key, m["mean_dice"])
-    return {"mean_dice": m["mean_dice"], "per_class": {k: v["dice"] for k, v in m["per_class"].items()}}
+    return {
+        "mean_dice": m["mean_dice"],
+        "per_class": {k: v["dice"] for k, v in m["per_class"].items()},
+        "n_cases": {k: v.get("n_cases") for k, v in m["per_class"].items()},
+    }
 
 
 def _train(ds, train_ds, held_cases, entry, base_spec, name, version, work, args: dict, state_dict, progress, cancel):
@@ -371,17 +430,27 @@ def _train(ds, train_ds, held_cases, entry, base_spec, name, version, work, args
     return t.fit()
 
 
-def _decide(res, entry, before, held_json, split, work, register_if_worse, ds) -> FinetuneResult:
+def _decide(res, entry, before, held_json, split, work, register_if_worse, ds, new_names=()) -> FinetuneResult:
     """Fill the spec's fine-tune metrics, keep the candidate in the run folder and
-    register it unless it is worse than its parent (without ``register_if_worse``) or
-    the run was stopped."""
+    register it unless it is worse than its parent (without ``register_if_worse``; a
+    grown model: an old class down by more than :data:`OLD_CLASS_TOLERANCE`) or the
+    run was stopped."""
     spec = res.spec
     bm = res.best_metrics or {}
     after = {
         "mean_dice": float(bm.get("mean_dice", float("nan"))),
         "per_class": {k: v["dice"] for k, v in bm.get("per_class", {}).items()},
     }
-    worse = not (after["mean_dice"] >= before["mean_dice"])  # NaN counts as worse
+    change = {
+        k: after["per_class"].get(k, float("nan")) - b
+        for k, b in before["per_class"].items()
+        if b == b  # an old class scored on the held-back data
+    }
+    unmeasured = [k for k, n in (before.get("n_cases") or {}).items() if not n]
+    if new_names:
+        worse = bool(unmeasured) or any(not (d >= -OLD_CLASS_TOLERANCE) for d in change.values())  # NaN: worse
+    else:
+        worse = not (after["mean_dice"] >= before["mean_dice"])  # NaN counts as worse
     spec.parent = entry.key
     spec.metrics["finetune"] = {
         "dice_before": before["mean_dice"],
@@ -394,6 +463,15 @@ def _decide(res, entry, before, held_json, split, work, register_if_worse, ds) -
         "per_class_after": after["per_class"],
         "base": entry.key,
     }
+    if new_names:
+        spec.metrics["finetune"].update(
+            new_classes=list(new_names),
+            old_class_change={k: round(v, 4) for k, v in change.items()},
+            old_class_tolerance=OLD_CLASS_TOLERANCE,
+            old_classes_not_measured=unmeasured,
+            n_cases={k: v.get("n_cases") for k, v in bm.get("per_class", {}).items()},
+            annotated_cases={n: sum(n in a for a in ds.annotated_classes().values()) for n in new_names},
+        )
     spec.training["split"] = split
     spec.training["held_back"] = held_json
     write_json(work / CANDIDATE_FILE, spec.to_dict())
@@ -408,6 +486,15 @@ def _decide(res, entry, before, held_json, split, work, register_if_worse, ds) -
     reason = ""
     if res.stopped == "cancelled":
         reason = f"stopped after {len(res.history)} epoch(s): not registered; the best epoch so far is kept in the run folder"
+    elif worse and not register_if_worse and new_names:
+        fell = ", ".join(f"{k} {v:+.3f}" for k, v in change.items() if not v >= -OLD_CLASS_TOLERANCE)
+        why = f"old class(es) fell by more than {OLD_CLASS_TOLERANCE} on the held-back data ({fell})" if fell else ""
+        if unmeasured:
+            why += ("; " if why else "") + (
+                f"old class(es) {', '.join(unmeasured)} not checked: no held-back case annotates them "
+                "(export some cases with them annotated)"
+            )
+        reason = f"{why}: not registered (register it anyway with --register-if-worse)"
     elif worse and not register_if_worse:
         reason = (
             f"held-back Dice fell from {before['mean_dice']:.3f} ({entry.key}) to {after['mean_dice']:.3f}: "
@@ -431,4 +518,6 @@ def _decide(res, entry, before, held_json, split, work, register_if_worse, ds) -
         work,
         reason,
         res.stopped,
+        list(new_names),
+        worse if new_names else None,
     )

@@ -11,7 +11,7 @@ import numpy as np
 from ..datasets import IGNORE_INDEX, Case, CaseRef, SegDataset, detect_layout, open_dataset, split_groups
 from ..errors import InputError
 
-__all__ = ["slice_split", "split_for_finetune", "open_for_base"]
+__all__ = ["slice_split", "split_for_finetune", "open_for_base", "widen_dataset"]
 
 
 def _remap(target: np.ndarray, order: list[int]) -> np.ndarray:
@@ -71,8 +71,8 @@ def slice_split(case: Case, val_fraction: float) -> tuple[Case, Case, list[int]]
         t_train[:, held] = IGNORE_INDEX
         t_val[:, held] = case.target[:, held]
     return (
-        Case(case.case_id, case.group, case.image, t_train),
-        Case(case.case_id, case.group, case.image, t_val),
+        Case(case.case_id, case.group, case.image, t_train, case.annotated),
+        Case(case.case_id, case.group, case.image, t_val, case.annotated),
         held,
     )
 
@@ -93,9 +93,10 @@ def split_for_finetune(ds: SegDataset, base_names: list[str], val_fraction: floa
     Parameters
     ----------
     ds : SegDataset
-        The opened dataset (same class names as the base, any order).
+        The opened dataset (the model's class names, any order; see :func:`widen_dataset`).
     base_names : list of str
-        The base model's class names in its index order.
+        The (grown) model's class names in its index order; each case's
+        ``annotated`` classes are kept.
     val_fraction : float
         Share of patients (>= 2 patients) or of labelled slices (one patient) held back.
     seed : int
@@ -113,9 +114,9 @@ def split_for_finetune(ds: SegDataset, base_names: list[str], val_fraction: floa
     def remapped(ref: CaseRef) -> CaseRef:
         def load() -> Case:
             c = ref.load()
-            return Case(c.case_id, c.group, c.image, _remap(c.target, order))
+            return Case(c.case_id, c.group, c.image, _remap(c.target, order), c.annotated)
 
-        return CaseRef(ref.case_id, ref.group, load)
+        return CaseRef(ref.case_id, ref.group, load, ref.annotated)
 
     if len(ds.groups) >= 2:
         split = "patient"
@@ -129,8 +130,60 @@ def split_for_finetune(ds: SegDataset, base_names: list[str], val_fraction: floa
         for ref in ds.cases:
             c = remapped(ref).load()
             tr, va, held = slice_split(c, val_fraction)
-            train_refs.append(CaseRef(tr.case_id, tr.group, (lambda tr=tr: tr)))
+            train_refs.append(CaseRef(tr.case_id, tr.group, (lambda tr=tr: tr), tr.annotated))
             held_cases.append(va)
             held_back[c.case_id] = held
     train_ds = SegDataset(ds.root, ds.layout, list(base_names), train_refs, ds.multilabel, ds.extra)
     return train_ds, held_cases, held_back, split
+
+
+def widen_dataset(ds: SegDataset, names: list[str]) -> SegDataset:
+    """``ds`` with the classes ``names`` (a model's, e.g. grown by new structures), in
+    that order: label values re-mapped (a dataset class not in ``names`` becomes the
+    ignore label), and each case annotating only the classes it annotated that are in
+    ``names`` (so the model's classes the dataset lacks are partial labels, never
+    background; :mod:`napari_gi_seg.training.losses`).
+
+    Parameters
+    ----------
+    ds : SegDataset
+        A single-label dataset (multi-label: channels re-ordered, absent ones ignored).
+    names : list of str
+        The model's class names in index order.
+
+    Returns
+    -------
+    SegDataset
+    """
+    src = {n: i + 1 for i, n in enumerate(ds.class_names)}
+
+    def annotated(a):
+        have = set(ds.class_names if a is None else a)
+        out = tuple(n for n in names if n in have)
+        return None if len(out) == len(names) else out
+
+    def remap(t: np.ndarray) -> np.ndarray:
+        if t.ndim == 4:
+            out = np.full((len(names), *t.shape[1:]), IGNORE_INDEX, dtype=t.dtype)
+            for k, n in enumerate(names):
+                if n in src:
+                    out[k] = t[src[n] - 1]
+            return out
+        out = np.zeros_like(t)
+        for k, n in enumerate(names):
+            if n in src:
+                out[t == src[n]] = k + 1
+        for n, v in src.items():
+            if n not in names:
+                out[t == v] = IGNORE_INDEX
+        out[t == IGNORE_INDEX] = IGNORE_INDEX
+        return out
+
+    def widened(ref: CaseRef) -> CaseRef:
+        def load() -> Case:
+            c = ref.load()
+            return Case(c.case_id, c.group, c.image, remap(c.target), annotated(c.annotated))
+
+        return CaseRef(ref.case_id, ref.group, load, annotated(ref.annotated))
+
+    return SegDataset(ds.root, ds.layout, list(names), [widened(c) for c in ds.cases], ds.multilabel, ds.extra)

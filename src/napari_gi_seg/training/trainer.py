@@ -345,11 +345,11 @@ class Trainer:
         first = self.resume_skip if epoch == self.start_epoch else 0  # a partial epoch resumed at its next step
         done = first
         for step in range(first, self.steps_per_epoch):
-            x, y = next(it)
+            x, y, *u = next(it)  # u: the classes a sample does not annotate (partial labels; training.data)
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             with torch.autocast(device_type=self.device.type, enabled=self.device.type == "cuda"):
                 logits = self.model(x)
-            loss = segmentation_loss(logits.float(), y, self.ds.multilabel)
+            loss = segmentation_loss(logits.float(), y, self.ds.multilabel, u[0] if u else None)
             self.opt.zero_grad(set_to_none=True)
             lr = float(self.opt.param_groups[0]["lr"])  # the rate this step uses
             self.scaler.scale(loss).backward()
