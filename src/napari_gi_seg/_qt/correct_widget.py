@@ -41,6 +41,7 @@ from ..errors import NotFoundError
 from . import _context as C
 from ._sessions import SessionMixin, _flush_autosavers
 from .controller import controller_of, register_tool
+from .structures import new_structure_button
 
 AUTOSAVE_MS = 30_000
 SHORTCUTS = {
@@ -102,6 +103,7 @@ class CorrectWidget(SessionMixin, QWidget):
         tools = QFormLayout()
         tools.addRow("labels", self.labels_combo)
         tools.addRow("class", self.class_combo)
+        tools.addRow(new_structure_button(self))  # a structure the model does not know (TG-263 names)
         tools.addRow("from", row_from)
         tools.addRow("to", row_to)
         tools.addRow(self.interp_button)

@@ -26,6 +26,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ..curation.structures import rt_roi_names
 from ..paths import default_dataset_dir
 from . import _context as C
 from .controller import CaseController, case_for_labels, register_tool
@@ -253,7 +254,7 @@ class ExportWidget(QWidget):
                 Path(path) if str(path).lower().endswith(".dcm") else Path(f"{path}.dcm"),
                 np.asarray(ctx.labels_layer.data),
                 image,
-                ctx.foreground_names,
+                rt_roi_names(ctx.foreground_names),  # TG-263 ROI names for the planning system
                 colours=ctx.colours,
                 model_key=ctx.model_key,
                 generation="SEMIAUTOMATIC",

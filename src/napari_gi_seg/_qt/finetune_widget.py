@@ -48,6 +48,7 @@ from . import _context as C
 from ._curves import TrainingCurves
 from ._progress import NapariProgress
 from .controller import register_tool
+from .structures import new_structures_label
 
 
 def finetune_command(
@@ -200,6 +201,7 @@ class FinetuneWidget(QWidget):
         form = QFormLayout()
         form.addRow("dataset", row)
         form.addRow("base model", self.base_combo)
+        form.addRow(new_structures_label(self))  # structures the dataset adds to the base
         form.addRow("new name", self.name_edit)
         form.addRow("epochs", self.epochs_spin)
         form.addRow("device", self.device_combo)
