@@ -390,5 +390,6 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         if res.registered:
             print(f"registered {res.spec.key} (parent {res.spec.parent})  ({res.entry.folder})")
         else:
-            print(f"not registered; the candidate is kept in the run folder {res.work_dir}")
+            why = f": {res.reason}" if res.reason else ""
+            print(f"not registered{why}; the candidate is kept in the run folder {res.work_dir}")
     return 0

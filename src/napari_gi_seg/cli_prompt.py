@@ -90,7 +90,7 @@ def run_prompts(volume, objects: list[dict], model=None, source: str = "prompts"
         mask = session.propagate(max_slices=o.get("max_slices")) if o.get("propagate") else session.mask
         out[mask & (out == 0)] = o["label"]
         log.info(
-            "object %d (%s): %d voxels on %d slices", i, o.get("name", o["label"]), mask.sum(), mask.any((1, 2)).sum()
+            "object %s (%s): %s voxels on %s slices", i, o.get("name", o["label"]), mask.sum(), mask.any((1, 2)).sum()
         )
     return out
 

@@ -21,7 +21,7 @@ def python_blocks(text: str) -> list[str]:
 
 
 def test_the_snippet_runs_and_exports_a_dataset(tmp_path, monkeypatch, chaos_image_path, tiny_key):
-    (snippet,) = python_blocks(GUIDE.read_text())
+    (snippet,) = [b for b in python_blocks(GUIDE.read_text()) if "export_case(" in b]  # the correction loop
     assert '"image_1.nii.gz"' in snippet and 'load_model("chaos-t2spir")' in snippet
     code = snippet.replace('"image_1.nii.gz"', repr(str(chaos_image_path))).replace(
         'load_model("chaos-t2spir")', f"load_model({tiny_key!r})"

@@ -269,7 +269,7 @@ def test_sigterm_during_finetune_cli_finishes_the_epoch_and_resume_completes(
     args += ["--max-steps-per-epoch", "2", "--batch-size", "4", "--device", "cpu", "--register-if-worse"]
     assert cli.main(args) == 0
     out = capsys.readouterr().out
-    assert "not registered: stopped after 1 epoch(s)" in out
+    assert "not registered: stopped after 1 epoch(s)" in out, out
     assert [e for e in registry.list_models() if e.name == "ft-sig"] == []
     (work,) = [p for p in _runs_root().iterdir() if p.name.startswith("ft-sig-")]
     log = (work / "train.log").read_text()
