@@ -21,6 +21,7 @@ import threading
 from collections.abc import Callable, Iterator
 
 from ._cli_types import SEED_MAX, float_above, fraction, int_at_least
+from .constants import DEVICES
 from .models.spec import ARCHITECTURES, DEFAULT_ARCH, INPUT_SIZE_RANGE, MAX_CONTEXT, MAX_CONTEXT_OFFSET
 
 log = logging.getLogger("napari_gi_seg.cli")
@@ -139,7 +140,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--fold", type=int_at_least(0), default=0, help="validation fold, >= 0")
     p.add_argument("--seed", type=int_at_least(0, SEED_MAX), default=0)
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument("--device", default="auto", choices=DEVICES)
     p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
     p.add_argument(
         "--patience",
@@ -283,7 +284,7 @@ def _add_finetune_args(p: argparse.ArgumentParser) -> None:
         help="share of patients held back, in (0, 1) (a single patient: share of its labelled slices)",
     )
     p.add_argument("--batch-size", type=int_at_least(1), default=8, help="slices per step, >= 1 (default 8)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument("--device", default="auto", choices=DEVICES)
     p.add_argument(
         "--max-minutes",
         type=float_above(0),

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from ._cli_errors import run_guarded
 from ._cli_training import _add_finetune_args, _add_train_args, cmd_finetune, cmd_train
 from ._cli_types import int_at_least
+from .constants import DEVICES
 
 log = logging.getLogger("napari_gi_seg.cli")
 
@@ -174,7 +175,7 @@ def _add_evaluate_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--cases", type=_names, default=None, help="only these case or patient ids, comma-separated")
     p.add_argument("--tta", action="store_true", help="left-right flip test-time augmentation")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument("--device", default="auto", choices=DEVICES)
     p.add_argument("--batch-size", type=int_at_least(1), default=8, help="slices per forward pass, >= 1 (default 8)")
 
 
@@ -227,7 +228,7 @@ def _add_demo_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--out", default="demo-output", help="output folder of the headless run (default ./demo-output)")
     p.add_argument("--model", default=None, help="registered model NAME or NAME:VERSION (default: the default model)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument("--device", default="auto", choices=DEVICES)
     p.add_argument("--tta", action="store_true", help="left-right flip test-time augmentation")
 
 

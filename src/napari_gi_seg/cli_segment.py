@@ -15,6 +15,7 @@ import sys
 
 from ._cli_errors import CLIError
 from ._cli_types import int_at_least
+from .constants import DEVICES
 
 
 def _slice_range(s: str) -> tuple[int | None, int | None]:
@@ -70,7 +71,7 @@ def add_segment_args(p: argparse.ArgumentParser) -> None:
         default=None,
         help="registered model NAME or NAME:VERSION (default: the bundled default model, newest version)",
     )
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument("--device", default="auto", choices=DEVICES)
     p.add_argument("--batch-size", type=int_at_least(1), default=8, help="slices per forward pass, >= 1 (default 8)")
     p.add_argument(
         "--tta", action="store_true", help="average with a left-right flipped pass (left/right classes swapped back)"
