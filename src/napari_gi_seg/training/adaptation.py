@@ -13,7 +13,10 @@ Recipe (measured in ``benchmarks/patient_adaptation.py``, docs/benchmarks.md): t
 trainer's 2.5D sample pipeline (:class:`~napari_gi_seg.training.trainer.SliceDataset`:
 the spec's normalisation, context offsets and input size) and loss
 (:func:`~napari_gi_seg.training.trainer.segmentation_loss`: Dice + cross-entropy or
-Dice + BCE, ignore label excluded), AdamW with a short warm-up and cosine decay, and an
+Dice + BCE, ignore label excluded) and optimisation step
+(:func:`~napari_gi_seg.training.step.optimisation_step`: AMP on CUDA), AdamW on the
+trainer's one-cycle schedule (:func:`~napari_gi_seg.training.schedule.one_cycle`:
+warm-up over the first 10 % of the steps, then cosine decay to 1 % of the peak), and an
 augmentation for few slices (:class:`FewSliceAugment`): every step draws a batch of
 random augmented copies of the corrected slices (with replacement), so 5 slices make
 a batch of 8 distinct samples. BatchNorm statistics are updated, which also adapts
@@ -29,7 +32,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -47,7 +49,8 @@ from ..models.spec import ModelSpec
 from ..progress import CancelCallback, ProgressCallback, emit
 from .augment import FewSliceAugment
 from .data import SliceDataset
-from .losses import segmentation_loss
+from .schedule import one_cycle
+from .step import grad_scaler, optimisation_step
 
 log = logging.getLogger(__name__)
 
@@ -245,8 +248,8 @@ def adapt_to_scan(
     spec, net:
         The base model; ``net`` is deep-copied and never modified.
     steps
-        Optimiser steps (AdamW, linear warm-up over the first 10 %, then cosine decay
-        to 1 % of ``lr``).
+        Optimiser steps (AdamW on :func:`~napari_gi_seg.training.schedule.one_cycle`:
+        warm-up from ``lr / 10`` over the first 10 %, then cosine decay to ``lr / 100``).
     batch_size
         Samples per step, drawn with replacement from the corrected slices (each
         augmented independently).
@@ -308,15 +311,9 @@ def adapt_to_scan(
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    warm = max(1, int(round(0.1 * steps)))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt,
-        lambda s: (
-            (s + 1) / warm
-            if s < warm
-            else 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, steps - warm)))
-        ),
-    )
+    sched = one_cycle(opt, lr, steps, pct_start=0.1, final_div_factor=10.0)  # lr/10 -> lr -> lr/100
+    scaler = grad_scaler(dev)
+    multilabel = spec.activation == "sigmoid"
     losses: list[float] = []
     cancelled = False
     t_train = time.perf_counter()
@@ -330,12 +327,8 @@ def adapt_to_scan(
         idx = torch.randint(len(ds), (batch_size,), generator=gen).tolist()
         xs, ys = zip(*(ds[i] for i in idx))
         x, y = torch.stack(xs).to(dev), torch.stack(ys).to(dev)
-        loss = segmentation_loss(model(x).float(), y, spec.activation == "sigmoid")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        losses.append(float(loss.detach()))
+        loss, _ = optimisation_step(model, x, y, opt, sched, scaler, multilabel=multilabel)
+        losses.append(loss)
         emit(progress, "step", step + 1, steps, "adapting to this scan", loss=losses[-1])
     model.eval()
 

@@ -7,6 +7,8 @@ The one-cycle schedule (Smith & Topin 2019, "Super-convergence"; the cosine form
 runs it over a known number of steps; :class:`BudgetOneCycle` runs it over a
 wall-clock budget, so a run given N minutes completes one whole cycle in N minutes
 however fast the machine steps (``train --budget-minutes``, the peer benchmark).
+:func:`one_cycle` builds the step-count schedule used by the trainer and by patient
+adaptation (:mod:`napari_gi_seg.training.adaptation`).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import torch
 
 from ..errors import InputError
 
-__all__ = ["one_cycle_lr", "BudgetOneCycle"]
+__all__ = ["one_cycle_lr", "one_cycle", "BudgetOneCycle"]
 
 
 def one_cycle_lr(
@@ -35,6 +37,46 @@ def one_cycle_lr(
     if frac < pct_start:
         return cos(lo, hi, frac / pct_start)
     return cos(hi, end, (frac - pct_start) / (1 - pct_start))
+
+
+def one_cycle(
+    optimizer: torch.optim.Optimizer,
+    max_lr: float,
+    total_steps: int,
+    pct_start: float = 0.1,
+    div_factor: float = 10.0,
+    final_div_factor: float = 100.0,
+) -> torch.optim.lr_scheduler.OneCycleLR:
+    """The cosine one-cycle schedule over ``total_steps`` optimiser steps.
+
+    ``torch.optim.lr_scheduler.OneCycleLR(anneal_strategy="cos")`` (momentum cycled as
+    there): from ``max_lr / div_factor`` up to ``max_lr`` over the first ``pct_start``
+    of the steps, then down to ``max_lr / div_factor / final_div_factor``
+    (:func:`one_cycle_lr` gives the same curve).
+
+    Parameters
+    ----------
+    optimizer : torch.optim.Optimizer
+    max_lr : float
+        Peak learning rate.
+    total_steps : int
+        Optimiser steps of the whole cycle (at least 1); ``step()`` may be called that
+        many times.
+    pct_start, div_factor, final_div_factor : float
+        As ``OneCycleLR``.
+
+    Returns
+    -------
+    torch.optim.lr_scheduler.OneCycleLR
+    """
+    return torch.optim.lr_scheduler.OneCycleLR(
+        optimizer,
+        max_lr=max_lr,
+        total_steps=max(1, int(total_steps)),
+        pct_start=pct_start,
+        div_factor=div_factor,
+        final_div_factor=final_div_factor,
+    )
 
 
 class BudgetOneCycle:

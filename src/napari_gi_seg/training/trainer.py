@@ -60,7 +60,8 @@ from .losses import segmentation_loss
 from .manifest import LOG_FILE, environment, write_manifest
 from .runs import dist_info as _dist_info
 from .runs import public_config, work_dir_for
-from .schedule import BudgetOneCycle
+from .schedule import BudgetOneCycle, one_cycle
+from .step import grad_scaler, optimisation_step
 from .stopping import StopControl
 from .validation import metrics_record, validate
 
@@ -288,10 +289,8 @@ class Trainer:
         if cfg.budget_minutes:  # one whole cycle in the wall-clock budget (training.schedule)
             self.sched = BudgetOneCycle(self.opt, cfg.lr, cfg.budget_minutes * 60.0, total, pct_start=pct)
         else:
-            self.sched = torch.optim.lr_scheduler.OneCycleLR(
-                self.opt, max_lr=cfg.lr, total_steps=total, pct_start=pct, div_factor=10.0, final_div_factor=100.0
-            )
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.device.type == "cuda")
+            self.sched = one_cycle(self.opt, cfg.lr, total, pct_start=pct)
+        self.scaler = grad_scaler(self.device)
 
     @property
     def checkpoint_path(self) -> Path:
@@ -347,18 +346,19 @@ class Trainer:
         for step in range(first, self.steps_per_epoch):
             x, y, *u = next(it)  # u: the classes a sample does not annotate (partial labels; training.data)
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-            with torch.autocast(device_type=self.device.type, enabled=self.device.type == "cuda"):
-                logits = self.model(x)
-            loss = segmentation_loss(logits.float(), y, self.ds.multilabel, u[0] if u else None)
-            self.opt.zero_grad(set_to_none=True)
-            lr = float(self.opt.param_groups[0]["lr"])  # the rate this step uses
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.opt)
-            self.scaler.update()
-            self.sched.step()
+            loss, lr = optimisation_step(
+                self.model,
+                x,
+                y,
+                self.opt,
+                self.sched,
+                self.scaler,
+                multilabel=self.ds.multilabel,
+                not_annotated=u[0] if u else None,
+            )
             self.global_step += 1
             done = step + 1
-            losses.append(float(loss.detach()))
+            losses.append(loss)
             emit(
                 self.progress,
                 "step",
