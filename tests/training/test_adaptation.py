@@ -28,6 +28,9 @@ from napari_gi_seg.training.adaptation import (
 
 #: the centres of 5 equal bins over patient 1's organ-bearing slices (benchmarks/patient_adaptation.py)
 USED = [14, 19, 24, 28, 33]
+#: optimiser steps of the gain test: 12 gives +0.042 on the other slices, as 20 (+0.041) and the default 40
+#: (+0.041) do (one-cycle schedule; docs/benchmarks.md), at a third of the time of 40
+STEPS = 12
 
 
 @pytest.fixture(scope="module")
@@ -64,13 +67,13 @@ def test_adapting_on_five_corrected_slices_improves_the_other_slices(patient1, b
     others = [z for z in range(image.shape[0]) if z not in USED]
     noisy[others] = np.random.default_rng(0).integers(0, 5, noisy[others].shape, dtype=np.uint8)
     events = []
-    res = adapt_to_scan(image, noisy, USED, spec, net, device="cpu", progress=events.append)
+    res = adapt_to_scan(image, noisy, USED, spec, net, steps=STEPS, device="cpu", progress=events.append)
     after = resegment_except(image, current, USED, res.spec, res.net, device="cpu")
 
     gain = _mean_dice_other(after.labels, truth, USED, spec) - _mean_dice_other(before, truth, USED, spec)
     assert gain > 0.02, gain  # measured +0.042 (docs/benchmarks.md)
     assert res.dice_after > res.dice_before  # on the corrected slices themselves
-    assert res.steps == 40 and not res.cancelled and len(res.losses) == 40
+    assert res.steps == STEPS and not res.cancelled and len(res.losses) == STEPS
     assert res.slices == USED and after.slices == others
     np.testing.assert_array_equal(after.labels[USED], truth[USED])  # corrected slices untouched
     # the base model is unchanged (a copy was tuned)
@@ -78,7 +81,8 @@ def test_adapting_on_five_corrected_slices_improves_the_other_slices(patient1, b
         assert torch.equal(v, base_sd[k]), k
     assert res.spec.parent == "chaos-t2spir:1" and res.spec.name == "chaos-t2spir-adapted"
     assert res.spec.metrics["adaptation"]["slices"] == USED
-    assert [e.done for e in events if e.stage == "step"] == list(range(1, 41))
+    assert [e.done for e in events if e.stage == "step"] == list(range(1, STEPS + 1))
+    assert all(e.total == STEPS and np.isfinite(e.metrics["loss"]) for e in events if e.stage == "step")
     assert events[-1].stage == "done" and events[-1].metrics["dice_after"] == res.dice_after
 
 
