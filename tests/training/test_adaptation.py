@@ -20,6 +20,7 @@ from napari_gi_seg.evaluation.metrics import dice_per_class
 from napari_gi_seg.io import read_image, read_labels
 from napari_gi_seg.models import registry
 from napari_gi_seg.training.adaptation import (
+    DEFAULT_LR,
     adapt_to_scan,
     corrected_target,
     parse_slices,
@@ -83,6 +84,11 @@ def test_adapting_on_five_corrected_slices_improves_the_other_slices(patient1, b
     assert res.spec.metrics["adaptation"]["slices"] == USED
     assert [e.done for e in events if e.stage == "step"] == list(range(1, STEPS + 1))
     assert all(e.total == STEPS and np.isfinite(e.metrics["loss"]) for e in events if e.stage == "step")
+    # the trainer's one-cycle schedule: from lr/10 up to the peak, then down to lr/100 at the last step
+    lrs = [e.metrics["lr"] for e in events if e.stage == "step"]
+    assert lrs[0] == pytest.approx(DEFAULT_LR / 10) and lrs[-1] == pytest.approx(DEFAULT_LR / 100)
+    peak = int(np.argmax(lrs))
+    assert lrs[peak] > 0.9 * DEFAULT_LR and all(a > b for a, b in zip(lrs[peak:], lrs[peak + 1 :]))
     assert events[-1].stage == "done" and events[-1].metrics["dice_after"] == res.dice_after
 
 

@@ -268,7 +268,7 @@ def adapt_to_scan(
         kept).
     progress
         ``progress(event)`` (:mod:`napari_gi_seg.progress`): a ``"step"`` event after each
-        optimiser step (``metrics={"loss": float}``) and a ``"done"`` event at the end
+        optimiser step (``metrics={"loss": float, "lr": the rate the step used}``) and a ``"done"`` event at the end
         (``metrics``: Dice before/after on the corrected slices, steps, seconds).
     cancel
         Polled before each step; True stops (``cancelled=True``, weights kept).
@@ -327,9 +327,9 @@ def adapt_to_scan(
         idx = torch.randint(len(ds), (batch_size,), generator=gen).tolist()
         xs, ys = zip(*(ds[i] for i in idx))
         x, y = torch.stack(xs).to(dev), torch.stack(ys).to(dev)
-        loss, _ = optimisation_step(model, x, y, opt, sched, scaler, multilabel=multilabel)
+        loss, step_lr = optimisation_step(model, x, y, opt, sched, scaler, multilabel=multilabel)
         losses.append(loss)
-        emit(progress, "step", step + 1, steps, "adapting to this scan", loss=losses[-1])
+        emit(progress, "step", step + 1, steps, "adapting to this scan", loss=loss, lr=step_lr)
     model.eval()
 
     after_lab = segment_volume(image, spec, model, slices=zs, device=dev, postprocess=False, precision="fp32").labels
