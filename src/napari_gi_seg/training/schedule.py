@@ -68,11 +68,20 @@ def one_cycle(
     Returns
     -------
     torch.optim.lr_scheduler.OneCycleLR
+
+    Notes
+    -----
+    Torch ends the warm-up at step ``pct_start * total_steps - 1``; where that is exactly
+    0 (10 steps at 10 %, 50 at 2 %) its first phase divides by zero, so ``pct_start`` is
+    then raised by one part in a million (the curve is unchanged at every step).
     """
+    total = max(1, int(total_steps))
+    if float(pct_start * total) - 1 == 0:
+        pct_start *= 1 + 1e-6
     return torch.optim.lr_scheduler.OneCycleLR(
         optimizer,
         max_lr=max_lr,
-        total_steps=max(1, int(total_steps)),
+        total_steps=total,
         pct_start=pct_start,
         div_factor=div_factor,
         final_div_factor=final_div_factor,
