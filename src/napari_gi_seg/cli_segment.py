@@ -15,7 +15,7 @@ import sys
 
 from ._cli_errors import CLIError
 from ._cli_types import int_at_least
-from .constants import DEVICES
+from .constants import DEVICES, PRECISIONS
 
 
 def _slice_range(s: str) -> tuple[int | None, int | None]:
@@ -86,7 +86,7 @@ def add_segment_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--precision",
         default="auto",
-        choices=["auto", "fp32", "bf16", "fp16"],
+        choices=PRECISIONS,
         help="number type of the forward pass (default auto: fp16 on CUDA, bf16 on CPUs with native "
         "bfloat16, else fp32)",
     )

@@ -3,7 +3,8 @@
 Devices
     :data:`DEVICES` are the ``--device`` choices of every subcommand and the device
     lists of the dock widgets; ``"auto"`` picks CUDA, then MPS, then the CPU
-    (:func:`napari_gi_seg.engine.inference.resolve_device`).
+    (:func:`napari_gi_seg.engine.inference.resolve_device`). :data:`PRECISIONS` are the
+    inference precisions (``segment --precision``).
 
 Environment switches
     ``NAPARI_GI_SEG_HOME`` (:data:`HOME_ENV`) moves the user folder (models,
@@ -20,6 +21,8 @@ import os
 
 #: ``--device`` choices and the widgets' device lists.
 DEVICES = ("auto", "cpu", "cuda", "mps")
+#: ``--precision`` choices of inference (:func:`napari_gi_seg.engine.inference.autocast_dtype`).
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 HOME_ENV = "NAPARI_GI_SEG_HOME"
 DATA_ENV = "NAPARI_GI_SEG_DATA"

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ..constants import PRECISIONS
 from ..errors import InputError, OutOfRangeError
 from ..io.volume import Volume
 from ..models.spec import ModelSpec
@@ -103,9 +104,6 @@ def probabilities_to_labels(probs: torch.Tensor, spec: ModelSpec, threshold: flo
     for c in spec.classes:
         out[probs[:, c.index - 1] > threshold] = c.index
     return out
-
-
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 def cpu_has_native_bf16() -> bool:
