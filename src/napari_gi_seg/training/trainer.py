@@ -56,7 +56,7 @@ from ..progress import CancelCallback, ProgressCallback, emit
 from .checkpoint import CHECKPOINT_FILE, restore, save_checkpoint, write_history_csv
 from .config import TrainConfig, TrainResult, finetune_spec, make_spec
 from .data import SliceDataset, seed_worker
-from .losses import segmentation_loss
+from .losses import gate_loss, segmentation_loss
 from .manifest import LOG_FILE, environment, write_manifest
 from .runs import dist_info as _dist_info
 from .runs import public_config, work_dir_for
@@ -348,8 +348,11 @@ class Trainer:
             x, y, *u = next(it)  # u: the classes a sample does not annotate (partial labels; training.data)
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             with torch.autocast(device_type=self.device.type, enabled=self.device.type == "cuda"):
-                logits = self.model(x)
+                out = self.model(x, with_gate=True) if self.spec.gate else self.model(x)
+            logits, g = out if self.spec.gate else (out, None)
             loss = segmentation_loss(logits.float(), y, self.ds.multilabel, u[0] if u else None)
+            if g is not None:  # two-stage empty-slice gating: + BCE on "slice holds any class"
+                loss = loss + gate_loss(g, y, self.ds.multilabel)
             self.opt.zero_grad(set_to_none=True)
             lr = float(self.opt.param_groups[0]["lr"])  # the rate this step uses
             self.scaler.scale(loss).backward()
