@@ -142,8 +142,10 @@ class InceptionUnet(nn.Module):
 class SliceGate(nn.Module):
     """A tiny slice classifier: logit of "this slice holds any foreground class".
 
-    Four stride-2 3x3 convolutions (16-32-64-64 channels, batch norm, ReLU) on the
-    network's own 2.5D input, global average pooling, one linear unit:
+    Four stride-2 3x3 convolutions (16-32-64-64 channels, group norm of 8 groups
+    (Wu & He 2018: no running statistics, so training and inference see the same
+    normalisation however few slices a batch holds), ReLU) on the network's own 2.5D
+    input, global average and max pooling concatenated, one linear unit:
     ``(N, C, H, W) -> (N,)``. Separate from the segmenter, so it gates any network
     (the two-stage classifier-then-segmenter of the UW-Madison GI tract winners)."""
 
@@ -151,13 +153,14 @@ class SliceGate(nn.Module):
         super().__init__()
         layers, c = [], in_channels
         for w in widths:
-            layers += [nn.Conv2d(c, w, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU(True)]
+            layers += [nn.Conv2d(c, w, 3, stride=2, padding=1, bias=False), nn.GroupNorm(8, w), nn.ReLU(True)]
             c = w
-        self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.fc = nn.Linear(c, 1)
+        self.features = nn.Sequential(*layers)
+        self.fc = nn.Linear(2 * c, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.features(x))[:, 0]
+        f = self.features(x)
+        return self.fc(torch.cat([f.mean((-2, -1)), f.amax((-2, -1))], 1))[:, 0]
 
 
 class GatedNetwork(nn.Module):
