@@ -112,3 +112,29 @@ def test_gate_empties_organless_slices_in_the_engine():
     ungated = ModelSpec.from_dict({**spec.to_dict(), "gate": {}})
     plain = segment_volume(test, ungated, net, device="cpu", precision="fp32", postprocess=False).labels
     assert (plain == 1).all()
+
+
+def test_trainer_fits_the_gate_with_the_segmentation_loss(chaos3, monkeypatch):
+    """A gated spec trains its gate: the trainer adds the gate's BCE on real CHAOS
+    slices (targets from the labels) and the registered model is gated."""
+    from napari_gi_seg.training import trainer as trainer_mod
+    from napari_gi_seg.training.trainer import TrainConfig, Trainer
+
+    seen = []
+
+    def spy(g, y, multilabel):
+        seen.append((tuple(g.shape), slice_presence(y, multilabel).tolist()))
+        return gate_loss(g, y, multilabel)
+
+    monkeypatch.setattr(trainer_mod, "gate_loss", spy)
+    cfg = TrainConfig(
+        dataset=str(chaos3), name="gated", size=64, epochs=1, batch_size=8, max_steps_per_epoch=2, augment=False,
+        arch="Unet", encoder="mobilenet_v2", val_fraction=0.0, device="cpu", gate_threshold=0.3,
+    )  # fmt: skip
+    res = Trainer(cfg).fit()
+    assert [s for s, _ in seen] == [(8,), (8,)]
+    assert all(set(p) <= {0.0, 1.0} for _, p in seen)
+    grad = res.model.gate.fc.weight.grad
+    assert grad is not None and float(grad.abs().sum()) > 0  # the gate loss reached the gate
+    spec, net = registry.load_model(res.spec.key)
+    assert spec.gate == {"threshold": 0.3} and isinstance(net, GatedNetwork)
