@@ -104,7 +104,9 @@ def run_fold(
     t = Trainer(cfg, init=_init(base))
     t0 = time.time()
     res = t.fit()
+    gate_effect = gate_on_off(res.spec, res.model, t.val_cases) if res.spec.gate and not final else None
     return {
+        "gate_effect": gate_effect,
         "base": base,
         "arch": res.spec.architecture,
         "encoder": res.spec.encoder,
@@ -123,6 +125,33 @@ def run_fold(
         "frame": res.spec.to_dict()["frame"],
         "per_case": {k: {c: float(v[c]) for c in CLASSES} for k, v in res.best_metrics.get("per_case", {}).items()},
     }
+
+
+def gate_on_off(spec, net, cases) -> dict:
+    """The gate's effect on the same weights: per series, Dice per organ without the
+    gate (``per_case_ungated``), and over all slices of the held-out series: slices the
+    gate emptied that the ungated network had painted, split by whether the reference
+    holds an organ there (``emptied_organ`` = slices lost, ``emptied_empty`` = false
+    positives removed), and the reference's organ / organ-less slice counts."""
+    from napari_gi_seg.engine.inference import segment_volume
+    from napari_gi_seg.evaluation.metrics import dice_per_class
+    from napari_gi_seg.models.spec import ModelSpec
+
+    plain = ModelSpec.from_dict({**spec.to_dict(), "gate": {}})
+    out = {"per_case_ungated": {}, "emptied_organ": 0, "emptied_empty": 0, "organ_slices": 0, "empty_slices": 0}
+    for c in cases:
+        ref = c.target
+        has = ((ref > 0) & (ref < 255)).reshape(len(ref), -1).any(1)
+        lg = segment_volume(c.image, spec, net, device="cpu").labels
+        lp = segment_volume(c.image, plain, net, device="cpu").labels
+        d = dice_per_class(lp, ref, [k.index for k in spec.classes])
+        out["per_case_ungated"][c.case_id] = {k.name: float(d[k.index]) for k in spec.classes}
+        emptied = (lp.reshape(len(lp), -1) > 0).any(1) & ~(lg.reshape(len(lg), -1) > 0).any(1)
+        out["emptied_organ"] += int((emptied & has).sum())
+        out["emptied_empty"] += int((emptied & ~has).sum())
+        out["organ_slices"] += int(has.sum())
+        out["empty_slices"] += int((~has).sum())
+    return out
 
 
 def run_baseline(root: Path, model: str, patients: list[str]) -> dict:
