@@ -122,7 +122,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--gate",
-        type=float_above(0),
+        type=fraction(),
         default=None,
         metavar="T",
         help="two-stage empty-slice gating: add a slice classifier; slices it scores below T (0 < T < 1) come out empty",
