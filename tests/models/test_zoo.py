@@ -138,3 +138,14 @@ def test_trainer_fits_the_gate_with_the_segmentation_loss(chaos3, monkeypatch):
     assert grad is not None and float(grad.abs().sum()) > 0  # the gate loss reached the gate
     spec, net = registry.load_model(res.spec.key)
     assert spec.gate == {"threshold": 0.3} and isinstance(net, GatedNetwork)
+
+
+def test_gated_weights_are_the_segmenter_and_the_gate_only():
+    spec = ModelSpec(
+        name="g", architecture="torchvision.FCN", encoder="resnet50", classes=CLASSES, gate={"threshold": 0.5}
+    )
+    net = build_network(spec)
+    prefixes = {k.split(".", 1)[0] for k in net.state_dict()}
+    assert prefixes == {"seg", "gate"}  # the encoder is reached through a property, not stored twice
+    assert net.encoder is net.seg.net.backbone
+    assert not hasattr(GatedNetwork(_AlwaysLiver(), 3), "encoder")

@@ -32,7 +32,11 @@ class TorchvisionFCN(nn.Module):
         net = fcn_resnet50(weights=None, weights_backbone=None, num_classes=classes, aux_loss=False)
         net.backbone.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
         self.net = net
-        self.encoder = net.backbone  # for --freeze-encoder
+
+    @property
+    def encoder(self) -> nn.Module:
+        """The ResNet-50 backbone (``--freeze-encoder``); not a second state-dict entry."""
+        return self.net.backbone
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)["out"]
@@ -175,8 +179,14 @@ class GatedNetwork(nn.Module):
         super().__init__()
         self.seg = seg
         self.gate = SliceGate(in_channels)
-        if hasattr(seg, "encoder"):
-            self.encoder = seg.encoder  # for --freeze-encoder
+
+    @property
+    def encoder(self) -> nn.Module:
+        """The segmenter's encoder (``--freeze-encoder``); ``AttributeError`` when it has none."""
+        enc = getattr(self.seg, "encoder", None)
+        if enc is None:
+            raise AttributeError(f"{type(self.seg).__name__} has no encoder")
+        return enc
 
     def forward(self, x: torch.Tensor, with_gate: bool = False):
         logits = self.seg(x)
