@@ -18,6 +18,10 @@ after every fold (a partial run keeps what it did)::
         --json runs/chaos-cv.json --baseline chaos-t2spir:2
     python benchmarks/chaos_cv.py --summarise runs/chaos-cv.json
 
+``--arch ARCH [--encoder E] [--gate T]`` trains another network of the spec
+(:data:`napari_gi_seg.models.spec.ARCHITECTURES`) or adds the empty-slice gate: the
+side-by-side of docs/benchmarks.md runs each at the same ``--minutes``.
+
 Run by hand (not in CI): about ``folds x (minutes + 2)`` minutes on one thread.
 """
 
@@ -63,6 +67,9 @@ def run_fold(
     lr: float = 2e-3,
     name: str = "chaos-cv",
     description: str = "",
+    arch: str = "monai.UNet",
+    encoder: str | None = "16-256-res2-batch",
+    gate: float | None = None,
 ) -> dict:
     """Train fold ``fold`` (``fold < 0``: every patient, registered as ``name``) and score
     its held-out series; returns the fold's record. ``base``: start from that registered
@@ -76,8 +83,9 @@ def run_fold(
         lr=lr,
         description=description,
         class_names=list(CLASSES),
-        arch="monai.UNet",
-        encoder="16-256-res2-batch",
+        arch=arch,
+        encoder=encoder,
+        gate_threshold=gate,
         size=size,
         epochs=100000,
         budget_minutes=minutes,
@@ -96,8 +104,13 @@ def run_fold(
     t = Trainer(cfg, init=_init(base))
     t0 = time.time()
     res = t.fit()
+    gate_effect = gate_on_off(res.spec, res.model, t.val_cases) if res.spec.gate and not final else None
     return {
+        "gate_effect": gate_effect,
         "base": base,
+        "arch": res.spec.architecture,
+        "encoder": res.spec.encoder,
+        "gate": res.spec.gate,
         "lr": lr,
         "registered": res.spec.key if res.entry is not None else None,
         "fold": fold,
@@ -112,6 +125,33 @@ def run_fold(
         "frame": res.spec.to_dict()["frame"],
         "per_case": {k: {c: float(v[c]) for c in CLASSES} for k, v in res.best_metrics.get("per_case", {}).items()},
     }
+
+
+def gate_on_off(spec, net, cases) -> dict:
+    """The gate's effect on the same weights: per series, Dice per organ without the
+    gate (``per_case_ungated``), and over all slices of the held-out series: slices the
+    gate emptied that the ungated network had painted, split by whether the reference
+    holds an organ there (``emptied_organ`` = slices lost, ``emptied_empty`` = false
+    positives removed), and the reference's organ / organ-less slice counts."""
+    from napari_gi_seg.engine.inference import segment_volume
+    from napari_gi_seg.evaluation.metrics import dice_per_class
+    from napari_gi_seg.models.spec import ModelSpec
+
+    plain = ModelSpec.from_dict({**spec.to_dict(), "gate": {}})
+    out = {"per_case_ungated": {}, "emptied_organ": 0, "emptied_empty": 0, "organ_slices": 0, "empty_slices": 0}
+    for c in cases:
+        ref = c.target
+        has = ((ref > 0) & (ref < 255)).reshape(len(ref), -1).any(1)
+        lg = segment_volume(c.image, spec, net, device="cpu").labels
+        lp = segment_volume(c.image, plain, net, device="cpu").labels
+        d = dice_per_class(lp, ref, [k.index for k in spec.classes])
+        out["per_case_ungated"][c.case_id] = {k.name: float(d[k.index]) for k in spec.classes}
+        emptied = (lp.reshape(len(lp), -1) > 0).any(1) & ~(lg.reshape(len(lg), -1) > 0).any(1)
+        out["emptied_organ"] += int((emptied & has).sum())
+        out["emptied_empty"] += int((emptied & ~has).sum())
+        out["organ_slices"] += int(has.sum())
+        out["empty_slices"] += int((~has).sum())
+    return out
 
 
 def run_baseline(root: Path, model: str, patients: list[str]) -> dict:
@@ -152,6 +192,14 @@ def markdown(summary: dict, title: str) -> str:
     return "\n".join(lines)
 
 
+def _net_args(a) -> dict:
+    """``arch``/``encoder``/``gate`` of :func:`run_fold` from the command line."""
+    from napari_gi_seg.training.config import default_encoder
+
+    enc = a.encoder or ("16-256-res2-batch" if a.arch == "monai.UNet" else default_encoder(a.arch))
+    return {"arch": a.arch, "encoder": enc, "gate": a.gate}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", default=str(Path(__file__).resolve().parents[1] / ".." / "shared/data/chaos_mr_dicom"))
@@ -166,6 +214,9 @@ def main(argv=None) -> int:
     p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate of the one-cycle schedule")
     p.add_argument("--final", default=None, metavar="NAME", help="train on every patient and register as NAME")
     p.add_argument("--description", default="")
+    p.add_argument("--arch", default="monai.UNet", help="network (models.spec.ARCHITECTURES)")
+    p.add_argument("--encoder", default=None, help="its encoder or preset (default: the bundled recipe's)")
+    p.add_argument("--gate", type=float, default=None, metavar="T", help="add the empty-slice gate, threshold T")
     p.add_argument("--summarise", default=None, help="print the tables of a results JSON and exit")
     a = p.parse_args(argv)
     if a.summarise:
@@ -173,6 +224,7 @@ def main(argv=None) -> int:
         cv = {k: v for f in out["folds"] for k, v in f["per_case"].items()}
         print(markdown(summarise(cv), "CV, contrast"))
         for f in out["folds"]:
+            print(f"{f.get('arch', 'monai.UNet')}/{f.get('encoder', '')} gate {f.get('gate') or '-'}", end="; ")
             print(f"fold {f['fold']}: {f['steps']} steps, {f['epochs']} epochs, {f['train_minutes']} min")
         if out.get("baseline"):
             print()
@@ -184,7 +236,18 @@ def main(argv=None) -> int:
     root, path = Path(a.data).resolve(), Path(a.json)
     work = Path(a.work) if a.work else path.parent / (path.stem + "-runs")
     if a.final:
-        rec = run_fold(root, -1, a.minutes, a.size, work, base=a.base, lr=a.lr, name=a.final, description=a.description)
+        rec = run_fold(
+            root,
+            -1,
+            a.minutes,
+            a.size,
+            work,
+            base=a.base,
+            lr=a.lr,
+            name=a.final,
+            description=a.description,
+            **_net_args(a),
+        )
         _save(path, {"final": rec})
         print(f"registered {rec['registered']}: {rec['steps']} steps, {rec['epochs']} epochs", flush=True)
         return 0
@@ -193,7 +256,7 @@ def main(argv=None) -> int:
     for fold in (int(f) for f in a.folds.split(",")):
         if fold in done:
             continue
-        rec = run_fold(root, fold, a.minutes, a.size, work, base=a.base, lr=a.lr)
+        rec = run_fold(root, fold, a.minutes, a.size, work, base=a.base, lr=a.lr, **_net_args(a))
         out["folds"].append(rec)
         _save(path, out)
         print(f"fold {fold}: {rec['steps']} steps; " + json.dumps(summarise(rec["per_case"])["all"]), flush=True)

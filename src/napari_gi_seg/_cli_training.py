@@ -114,12 +114,19 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
         "--arch",
         default=DEFAULT_ARCH,
         choices=list(ARCHITECTURES),
-        help=f"network: an smp architecture or a MONAI network (default {DEFAULT_ARCH}; see docs/training.md)",
+        help=f"network: an smp architecture, a MONAI network or a zoo network (default {DEFAULT_ARCH}; see docs/training.md)",
     )
     p.add_argument(
         "--encoder",
         default=None,
         help="smp encoder name, or the MONAI network's preset (default: mobilenet_v2 / the network's first preset)",
+    )
+    p.add_argument(
+        "--gate",
+        type=fraction(),
+        default=None,
+        metavar="T",
+        help="two-stage empty-slice gating: add a slice classifier; slices it scores below T (0 < T < 1) come out empty",
     )
     p.add_argument("--context", type=_offsets, default=(-1, 0, 1), help="2.5D slice offsets (default -1,0,1)")
     lo, hi = INPUT_SIZE_RANGE
@@ -222,6 +229,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         class_names=args.classes,
         arch=args.arch,
         encoder=args.encoder,
+        gate_threshold=args.gate,
         context=args.context,
         size=args.size,
         epochs=args.epochs,

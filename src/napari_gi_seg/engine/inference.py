@@ -140,6 +140,17 @@ def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype
     return None
 
 
+def _gated(net: torch.nn.Module, x: torch.Tensor, spec: ModelSpec) -> torch.Tensor:
+    """The network's float32 logits; with ``spec.gate`` the slices its gate finds
+    empty are emptied (:func:`~napari_gi_seg.models.zoo.apply_gate`)."""
+    if not spec.gate:
+        return net(x).float()
+    from ..models.zoo import apply_gate
+
+    logits, g = net(x, with_gate=True)
+    return apply_gate(logits.float(), g, float(spec.gate["threshold"]), spec.activation == "softmax")
+
+
 def _forward(
     net: torch.nn.Module, x: torch.Tensor, spec: ModelSpec, tta: bool, amp_dtype: torch.dtype | None = None
 ) -> torch.Tensor:
@@ -152,11 +163,11 @@ def _forward(
         else contextlib.nullcontext()
     )
     with ctx:
-        logits = net(x).float()
+        logits = _gated(net, x, spec)
         if tta:
             # Left-right flip (x axis of the model's frame). A flip turns the left kidney
             # into a right one, so the flipped prediction's channels are permuted back.
-            lf = net(torch.flip(x, dims=(-1,))).float()
+            lf = _gated(net, torch.flip(x, dims=(-1,)), spec)
     if tta:
         lf = torch.flip(lf, dims=(-1,))[:, spec.mirror_permutation()]
     act = (lambda t: torch.softmax(t, 1)) if spec.activation == "softmax" else torch.sigmoid

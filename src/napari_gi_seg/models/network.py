@@ -99,8 +99,10 @@ MONAI_PRESETS: dict[tuple[str, str], dict] = {
 
 
 def build_network(spec: ModelSpec) -> torch.nn.Module:
-    """An untrained network for ``spec``: smp (``encoder_weights=None``) or a MONAI
-    preset (:data:`MONAI_PRESETS`).
+    """An untrained network for ``spec``: smp (``encoder_weights=None``), a MONAI
+    preset (:data:`MONAI_PRESETS`) or a :mod:`~napari_gi_seg.models.zoo` network
+    (:data:`~napari_gi_seg.models.spec.ZOO_ARCHITECTURES`), wrapped in a
+    :class:`~napari_gi_seg.models.zoo.GatedNetwork` when ``spec.gate`` is set.
 
     Input ``(N, len(context_offsets), H, W)`` float32, output
     ``(N, spec.out_channels, H, W)`` logits. Weights come from our safetensors file
@@ -111,6 +113,23 @@ def build_network(spec: ModelSpec) -> torch.nn.Module:
     ValueError
         An architecture/preset pair this version does not know.
     """
+    net = _build_segmenter(spec)
+    if spec.gate:
+        from .zoo import GatedNetwork
+
+        net = GatedNetwork(net, spec.in_channels)
+    return net
+
+
+def _build_segmenter(spec: ModelSpec) -> torch.nn.Module:
+    from . import zoo
+
+    if spec.architecture == "torchvision.FCN":
+        return zoo.TorchvisionFCN(spec.in_channels, spec.out_channels)
+    if spec.architecture == "ResUnetPlusPlus":
+        return zoo.ResUnetPlusPlus(spec.encoder, spec.in_channels, spec.out_channels)
+    if spec.architecture == "InceptionUnet":
+        return zoo.InceptionUnet(spec.in_channels, spec.out_channels)
     if spec.architecture.startswith("monai."):
         from monai.networks import nets
 

@@ -24,7 +24,7 @@ CHAOS_FOV_MM = 320.0
 CHAOS_AXCODES = ("L", "A", "S")
 _AXIS_PAIRS = ({"L", "R"}, {"A", "P"}, {"S", "I"})
 #: segmentation-models-pytorch architectures (``encoder`` is an smp encoder name).
-SMP_ARCHITECTURES = ("Unet", "UnetPlusPlus", "DeepLabV3Plus", "FPN")
+SMP_ARCHITECTURES = ("Unet", "UnetPlusPlus", "DeepLabV3", "DeepLabV3Plus", "FPN")
 #: MONAI networks (``encoder`` names a preset: its constructor arguments are fixed in
 #: :data:`napari_gi_seg.models.network.MONAI_PRESETS`, so a spec file never carries
 #: free-form arguments). Input height and width must be multiples of 16 (4 poolings).
@@ -36,7 +36,16 @@ MONAI_ARCHITECTURES = {
     "monai.UNet": ("16-256-res2-batch", "16-256-res2", "16-256-res1-batch"),
     "monai.DynUNet": ("16-256-instance",),
 }
-ARCHITECTURES = SMP_ARCHITECTURES + tuple(MONAI_ARCHITECTURES)
+#: Networks built in :mod:`napari_gi_seg.models.zoo` from library parts and the blocks no
+#: library has, with the encoders (or presets) each accepts: torchvision's FCN-ResNet50
+#: (``"resnet50"``), smp U-Net++ on a ResNet with a bottleneck context block (any smp
+#: ``resnet*`` encoder), a U-Net of inception blocks (preset ``"16-256"``).
+ZOO_ARCHITECTURES = {
+    "torchvision.FCN": ("resnet50",),
+    "ResUnetPlusPlus": ("resnet18", "resnet34", "resnet50"),
+    "InceptionUnet": ("16-256",),
+}
+ARCHITECTURES = SMP_ARCHITECTURES + tuple(MONAI_ARCHITECTURES) + tuple(ZOO_ARCHITECTURES)
 #: The architecture ``train`` uses unless told otherwise (chosen by the peer table in
 #: docs/benchmarks.md, ``benchmarks/peer_training.py``).
 DEFAULT_ARCH = "monai.UNet"
@@ -282,6 +291,11 @@ class ModelSpec:
         by :func:`~napari_gi_seg.models.network.load_network` before the weights are
         used (a flipped byte is refused). ``""``: not recorded (specs written before
         it existed still load, unchecked).
+    gate
+        Two-stage empty-slice gating (:class:`~napari_gi_seg.models.zoo.GatedNetwork`):
+        ``{"threshold": t}`` with ``0 < t < 1`` adds a slice classifier to any network;
+        at inference the engine empties every slice whose probability of holding any
+        class is below ``t``. ``{}`` (the default): no gate.
     """
 
     name: str
@@ -308,6 +322,7 @@ class ModelSpec:
     kind: str = "semantic"
     prompt_channels: tuple[str, ...] = ()
     prompt_encoding: dict[str, Any] = field(default_factory=dict)
+    gate: dict[str, Any] = field(default_factory=dict)
     format_version: int = SPEC_FORMAT_VERSION
 
     def __post_init__(self) -> None:
@@ -377,6 +392,15 @@ class ModelSpec:
             )
         if not isinstance(self.encoder, str) or not _ENCODER_RE.match(self.encoder):
             raise InputError(f"encoder must be a segmentation-models-pytorch encoder name, got {self.encoder!r}")
+        zoo = ZOO_ARCHITECTURES.get(self.architecture)
+        if zoo is not None and self.encoder not in zoo:
+            raise InputError(f"encoder of a {self.architecture} spec must be one of {zoo}, got {self.encoder!r}")
+        if not isinstance(self.gate, dict) or set(self.gate) - {"threshold"}:
+            raise InputError(f"gate must be {{}} or {{'threshold': t}}, got {self.gate!r}")
+        if self.gate:
+            t = self.gate.get("threshold")
+            if not isinstance(t, (int, float)) or isinstance(t, bool) or not 0.0 < float(t) < 1.0:
+                raise InputError(f"gate threshold must be a number strictly between 0 and 1, got {t!r}")
         presets = MONAI_ARCHITECTURES.get(self.architecture)
         if presets is not None:
             if self.encoder not in presets:
@@ -487,6 +511,8 @@ class ModelSpec:
         d["input_size"] = list(self.input_size)
         d["percentiles"] = list(self.percentiles)
         d["prompt_channels"] = list(self.prompt_channels)
+        if not self.gate:  # ungated specs stay readable by versions without the field
+            d.pop("gate")
         d["frame"]["axcodes"] = list(self.frame.axcodes)
         d["frame"]["spacing_mm"] = list(self.frame.spacing_mm)
         return d

@@ -10,15 +10,16 @@ import torch
 
 from ..datasets import SegDataset
 from ..errors import InputError
-from ..models.spec import DEFAULT_ARCH, MONAI_ARCHITECTURES, ClassInfo, ModelSpec, mirror_pairs
+from ..models.spec import DEFAULT_ARCH, MONAI_ARCHITECTURES, ZOO_ARCHITECTURES, ClassInfo, ModelSpec, mirror_pairs
 
 __all__ = ["TrainConfig", "TrainResult", "make_spec", "finetune_spec", "default_encoder"]
 
 
 def default_encoder(arch: str) -> str:
     """The encoder (smp) or preset (MONAI) used for ``arch`` when none is given:
-    ``mobilenet_v2`` for smp architectures, the first preset of a MONAI network."""
-    presets = MONAI_ARCHITECTURES.get(arch)
+    ``mobilenet_v2`` for smp architectures, the first preset of a MONAI network or
+    the first encoder of a zoo network (:data:`~napari_gi_seg.models.spec.ZOO_ARCHITECTURES`)."""
+    presets = MONAI_ARCHITECTURES.get(arch) or ZOO_ARCHITECTURES.get(arch)
     return presets[0] if presets else "mobilenet_v2"
 
 
@@ -58,6 +59,8 @@ class TrainConfig:
     # fine-tuning
     base_model: str | None = None
     freeze_encoder: bool = False
+    # two-stage empty-slice gating: the gate's threshold (ModelSpec.gate); None: no gate
+    gate_threshold: float | None = None
     exclude: list[str] = field(default_factory=list)
     # CHAOS layout: the contrasts to use ("t2spir,t1in,t1out"); None: all (datasets.chaos)
     sequences: list[str] | None = None
@@ -181,6 +184,7 @@ def make_spec(cfg: TrainConfig, ds: SegDataset) -> ModelSpec:
         activation="sigmoid" if ds.multilabel else "softmax",
         flip_labels=cfg.flip_labels,
         description=cfg.description,
+        gate={"threshold": float(cfg.gate_threshold)} if cfg.gate_threshold is not None else {},
     )
 
 

@@ -136,3 +136,20 @@ def marginal_loss(logits: torch.Tensor, target: torch.Tensor, not_annotated: tor
     present = ((onehot * w).sum((0, 2, 3)) > 0).to(prob.dtype)
     dl = ((1.0 - dice) * present).mean()
     return ce + dl
+
+
+def slice_presence(target: torch.Tensor, multilabel: bool) -> torch.Tensor:
+    """``(N,)`` float32: 1 where a training slice holds any foreground voxel, the
+    target of the empty-slice gate (:class:`~napari_gi_seg.models.zoo.SliceGate`).
+
+    ``target`` as for :func:`segmentation_loss`; ignored voxels (:data:`IGNORE_INDEX`)
+    count as no foreground."""
+    fg = (target > 0) & (target != IGNORE_INDEX)
+    return fg.flatten(1).any(1).float()
+
+
+def gate_loss(gate_logit: torch.Tensor, target: torch.Tensor, multilabel: bool) -> torch.Tensor:
+    """Binary cross-entropy of the gate's ``(N,)`` logits against
+    :func:`slice_presence` (added to the segmentation loss when ``spec.gate`` is set;
+    the two-stage classifier of the UW-Madison GI tract winners, trained jointly here)."""
+    return F.binary_cross_entropy_with_logits(gate_logit.float(), slice_presence(target, multilabel))

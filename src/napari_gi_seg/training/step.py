@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from .losses import segmentation_loss
+from .losses import gate_loss, segmentation_loss
 
 __all__ = ["grad_scaler", "optimisation_step"]
 
@@ -41,6 +41,7 @@ def optimisation_step(
     *,
     multilabel: bool,
     not_annotated: torch.Tensor | None = None,
+    gated: bool = False,
 ) -> tuple[float, float]:
     """One optimiser step on one batch.
 
@@ -65,6 +66,10 @@ def optimisation_step(
     not_annotated : torch.Tensor, optional
         ``(N, C)`` bool: classes a sample does not annotate (partial labels,
         :func:`~napari_gi_seg.training.losses.segmentation_loss`).
+    gated : bool
+        The network has an empty-slice gate (``spec.gate``): it is called with
+        ``with_gate=True`` and the gate's BCE on "slice holds any class"
+        (:func:`~napari_gi_seg.training.losses.gate_loss`) is added to the loss.
 
     Returns
     -------
@@ -73,8 +78,11 @@ def optimisation_step(
     """
     device_type = x.device.type
     with torch.autocast(device_type=device_type, enabled=device_type == "cuda"):
-        logits = model(x)
+        out = model(x, with_gate=True) if gated else model(x)
+    logits, g = out if gated else (out, None)
     loss = segmentation_loss(logits.float(), y, multilabel, not_annotated)
+    if g is not None:  # two-stage empty-slice gating
+        loss = loss + gate_loss(g, y, multilabel)
     opt.zero_grad(set_to_none=True)
     lr = float(opt.param_groups[0]["lr"])  # the rate this step uses
     scaler.scale(loss).backward()

@@ -355,6 +355,7 @@ class Trainer:
                 self.scaler,
                 multilabel=self.ds.multilabel,
                 not_annotated=u[0] if u else None,
+                gated=bool(self.spec.gate),
             )
             self.global_step += 1
             done = step + 1
