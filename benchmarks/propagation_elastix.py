@@ -31,7 +31,6 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from propagation import _mean, score  # noqa: E402
 from propagation_helpers import load_chaos, synthetic_next_day  # noqa: E402
 
-
 #: ``--masks``: give elastix the body and ROI masks (crashed with itk-elastix 0.25.4 on these grids).
 MASKS = {"on": False}
 
