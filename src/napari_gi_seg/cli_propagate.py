@@ -34,8 +34,9 @@ def add_propagate_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--stages",
-        default="rigid,affine,bspline",
-        help="registration stages, a prefix of rigid,affine,bspline (default all; 'none': scanner coordinates)",
+        default="auto",
+        help="registration stages, some of rigid,affine,bspline in that order; 'none': scanner coordinates; "
+        "'auto' (default): rigid only for two scans of one Frame of Reference (one session), else all three",
     )
     p.add_argument("--interpolation", default="distance", choices=["distance", "nearest"], help="label interpolation")
     p.add_argument(
@@ -65,7 +66,7 @@ def cmd_propagate(args: argparse.Namespace) -> int:
     """``napari-gi-seg propagate --from PREV --labels LABELS --to TODAY -o OUT``."""
     from .io import label_suffix, write_labels
     from .progress import TqdmProgress
-    from .propagation import RegistrationSettings, propagate, read_previous_labels
+    from .propagation import RegistrationSettings, default_settings, propagate, read_previous_labels
 
     suffix = label_suffix(args.output)
     if suffix is None or suffix == ".csv":
@@ -75,13 +76,17 @@ def cmd_propagate(args: argparse.Namespace) -> int:
     for path in (args.prev, args.labels, args.input):
         if not os.path.exists(path):
             raise CLIError(f"{path}: file not found")
+    auto = args.stages.strip() == "auto"
     stages = () if args.stages.strip() == "none" else tuple(s.strip() for s in args.stages.split(",") if s.strip())
+    kw = {"seed": args.seed, "threads": args.threads, "initial": args.initial}
     try:
-        settings = RegistrationSettings(stages=stages, seed=args.seed, threads=args.threads, initial=args.initial)
+        settings = RegistrationSettings(**kw) if auto else RegistrationSettings(stages=stages, **kw)
     except ValueError as e:
         raise CLIError(f"--stages/--initial: {e}") from e
     prev = _one_image(args.prev, "previous")
     today = _one_image(args.input, "today's")
+    if auto:
+        settings = default_settings(prev, today, **kw)
     if suffix in (".dcm", ".seg.dcm") and getattr(today, "_dicom_ref", None) is None:
         raise CLIError(f"{args.output}: an RTSTRUCT or DICOM-SEG needs today's scan as a DICOM series ({args.input})")
     labels = read_previous_labels(args.labels, prev)

@@ -38,6 +38,7 @@ from . import _context as C
 SYNC_ENV = "NAPARI_GI_SEG_SYNC"
 #: Registration choices shown in the widget -> stages.
 STAGE_CHOICES = {
+    "automatic (rigid within one session)": None,
     "rigid -> affine -> B-spline": ("rigid", "affine", "bspline"),
     "rigid -> affine": ("rigid", "affine"),
     "rigid": ("rigid",),
@@ -54,13 +55,13 @@ def default_source(name: str, model_names: set[str]) -> str:
 def _work(prev_path: str, labels_path: str, today, stages, progress=None, cancel=None):
     """The worker body: read the previous scan and labels, propagate (any thread)."""
     from ..io import read_image
-    from ..propagation import RegistrationSettings, propagate, read_previous_labels
+    from ..propagation import RegistrationSettings, default_settings, propagate, read_previous_labels
 
     vols = [v for v in read_image(prev_path) if not v.metadata.get("is_labels")]
     if len(vols) != 1:
         raise InputError(f"{prev_path}: holds {len(vols)} image series; choose the folder of one series")
     labels = read_previous_labels(labels_path, vols[0])
-    settings = RegistrationSettings(stages=stages)
+    settings = default_settings(vols[0], today) if stages is None else RegistrationSettings(stages=stages)
     return propagate(vols[0], labels, today, settings=settings, progress=progress, cancel=cancel)
 
 

@@ -5,7 +5,15 @@ On the road it sits beside the engine: it consumes image Volumes and label array
 then treat as predicted (not reviewed) slices. SimpleITK does the registration.
 """
 
-from .propagate import LabelsMismatchError, PropagationResult, check_labels_belong, propagate, read_previous_labels
+from .propagate import (
+    LabelsMismatchError,
+    PropagationResult,
+    check_labels_belong,
+    default_settings,
+    propagate,
+    read_previous_labels,
+    same_frame_of_reference,
+)
 from .registration import STAGES, RegistrationSettings
 
 __all__ = [
@@ -15,5 +23,7 @@ __all__ = [
     "check_labels_belong",
     "read_previous_labels",
     "RegistrationSettings",
+    "default_settings",
+    "same_frame_of_reference",
     "STAGES",
 ]
