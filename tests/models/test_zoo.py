@@ -117,7 +117,7 @@ def test_gate_empties_organless_slices_in_the_engine():
 def test_trainer_fits_the_gate_with_the_segmentation_loss(chaos3, monkeypatch):
     """A gated spec trains its gate: the trainer adds the gate's BCE on real CHAOS
     slices (targets from the labels) and the registered model is gated."""
-    from napari_gi_seg.training import trainer as trainer_mod
+    from napari_gi_seg.training import step as step_mod
     from napari_gi_seg.training.trainer import TrainConfig, Trainer
 
     seen = []
@@ -126,7 +126,7 @@ def test_trainer_fits_the_gate_with_the_segmentation_loss(chaos3, monkeypatch):
         seen.append((tuple(g.shape), slice_presence(y, multilabel).tolist()))
         return gate_loss(g, y, multilabel)
 
-    monkeypatch.setattr(trainer_mod, "gate_loss", spy)
+    monkeypatch.setattr(step_mod, "gate_loss", spy)
     cfg = TrainConfig(
         dataset=str(chaos3), name="gated", size=64, epochs=1, batch_size=8, max_steps_per_epoch=2, augment=False,
         arch="Unet", encoder="mobilenet_v2", val_fraction=0.0, device="cpu", gate_threshold=0.3,
