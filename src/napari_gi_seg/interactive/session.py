@@ -32,6 +32,7 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy import ndimage
 
 from ..errors import InputError
 from . import encoding as enc
@@ -114,6 +115,11 @@ class PromptSession:
         self.z_range = z_range
         #: see :data:`INTENSITY_SHIFT_MAD`; ``None`` switches the test off
         self.intensity_shift_mad = INTENSITY_SHIFT_MAD
+        #: experimental knobs of :meth:`propagate` (see :meth:`_carry`)
+        self.propagate_box_margin: float | None = None
+        self.keep_overlapping = True
+        self.refine_with_model = False
+        self.max_area_ratio: float | None = None
         self._state = _State(mask=np.zeros(self.volume.shape, bool))
         self._history: list[_State] = []
         #: seconds per backend call, newest last (latency figures)
@@ -278,9 +284,11 @@ class PromptSession:
                 while prev.sum() >= self.min_area_px and (step > 0 and z <= stop or step < 0 and z >= stop):
                     if max_slices is not None and n > max_slices:
                         break
-                    m = self._run(z, enc.SlicePrompts(), prev, "propagate", previous_z=z - step)
+                    m = self._carry(z, prev, z - step)
                     area = int(m.sum())
                     if area < self.min_area_px or (m & prev).sum() < MIN_OVERLAP * min(area, int(prev.sum())):
+                        break
+                    if self.max_area_ratio is not None and area > self.max_area_ratio * int(prev.sum()):
                         break
                     if self._intensity_jump(z - step, prev, z, m):
                         break
@@ -288,6 +296,31 @@ class PromptSession:
                     prev, z, n = m, z + step, n + 1
         self._state.mask = out
         return out.copy()
+
+    def _carry(self, z: int, prev: np.ndarray, z_prev: int) -> np.ndarray:
+        """The object on slice ``z`` from its mask ``prev`` on the neighbouring slice ``z_prev``."""
+        if self.propagate_box_margin is None:
+            m = self._run(z, enc.SlicePrompts(), prev, "propagate", previous_z=z_prev)
+            if not self.refine_with_model or self.propagator is self.backend or not m.any():
+                return m
+            t0 = time.perf_counter()
+            r = np.asarray(self.backend.predict(self.volume, z, enc.SlicePrompts(box=enc.bbox_of(m)), m, previous_z=z), bool)
+            self.timings.append(("propagate", time.perf_counter() - t0))
+            return r
+        h, w = self.shape[1:]
+        y0, x0, y1, x1 = enc.bbox_of(prev)
+        g = int(round(self.propagate_box_margin * max(y1 - y0, x1 - x0)))
+        box = (max(0, y0 - g), max(0, x0 - g), min(h, y1 + g), min(w, x1 + g))
+        t0 = time.perf_counter()
+        m = np.asarray(self.backend.predict(self.volume, z, enc.SlicePrompts(box=box), prev, previous_z=z_prev), bool)
+        self.timings.append(("propagate", time.perf_counter() - t0))
+        if self.keep_overlapping and m.any():
+            lab, n = ndimage.label(m)
+            if n > 1:
+                hit = np.unique(lab[m & ndimage.binary_dilation(prev, iterations=2)])
+                m = np.isin(lab, hit[hit > 0])
+            m = ndimage.binary_fill_holes(m)
+        return m
 
     def _intensity_jump(self, z_prev: int, prev: np.ndarray, z: int, m: np.ndarray) -> bool:
         """True when the object's median intensity on ``z`` lies more than
