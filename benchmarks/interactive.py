@@ -177,17 +177,18 @@ def apply_settings(session: PromptSession, settings: list[str]) -> None:
 def markdown(res: dict) -> str:
     lines = []
     mc = res["max_clicks"]
-    lines += [
-        "| method | contrast | objects | Dice box | Dice box+5 | NoC@90 | reached 0.90 | click median s | click p95 s |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
-    ]
-    for m, per in res["2d"].items():
-        for c, s in per.items():
-            lines.append(
-                f"| {m} | {c} | {s['n']} | {s['dice_box']:.3f} | {s['dice_box5']:.3f} | {s['noc90']:.2f} "
-                f"| {100 * s['reached90']:.0f} % | {s['click_median_s']:.3f} | {s['click_p95_s']:.3f} |"
-            )
-    lines += ["", f"NoC@90 capped at {mc} clicks.", ""]
+    if res["2d"]:
+        lines += [
+            "| method | contrast | objects | Dice box | Dice box+5 | NoC@90 | reached 0.90 | click median s | click p95 s |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for m, per in res["2d"].items():
+            for c, s in per.items():
+                lines.append(
+                    f"| {m} | {c} | {s['n']} | {s['dice_box']:.3f} | {s['dice_box5']:.3f} | {s['noc90']:.2f} "
+                    f"| {100 * s['reached90']:.0f} % | {s['click_median_s']:.3f} | {s['click_p95_s']:.3f} |"
+                )
+        lines += ["", f"NoC@90 capped at {mc} clicks.", ""]
     lines += [
         "| method | contrast | organs | 3D Dice (mean) | median | propagation median s | p95 s | per slice s |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
