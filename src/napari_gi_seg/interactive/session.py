@@ -87,7 +87,7 @@ class PromptSession:
         What carries the object from slice to slice. ``None`` (default): the random
         walker, whatever answers the prompts: on the held-out CHAOS patients it gave
         the better 3D Dice from one prompted slice (0.69 when it carries ``chaos-prompt:1``'s
-        slice, against 0.33 when the network propagates itself; docs/benchmarks.md);
+        slice, against 0.49 when the network propagates itself; docs/benchmarks.md);
         ``"model"``: the prompt backend itself; or any backend.
 
     Attributes
