@@ -159,20 +159,36 @@ def gi_check(data: Path, methods: list[str], max_clicks: int) -> dict:
     return out
 
 
+def apply_settings(session: PromptSession, settings: list[str]) -> None:
+    """``KEY=VALUE`` on the session, ``propagator.KEY=VALUE`` on its propagator; values
+    are Python literals (``None``, ``0.1``, ``True``)."""
+    import ast
+
+    for item in settings:
+        key, _, value = item.partition("=")
+        target = session
+        if key.startswith("propagator."):
+            target, key = session.propagator, key.split(".", 1)[1]
+        if not hasattr(target, key):
+            raise SystemExit(f"--set: {type(target).__name__} has no attribute {key!r}")
+        setattr(target, key, ast.literal_eval(value))
+
+
 def markdown(res: dict) -> str:
     lines = []
     mc = res["max_clicks"]
-    lines += [
-        "| method | contrast | objects | Dice box | Dice box+5 | NoC@90 | reached 0.90 | click median s | click p95 s |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
-    ]
-    for m, per in res["2d"].items():
-        for c, s in per.items():
-            lines.append(
-                f"| {m} | {c} | {s['n']} | {s['dice_box']:.3f} | {s['dice_box5']:.3f} | {s['noc90']:.2f} "
-                f"| {100 * s['reached90']:.0f} % | {s['click_median_s']:.3f} | {s['click_p95_s']:.3f} |"
-            )
-    lines += ["", f"NoC@90 capped at {mc} clicks.", ""]
+    if res["2d"]:
+        lines += [
+            "| method | contrast | objects | Dice box | Dice box+5 | NoC@90 | reached 0.90 | click median s | click p95 s |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for m, per in res["2d"].items():
+            for c, s in per.items():
+                lines.append(
+                    f"| {m} | {c} | {s['n']} | {s['dice_box']:.3f} | {s['dice_box5']:.3f} | {s['noc90']:.2f} "
+                    f"| {100 * s['reached90']:.0f} % | {s['click_median_s']:.3f} | {s['click_p95_s']:.3f} |"
+                )
+        lines += ["", f"NoC@90 capped at {mc} clicks.", ""]
     lines += [
         "| method | contrast | organs | 3D Dice (mean) | median | propagation median s | p95 s | per slice s |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
@@ -215,6 +231,15 @@ def main(argv=None) -> int:
     ap.add_argument(
         "--propagator", default=None, help="'model': propagate with the prompt backend (default: the session's default)"
     )
+    ap.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="session (or propagator, 'propagator.KEY') attributes for propagation, e.g. "
+        "intensity_shift_mad=1.5 or propagator.beta=90.0; the label is appended to the method's name",
+    )
+    ap.add_argument("--label", default=None, help="name of this --set setting in the tables (default: the settings)")
     ap.add_argument("--no-gi", action="store_true")
     ap.add_argument("--include", type=Path, nargs="*", default=[], help="--json files of earlier runs to merge in")
     ap.add_argument("--json", type=Path, default=None)
@@ -231,9 +256,12 @@ def main(argv=None) -> int:
         for st in load_chaos_mr(args.data / "chaos_mr_dicom", [pid], args.contrasts):
             for m in methods:
                 s = PromptSession(st.image, model=m, propagator=args.propagator)
+                apply_settings(s, args.set)
                 key = names.get(m, str(m))
                 if args.propagator == "model" and m != RANDOM_WALKER:
                     key += " (model propagation)"
+                if args.set:
+                    key += f" [{args.label or ' '.join(args.set)}]"
                 for organ_name, organ, zs in chaos_objects(st, args.slices):
                     for z in zs if not args.no_2d else []:
                         r = run_2d(s, organ[z], z, args.max_clicks)
@@ -253,13 +281,14 @@ def main(argv=None) -> int:
         res["raw3d"] += old.get("raw3d", [])
         for d, per in (old.get("gi") or {}).items():
             gi_before.setdefault(d, {}).update(per)
-    for key in sorted({r["method"] for r in res["raw2d"]}):
+    for key in sorted({r["method"] for r in res["raw2d"] + res["raw3d"]}):
         rows = [r for r in res["raw2d"] if r["method"] == key]
-        contrasts = [c for c in CONTRASTS if any(r["contrast"] == c for r in rows)]
-        per = {c: summarise([r for r in rows if r["contrast"] == c], args.max_clicks) for c in contrasts}
-        per["all"] = summarise(rows, args.max_clicks)
-        res["2d"][key] = per
         rows3 = [r for r in res["raw3d"] if r["method"] == key]
+        contrasts = [c for c in CONTRASTS if any(r["contrast"] == c for r in rows + rows3)]
+        if rows:
+            per = {c: summarise([r for r in rows if r["contrast"] == c], args.max_clicks) for c in contrasts}
+            per["all"] = summarise(rows, args.max_clicks)
+            res["2d"][key] = per
         if rows3:
             p3 = {c: summarise_3d([r for r in rows3 if r["contrast"] == c]) for c in contrasts}
             p3["all"] = summarise_3d(rows3)
