@@ -5,10 +5,11 @@ them reviewed, Export, Fine-tune (the smallest budget), choose the new model in
 Segment and segment again: the model has Stomach appended after its classes, and the
 Labels layer keeps it, named and coloured, where it was painted and reviewed.
 
-At this budget (one epoch of one step) the new model does not yet predict Stomach
-itself: the held-back Dice picks the best epoch, and a few dozen steps of the 64 px
-test model leave its Stomach Dice at 0 (measured); the model's own output for a new
-structure is tested in ``tests/training/test_new_structure.py``."""
+At this budget (one epoch of one step of the 64 px test model) the new model does not
+yet predict Stomach itself; measured: 32 steps (8 epochs) found it on 4 of 5 painted
+slices in one run and on none in others, so the model's own output for a new
+structure is tested in ``tests/training/test_new_structure.py`` (probabilities, not
+the argmax), and here the Segment run with the new model keeps the reviewed slices."""
 
 from __future__ import annotations
 
@@ -134,6 +135,8 @@ def test_new_structure_route_from_the_plugins_menu(
     base = get_entry(tiny_key).spec()
     assert [(c.index, c.name) for c in spec.classes] == [(c.index, c.name) for c in base.classes] + [(value, NEW)]
     assert spec.parent == tiny_key
+    grown = spec.metrics["finetune"]  # the exported case taught it: one case annotates Stomach
+    assert grown["new_classes"] == [NEW] and grown["annotated_cases"] == {NEW: 1}
 
     # choose the new model in Segment and segment again
     dock.show_tab("Segment")
