@@ -254,9 +254,9 @@ def test_stop_then_resume_follows_the_uninterrupted_schedule(grace, one_patient,
 def test_sigterm_during_finetune_cli_finishes_the_epoch_and_resume_completes(
     tiny_entry, one_patient, monkeypatch, capsys
 ):
-    from napari_gi_seg.training import trainer as trainer_mod
+    from napari_gi_seg.training import step as step_mod  # the trainer's optimisation step
 
-    real_loss, calls = trainer_mod.segmentation_loss, []
+    real_loss, calls = step_mod.segmentation_loss, []
 
     def loss_then_signal(*a, **k):
         calls.append(1)
@@ -264,7 +264,7 @@ def test_sigterm_during_finetune_cli_finishes_the_epoch_and_resume_completes(
             os.kill(os.getpid(), signal.SIGTERM)
         return real_loss(*a, **k)
 
-    monkeypatch.setattr(trainer_mod, "segmentation_loss", loss_then_signal)
+    monkeypatch.setattr(step_mod, "segmentation_loss", loss_then_signal)
     args = ["finetune", str(one_patient), "--model", "tiny-chaos", "--name", "ft-sig", "--epochs", "2"]
     args += ["--max-steps-per-epoch", "2", "--batch-size", "4", "--device", "cpu", "--register-if-worse"]
     assert cli.main(args) == 0
@@ -275,7 +275,7 @@ def test_sigterm_during_finetune_cli_finishes_the_epoch_and_resume_completes(
     log = (work / "train.log").read_text()
     assert "SIGTERM received" in log and "epoch 1 completed (2 steps) and checkpointed" in log
     assert "--resume continues with epoch 2" in log
-    monkeypatch.setattr(trainer_mod, "segmentation_loss", real_loss)
+    monkeypatch.setattr(step_mod, "segmentation_loss", real_loss)
     assert cli.main([*args, "--resume"]) == 0
     assert "registered ft-sig:1" in capsys.readouterr().out
     rows = list(csv.DictReader((work / "metrics.csv").open()))

@@ -113,7 +113,7 @@ def test_finetune_grows_base_and_predicts_new_class(nospleen_key, chaos3, chaos_
     from napari_gi_seg.training.finetune import finetune
 
     res = finetune(
-        chaos3, nospleen_key, "tiny-spleen", epochs=3, max_steps_per_epoch=6, batch_size=8, lr=1e-2,
+        chaos3, nospleen_key, "tiny-spleen", epochs=4, max_steps_per_epoch=6, batch_size=8, lr=1e-2,
         device="cpu", augment=False, val_fraction=0.34, register_if_worse=True,
     )  # fmt: skip
     assert res.registered and res.new_classes == ["spleen"]
