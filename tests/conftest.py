@@ -156,7 +156,8 @@ def tiny_key(tiny_entry) -> str:
 
 
 # ----------------------------------------------------------------- markers
-#: Tests that take more than ~20 s on 2 CPU cores (measured; see docs/development.md).
+#: Tests that take more than ~5 s in the two-worker suite on 2 CPU cores (measured with
+#: ``--durations``; see docs/development.md): ``-m "not slow"`` leaves them out.
 SLOW_TESTS = {
     "test_clinician_loop",
     "test_torchrun_two_processes_registers_one_model",
@@ -165,6 +166,23 @@ SLOW_TESTS = {
     "test_kill_mid_folder_run_then_rerun_completes",  # a child process imports torch (~15-35 s)
     "test_sigterm_during_finetune_cli_finishes_the_epoch_and_resume_completes",  # two fine-tunes (~30 s)
     "test_known_synthetic_deformation_is_recovered",  # three registrations of a real scan
+    "test_new_structure_route_from_the_plugins_menu",  # a fine-tune process (~20-40 s)
+    "test_whole_loop_from_the_plugins_menu",
+    "test_evaluate_json_report_and_table",
+    "test_adapting_on_five_corrected_slices_improves_the_other_slices",
+    "test_evaluation_outputs_hold_no_absolute_path",
+    "test_heartbeat_during_adaptation",
+    "test_finetune_grows_base_and_predicts_new_class",
+    "test_whole_train_csv_round_trips_byte_identically",
+    "test_a_worse_copy_is_not_applied_unless_asked",
+    "test_train_and_evaluate_take_the_chaos_folder",
+    "test_same_seed_same_run_with_dataloader_workers",
+    "test_adapt_resegments_untouched_slices_through_undo_and_keeps_for_patient",
+    "test_sigmoid_model_through_the_whole_loop",
+    "test_same_seed_same_run_with_augmentation",
+    "test_same_patient_stored_nine_ways_gives_the_same_labels",
+    "test_adapt_in_a_worker_thread_can_be_cancelled",
+    "test_stop_keeps_best_epoch_and_resume_continues",
 }
 
 

@@ -1,6 +1,7 @@
 """One post-processing step: the Segment widget (docked through napari, worker
-thread) shows the CLI's labels voxel for voxel, with the bundled model on a real
-CHAOS scan whose prediction the post-processing does change."""
+thread) shows the CLI's labels (voxel for voxel up to float ties, :data:`MAX_TIES`),
+with the bundled model on a real CHAOS scan whose prediction the post-processing does
+change."""
 
 from __future__ import annotations
 
@@ -19,6 +20,18 @@ pytestmark = pytest.mark.gui
 #: for the post-processing to remove).
 PATIENT = 3
 MODEL = "chaos-t2spir:1"
+#: voxels allowed to differ: logits tied to float rounding at a class boundary can come
+#: out either way between the worker thread and the CLI's main thread (2 of 2.36 M seen
+#: once in the two-worker suite, none when the test runs alone); the post-processing
+#: changes > 100 voxels here, so a widget that skipped it still fails
+MAX_TIES = 8
+
+
+def _assert_same_labels(a, b):
+    a, b = np.asarray(a), np.asarray(b)
+    assert a.shape == b.shape
+    n = int((a != b).sum())
+    assert n <= MAX_TIES, f"{n} voxels differ"
 
 
 def test_widget_labels_equal_cli_labels_on_real_chaos(qtbot, make_napari_viewer, chaos_dir, tmp_path):
@@ -43,14 +56,14 @@ def test_widget_labels_equal_cli_labels_on_real_chaos(qtbot, make_napari_viewer,
     qtbot.mouseClick(seg.run_button, Qt.LeftButton)
     wait_worker(qtbot, seg, timeout_ms=300_000)
     ctx = seg.context
-    widget = np.asarray(ctx.labels_layer.data)
-    assert widget.shape == cli.shape
-    np.testing.assert_array_equal(widget, cli)
-    np.testing.assert_array_equal(np.asarray(ctx.prediction_layer.data), cli)
+    widget = np.array(ctx.labels_layer.data, copy=True)
+    _assert_same_labels(widget, cli)
+    _assert_same_labels(ctx.prediction_layer.data, cli)
     # the post-processing did something here, and the widget went through it
     spec, net = load_model(key, device="cpu")
     raw = segment_volume(read_nifti(scan, as_labels=False), spec, net, device="cpu", postprocess=False).labels
     assert int((raw != cli).sum()) > 100
     # ... as one more step of napari's undo history (Ctrl-Z shows the raw output)
     ctx.labels_layer.undo()
-    np.testing.assert_array_equal(np.asarray(ctx.labels_layer.data), raw)
+    _assert_same_labels(ctx.labels_layer.data, raw)
+    assert int((np.asarray(ctx.labels_layer.data) != widget).sum()) > 100
