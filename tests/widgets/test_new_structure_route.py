@@ -17,16 +17,14 @@ from __future__ import annotations
 import json
 
 import numpy as np
-from qtpy.QtCore import Qt, QTimer
+from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QApplication
-from widget_helpers import CHAOS_CLASSES, wait_worker
+from widget_helpers import CHAOS_CLASSES, click, open_dock_and_segment, wait_worker
 
 from napari_gi_seg._qt import _context as C
 from napari_gi_seg._qt.structures import NewStructureDialog
 from napari_gi_seg.curation.review import SliceState
 
-PLUGIN = "napari-gi-seg"
-DOCK = "GI Seg (all tools)"
 NEW = "Stomach"
 #: The slices painted and reviewed, and the brush (a disc in the grey soft tissue on the
 #: patient's left, outside the liver, kidneys and spleen of the manual labels).
@@ -34,11 +32,6 @@ PAINTED = (18, 19, 20, 21, 22)
 CENTRE, BRUSH = (135, 195), 44
 #: The smallest run the page allows (1 epoch) at test size (steps of 4 slices).
 TINY_FINETUNE = ["--max-steps-per-epoch", "2", "--batch-size", "4"]
-
-
-def _click(qtbot, button) -> None:
-    assert button.isEnabled(), button.text()
-    qtbot.mouseClick(button, Qt.LeftButton)
 
 
 def _answer_new_structure(name: str) -> list[str]:
@@ -60,18 +53,8 @@ def test_new_structure_route_from_the_plugins_menu(
     qtbot, make_napari_viewer, chaos_image_path, tiny_key, tmp_path, monkeypatch
 ):
     monkeypatch.setenv("NAPARI_GI_SEG_RESTORE", "no")
-    viewer = make_napari_viewer()
-    viewer.open(str(chaos_image_path), plugin=PLUGIN)
-    _, dock = viewer.window.add_plugin_dock_widget(PLUGIN, DOCK)
-    qtbot.addWidget(dock)
-    dock = C.unwrap(dock)
+    viewer, dock = open_dock_and_segment(qtbot, make_napari_viewer, chaos_image_path, tiny_key)  # tiny CHAOS model
     seg, cor, exp, ft = dock.segment, dock.correct, dock.export, dock.finetune
-
-    # segment with the tiny CHAOS model
-    seg.select_model(tiny_key)
-    seg.device_combo.setCurrentText("cpu")
-    _click(qtbot, seg.run_button)
-    wait_worker(qtbot, seg)
     ctx = seg.context
     labels = ctx.labels_layer
     k = len(CHAOS_CLASSES)
@@ -80,7 +63,7 @@ def test_new_structure_route_from_the_plugins_menu(
     # New structure... on the Correct page: the dialog is answered with Stomach
     dock.show_tab("Correct")
     offered = _answer_new_structure(NEW)
-    _click(qtbot, cor.new_structure_button)
+    click(qtbot, cor.new_structure_button)
     assert NEW in offered and "Liver" not in offered  # TG-263 names the model lacks
     value = k + 1
     assert ctx.class_names[value] == NEW and labels.metadata["class_names"][value] == NEW
@@ -101,14 +84,14 @@ def test_new_structure_route_from_the_plugins_menu(
     # review the painted slices with the button (each press goes to the next unreviewed slice)
     cor.go_to(PAINTED[0])
     for _ in PAINTED:
-        _click(qtbot, cor.review_button)
+        click(qtbot, cor.review_button)
     assert ctx.tracker.reviewed_slices() == list(PAINTED)
 
     # export with the Export page's button
     ds = tmp_path / "Dataset502_Stomach"
     dock.show_tab("Export")
     exp.folder_edit.setText(str(ds))
-    _click(qtbot, exp.export_button)
+    click(qtbot, exp.export_button)
     wait_worker(qtbot, exp)
     meta = json.loads((ds / "dataset.json").read_text())
     assert meta["labels"][NEW] == value and meta["labels"]["ignore"] == value + 1
@@ -125,7 +108,7 @@ def test_new_structure_route_from_the_plugins_menu(
     ft.device_combo.setCurrentText("cpu")
     ft.if_worse_check.setChecked(True)  # a tiny run may be worse on the old classes: register it anyway
     ft.extra_args = list(TINY_FINETUNE)
-    _click(qtbot, ft.start_button)
+    click(qtbot, ft.start_button)
     wait_worker(qtbot, ft, timeout_ms=600_000)
     assert ft.exit_code == 0, ft._stderr_tail
     new_key = ft.new_model_key
@@ -145,7 +128,7 @@ def test_new_structure_route_from_the_plugins_menu(
     seg.select_model(new_key)
     assert NEW in seg.classes_label.text()
     before = np.array(labels.data)
-    _click(qtbot, seg.run_button)
+    click(qtbot, seg.run_button)
     wait_worker(qtbot, seg)
     n = before.shape[0]
     assert seg.status_label.text().startswith(f"Done: {n} slices with {new_key}"), seg.status_label.text()

@@ -12,15 +12,12 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from qtpy.QtCore import Qt
-from widget_helpers import TINY_NAME, wait_worker
+from widget_helpers import DOCK, PLUGIN, TINY_NAME, click, open_dock_and_segment, wait_worker
 
 from napari_gi_seg._qt import _context as C
 from napari_gi_seg._qt.dock import GISegDock
 from napari_gi_seg.curation.review import SliceState
 
-PLUGIN = "napari-gi-seg"
-DOCK = "GI Seg (all tools)"
 TINY_FINETUNE = ["--max-steps-per-epoch", "2", "--batch-size", "4"]
 
 pytestmark = pytest.mark.gui
@@ -173,26 +170,12 @@ def test_reader_claims_only_what_it_reads(tmp_path):
     assert PLUGIN in {r.plugin_name for r in pm.iter_compatible_readers([str(tmp_path)])}  # folders
 
 
-def _click(qtbot, button) -> None:
-    assert button.isEnabled(), button.text()
-    qtbot.mouseClick(button, Qt.LeftButton)
-
-
 def test_whole_loop_from_the_plugins_menu(qtbot, make_napari_viewer, chaos_image_path, tiny_key, tmp_path, monkeypatch):
     """open (reader) -> dock (menu route) -> Segment -> paint -> review -> autosave ->
     export -> fine-tune -> Segment again -> restore in a new viewer, by clicking."""
     monkeypatch.setenv("NAPARI_GI_SEG_RESTORE", "no")
-    viewer = make_napari_viewer()
-    viewer.open(str(chaos_image_path), plugin=PLUGIN)
-    _, dock = viewer.window.add_plugin_dock_widget(PLUGIN, DOCK)
-    qtbot.addWidget(dock)
-    dock = C.unwrap(dock)
+    viewer, dock = open_dock_and_segment(qtbot, make_napari_viewer, chaos_image_path, tiny_key)  # tiny CHAOS model
     seg, cor, exp, ft = dock.segment, dock.correct, dock.export, dock.finetune
-
-    seg.select_model(tiny_key)
-    seg.device_combo.setCurrentText("cpu")
-    _click(qtbot, seg.run_button)
-    wait_worker(qtbot, seg)
     n = viewer.layers[0].data.shape[0]
     qtbot.wait(100)  # let any late queued signal arrive: the final status must stay
     assert seg.status_label.text().startswith(f"Done: {n} slices"), seg.status_label.text()
@@ -211,7 +194,7 @@ def test_whole_loop_from_the_plugins_menu(qtbot, make_napari_viewer, chaos_image
     dock.show_tab("Correct")
     cor.go_to(8)
     for _ in range(5):
-        _click(qtbot, cor.review_button)
+        click(qtbot, cor.review_button)
     assert ctx.tracker.reviewed_slices() == [8, 9, 10, 11, 12]
     final = np.array(labels.data)
 
@@ -219,7 +202,7 @@ def test_whole_loop_from_the_plugins_menu(qtbot, make_napari_viewer, chaos_image
     from napari_gi_seg.curation.session import SessionStore
 
     fp = ctx.fingerprint()
-    _click(qtbot, cor.save_button)
+    click(qtbot, cor.save_button)
     qtbot.waitUntil(lambda: not cor.is_saving and SessionStore().find(fp) is not None, timeout=30_000)
     assert SessionStore().load(fp).review.reviewed_slices() == [8, 9, 10, 11, 12]
 
@@ -227,7 +210,7 @@ def test_whole_loop_from_the_plugins_menu(qtbot, make_napari_viewer, chaos_image
     ds = tmp_path / "Dataset501_Corrections"
     dock.show_tab("Export")
     exp.folder_edit.setText(str(ds))
-    _click(qtbot, exp.export_button)  # the export is written in a worker thread
+    click(qtbot, exp.export_button)  # the export is written in a worker thread
     wait_worker(qtbot, exp)
     meta = json.loads((ds / "dataset.json").read_text())
     assert meta["labels"]["spleen"] == 4 and meta["labels"]["ignore"] == 5
@@ -243,7 +226,7 @@ def test_whole_loop_from_the_plugins_menu(qtbot, make_napari_viewer, chaos_image
     ft.device_combo.setCurrentText("cpu")
     ft.if_worse_check.setChecked(True)  # a 1-epoch tiny run may be worse: register it, the clinician chooses
     ft.extra_args = list(TINY_FINETUNE)
-    _click(qtbot, ft.start_button)
+    click(qtbot, ft.start_button)
     wait_worker(qtbot, ft, timeout_ms=600_000)
     assert ft.exit_code == 0, ft._stderr_tail
     new_key = ft.new_model_key
@@ -251,7 +234,7 @@ def test_whole_loop_from_the_plugins_menu(qtbot, make_napari_viewer, chaos_image
     seg.refresh_models()
     seg.select_model(new_key)
     dock.show_tab("Segment")
-    _click(qtbot, seg.run_button)
+    click(qtbot, seg.run_button)
     wait_worker(qtbot, seg)
     assert ctx.model_key == new_key
     np.testing.assert_array_equal(labels.data[8:13], final[8:13])  # reviewed slices kept
