@@ -36,7 +36,7 @@ def add_propagate_args(p: argparse.ArgumentParser) -> None:
         "--stages",
         default="auto",
         help="registration stages, some of rigid,affine,bspline in that order; 'none': scanner coordinates; "
-        "'auto' (default): rigid only for two scans of one Frame of Reference (one session), else all three",
+        "'auto' (default): none (scanner coordinates) for two scans of one Frame of Reference (one session), else all three",
     )
     p.add_argument("--interpolation", default="distance", choices=["distance", "nearest"], help="label interpolation")
     p.add_argument(

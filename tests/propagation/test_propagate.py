@@ -155,14 +155,14 @@ def test_cancel_before_the_first_stage_keeps_scanner_coordinates(t2):
     assert [e.stage for e in events][-1] == "done" and events[-1].metrics["cancelled"]
 
 
-def test_default_registration_is_rigid_within_one_frame_of_reference(chaos_mr, t2, chaos_volumes):
+def test_default_registration_is_none_within_one_frame_of_reference(chaos_mr, t2, chaos_volumes):
     from napari_gi_seg.io import read_image
 
-    # T2-SPIR and T1 in-phase of one session share the FrameOfReferenceUID: rigid only
-    # (the benchmark: the B-spline between the two contrasts lowers Dice there)
+    # T2-SPIR and T1 in-phase of one session share the FrameOfReferenceUID: scanner
+    # coordinates (the benchmark: on 16 patients every stage lowers mean Dice there)
     t1 = read_image(chaos_mr / "1" / "T1DUAL" / "DICOM_anon" / "InPhase")[0]
     assert t1._dicom_ref.frame_of_reference_uid == t2[0]._dicom_ref.frame_of_reference_uid
-    assert default_settings(t2[0], t1).stages == ("rigid",)
+    assert default_settings(t2[0], t1).stages == ()
     # a scan without a DICOM frame (NIfTI): another day, the full chain
     assert default_settings(chaos_volumes[0], t1, threads=1).stages == ("rigid", "affine", "bspline")
     assert default_settings(chaos_volumes[0], t1, threads=1).threads == 1

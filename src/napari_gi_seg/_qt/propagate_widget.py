@@ -38,7 +38,7 @@ from . import _context as C
 SYNC_ENV = "NAPARI_GI_SEG_SYNC"
 #: Registration choices shown in the widget -> stages.
 STAGE_CHOICES = {
-    "automatic (rigid within one session)": None,
+    "automatic (none within one session)": None,
     "rigid -> affine -> B-spline": ("rigid", "affine", "bspline"),
     "rigid -> affine": ("rigid", "affine"),
     "rigid": ("rigid",),
