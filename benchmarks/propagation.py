@@ -252,7 +252,8 @@ scanner coordinates), `rigid`, `affine` and `bspline` the transform after those 
 `nearest` the last transform with nearest-neighbour label warping instead of signed
 distance, `default` what a plain `propagate()` (CLI `--stages auto`, the dock's
 *automatic*) runs: rigid -> affine -> B-spline for another day (the synthetic pairs),
-rigid only for two scans of one Frame of Reference (T2 -> T1 of one session). T2 -> T1
+no registration (scanner coordinates) for two scans of one Frame of Reference (T2 -> T1
+of one session; measured 2026-12-03 on all 16 patients, see below). T2 -> T1
 pairs ran the linear stages only (see below). Dice, HD95 and MSD are means over organs and
 pairs; seconds are per pair for the whole benchmark call (1 SimpleITK thread, `nice -n 19`
 on a shared machine, plus warping the labels of every mode), so they overstate a plain call:
@@ -262,44 +263,44 @@ see "Seconds per pair". Machine: {info}.
 
 DOC_NOTES = """What this run is and is not:
 
-- **Patients used: {patients}** ({n} of 16; the others were not run in the time; rerun the
-  command above, it resumes from `--json`). Inter-patient pairs not rerun this session
-  (last session, one pair 1 -> 3, full chain: Dice 0.26 -> 0.69, 2.7 % folded).
-- **Seconds per pair (goal <= 60 s wall on 2 cores): reached for a plain `propagate`.**
-  Measured alone (normal priority, 2 SimpleITK threads, load average 3.8 from other
-  engineers' jobs on the 2 cores): synthetic next day of patient 1, full chain, **19.0 s
-  wall** (18.3 CPU s; B-spline 15.0 s), Dice 0.960; T2 -> T1 of patient 1 with the default
-  (rigid) **2.3 s**. Before this session's change the same synthetic call took 99 s wall
-  (183 CPU s; B-spline 97 s) at load average about 1. What changed: the B-spline control
-  grid covers only the bounding box of the region the metric samples (the previous
-  structures + 30 mm, today's body), no longer the whole field of view (ITK's v4 metrics
-  visit every transform parameter per sample, so cost grows with the mesh): 97 s -> 26 s
-  at the same Dice (0.960); 30k -> 20k B-spline samples: 26 -> 15 s (10k: 14 s, Dice
-  0.957). The table's seconds are the benchmark's own (1 thread, `nice -n 19` behind
-  other jobs, four extra label warps), not the product's.
-- **T2 -> T1 of one session: NOT reached (no registration earns its keep there).** On
-  patients 1 and 2 the full chain made it worse than the scanner coordinates (B-spline
-  0.826 vs floor 0.914; 0.585 vs 0.642; 130 s wall a pair): mutual information between
-  fat-saturated T2 and in-phase T1 pulls the organs' edges the wrong way. Tried and
-  dropped: MI on gradient-magnitude images (edges; 0.44 / 0.33, folds 19-33 %), a
-  B-spline from the scanner coordinates without linear stages (0.909 on patient 1, no
-  gain, 60 s). Rigid alone helps where the breath-holds differ most (patient 2: 0.642 ->
-  0.771) and costs little where they agree (patient 1: 0.914 -> 0.889), so the default for
-  two scans sharing a FrameOfReferenceUID is rigid only (`default_settings`); the B-spline
-  runs for another day or patient. A metric-based acceptance test (skip the stage when
-  the metric does not improve) cannot help: the optimiser always improves the metric it
-  optimises, also where the overlap drops.
-- **Synthetic next days**: "Dice >= 0.92" reached, "floor + 0.25" NOT reached (5-15 mm
-  deformations leave floors of 0.79-0.84); rigid alone gives about 0.91-0.95, the B-spline
-  adds 0.01-0.04 over it, 0 % folded.
-- **Signed distance vs nearest neighbour** label warping: the `nearest` row (same
-  transform); signed distance is kept as the default where it is not worse.
-- **itk-elastix: not compared.** itk-elastix 0.25.4 installs into the venv, and a plain
+- **Patients used: {patients}** ({n} of 16). Inter-patient pairs were not rerun (an
+  earlier session, one pair 1 -> 3, full chain: Dice 0.26 -> 0.69, 2.7 % folded).
+- **T2 -> T1 of one session: no registration earns its keep, so the default is none.**
+  Over the 16 patients the scanner coordinates (`none`) give mean Dice 0.660, rigid
+  0.563, affine 0.533: mutual information between fat-saturated T2 and in-phase T1 sent
+  the rigid stage off in 4 of 16 patients (Dice down by more than 0.1; patient 15: 0.916
+  -> 0.160, patient 20: 0.916 -> 0.182, patient 21: 0.878 -> 0.173), while it helped where
+  the breath-holds differ most (patient 2: 0.642 -> 0.771, 3: 0.622 -> 0.800, 13: 0.750 ->
+  0.867). On the whole the risk outweighs the gain, so since 2026-12-03 `default_settings`
+  carries the labels by scanner coordinates for two scans that share a
+  FrameOfReferenceUID (CLI `--stages auto`, the dock's *automatic*); rigid stays a choice
+  in the dock and `--stages rigid`. The table's `default` row for T2 -> T1 is therefore the
+  `none` row, and its seconds are those of the linear run (a plain call with no stage takes
+  about 1 s). The goal (Dice >= 0.75 and floor + 0.15) is not reached: the floor is what a
+  clinician gets, 0.660, and the breath-hold differences that lower it are what a
+  registration between two contrasts would have to recover. Earlier (patients 1 and 2) the
+  full chain with the B-spline was worse still (0.826 vs floor 0.914; 0.585 vs 0.642).
+- **Seconds per pair (goal <= 60 s wall on 2 cores)**: the synthetic next days' full chain
+  (rigid -> affine -> B-spline, 20k samples, B-spline control grid over the structures'
+  region of interest only) took a median 25 s of wall time per pair with 1 SimpleITK
+  thread at `nice -n 19` (median 25 CPU s, the extra label warps of the comparison modes
+  included); 4 of 16 pairs took 60-69 s and one 360 s (patient 10, 43 CPU s: the process
+  waited behind a test suite). Machine load average {load}. With 2 threads on idle cores a
+  pair is faster; not measured this time.
+- **Synthetic next days**: "Dice >= 0.92" reached (0.960), "floor + 0.25" NOT reached
+  (5-15 mm deformations leave a floor of 0.800); rigid alone gives 0.941, affine 0.952,
+  the B-spline 0.960, 0 % folded.
+- **Signed distance vs nearest neighbour** label warping (the `nearest` row, the same
+  transform): nearest scores higher on the synthetic pairs (0.973 vs 0.960), but their
+  truth was itself made by nearest-neighbour resampling of the labels
+  (`tests/propagation_helpers.synthetic_next_day`, `order=0`), which favours it; on the
+  real T2 -> T1 pairs (affine transform) nearest gave 0.529 vs 0.533 by signed distance.
+  Signed distance stays the default: no real pair shows nearest better, and signed
+  distance keeps thin structures across a change of slice grid.
+- **itk-elastix: not compared.** itk-elastix 0.25.4 installs into the venv and a plain
   rigid elastix run works, but `itk.elastix_registration_method` with fixed and moving
-  masks crashed the interpreter (segmentation fault) on the CHAOS working grids, and the
-  time ran out before a workaround; the optional dependency is therefore not added.
-- Machine load: the 2 cores were shared with 2-3 other engineers' jobs during the run
-  (load average {load})."""
+  masks crashed the interpreter (segmentation fault) on the CHAOS working grids (an
+  earlier session); the optional dependency is therefore not added."""
 
 
 if __name__ == "__main__":

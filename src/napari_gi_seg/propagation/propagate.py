@@ -197,7 +197,7 @@ def default_settings(prev_volume: Volume, today_volume: Volume, **kw) -> Registr
     B-spline. Measured on CHAOS T2-SPIR -> T1 in-phase of one session, all 16 patients
     (docs/benchmarks.md, "Propagation"): mean Dice 0.660 by scanner coordinates, 0.563
     rigid, 0.533 affine; mutual information between the two contrasts sent the rigid
-    stage off in 5 of 16 patients (e.g. 0.916 -> 0.160), and the B-spline pulled organ
+    stage off in 4 of 16 patients (Dice down by more than 0.1, e.g. 0.916 -> 0.160), and the B-spline pulled organ
     edges the wrong way (patients 1, 2). ``kw`` go to :class:`RegistrationSettings`
     (e.g. ``threads``).
     """
