@@ -1,11 +1,12 @@
 """Bring the previous day's contours: propagation in the dock.
 
 The clinician picks today's image layer, the previous day's scan and its labels or
-RTSTRUCT; :func:`napari_gi_seg.propagation.propagate` runs in a napari
-``thread_worker`` (progress in the activity dock, Cancel between registration stages).
-The result goes into the case's Labels layer in one undo step, through
-``Labels.data_setitem`` inside :meth:`~._context.CaseContext.model_writing`; its slices
-are marked PREDICTED (not reviewed). Edited and reviewed slices are kept.
+RTSTRUCT; :func:`napari_gi_seg.propagation.propagate` runs as a job of the controller's
+runner (:func:`._qt.controller.run_job`: a napari ``thread_worker``, progress in the
+activity dock, Cancel between registration stages, sync mode for tests). The result goes
+into the case's Labels layer through the case controller
+(:meth:`~.controller.CaseController.write_model_output`: one undo step, slices marked
+PREDICTED, not reviewed; edited and reviewed slices are kept).
 
 Per structure the clinician chooses the model's labels or the propagated contour.
 Default (:func:`default_source`): the model's where the case already has the model's
@@ -35,7 +36,6 @@ from qtpy.QtWidgets import (
 from ..errors import InputError
 from . import _context as C
 
-SYNC_ENV = "NAPARI_GI_SEG_SYNC"
 #: Registration choices shown in the widget -> stages.
 STAGE_CHOICES = {
     "automatic (none within one session)": None,
@@ -86,8 +86,7 @@ class PropagateWidget(QWidget):
         self.viewer = C.unwrap(napari_viewer)
         self.result = None
         self.choices: dict[str, QComboBox] = {}
-        self._worker = None
-        self._cancel = False
+        self._job = None
         self._ctx = None
         self._model_labels: np.ndarray | None = None
         lay = QVBoxLayout(self)
@@ -167,7 +166,7 @@ class PropagateWidget(QWidget):
 
     @property
     def is_running(self) -> bool:
-        return self._worker is not None
+        return self._job is not None and self._job.is_running
 
     # ------------------------------------------------------------------ run
     def _prepare(self):
@@ -191,40 +190,32 @@ class PropagateWidget(QWidget):
             self.status_label.setText(problem)
             return None
         today = volume_from_layer_metadata(np.asarray(layer.data), dict(layer.metadata), layer.scale)
-        self._cancel = False
         return prev, labels, today, STAGE_CHOICES[self.stages_combo.currentText()]
 
     def run(self) -> None:
-        """Propagate in a worker thread (in the calling thread with ``NAPARI_GI_SEG_SYNC=1``)."""
+        """Propagate as a job (a worker thread; the calling thread with
+        ``NAPARI_GI_SEG_SYNC=1``)."""
         args = self._prepare()
         if args is None:
             return
-        from ._progress import NapariProgress
+        from .controller import run_job
 
-        self._bridge = NapariProgress("Previous day's contours:", ("propagate",), parent=self)
         self._set_running(True)
         self.status_label.setText("Registering the previous scan to today's...")
-        kw = dict(progress=self._bridge, cancel=lambda: self._cancel)
-        if os.environ.get(SYNC_ENV, "") not in ("", "0"):
-            self._worker = "sync"
-            try:
-                self._on_result(_work(*args, **kw))
-            except Exception as e:  # noqa: BLE001 - reported, never a crash
-                self._on_error(e)
-            self._on_finished()
-            return
-        from napari.qt.threading import create_worker
-
-        worker = create_worker(_work, *args, **kw, _start_thread=False)
-        worker.returned.connect(self._on_result)
-        worker.errored.connect(self._on_error)
-        worker.finished.connect(self._on_finished)
-        self._worker = worker
-        worker.start()
+        self._job = run_job(
+            _work,
+            *args,
+            title="Previous day's contours:",
+            on_returned=self._on_result,
+            on_errored=self._on_error,
+            on_finished=self._on_finished,
+            parent=self,
+        )
 
     def cancel(self) -> None:
         """Stop at the next registration step; nothing is written."""
-        self._cancel = True
+        if self._job is not None:
+            self._job.cancel()
         self.status_label.setText("Cancelling...")
 
     def _set_running(self, running: bool) -> None:
@@ -238,10 +229,7 @@ class PropagateWidget(QWidget):
         self.status_label.setText(f"Failed: {exc}")
 
     def _on_finished(self) -> None:
-        self._worker = None
         self._set_running(False)
-        if getattr(self, "_bridge", None) is not None:
-            self._bridge.close()
 
     def _on_result(self, result) -> None:
         if result.cancelled:
@@ -286,9 +274,10 @@ class PropagateWidget(QWidget):
         self.finished.emit(result)
 
     def apply_choices(self) -> list[int]:
-        """Write the chosen source per structure into the case's labels (one undo step);
-        edited and reviewed slices are kept. Returns the slices marked PREDICTED."""
-        from ..curation.review import SliceState
+        """Write the chosen source per structure into the case's labels through the
+        case controller (one undo step); edited and reviewed slices are kept. Returns the
+        slices marked PREDICTED."""
+        from .controller import controller_of
 
         ctx, result = self._ctx, self.result
         if ctx is None or result is None or ctx.labels_layer is None:
@@ -309,16 +298,9 @@ class PropagateWidget(QWidget):
             cv = case_value[n]
             new[new == cv] = 0
             new[prop == v] = cv
-        keep = [z for z in range(new.shape[0]) if ctx.tracker.states[z] in (SliceState.EDITED, SliceState.REVIEWED)]
-        new[keep] = np.asarray(ctx.labels_layer.data)[keep]
-        diff = new != np.asarray(ctx.labels_layer.data)
-        zz, yy, xx = np.nonzero(diff)
-        if zz.size:
-            with ctx.model_writing():
-                ctx.labels_layer.data_setitem((zz, yy, xx), new[zz, yy, xx])
-        zs = sorted({int(z) for z in np.nonzero(prop.any(axis=(1, 2)))[0]} - set(keep))
-        ctx.tracker.mark_predicted(zs)
-        ctx.labels_layer.refresh()
-        ctx.changed.emit()
+        # the slices the contours reach, and those where a choice takes something away
+        changed = (new != np.asarray(ctx.labels_layer.data)).any(axis=(1, 2))
+        zs = sorted({int(z) for z in np.nonzero(prop.any(axis=(1, 2)) | changed)[0]})
+        written = controller_of(self.viewer, ctx).write_model_output(zs, new[zs], prediction=False)
         self.apply_button.setEnabled(bool(self.choices))
-        return zs
+        return written
