@@ -154,6 +154,23 @@ def simulate_clicks(net, X: torch.Tensor, T: np.ndarray, rounds: int) -> torch.T
     return X
 
 
+def held_out_patients(data: str | Path, train_patients) -> list[str]:
+    """CHAOS patient ids under ``data`` (numbered folders) that are not in ``train_patients``."""
+    ids = [d.name for d in Path(data).iterdir() if d.is_dir() and d.name.isdigit()]
+    return sorted(set(ids) - {str(p) for p in train_patients}, key=int)
+
+
+def fold_patients(data: str | Path, fold: int) -> tuple[list[str], list[str]]:
+    """``(train, held out)`` patient ids of ``fold`` of the package's 4-fold patient split
+    (:func:`napari_gi_seg.datasets.split_groups`, ``val_fraction 0.25``, seed 0) of the
+    CHAOS patients under ``data``; fold 0 is :data:`FOLD0_TRAIN` / :data:`FOLD0_TEST`."""
+    from ..datasets import split_groups
+
+    ids = held_out_patients(data, [])
+    train, held = split_groups(ids, 0.25, fold=fold, seed=0)
+    return sorted(train, key=int), sorted(held, key=int)
+
+
 def train(args) -> Path:
     """Run the training; returns the work folder (``model.safetensors``, ``spec.json``,
     ``train_log.json``)."""
@@ -184,7 +201,10 @@ def train(args) -> Path:
     run_loss, run_dice = [], []
     net.train()
     while time.time() - start < budget and (args.max_steps is None or step < args.max_steps):
+        # cosine over the wall-clock budget, or over --max-steps when that ends the run first
         frac = (time.time() - start) / budget
+        if args.max_steps:
+            frac = max(frac, step / args.max_steps)
         for g in opt.param_groups:
             g["lr"] = float(args.lr * (0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * min(frac, 1.0)))))
         ex = [make_example(rng, draw_object(rng, stacks, exclude)) for _ in range(args.batch)]
@@ -224,8 +244,9 @@ def train(args) -> Path:
         "dataset": "chaos_mr_dicom",
         "contrasts": ["T2SPIR", "T1DUAL in-phase", "T1DUAL opposed-phase"],
         "train_patients": list(args.patients),
-        "held_out_patients": [p for p in FOLD0_TEST if p not in args.patients],
+        "held_out_patients": held_out_patients(args.data, args.patients),
         "excluded_organs": list(args.exclude_organ or []),
+        "fold_name": f"fold {args.fold}" if getattr(args, "fold", None) is not None else "fold 0",
         "steps": step,
         "batch_size": args.batch,
         "max_click_rounds": args.max_rounds,
@@ -296,7 +317,8 @@ def model_card(spec: ModelSpec) -> str:
         "",
         "- data: CHAOS MR (Kavur et al., Medical Image Analysis 69 (2021) 101950; CC BY-SA 4.0), original DICOM, "
         "all three contrasts (T2-SPIR, T1 in-phase, T1 opposed-phase), all four organs",
-        f"- training patients ({len(t.get('train_patients', []))}, fold 0 of the package's 4-fold split): "
+        f"- training patients ({len(t.get('train_patients', []))}, {t.get('fold_name', 'fold 0')} of the package's "
+        "4-fold split): "
         f"{', '.join(t.get('train_patients', []))}",
         f"- **held out** (never seen; the benchmark's patients): {', '.join(t.get('held_out_patients', []))}",
         "- objects: organs, sub-regions (a random line or blob cuts an organ), merged touching organs, "
@@ -340,7 +362,8 @@ def bundle(work: str | Path, root: str | Path | None = None, version: int = 1, m
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m napari_gi_seg.training.prompt_train", description=__doc__)
     ap.add_argument("--data", required=True, help="the chaos_mr_dicom folder")
-    ap.add_argument("--patients", nargs="+", default=FOLD0_TRAIN)
+    ap.add_argument("--patients", nargs="+", default=None, help="training patients (default: those of --fold)")
+    ap.add_argument("--fold", type=int, default=0, help="fold of split_groups(patients, 0.25, fold, seed 0)")
     ap.add_argument("--exclude-organ", nargs="*", default=[], help="organ names never used as objects")
     ap.add_argument("--work", required=True)
     ap.add_argument("--name", default=PROMPT_MODEL_NAME)
@@ -355,6 +378,8 @@ def main(argv=None) -> int:
     ap.add_argument("--checkpoint-every", type=int, default=100)
     ap.add_argument("--resume", action="store_true")
     args = ap.parse_args(argv)
+    if args.patients is None:
+        args.patients = fold_patients(args.data, args.fold)[0]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     train(args)
     return 0
