@@ -346,7 +346,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     import json
 
     from .progress import TqdmProgress
-    from .training.finetune import finetune
+    from .training.finetune import finetune, held_back_comparison
 
     bar = TqdmProgress(disable=args.jsonl or not sys.stderr.isatty())
 
@@ -385,17 +385,26 @@ def cmd_finetune(args: argparse.Namespace) -> int:
             if res.split == "slice"
             else f"{len(res.held_back)} held-back patient(s)"
         )
-        print(f"held-back mean Dice on {where} of {ft['dataset']} ({res.split}-level):")
-        print(f"  before  {ft['base']:<24} {res.dice_before:.4f}")
         # an unregistered candidate has no version: the registry gives one only when it is registered
         after = res.spec.key if res.registered else f"{res.spec.name} (candidate)"
-        print(f"  after   {after:<24} {res.dice_after:.4f}{'  (worse)' if res.worse else ''}")
-        if ft.get("new_classes"):  # grown by new structures (training.finetune)
+        worse = "  (worse)" if res.worse else ""
+        if ft.get("new_classes"):  # grown by new structures: like for like on the base's classes only
+            cmp = held_back_comparison(ft["per_class_before"], ft["per_class_after"])
             print(
-                f"  new structure(s) {', '.join(ft['new_classes'])}: "
+                f"held-back mean Dice of the base's classes ({', '.join(cmp['classes']) or 'none scored'}) "
+                f"on {where} of {ft['dataset']} ({res.split}-level):"
+            )
+            print(f"  before  {ft['base']:<24} {cmp['before']:.4f}")
+            print(f"  after   {after:<24} {cmp['after']:.4f}{worse}")
+            print("  old classes' change: " + ", ".join(f"{n} {d:+.4f}" for n, d in ft["old_class_change"].items()))
+            print(
+                "  new structure(s) (the base has none to compare): "
                 + ", ".join(f"{n} {ft['per_class_after'].get(n, float('nan')):.4f}" for n in ft["new_classes"])
             )
-            print("  old classes' change: " + ", ".join(f"{n} {d:+.4f}" for n, d in ft["old_class_change"].items()))
+        else:
+            print(f"held-back mean Dice on {where} of {ft['dataset']} ({res.split}-level):")
+            print(f"  before  {ft['base']:<24} {res.dice_before:.4f}")
+            print(f"  after   {after:<24} {res.dice_after:.4f}{worse}")
         if res.registered:
             print(f"registered {res.spec.key} (parent {res.spec.parent})  ({res.entry.folder})")
         else:

@@ -127,6 +127,9 @@ def test_finetune_grows_base_and_predicts_new_class(nospleen_key, chaos3, chaos_
     assert ft["new_classes"] == ["spleen"] and "spleen" not in ft["per_class_before"]
     assert set(ft["old_class_change"]) == {"liver", "right_kidney", "left_kidney"}
     assert ft["n_cases"]["spleen"] == 1 and ft["annotated_cases"] == {"spleen": 3}
+    old = ["liver", "right_kidney", "left_kidney"]  # like-for-like figures: old classes only, both sides
+    assert ft["old_classes_before"] == pytest.approx(np.mean([ft["per_class_before"][c] for c in old]))
+    assert ft["old_classes_after"] == pytest.approx(np.mean([ft["per_class_after"][c] for c in old]))
     from napari_gi_seg._privacy import public_case_id
 
     train_pid = next(p for p in ("1", "2", "3") if public_case_id(p) == spec.training["train_patients"][0])
@@ -141,3 +144,20 @@ def test_finetune_grows_base_and_predicts_new_class(nospleen_key, chaos3, chaos_
 
     card = model_card(spec)
     assert "spleen" in card and "added by fine-tuning" in card
+
+
+def test_held_back_comparison_sets_old_classes_against_old_classes():
+    """A grown model's mean over old + new classes is not compared with the base's mean
+    over the old ones (0.996 -> 0.794 read as a fall): the comparison takes the classes
+    the base was scored on and lists the new structure on its own."""
+    from napari_gi_seg.training.finetune import held_back_comparison
+
+    nan = float("nan")
+    before = {"liver": 0.99, "right_kidney": 0.98, "left_kidney": nan}  # left kidney: not on the held-back cases
+    after = {"liver": 0.98, "right_kidney": 0.99, "left_kidney": 0.50, "spleen": 0.40}
+    cmp = held_back_comparison(before, after)
+    assert cmp["classes"] == ["liver", "right_kidney"]
+    assert cmp["before"] == pytest.approx(0.985) and cmp["after"] == pytest.approx(0.985)
+    assert cmp["new"] == {"spleen": 0.40}
+    # a class the new model lacks is NaN after, never silently dropped
+    assert held_back_comparison({"liver": 0.9}, {})["after"] != held_back_comparison({"liver": 0.9}, {})["after"]

@@ -264,3 +264,33 @@ def test_widgets_find_each_other_per_viewer(qtbot, make_napari_viewer):
     qtbot.addWidget(s2)
     assert C.find_widget(v1, SegmentWidget) is s1 and C.find_widget(v2, SegmentWidget) is s2
     assert C.find_widget(v1, ExportWidget) is None
+
+
+def test_finetune_widget_compares_a_grown_model_like_for_like(make_napari_viewer, qtbot):
+    """The Fine-tune page fed the event lines of a grown fine-tune (the CLI's --jsonl):
+    the old classes' mean before -> after, the new structure on its own, and the core's
+    reason when an old class fell, never the base's mean against the mean with the new
+    structure (0.996 -> 0.794 'worse')."""
+    viewer = make_napari_viewer()
+    ft = FinetuneWidget(viewer)
+    qtbot.addWidget(ft)
+    pcb = {"liver": 0.996, "right_kidney": 0.995, "left_kidney": 0.997}
+    lines = [
+        {"event": "baseline", "done": 1, "total": 1, "dice_before": 0.996, "per_class_before": pcb},
+        {"event": "epoch", "epoch": 1, "train_loss": 0.3, "val_mean_dice": 0.794, "val_dice_liver": 0.99,
+         "val_dice_right_kidney": 0.99, "val_dice_left_kidney": 0.99, "val_dice_spleen": 0.216},
+    ]  # fmt: skip
+    for obj in lines:
+        ft._handle_line(json.dumps(obj))
+    text = ft.dice_label.text()
+    assert "base's classes: base 0.996 -> new 0.990" in text and "spleen 0.216" in text
+    assert "(worse)" not in text and "0.794" not in text
+    done = {"event": "done", "done": 1, "total": 1, "worse": True, "registered": False, "new_classes": ["spleen"],
+            "dice_before": 0.996, "dice_after": 0.794, "per_class_before": pcb,
+            "per_class_after": {**pcb, "left_kidney": 0.90, "spleen": 0.216},
+            "reason": "old class(es) fell by more than 0.02 on the held-back data (left_kidney -0.097): not "
+                      "registered (register it anyway with --register-if-worse)"}  # fmt: skip
+    ft._handle_line(json.dumps(done))
+    assert "(worse)" in ft.dice_label.text()
+    why = ft._not_registered_text(done)
+    assert "left_kidney -0.097" in why and "--register-if-worse" not in why and "Register anyway" in why

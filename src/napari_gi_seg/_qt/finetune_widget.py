@@ -157,6 +157,9 @@ class FinetuneWidget(QWidget):
         self.exit_code: int | None = None
         self.dice_before: float | None = None
         self.dice_after: float | None = None
+        #: held-back Dice per class of the base and of the best epoch so far
+        self.per_class_before: dict[str, float] = {}
+        self.per_class_after: dict[str, float] = {}
         self.outcome: dict | None = None
         self.log_path: Path | None = None
         self._proc: QProcess | None = None
@@ -236,6 +239,20 @@ class FinetuneWidget(QWidget):
     def _show_dice(self) -> None:
         if self.dice_before is None:
             self.dice_label.setText("")
+            return
+        grown = bool(self.per_class_after) and any(k not in self.per_class_before for k in self.per_class_after)
+        if grown:  # like for like: the base's classes only; the new structures on their own
+            from ..training.finetune import held_back_comparison
+
+            cmp = held_back_comparison(self.per_class_before, self.per_class_after)
+            worse = self.outcome.get("worse") if self.outcome else cmp["after"] < cmp["before"] - 0.02
+            text = (
+                f"held-back mean Dice of the base's classes: base {cmp['before']:.3f} -> new {cmp['after']:.3f}"
+                + (" (worse)" if worse else "")
+                + "; new: "
+                + ", ".join(f"{k} {v:.3f}" for k, v in cmp["new"].items())
+            )
+            self.dice_label.setText(text)
             return
         text = f"held-back mean Dice: base {self.dice_before:.3f}"
         if self.dice_after is not None:
@@ -328,6 +345,7 @@ class FinetuneWidget(QWidget):
         argv = self.command(resume=resume)
         self.history, self.new_model_key, self.exit_code, self.outcome = [], None, None, None
         self.dice_before = self.dice_after = None
+        self.per_class_before, self.per_class_after = {}, {}
         self._buffer, self._stderr_tail, self._cancelled, self._killed = "", [], False, False
         self._open_log(argv)
         self._redraw()
@@ -416,13 +434,21 @@ class FinetuneWidget(QWidget):
         self._write_log(line + "\n")
         if ev == "baseline":
             self.dice_before = obj.get("dice_before")
+            self.per_class_before = {
+                k: (float("nan") if v is None else float(v)) for k, v in (obj.get("per_class_before") or {}).items()
+            }
             self._show_dice()
             self._redraw()
         elif ev == "epoch":
             self.history.append(obj)
             vd = obj.get("val_mean_dice")
-            if vd is not None:
-                self.dice_after = max(vd, self.dice_after if self.dice_after is not None else -1.0)
+            if vd is not None and (self.dice_after is None or vd > self.dice_after):  # the best epoch is kept
+                self.dice_after = vd
+                self.per_class_after = {
+                    k[len("val_dice_") :]: float(v)
+                    for k, v in obj.items()
+                    if k.startswith("val_dice_") and isinstance(v, (int, float))
+                }
             self.status_label.setText(
                 f"epoch {obj['epoch']}: loss {obj.get('train_loss', float('nan')):.4f}"
                 + (f", held-back Dice {vd:.3f}" if vd is not None else "")
@@ -432,6 +458,10 @@ class FinetuneWidget(QWidget):
         elif ev == "done":
             self.outcome = obj
             self.dice_after = obj.get("dice_after")
+            if obj.get("per_class_after"):
+                self.per_class_after = {
+                    k: (float("nan") if v is None else float(v)) for k, v in obj["per_class_after"].items()
+                }
             if obj.get("registered"):
                 self.new_model_key = obj.get("model")
             self._show_dice()
@@ -575,6 +605,12 @@ class FinetuneWidget(QWidget):
     def _not_registered_text(self, out: dict) -> str:
         """Why the run was not registered, in the widget's own terms (its buttons and
         check box; the core's reason names the CLI's flag)."""
+        if out.get("worse") and out.get("new_classes"):  # grown: the core says which old class fell
+            why = str(out.get("reason", "")).split(": not registered")[0]
+            return (
+                f"Not registered: {why}. Press 'Register anyway' to keep it as a new version, or tick "
+                "'register even if worse' before the next run."
+            )
         if out.get("worse") and self.dice_before is not None and self.dice_after is not None:
             return (
                 f"Not registered: the held-back Dice fell from {self.dice_before:.3f} to {self.dice_after:.3f}. "

@@ -89,6 +89,36 @@ log = logging.getLogger(__name__)
 OLD_CLASS_TOLERANCE = 0.02
 
 
+def held_back_comparison(per_class_before: dict, per_class_after: dict) -> dict:
+    """Like-for-like held-back figures of a fine-tune.
+
+    A grown model's mean Dice averages over its new structures too, so it cannot be
+    set against the base's mean (a model that keeps every old class but scores 0.4 on
+    a new one would read 0.996 -> 0.794). This compares the classes the base was
+    scored on only, and lists the others on their own.
+
+    Parameters
+    ----------
+    per_class_before, per_class_after : dict of str to float
+        Held-back Dice per class of the base and of the new model (NaN: not scored).
+
+    Returns
+    -------
+    dict
+        ``{"classes": [old classes scored on the base], "before": mean over them,
+        "after": the new model's mean over the same classes (NaN where it has none),
+        "new": {class: Dice} for the new model's other classes}``.
+    """
+    old = [k for k, v in per_class_before.items() if v == v]
+    after = [per_class_after.get(k, float("nan")) for k in old]
+    return {
+        "classes": old,
+        "before": sum(per_class_before[k] for k in old) / len(old) if old else float("nan"),
+        "after": sum(after) / len(after) if old else float("nan"),
+        "new": {k: float(v) for k, v in per_class_after.items() if k not in per_class_before},
+    }
+
+
 @dataclass
 class FinetuneResult:
     """What :func:`finetune` produced.
@@ -336,6 +366,9 @@ def finetune(
             worse=out.worse,
             dice_before=out.dice_before,
             dice_after=out.dice_after,
+            per_class_before=out.spec.metrics["finetune"].get("per_class_before"),
+            per_class_after=out.spec.metrics["finetune"].get("per_class_after"),
+            new_classes=list(new_names),
             split=split,
             epochs_run=len(res.history),
             minutes=round((time.time() - t0) / 60, 2),
@@ -472,17 +505,32 @@ def _decide(res, entry, before, held_json, split, work, register_if_worse, ds, n
             n_cases={k: v.get("n_cases") for k, v in bm.get("per_class", {}).items()},
             annotated_cases={n: sum(n in a for a in ds.annotated_classes().values()) for n in new_names},
         )
+        cmp = held_back_comparison(before["per_class"], after["per_class"])
+        spec.metrics["finetune"].update(old_classes_before=cmp["before"], old_classes_after=cmp["after"])
     spec.training["split"] = split
     spec.training["held_back"] = held_json
     write_json(work / CANDIDATE_FILE, spec.to_dict())
-    log.info(
-        "held-back (%s-level) mean Dice: parent %s %.4f -> fine-tuned %.4f%s",
-        split,
-        entry.key,
-        before["mean_dice"],
-        after["mean_dice"],
-        " (worse)" if worse else "",
-    )
+    if new_names:
+        log.info(
+            "held-back (%s-level) mean Dice of the base's classes (%s): parent %s %.4f -> fine-tuned %.4f%s; "
+            "new structure(s): %s",
+            split,
+            ", ".join(cmp["classes"]) or "none scored",
+            entry.key,
+            cmp["before"],
+            cmp["after"],
+            " (worse)" if worse else "",
+            ", ".join(f"{k} {v:.4f}" for k, v in cmp["new"].items()),
+        )
+    else:
+        log.info(
+            "held-back (%s-level) mean Dice: parent %s %.4f -> fine-tuned %.4f%s",
+            split,
+            entry.key,
+            before["mean_dice"],
+            after["mean_dice"],
+            " (worse)" if worse else "",
+        )
     reason = ""
     if res.stopped == "cancelled":
         reason = f"stopped after {len(res.history)} epoch(s): not registered; the best epoch so far is kept in the run folder"
