@@ -17,6 +17,7 @@ wrapping of elastix in ITK). Prints Dice per pair and seconds of the registratio
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -107,12 +108,41 @@ def run(kind: str, pid: str, threads: int) -> None:
         ref = to_sitk(np.zeros(today.shape, np.uint8), world_zyx_affine(today))
         out = warp_labels(li, ref, tf, "distance")
     d_el = _mean([{"scores": {"b": score(out, truth, today.spacing_mm)}}], "b", "dice")
+    folded = float((sitk.GetArrayFromImage(sitk.DisplacementFieldJacobianDeterminant(tf.GetDisplacementField())) <= 0).mean())
     print(
         f"{kind} {pid}: Dice SimpleITK {d_sitk:.3f} ({r.seconds:.1f} s whole call, registration "
         f"{sum(r.stage_seconds.values()):.1f} s) | elastix {d_el:.3f} (registration + field {sec:.1f} s); "
         f"load {load:.1f}",
         flush=True,
     )
+    return {
+        "kind": kind,
+        "patient": pid,
+        "dice_simpleitk": d_sitk,
+        "dice_elastix": d_el,
+        "seconds_simpleitk_registration": round(sum(r.stage_seconds.values()), 1),
+        "seconds_simpleitk_call": round(r.seconds, 1),
+        "seconds_elastix": round(sec, 1),
+        "folded_simpleitk": r.folded_fraction,
+        "folded_elastix": folded,
+        "load": round(load, 1),
+    }
+
+
+def summary(rows: list[dict]) -> str:
+    """Markdown table: per kind of pair, mean Dice and median seconds of both."""
+    out = ["| pairs | n | SimpleITK Dice | elastix Dice | elastix better | SimpleITK s (median) | elastix s (median) |",
+           "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
+    for kind in sorted({r["kind"] for r in rows}):
+        rs = [r for r in rows if r["kind"] == kind]
+        out.append(
+            f"| {kind} | {len(rs)} | {np.mean([r['dice_simpleitk'] for r in rs]):.3f} | "
+            f"{np.mean([r['dice_elastix'] for r in rs]):.3f} | "
+            f"{sum(r['dice_elastix'] > r['dice_simpleitk'] for r in rs)} | "
+            f"{np.median([r['seconds_simpleitk_registration'] for r in rs]):.1f} | "
+            f"{np.median([r['seconds_elastix'] for r in rs]):.1f} |"
+        )
+    return "\n".join(out)
 
 
 def main(argv=None) -> int:
@@ -120,11 +150,16 @@ def main(argv=None) -> int:
     ap.add_argument("--pairs", default="synthetic:1,synthetic:2,t2->t1:1")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--masks", action="store_true", help="give elastix the masks too")
+    ap.add_argument("--json", default=None, help="write the rows here after every pair")
     args = ap.parse_args(argv)
     MASKS["on"] = args.masks
+    rows = []
     for p in args.pairs.split(","):
         kind, pid = p.split(":")
-        run(kind, pid, args.threads)
+        rows.append(run(kind, pid, args.threads))
+        if args.json:
+            Path(args.json).write_text(json.dumps(rows, indent=1))
+    print(summary(rows))
     return 0
 
 
