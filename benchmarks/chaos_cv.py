@@ -192,6 +192,44 @@ def markdown(summary: dict, title: str) -> str:
     return "\n".join(lines)
 
 
+def cross_validation_metrics(out: dict, measured_on: str) -> dict:
+    """``spec.metrics["cross_validation"]`` (the card's CV tables) from a results JSON of
+    this script: all series, then per contrast; mean +- sd over series."""
+    cv = {k: v for f in out["folds"] for k, v in f["per_case"].items()}
+    summ = summarise(cv)
+
+    def block(s):
+        return {
+            "mean_dice": round(s["mean"][0], 4),
+            "sd": round(s["mean"][1], 4),
+            "n": s["n"],
+            "per_class": {c: {"dice": round(s[c][0], 4), "sd": round(s[c][1], 4)} for c in CLASSES},
+        }
+
+    return {
+        **block(summ["all"]),
+        "series": summ["all"]["n"],
+        "folds": len(out["folds"]),
+        "patients": len({p for f in out["folds"] for p in f["val_patients"]}),
+        "steps_per_fold": [f["steps"] for f in out["folds"]],
+        "per_sequence": {seq: block(summ[seq]) for seq in SEQUENCES if seq in summ},
+        "measured_on": measured_on,
+    }
+
+
+def attach(cv_json: Path, model_dir: Path, measured_on: str) -> None:
+    """Write the cross-validation of ``cv_json`` into the spec of the registered model
+    folder ``model_dir`` and regenerate its MODEL_CARD.md (weights untouched)."""
+    from napari_gi_seg.models.card import model_card
+    from napari_gi_seg.models.spec import ModelSpec
+
+    out = json.loads(Path(cv_json).read_text())
+    spec = ModelSpec.load(model_dir / "spec.json")
+    spec.metrics["cross_validation"] = cross_validation_metrics(out, measured_on)
+    spec.save(model_dir / "spec.json")
+    (model_dir / "MODEL_CARD.md").write_text(model_card(spec))
+
+
 def _net_args(a) -> dict:
     """``arch``/``encoder``/``gate`` of :func:`run_fold` from the command line."""
     from napari_gi_seg.training.config import default_encoder
@@ -218,7 +256,18 @@ def main(argv=None) -> int:
     p.add_argument("--encoder", default=None, help="its encoder or preset (default: the bundled recipe's)")
     p.add_argument("--gate", type=float, default=None, metavar="T", help="add the empty-slice gate, threshold T")
     p.add_argument("--summarise", default=None, help="print the tables of a results JSON and exit")
+    p.add_argument(
+        "--attach",
+        nargs=2,
+        metavar=("CV_JSON", "MODEL_DIR"),
+        default=None,
+        help="write a results JSON's CV into a model folder's spec and card, then exit",
+    )
+    p.add_argument("--measured-on", default="", help="with --attach: where and how the CV was measured")
     a = p.parse_args(argv)
+    if a.attach:
+        attach(Path(a.attach[0]), Path(a.attach[1]), a.measured_on)
+        return 0
     if a.summarise:
         out = json.loads(Path(a.summarise).read_text())
         cv = {k: v for f in out["folds"] for k, v in f["per_case"].items()}
