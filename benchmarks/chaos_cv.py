@@ -230,6 +230,42 @@ def attach(cv_json: Path, model_dir: Path, measured_on: str) -> None:
     (model_dir / "MODEL_CARD.md").write_text(model_card(spec))
 
 
+def tta_effect(root: Path, out: dict, work: Path, base: str) -> dict:
+    """Flip TTA on the cross-validation's own weights: each fold's ``checkpoint_last.pt``
+    (tensors only, never unpickled) in ``base``'s spec, its held-out series segmented
+    without and with flip TTA; ``{"per_case_plain", "per_case_tta", "seconds_plain",
+    "seconds_tta"}``."""
+    import torch
+
+    from napari_gi_seg.datasets import open_dataset
+    from napari_gi_seg.engine.inference import segment_volume
+    from napari_gi_seg.evaluation.metrics import dice_per_class
+    from napari_gi_seg.models.network import build_network
+    from napari_gi_seg.models.registry import get_entry
+    from napari_gi_seg.training.checkpoint import load_checkpoint
+
+    spec = get_entry(base).spec()
+    res = {"per_case_plain": {}, "per_case_tta": {}, "seconds_plain": 0.0, "seconds_tta": 0.0}
+    for f in out["folds"]:
+        net = build_network(spec)
+        net.load_state_dict(load_checkpoint(work / f"fold{f['fold']}" / "checkpoint_last.pt")["model"])
+        net.eval()
+        for ref in open_dataset(root, list(CLASSES)).subset(f["val_patients"]).cases:
+            case = ref.load()
+            for tta in (False, True):
+                t = time.perf_counter()
+                with torch.no_grad():
+                    lab = segment_volume(case.image, spec, net, device="cpu", tta=tta).labels
+                res["seconds_tta" if tta else "seconds_plain"] += time.perf_counter() - t
+                d = dice_per_class(lab, case.target, [1, 2, 3, 4])
+                res["per_case_tta" if tta else "per_case_plain"][ref.case_id] = {
+                    c: float(d[i + 1]) for i, c in enumerate(CLASSES)
+                }
+            print(f"TTA {ref.case_id}: plain {np.mean(list(res['per_case_plain'][ref.case_id].values())):.3f} "
+                  f"tta {np.mean(list(res['per_case_tta'][ref.case_id].values())):.3f}", flush=True)  # fmt: skip
+    return res
+
+
 def _net_args(a) -> dict:
     """``arch``/``encoder``/``gate`` of :func:`run_fold` from the command line."""
     from napari_gi_seg.training.config import default_encoder
@@ -263,6 +299,9 @@ def main(argv=None) -> int:
         default=None,
         help="write a results JSON's CV into a model folder's spec and card, then exit",
     )
+    p.add_argument(
+        "--tta", action="store_true", help="score flip TTA on the folds of --json (their checkpoints), then exit"
+    )
     p.add_argument("--measured-on", default="", help="with --attach: where and how the CV was measured")
     a = p.parse_args(argv)
     if a.attach:
@@ -284,6 +323,14 @@ def main(argv=None) -> int:
     torch.set_num_threads(a.threads)
     root, path = Path(a.data).resolve(), Path(a.json)
     work = Path(a.work) if a.work else path.parent / (path.stem + "-runs")
+    if a.tta:
+        out = json.loads(path.read_text())
+        out["tta"] = tta_effect(root, out, work, a.base or "chaos-t2spir:2")
+        _save(path, out)
+        print(markdown(summarise(out["tta"]["per_case_plain"]), "plain (same weights)"))
+        print(markdown(summarise(out["tta"]["per_case_tta"]), "flip TTA"))
+        print(f"seconds: plain {out['tta']['seconds_plain']:.0f}, TTA {out['tta']['seconds_tta']:.0f}")
+        return 0
     if a.final:
         rec = run_fold(
             root,
