@@ -124,6 +124,49 @@ def summarise_3d(rows: list[dict]) -> dict:
     }
 
 
+def _kind(method: str) -> str:
+    return "random walker" if method.startswith("random walker") else "promptable model"
+
+
+def cv_markdown(files: list[Path], looo: Path | None = None, organ: str = "spleen", max_clicks: int = 8) -> str:
+    """The cross-validation table from one ``--json`` per fold (each fold's own
+    promptable model and the random walker on its held-out patients): per fold and
+    pooled, 2D (Dice box, box + 5, NoC@90, reached 0.90) and 3D from one slice; with
+    ``looo``, the run of a model trained without ``organ``, scored on that organ only."""
+    head = ("| fold | method | objects | Dice box | Dice box+5 | NoC@90 | reached 0.90 | 3D Dice (organs) |\n"
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")  # fmt: skip
+    lines, pooled2, pooled3 = [head], {}, {}
+
+    def row(fold, kind, r2, r3):
+        a, b = summarise(r2, max_clicks), summarise_3d(r3) if r3 else None
+        d3 = f"{b['dice_3d']:.3f} ({b['n']})" if b else ""
+        return (f"| {fold} | {kind} | {a['n']} | {a['dice_box']:.3f} | {a['dice_box5']:.3f} | {a['noc90']:.2f} | "
+                f"{100 * a['reached90']:.0f} % | {d3} |")  # fmt: skip
+
+    for i, f in enumerate(files):
+        res = json.loads(Path(f).read_text())
+        for kind in ("promptable model", "random walker"):
+            r2 = [r for r in res["raw2d"] if _kind(r["method"]) == kind]
+            r3 = [r for r in res["raw3d"] if _kind(r["method"]) == kind]
+            if r2:
+                pats = sorted({r["patient"] for r in r2}, key=int)
+                lines.append(row(f"{i} ({', '.join(pats)})", kind, r2, r3))
+                pooled2.setdefault(kind, []).extend(r2)
+                pooled3.setdefault(kind, []).extend(r3)
+    for kind in pooled2:
+        lines.append(row("**all**", f"**{kind}**", pooled2[kind], pooled3[kind]))
+    if looo:
+        res = json.loads(Path(looo).read_text())
+        lines += ["", f"Leave-one-organ-out: the model trained without the {organ}, scored on the {organ} only.", "",
+                  head]  # fmt: skip
+        for kind in ("promptable model", "random walker"):
+            r2 = [r for r in res["raw2d"] if _kind(r["method"]) == kind and r["organ"] == organ]
+            r3 = [r for r in res["raw3d"] if _kind(r["method"]) == kind and r["organ"] == organ]
+            if r2:
+                lines.append(row(f"0, {organ} only", kind, r2, r3))
+    return "\n".join(lines)
+
+
 def gi_check(data: Path, methods: list[str], max_clicks: int) -> dict:
     """UW-Madison slices (manual labels) and the TotalSegmentator MR (predicted labels)."""
     from napari_gi_seg.io import read_image, read_labels
@@ -244,7 +287,19 @@ def main(argv=None) -> int:
     ap.add_argument("--include", type=Path, nargs="*", default=[], help="--json files of earlier runs to merge in")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--markdown", type=Path, default=None)
+    ap.add_argument(
+        "--summarise-cv",
+        type=Path,
+        nargs="*",
+        default=None,
+        metavar="FOLD_JSON",
+        help="print the cross-validation table of one --json per fold and exit",
+    )
+    ap.add_argument("--looo", type=Path, default=None, help="with --summarise-cv: the leave-one-organ-out run")
     args = ap.parse_args(argv)
+    if args.summarise_cv:
+        print(cv_markdown(args.summarise_cv, args.looo, max_clicks=args.max_clicks))
+        return 0
     import torch
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
