@@ -161,3 +161,27 @@ def test_held_back_comparison_sets_old_classes_against_old_classes():
     assert cmp["new"] == {"spleen": 0.40}
     # a class the new model lacks is NaN after, never silently dropped
     assert held_back_comparison({"liver": 0.9}, {})["after"] != held_back_comparison({"liver": 0.9}, {})["after"]
+
+
+def test_a_new_structure_absent_from_the_held_back_cases_is_found():
+    """The UW-Madison rehearsal (docs/benchmarks.md): the held-back slice had no stomach,
+    so choosing the epoch on it kept epoch 1 (Dice 1.0 for painting nothing). Such a
+    structure is detected (single- and multi-label targets) and the last epoch is kept."""
+    from napari_gi_seg.datasets import IGNORE_INDEX
+    from napari_gi_seg.datasets.case import Case
+    from napari_gi_seg.training.finetune import absent_from_held_back
+
+    names = ["liver", "right_kidney", "left_kidney", "spleen", "Stomach"]
+    t = np.zeros((2, 8, 8), np.uint8)
+    t[0, :2] = 1
+    t[1, -1] = IGNORE_INDEX
+    held = [Case("a", "g", None, t, ["Stomach"])]
+    assert absent_from_held_back(held, names, ["Stomach"]) == ["Stomach"]
+    t2 = t.copy()
+    t2[1, 3, 3] = 5
+    assert absent_from_held_back(held + [Case("b", "h", None, t2, None)], names, ["Stomach"]) == []
+    ch = np.zeros((5, 2, 8, 8), np.uint8)
+    ch[4] = IGNORE_INDEX  # every Stomach voxel ignored: not shown
+    assert absent_from_held_back([Case("c", "g", None, ch, None)], names, ["Stomach"], multilabel=True) == ["Stomach"]
+    ch[4, 0, 1, 1] = 1
+    assert absent_from_held_back([Case("c", "g", None, ch, None)], names, ["Stomach"], multilabel=True) == []
