@@ -122,7 +122,18 @@ def main(argv=None) -> int:
     p.add_argument("--smoke", action="store_true", help="one test patient, to check the script runs")
     p.add_argument("--references", action="store_true", help="also score the bundled model and the unrepaired base")
     p.add_argument("--base", default="", help="a base without the spleen repaired by an earlier run (same --home)")
+    p.add_argument(
+        "--summarise",
+        nargs="+",
+        type=Path,
+        default=None,
+        metavar="JSON",
+        help="print the table of several result JSONs (folds, k) and exit",
+    )
     a = p.parse_args(argv)
+    if a.summarise:
+        print(folds_markdown(a.summarise))
+        return 0
     os.environ["NAPARI_GI_SEG_HOME"] = a.home
     import torch
 
@@ -209,6 +220,37 @@ def table_rows(r: dict) -> list[str]:
             f"{c['liver']:+.3f} | {c['right_kidney']:+.3f} | {c['left_kidney']:+.3f} | {row['seconds']:.0f}{cpu} |"
         )
     return out
+
+
+def folds_markdown(files: list[Path]) -> str:
+    """One row per run of several result JSONs (one per fold and set of k), sorted by k,
+    annotation and fold; then the mean over folds per k and annotation."""
+    rows = []
+    for f in files:
+        r = json.loads(Path(f).read_text())
+        for row in r["runs"]:
+            rows.append((row["k"], row["mode"], r["test"], row))
+    rows.sort(key=lambda t: (t[0], t[1], int(t[2][0])))
+    lines = ["| k | annotated | test patients | spleen Dice | liver change | right kidney change | left kidney change | "
+             "registered without a choice | seconds |", "|---:|---|---|---:|---:|---:|---:|---|---:|"]  # fmt: skip
+    for k, mode, test, row in rows:
+        c = row["change"]
+        ok = "yes" if not row["held_back"].get("worse") else "no (old classes not checked)"
+        lines.append(f"| {k} | {'all' if mode == 'all' else 'spleen only'} | {', '.join(test)} | {row['spleen']:.3f} | "
+                     f"{c['liver']:+.3f} | {c['right_kidney']:+.3f} | {c['left_kidney']:+.3f} | {ok} | "
+                     f"{row['seconds']:.0f} |")  # fmt: skip
+    lines += [
+        "",
+        "| k | annotated | folds | spleen Dice (mean, min) | worst old-organ change |",
+        "|---:|---|---:|---|---:|",
+    ]
+    for k, mode in sorted({(t[0], t[1]) for t in rows}):
+        rs = [t[3] for t in rows if t[0] == k and t[1] == mode]
+        sp = [r["spleen"] for r in rs]
+        worst = min(v for r in rs for v in r["change"].values())
+        lines.append(f"| {k} | {'all' if mode == 'all' else 'spleen only'} | {len(rs)} | {np.mean(sp):.3f}, {min(sp):.3f} | "
+                     f"{worst:+.3f} |")  # fmt: skip
+    return "\n".join(lines)
 
 
 def report(r: dict) -> str:
