@@ -58,3 +58,16 @@ def test_chaos_dicom_phases_pair_with_their_ground_truth(data_dir):
     assert set(np.unique(t2.labels)) == {0, 1, 2, 3, 4}
     # the echoes differ (not one series read twice)
     assert not np.array_equal(t1_in.image, t1_out.image)
+
+
+def test_prompt_training_folds_are_the_package_split(chaos_dicom_dir):
+    """``prompt_train --fold K`` trains on the package's patient folds: fold 0 is the
+    bundled model's (FOLD0_TRAIN / FOLD0_TEST), and the four held-out sets cover the 16
+    CHAOS patients once each."""
+    from napari_gi_seg.training.prompt_train import FOLD0_TEST, FOLD0_TRAIN, fold_patients, held_out_patients
+
+    assert fold_patients(chaos_dicom_dir, 0) == (sorted(FOLD0_TRAIN, key=int), FOLD0_TEST)
+    held = [p for k in range(4) for p in fold_patients(chaos_dicom_dir, k)[1]]
+    assert sorted(held, key=int) == held_out_patients(chaos_dicom_dir, []) and len(set(held)) == 16
+    train, test = fold_patients(chaos_dicom_dir, 2)
+    assert held_out_patients(chaos_dicom_dir, train) == test
