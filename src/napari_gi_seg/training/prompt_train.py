@@ -154,6 +154,47 @@ def simulate_clicks(net, X: torch.Tensor, T: np.ndarray, rounds: int) -> torch.T
     return X
 
 
+def recalibrate_batch_norm(net, rng, stacks, exclude=(), batches: int = 100, batch: int = 16) -> None:
+    """Re-estimate every batch-norm layer's running mean and variance as the average over
+    ``batches`` fresh training batches (prompts and simulated click rounds as in
+    training), without gradient; the weights are not changed.
+
+    The running statistics a training run ends with are an exponential average (momentum
+    0.1) of its last few dozen batches, and this training mixes very different inputs
+    (organs, superpixels, propagation steps, click rounds): measured on CHAOS fold 0,
+    a 3000-step model trained without the spleen scored Dice 0.60 after box + 5 clicks in
+    eval mode although its training Dice was 0.79. The cumulative average over many
+    batches (PyTorch ``momentum=None``; the "precise BN" of Wu & Johnson, *Rethinking
+    "Batch" in BatchNorm*, 2021) removes that dependence on the last batches.
+    """
+    bns = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+    net.train()
+    with torch.no_grad():
+        for _ in range(batches):
+            ex = [make_example(rng, draw_object(rng, stacks, exclude)) for _ in range(batch)]
+            X = _augment(rng, torch.from_numpy(np.stack([e[0] for e in ex])))
+            T = np.stack([e[1] for e in ex]) > 0.5
+            bn_state = [(m.running_mean.clone(), m.running_var.clone(), int(m.num_batches_tracked)) for m in bns]
+            for m in bns:  # the click rounds' forward passes must not count
+                m.momentum = 0.0
+            X = simulate_clicks(net, X, T, int(rng.integers(0, 4)))
+            for m, (mu, var, n) in zip(bns, bn_state):
+                m.running_mean.copy_(mu)
+                m.running_var.copy_(var)
+                m.num_batches_tracked.fill_(n)
+                m.momentum = None
+            net(X)
+    for m, mo in zip(bns, saved):
+        m.momentum = mo
+    net.eval()
+
+
 def held_out_patients(data: str | Path, train_patients) -> list[str]:
     """CHAOS patient ids under ``data`` (numbered folders) that are not in ``train_patients``."""
     ids = [d.name for d in Path(data).iterdir() if d.is_dir() and d.name.isdigit()]
