@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -74,7 +75,8 @@ def elastix_transform(fixed, moving, fmask, mmask, threads: int = 2, seed: int =
     _, params = itk.elastix_registration_method(
         fx, mv, parameter_object=po, number_of_threads=threads, log_to_console=False, **kw
     )
-    field = itk.transformix_deformation_field(mv, params)
+    with tempfile.TemporaryDirectory() as scratch:  # transformix writes deformationField.nii to its output directory
+        field = itk.transformix_deformation_field(mv, params, output_directory=scratch)
     arr = np.asarray(itk.array_from_image(field), np.float64)
     disp = sitk.GetImageFromArray(arr, isVector=True)
     disp.CopyInformation(fixed)
@@ -108,7 +110,9 @@ def run(kind: str, pid: str, threads: int) -> None:
         ref = to_sitk(np.zeros(today.shape, np.uint8), world_zyx_affine(today))
         out = warp_labels(li, ref, tf, "distance")
     d_el = _mean([{"scores": {"b": score(out, truth, today.spacing_mm)}}], "b", "dice")
-    folded = float((sitk.GetArrayFromImage(sitk.DisplacementFieldJacobianDeterminant(tf.GetDisplacementField())) <= 0).mean())
+    folded = float(
+        (sitk.GetArrayFromImage(sitk.DisplacementFieldJacobianDeterminant(tf.GetDisplacementField())) <= 0).mean()
+    )
     print(
         f"{kind} {pid}: Dice SimpleITK {d_sitk:.3f} ({r.seconds:.1f} s whole call, registration "
         f"{sum(r.stage_seconds.values()):.1f} s) | elastix {d_el:.3f} (registration + field {sec:.1f} s); "
