@@ -171,8 +171,18 @@ def _aliases(sd: dict[str, torch.Tensor]) -> dict[str, str]:
 def save_weights(model: torch.nn.Module, path: str | Path, half: bool = False) -> int:
     """Write ``model.state_dict()`` to a safetensors file; returns its size in bytes.
 
-    ``half=True`` stores floating tensors as float16 (halves the file; loading casts
-    back to the network's dtype). Written to a temp file then renamed (atomic).
+    ``half=True`` stores floating weights as float16 (halves the file; loading casts
+    back to the network's dtype), except batch-norm running statistics and any tensor
+    with a value beyond float16's range (65504): those stay float32. A batch-norm
+    running variance of 7.9e5 once became ``inf`` in float16, zeroed its channel at
+    inference and turned a promptable model's box Dice from 0.83 into 0.31 while the
+    float32 checkpoint was fine. Written to a temp file then renamed (atomic).
+
+    Raises
+    ------
+    ValueError
+        If a floating tensor holds NaN or infinity (a diverged training run): nothing
+        is written.
     """
     from safetensors.torch import save
 
@@ -182,12 +192,17 @@ def save_weights(model: torch.nn.Module, path: str | Path, half: bool = False) -
     sd = {}
     full = model.state_dict()
     aliases = _aliases(full)
+    fp16_max = torch.finfo(torch.float16).max
     for k, v in full.items():
         if k in aliases:  # the same tensor under a second name (MONAI DynUNet): stored once
             continue
         v = v.detach().cpu().contiguous()
-        if half and v.is_floating_point():
-            v = v.half()
+        if v.is_floating_point():
+            if not torch.isfinite(v).all():
+                raise ValueError(f"{path.name}: weight {k!r} holds NaN or infinity; not written")
+            stats = k.endswith(("running_mean", "running_var"))
+            if half and not stats and (v.numel() == 0 or float(v.abs().max()) <= fp16_max):
+                v = v.half()
         sd[k] = v
     write_bytes(path, save(sd, metadata={"format": "pt"}))
     return path.stat().st_size
@@ -206,7 +221,8 @@ def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
     FileNotFoundError
         When the file does not exist.
     ValueError
-        When the file is not a valid safetensors file.
+        When the file is not a valid safetensors file, or a floating tensor in it
+        holds NaN or infinity.
     """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
@@ -220,9 +236,16 @@ def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.exists():
         raise FileNotFoundError(f"{path}: weights file not found")
     try:
-        return load_file(str(path))
+        sd = load_file(str(path))
     except (SafetensorError, OSError, Exception) as e:  # safetensors raises several kinds
         raise InputError(f"{path}: not a valid safetensors file ({e})") from e
+    bad = [k for k, v in sd.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise InputError(
+            f"{path}: weight {bad[0]!r} holds NaN or infinity ({len(bad)} tensor(s)); the file is unusable "
+            "(re-export it from its training checkpoint)"
+        )
+    return sd
 
 
 def load_state(net: torch.nn.Module, sd: dict[str, torch.Tensor]) -> torch.nn.Module:
