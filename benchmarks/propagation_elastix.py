@@ -97,8 +97,12 @@ def run(kind: str, pid: str, threads: int) -> None:
     else:
         today, truth = load_chaos(pid, "t1in")
     load = os.getloadavg()[0]
-    r = propagate(vol, lab, today, settings=RegistrationSettings(threads=threads))
-    d_sitk = _mean([{"scores": {"b": score(r.labels.data, truth, today.spacing_mm)}}], "b", "dice")
+    errors = {}
+    try:
+        r = propagate(vol, lab, today, settings=RegistrationSettings(threads=threads))
+        d_sitk = _mean([{"scores": {"b": score(r.labels.data, truth, today.spacing_mm)}}], "b", "dice")
+    except Exception as e:  # noqa: BLE001 - a failed registration is a result of the pair
+        r, d_sitk, errors["simpleitk"] = None, float("nan"), str(e).strip().splitlines()[-1][:200]
     with sitk_threads(threads):
         mv = to_sitk(vol.data, world_zyx_affine(vol), np.float32)
         fx = to_sitk(today.data, world_zyx_affine(today), np.float32)
@@ -106,45 +110,61 @@ def run(kind: str, pid: str, threads: int) -> None:
         fxw, mvw = smooth_resample(fx, (4.0, 4.0, 0.0)), smooth_resample(mv, (4.0, 4.0, 0.0))
         fm = sitk.Resample(_body_mask(fx), fxw, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
         mm = sitk.Resample(_roi_mask(li, 30.0), mvw, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
-        tf, sec = elastix_transform(fxw, mvw, fm if MASKS["on"] else None, mm, threads)
         ref = to_sitk(np.zeros(today.shape, np.uint8), world_zyx_affine(today))
-        out = warp_labels(li, ref, tf, "distance")
-    d_el = _mean([{"scores": {"b": score(out, truth, today.spacing_mm)}}], "b", "dice")
-    folded = float(
-        (sitk.GetArrayFromImage(sitk.DisplacementFieldJacobianDeterminant(tf.GetDisplacementField())) <= 0).mean()
-    )
+        floor = warp_labels(li, ref, sitk.Transform(3, sitk.sitkIdentity), "distance")  # scanner coordinates
+        try:
+            tf, sec = elastix_transform(fxw, mvw, fm if MASKS["on"] else None, mm, threads)
+            out = warp_labels(li, ref, tf, "distance")
+            folded = float(
+                (
+                    sitk.GetArrayFromImage(sitk.DisplacementFieldJacobianDeterminant(tf.GetDisplacementField())) <= 0
+                ).mean()
+            )
+            d_el = _mean([{"scores": {"b": score(out, truth, today.spacing_mm)}}], "b", "dice")
+        except RuntimeError as e:  # elastix's "Internal elastix error" on a pair
+            d_el, sec, folded = float("nan"), float("nan"), float("nan")
+            errors["elastix"] = str(e).strip().splitlines()[-1][:200]
+    d_floor = _mean([{"scores": {"b": score(floor, truth, today.spacing_mm)}}], "b", "dice")
     print(
-        f"{kind} {pid}: Dice SimpleITK {d_sitk:.3f} ({r.seconds:.1f} s whole call, registration "
-        f"{sum(r.stage_seconds.values()):.1f} s) | elastix {d_el:.3f} (registration + field {sec:.1f} s); "
-        f"load {load:.1f}",
+        f"{kind} {pid}: Dice floor {d_floor:.3f} | SimpleITK {d_sitk:.3f} "
+        f"({(r.seconds if r else float('nan')):.1f} s whole call) | elastix {d_el:.3f} "
+        f"(registration + field {sec:.1f} s); load {load:.1f} {errors or ''}",
         flush=True,
     )
     return {
         "kind": kind,
         "patient": pid,
+        "dice_floor": d_floor,
         "dice_simpleitk": d_sitk,
         "dice_elastix": d_el,
-        "seconds_simpleitk_registration": round(sum(r.stage_seconds.values()), 1),
-        "seconds_simpleitk_call": round(r.seconds, 1),
+        "seconds_simpleitk_registration": round(sum(r.stage_seconds.values()), 1) if r else float("nan"),
+        "seconds_simpleitk_call": round(r.seconds, 1) if r else float("nan"),
         "seconds_elastix": round(sec, 1),
-        "folded_simpleitk": r.folded_fraction,
+        "folded_simpleitk": r.folded_fraction if r else float("nan"),
         "folded_elastix": folded,
         "load": round(load, 1),
+        "errors": errors,
     }
 
 
 def summary(rows: list[dict]) -> str:
     """Markdown table: per kind of pair, mean Dice and median seconds of both."""
-    out = ["| pairs | n | SimpleITK Dice | elastix Dice | elastix better | SimpleITK s (median) | elastix s (median) |",
-           "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
+    out = ["| pairs | n | floor Dice | SimpleITK Dice | elastix Dice | elastix > SimpleITK | elastix > floor | failed (SimpleITK, elastix) | SimpleITK s (median) | elastix s (median) |",
+           "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
+
+    def m(rs, k):  # mean over the pairs where it ran; a failed pair is counted apart
+        v = [r[k] for r in rs if k in r and np.isfinite(r[k])]
+        return f"{np.mean(v):.3f}" if v else "-"
+
     for kind in sorted({r["kind"] for r in rows}):
         rs = [r for r in rows if r["kind"] == kind]
+        fails = [sum(bool(r.get("errors", {}).get(k)) for r in rs) for k in ("simpleitk", "elastix")]
         out.append(
-            f"| {kind} | {len(rs)} | {np.mean([r['dice_simpleitk'] for r in rs]):.3f} | "
-            f"{np.mean([r['dice_elastix'] for r in rs]):.3f} | "
+            f"| {kind} | {len(rs)} | {m(rs, 'dice_floor')} | {m(rs, 'dice_simpleitk')} | {m(rs, 'dice_elastix')} | "
             f"{sum(r['dice_elastix'] > r['dice_simpleitk'] for r in rs)} | "
-            f"{np.median([r['seconds_simpleitk_registration'] for r in rs]):.1f} | "
-            f"{np.median([r['seconds_elastix'] for r in rs]):.1f} |"
+            f"{sum(r['dice_elastix'] > r.get('dice_floor', np.inf) for r in rs)} | {fails[0]}, {fails[1]} | "
+            f"{np.nanmedian([r['seconds_simpleitk_registration'] for r in rs]):.1f} | "
+            f"{np.nanmedian([r['seconds_elastix'] for r in rs]):.1f} |"
         )
     return "\n".join(out)
 
@@ -154,12 +174,16 @@ def main(argv=None) -> int:
     ap.add_argument("--pairs", default="synthetic:1,synthetic:2,t2->t1:1")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--masks", action="store_true", help="give elastix the masks too")
-    ap.add_argument("--json", default=None, help="write the rows here after every pair")
+    ap.add_argument("--json", default=None, help="write the rows here after every pair (pairs already there are kept)")
     args = ap.parse_args(argv)
     MASKS["on"] = args.masks
-    rows = []
+    rows = json.loads(Path(args.json).read_text()) if args.json and Path(args.json).exists() else []
+    done = {(r["kind"], r["patient"]) for r in rows if "dice_floor" in r}  # rows of an older run are redone
+    rows = [r for r in rows if (r["kind"], r["patient"]) in done]
     for p in args.pairs.split(","):
         kind, pid = p.split(":")
+        if (kind, pid) in done:
+            continue
         rows.append(run(kind, pid, args.threads))
         if args.json:
             Path(args.json).write_text(json.dumps(rows, indent=1))

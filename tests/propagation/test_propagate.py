@@ -166,3 +166,22 @@ def test_default_registration_is_none_within_one_frame_of_reference(chaos_mr, t2
     # a scan without a DICOM frame (NIfTI): another day, the full chain
     assert default_settings(chaos_volumes[0], t1, threads=1).stages == ("rigid", "affine", "bspline")
     assert default_settings(chaos_volumes[0], t1, threads=1).threads == 1
+
+
+def test_a_stage_itk_cannot_run_is_a_clear_error_naming_it(t2):
+    """T2 -> T1 of CHAOS patient 32 (benchmark, full chain) drove ITK's Mattes metric to
+    "All samples map outside moving image buffer", a RuntimeError with a C++ source path;
+    today's scan 2 m away from the previous one reproduces it in a second."""
+    from napari_gi_seg.errors import GiSegError
+    from napari_gi_seg.propagation import RegistrationError
+
+    vol, lab = t2
+    far = vol.affine.copy()
+    far[:3, 3] += [2000.0, 0.0, 0.0]
+    today = dataclasses.replace(vol, affine=far, _dicom_ref=None)
+    settings = RegistrationSettings(stages=("rigid",), threads=1, **FAST)
+    with pytest.raises(
+        RegistrationError, match=r"^rigid registration failed: the two scans do not overlap enough.*stages 'none'"
+    ) as e:
+        propagate(vol, lab, today, settings=settings)
+    assert isinstance(e.value, GiSegError) and ".hxx" not in str(e.value)  # the CLI prints it as one line

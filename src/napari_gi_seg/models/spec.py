@@ -33,7 +33,7 @@ SMP_ARCHITECTURES = ("Unet", "UnetPlusPlus", "DeepLabV3", "DeepLabV3Plus", "FPN"
 #: statistics make the output independent of the slice's field of view; the
 #: instance-norm ``16-256-res2`` is kept so that models trained with it still load.
 MONAI_ARCHITECTURES = {
-    "monai.UNet": ("16-256-res2-batch", "16-256-res2", "16-256-res1-batch"),
+    "monai.UNet": ("16-256-res2-batch", "16-256-res2", "16-256-res1-batch", "16-256-res1-instance"),
     "monai.DynUNet": ("16-256-instance",),
 }
 #: Networks built in :mod:`napari_gi_seg.models.zoo` from library parts and the blocks no

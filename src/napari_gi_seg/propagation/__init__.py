@@ -14,7 +14,7 @@ from .propagate import (
     read_previous_labels,
     same_frame_of_reference,
 )
-from .registration import STAGES, RegistrationSettings
+from .registration import STAGES, RegistrationError, RegistrationSettings
 
 __all__ = [
     "propagate",
@@ -23,6 +23,7 @@ __all__ = [
     "check_labels_belong",
     "read_previous_labels",
     "RegistrationSettings",
+    "RegistrationError",
     "default_settings",
     "same_frame_of_reference",
     "STAGES",

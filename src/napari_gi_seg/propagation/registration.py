@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import GiSegError, InputError
 
 __all__ = ["RegistrationSettings", "StageResult", "register", "STAGES"]
 
@@ -161,12 +161,33 @@ def _method(settings: RegistrationSettings, fixed, fixed_mask, moving_mask, iter
     return r
 
 
+#: ITK's words when no metric sample of the fixed region falls inside the moving image
+_NO_OVERLAP = "VirtualSampledPointSet must have 1 or more points"
+
+
+class RegistrationError(GiSegError, RuntimeError):
+    """A registration stage that ITK could not run (e.g. the two scans do not overlap
+    enough for the metric's samples). The message names the stage and ITK's reason."""
+
+
 def _run(r, fixed, moving, name, cancel, t0) -> StageResult:
     import SimpleITK as sitk
 
     if cancel is not None:
         r.AddCommand(sitk.sitkIterationEvent, lambda: cancel() and r.StopRegistration())
-    r.Execute(fixed, moving)
+    try:
+        r.Execute(fixed, moving)
+    except RuntimeError as e:
+        # ITK's message ends with the reason on its last line; the rest is a source path
+        reason = (str(e).strip().splitlines() or ["unknown"])[-1].split("): ", 1)[-1].strip()
+        plain = (
+            "the two scans do not overlap enough for the metric" if _NO_OVERLAP in reason or "overlap" in reason else ""
+        )
+        raise RegistrationError(
+            f"{name} registration failed: {plain + ' ' if plain else ''}(ITK: {reason}). Mutual information "
+            "between two contrasts can drive a stage off the scan (measured on CHAOS T2 -> T1): carry the "
+            "labels by scanner coordinates (stages 'none') or start from the image centres (initial 'moments')"
+        ) from e
     return StageResult(
         name,
         float(r.GetMetricValue()),

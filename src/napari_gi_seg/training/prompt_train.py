@@ -42,15 +42,18 @@ FOLD0_TRAIN = ["2", "8", "10", "13", "15", "20", "21", "22", "31", "32", "34", "
 FOLD0_TEST = ["1", "3", "36", "37"]
 
 
-def prompt_spec(name: str = PROMPT_MODEL_NAME, version: int = 1) -> ModelSpec:
-    """The promptable model's spec: MONAI UNet (``16-256-res1-batch``), 3 image
-    channels (slices z-1, z, z+1) + box, positive, negative, previous mask; one sigmoid
-    output on a :data:`~napari_gi_seg.interactive.encoding.CROP_SIZE` crop."""
+def prompt_spec(name: str = PROMPT_MODEL_NAME, version: int = 1, norm: str = "batch") -> ModelSpec:
+    """The promptable model's spec: MONAI UNet (``16-256-res1-batch``, or
+    ``16-256-res1-instance`` with ``norm="instance"``), 3 image channels (slices z-1, z,
+    z+1) + box, positive, negative, previous mask; one sigmoid output on a
+    :data:`~napari_gi_seg.interactive.encoding.CROP_SIZE` crop."""
+    if norm not in ("batch", "instance"):
+        raise ValueError(f"norm must be 'batch' or 'instance', not {norm!r}")
     return ModelSpec(
         name=name,
         version=version,
         architecture="monai.UNet",
-        encoder="16-256-res1-batch",
+        encoder=f"16-256-res1-{norm}",
         context_offsets=(-1, 0, 1),
         input_size=(enc.CROP_SIZE, enc.CROP_SIZE),
         classes=[ClassInfo(1, "object", "#ffd700")],
@@ -226,7 +229,7 @@ def train(args) -> Path:
     t0 = time.time()
     stacks = load_chaos_mr(args.data, args.patients)
     log.info("loaded %d stacks in %.0f s", len(stacks), time.time() - t0)
-    spec = prompt_spec(args.name)
+    spec = prompt_spec(args.name, norm=getattr(args, "norm", "batch"))
     net = build_network(spec)
     opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=1e-4)
     step, spent, history = 0, 0.0, []
@@ -413,6 +416,7 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--max-rounds", type=int, default=3)
+    ap.add_argument("--norm", choices=("batch", "instance"), default="batch", help="the network's normalisation")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--log-every", type=int, default=20)
