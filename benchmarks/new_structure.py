@@ -228,6 +228,9 @@ def folds_markdown(files: list[Path]) -> str:
     rows = []
     for f in files:
         r = json.loads(Path(f).read_text())
+        if "runs" not in r:  # e.g. the GI rehearsal's JSON (benchmarks/new_structure_gi.py)
+            print(f"{f}: not a new_structure.py result, skipped", file=sys.stderr)
+            continue
         for row in r["runs"]:
             rows.append((row["k"], row["mode"], r["test"], row))
     rows.sort(key=lambda t: (t[0], t[1], int(t[2][0])))

@@ -27,7 +27,7 @@ if [ ! -x .venv/bin/python ]; then
   echo "setup: creating .venv" >&2
   "$PY" -m venv .venv
 fi
-if ! .venv/bin/python -c "import napari_gi_seg, segmentation_models_pytorch, napari, pytestqt, highdicom, xdist" >/dev/null 2>&1; then
+if ! .venv/bin/python -c "import napari_gi_seg, segmentation_models_pytorch, napari, pytestqt, highdicom, xdist, itk" >/dev/null 2>&1; then
   echo "setup: installing napari-gi-seg and its dependencies into .venv (torch is large; a few minutes)" >&2
   .venv/bin/python -m pip install -q --upgrade pip >/dev/null
   .venv/bin/python -m pip install -q -e ".[testing]"

@@ -36,7 +36,15 @@ def add_propagate_args(p: argparse.ArgumentParser) -> None:
         "--stages",
         default="auto",
         help="registration stages, some of rigid,affine,bspline in that order; 'none': scanner coordinates; "
-        "'auto' (default): none (scanner coordinates) for two scans of one Frame of Reference (one session), else all three",
+        "'auto' (default): all three, except for two scans of one Frame of Reference (one session) without "
+        "itk-elastix: none (scanner coordinates)",
+    )
+    p.add_argument(
+        "--backend",
+        default="auto",
+        choices=["auto", "simpleitk", "elastix"],
+        help="registration library: 'auto' (default): itk-elastix for two scans of one Frame of Reference when "
+        "installed, else SimpleITK; 'elastix' needs pip install itk-elastix",
     )
     p.add_argument("--interpolation", default="distance", choices=["distance", "nearest"], help="label interpolation")
     p.add_argument(
@@ -47,7 +55,7 @@ def add_propagate_args(p: argparse.ArgumentParser) -> None:
         "centres of mass first (scans in different frames)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the metric's random sampling (default 0)")
-    p.add_argument("--threads", type=int, default=2, help="SimpleITK threads (default 2)")
+    p.add_argument("--threads", type=int, default=2, help="registration threads (default 2)")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the transform's figures as JSON")
     p.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists (default: refuse)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -79,10 +87,12 @@ def cmd_propagate(args: argparse.Namespace) -> int:
     auto = args.stages.strip() == "auto"
     stages = () if args.stages.strip() == "none" else tuple(s.strip() for s in args.stages.split(",") if s.strip())
     kw = {"seed": args.seed, "threads": args.threads, "initial": args.initial}
+    if args.backend != "auto":
+        kw["backend"] = args.backend
     try:
         settings = RegistrationSettings(**kw) if auto else RegistrationSettings(stages=stages, **kw)
     except ValueError as e:
-        raise CLIError(f"--stages/--initial: {e}") from e
+        raise CLIError(f"--stages/--initial/--backend: {e}") from e
     prev = _one_image(args.prev, "previous")
     today = _one_image(args.input, "today's")
     if auto:

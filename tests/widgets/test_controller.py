@@ -122,3 +122,26 @@ def test_job_cancel_and_one_job_per_case(qtbot, case):
     qtbot.waitUntil(lambda: not job.is_running, timeout=10_000)
     assert job.cancelled and job.result == "cancelled" and len(seen) < 1000 and not ctl.is_running
     assert ctl.run(_count, 2, sync=True).result == "done"
+
+
+def test_a_failed_job_in_a_viewer_raises_nothing_into_the_event_loop(qtbot, make_napari_viewer):
+    """With a napari window, napari's task-status hook on a worker's ``errored`` signal is
+    called with one argument too many (a TypeError in the event loop, which pytest-qt
+    reports as an error of this test): failures come back as values instead."""
+    make_napari_viewer()
+    errs, done = [], []
+    job = run_job(_fail, on_errored=errs.append, on_finished=lambda: done.append(1), sync=False)
+    qtbot.waitUntil(lambda: bool(done), timeout=10_000)
+    qtbot.wait(100)
+    assert len(errs) == 1 and str(errs[0]) == "boom" and job.error is errs[0] and job.result is None
+
+    def _gen_fail(progress=None, cancel=None):
+        yield 1
+        raise RuntimeError("late boom")
+
+    seen = []
+    job = run_job(
+        _gen_fail, on_yielded=seen.append, on_errored=errs.append, on_finished=lambda: done.append(2), sync=False
+    )
+    qtbot.waitUntil(lambda: 2 in done, timeout=10_000)
+    assert seen == [1] and str(errs[1]) == "late boom"

@@ -41,8 +41,10 @@ def test_bring_previous_contours_through_the_plugins_menu(make_napari_viewer, qt
     assert w.image_combo.currentText() == today_layer.name
     w.prev_edit.setText(str(root / "1" / "T2SPIR" / "DICOM_anon"))
     w.labels_edit.setText(str(rs))
-    # the default choice: T2 and T1 of one session share a Frame of Reference -> no
-    # registration (scanner coordinates)
+    # the default choice: T2 and T1 of one session share a Frame of Reference -> elastix's
+    # chain when itk-elastix is installed, else no registration (scanner coordinates)
+    from napari_gi_seg.propagation.elastix import elastix_available
+
     assert w.stages_combo.currentText().startswith("automatic")
     with qtbot.waitSignal(w.finished, timeout=180_000):
         qtbot.mouseClick(w.run_button, Qt.LeftButton)
@@ -51,8 +53,8 @@ def test_bring_previous_contours_through_the_plugins_menu(make_napari_viewer, qt
     labels = np.asarray(ctx.labels_layer.data)
     _, truth = load_chaos(1, "t1in", root)
     d = np.mean([dice(labels == v, truth == v) for v in CLASS_NAMES])
-    assert d > 0.8, d  # same session, another breath-hold (floor 0.91 for this patient)
-    assert w.result.stages == ()
+    assert d > 0.8, d  # same session, another breath-hold (floor 0.91 for this patient, elastix 0.89)
+    assert w.result.stages == (("rigid", "affine", "bspline") if elastix_available() else ())
     assert set(ctx.class_names.values()) >= set(CLASS_NAMES.values())
     zs = np.nonzero(labels.any(axis=(1, 2)))[0]
     assert all(ctx.tracker.states[z] == SliceState.PREDICTED for z in zs)

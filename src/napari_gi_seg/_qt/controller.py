@@ -170,6 +170,9 @@ def run_job(
         job.done.emit()
 
     def returned(value):
+        if isinstance(value, _Failed):
+            errored(value.exc)
+            return
         job.result = value
         if on_returned is not None:
             on_returned(value)
@@ -207,7 +210,10 @@ def run_job(
 
     from napari.qt.threading import create_worker
 
-    worker = create_worker(fn, *args, _start_thread=False, _ignore_errors=True, **kwargs)
+    # the body's exceptions come back as a returned _Failed: napari's task-status hook on
+    # ``errored`` (napari 0.6) takes 2 arguments and is given 3, which raised a TypeError
+    # into the event loop after every failed job
+    worker = create_worker(_returning_errors(fn), *args, _start_thread=False, _ignore_errors=True, **kwargs)
     if on_yielded is not None and hasattr(worker, "yielded"):
         worker.yielded.connect(on_yielded)
     worker.returned.connect(returned)
@@ -216,6 +222,38 @@ def run_job(
     job.worker = worker
     worker.start()
     return job
+
+
+class _Failed:
+    """A job body's exception, carried back as its return value (see :func:`run_job`)."""
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
+def _returning_errors(fn: Callable) -> Callable:
+    """``fn`` (a function or generator function) returning :class:`_Failed` instead of raising."""
+    import functools
+
+    if inspect.isgeneratorfunction(fn):
+
+        @functools.wraps(fn)
+        def gen(*args, **kwargs):
+            try:
+                return (yield from fn(*args, **kwargs))
+            except Exception as e:  # noqa: BLE001 - reported through on_errored
+                return _Failed(e)
+
+        return gen
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as e:  # noqa: BLE001 - reported through on_errored
+            return _Failed(e)
+
+    return call
 
 
 def error_text(exc: BaseException) -> str:

@@ -38,7 +38,7 @@ from . import _context as C
 
 #: Registration choices shown in the widget -> stages.
 STAGE_CHOICES = {
-    "automatic (none within one session)": None,
+    "automatic": None,
     "rigid -> affine -> B-spline": ("rigid", "affine", "bspline"),
     "rigid -> affine": ("rigid", "affine"),
     "rigid": ("rigid",),
@@ -100,6 +100,11 @@ class PropagateWidget(QWidget):
         form.addRow("Its contours:", lab_row)
         self.stages_combo = QComboBox()
         self.stages_combo.addItems(list(STAGE_CHOICES))
+        self.stages_combo.setToolTip(
+            "automatic: two scans of one session (one Frame of Reference) are registered with itk-elastix "
+            "when it is installed, else carried by scanner coordinates; another day: SimpleITK rigid -> "
+            "affine -> B-spline. The other choices run SimpleITK's stages."
+        )
         self.stages_combo.setToolTip("Deformable (B-spline) follows the organs; rigid only moves the whole scan")
         form.addRow("Registration:", self.stages_combo)
         lay.addLayout(form)

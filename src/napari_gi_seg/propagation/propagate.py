@@ -9,6 +9,7 @@ metric, folded fraction) and how long it took.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -57,7 +58,8 @@ class PropagationResult:
         Fraction of today's body voxels where the transform's Jacobian determinant is <= 0.
     seconds, cpu_seconds
         Wall time of the whole call (s; ``stage_seconds`` per stage) and the CPU time of
-        this process (s, all threads; on a busy machine wall time overstates the work).
+        this process and its child processes (the elastix backend runs in one), s, all
+        threads; on a busy machine wall time overstates the work.
     stages
         Stages that ran (``()`` when cancelled before any).
     cancelled
@@ -192,18 +194,30 @@ def default_settings(prev_volume: Volume, today_volume: Volume, **kw) -> Registr
     """The registration :func:`propagate` runs when given no settings.
 
     Two scans of one Frame of Reference (:func:`same_frame_of_reference`, e.g. T2 and T1
-    of one session) are not registered: the labels are carried by scanner coordinates
-    (``stages=()``); any other pair (another day, another patient) runs rigid -> affine ->
-    B-spline. Measured on CHAOS T2-SPIR -> T1 in-phase of one session, all 16 patients
-    (docs/benchmarks.md, "Propagation"): mean Dice 0.660 by scanner coordinates, 0.563
-    rigid, 0.533 affine; mutual information between the two contrasts sent the rigid
-    stage off in 4 of 16 patients (Dice down by more than 0.1, e.g. 0.916 -> 0.160), and the B-spline pulled organ
-    edges the wrong way (patients 1, 2). ``kw`` go to :class:`RegistrationSettings`
-    (e.g. ``threads``).
+    of one session, two contrasts and two breath-holds) run rigid -> affine -> B-spline
+    with **itk-elastix** when it is installed (``backend="elastix"``), and are not
+    registered otherwise: the labels are carried by scanner coordinates (``stages=()``),
+    because SimpleITK's chain made those pairs worse. Any other pair (another day,
+    another patient) runs SimpleITK's rigid -> affine -> B-spline. Measured on CHAOS
+    T2-SPIR -> T1 in-phase of one session, all 16 patients (docs/benchmarks.md,
+    "Propagation"): scanner coordinates mean Dice 0.660; SimpleITK rigid 0.563, affine
+    0.533 (mutual information sent the rigid stage off in 4 of 16 patients, e.g. 0.916 ->
+    0.160); elastix's chain ELASTIX_FIGURES. ``kw`` go to :class:`RegistrationSettings`
+    (e.g. ``threads``; ``backend="simpleitk"`` keeps the old rule).
     """
     if same_frame_of_reference(prev_volume, today_volume):
-        kw.setdefault("stages", ())
+        from .elastix import elastix_available
+
+        backend = kw.setdefault("backend", "elastix" if elastix_available() else "simpleitk")
+        if backend == "simpleitk":
+            kw.setdefault("stages", ())
     return RegistrationSettings(**kw)
+
+
+def _cpu_seconds() -> float:
+    """CPU seconds of this process and its finished children (the elastix backend's process)."""
+    t = os.times()
+    return time.process_time() + t.children_user + t.children_system
 
 
 def _body_mask(img):
@@ -283,7 +297,7 @@ def propagate(
     from ._sitk import sitk_threads, to_sitk, world_zyx_affine
     from .warp import folded_fraction, warp_labels
 
-    t0, c0 = time.perf_counter(), time.process_time()
+    t0, c0 = time.perf_counter(), _cpu_seconds()
     check_labels_belong(prev_volume, prev_labels)
     lab = np.asarray(prev_labels.data if isinstance(prev_labels, Volume) else prev_labels)
     if lab.dtype.kind not in "biu" or (lab.size and lab.min() < 0):
@@ -313,7 +327,8 @@ def propagate(
         if stage_labels:
             extra["none"] = warp_labels(labels_img, fixed, sitk.Euler3DTransform(), interpolation)
             for x in reg.stages[:-1]:
-                extra[x.name] = warp_labels(labels_img, fixed, reg.stage_transforms[x.name], interpolation)
+                if x.name in reg.stage_transforms:  # elastix runs its stages in one call: the last only
+                    extra[x.name] = warp_labels(labels_img, fixed, reg.stage_transforms[x.name], interpolation)
         work_mask = sitk.Resample(fmask, reg.fixed, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
         folded = (
             folded_fraction(reg.transform, reg.fixed, work_mask) if "bspline" in [x.name for x in reg.stages] else 0.0
@@ -326,7 +341,7 @@ def propagate(
         metric=reg.metric,
         folded_fraction=folded,
         seconds=time.perf_counter() - t0,
-        cpu_seconds=time.process_time() - c0,
+        cpu_seconds=_cpu_seconds() - c0,
         stages=tuple(x.name for x in reg.stages),
         stage_seconds={x.name: x.seconds for x in reg.stages},
         cancelled=cancelled,

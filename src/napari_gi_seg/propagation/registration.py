@@ -29,6 +29,9 @@ __all__ = ["RegistrationSettings", "StageResult", "register", "STAGES"]
 #: The stages, in the order they run; ``stages`` in :class:`RegistrationSettings` is a prefix of it.
 STAGES = ("rigid", "affine", "bspline")
 
+#: Registration libraries :func:`register` can run.
+BACKENDS = ("simpleitk", "elastix")
+
 
 @dataclass
 class RegistrationSettings:
@@ -66,7 +69,11 @@ class RegistrationSettings:
         ``"world"``: start from the scanner coordinates (the two scans share a patient
         frame, e.g. two sequences of one session or two days on a couch with indexing);
         ``"moments"``: first align the centres of mass of the two images' intensity (scans
-        of different frames or patients).
+        of different frames or patients; elastix: its centre-of-gravity initialisation).
+    backend
+        ``"simpleitk"`` (default): SimpleITK's registration framework, this module;
+        ``"elastix"``: itk-elastix (optional dependency), the same stages, working grid,
+        masks, samples and seed (:mod:`.elastix`).
     """
 
     stages: tuple[str, ...] = STAGES
@@ -80,11 +87,19 @@ class RegistrationSettings:
     threads: int = 2
     initial: str = "world"
     bspline_domain: str = "roi"
+    backend: str = "simpleitk"
 
     def __post_init__(self) -> None:
         self.stages = tuple(self.stages)
         if self.stages != tuple(x for x in STAGES if x in self.stages):
             raise InputError(f"stages must be some of {STAGES} in that order, got {self.stages}")
+        if self.backend not in BACKENDS:
+            raise InputError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+        if self.backend == "elastix":
+            from .elastix import elastix_available
+
+            if not elastix_available():
+                raise InputError("backend 'elastix' needs itk-elastix (pip install itk-elastix)")
 
         if self.initial not in ("world", "moments"):
             raise InputError(f"initial must be 'world' or 'moments', got {self.initial!r}")
@@ -244,6 +259,10 @@ def register(
     out = Registration(sitk.Euler3DTransform(), [], fx)
     if not s.stages:
         return out
+    if s.backend == "elastix":
+        from .elastix import register_elastix
+
+        return register_elastix(fx, mv, s, body, _resample_mask(moving_mask, mv), on_stage, cancel)
     centre = fx.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in fx.GetSize()])
     rigid = sitk.Euler3DTransform()
     rigid.SetCenter(centre)
