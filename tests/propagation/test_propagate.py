@@ -217,3 +217,28 @@ def test_elastix_carries_t2_labels_onto_the_t1_of_one_session(chaos_mr):
     assert r.stages == ("rigid", "affine", "bspline") and r.metric is not None and r.metric < 0
     assert r.folded_fraction < 0.01
     assert r.labels.data.shape == t1v.data.shape
+
+
+def test_cancel_kills_the_elastix_process_and_writes_no_registration(chaos_mr, t2):
+    """Cancel during elastix (a child process, 20-60 s for this pair) returns at once with
+    no stage: the labels by scanner coordinates, nothing left running."""
+    import time
+
+    from napari_gi_seg.propagation.elastix import elastix_available
+
+    if not elastix_available():
+        pytest.skip("itk-elastix not installed")
+    vol, lab = t2
+    t1v, _ = load_chaos(1, "t1in", chaos_mr)
+    started = []
+
+    def cancel():
+        started.append(time.perf_counter())
+        return started[-1] - started[0] > 2.0  # a user who clicks Cancel after 2 s
+
+    t0 = time.perf_counter()
+    r = propagate(vol, lab, t1v, settings=RegistrationSettings(backend="elastix", threads=1), cancel=cancel)
+    assert time.perf_counter() - t0 < 15  # the full registration takes 20-60 s on one thread
+    assert r.cancelled and r.stages == () and r.metric is None
+    floor = propagate(vol, lab, t1v, settings=RegistrationSettings(stages=(), threads=1))
+    assert np.array_equal(r.labels.data, floor.labels.data)

@@ -42,6 +42,7 @@ STAGE_CHOICES = {
     "rigid -> affine -> B-spline": ("rigid", "affine", "bspline"),
     "rigid -> affine": ("rigid", "affine"),
     "rigid": ("rigid",),
+    "none (scanner coordinates)": (),
 }
 SOURCES = ("propagated", "model")
 
@@ -103,9 +104,9 @@ class PropagateWidget(QWidget):
         self.stages_combo.setToolTip(
             "automatic: two scans of one session (one Frame of Reference) are registered with itk-elastix "
             "when it is installed, else carried by scanner coordinates; another day: SimpleITK rigid -> "
-            "affine -> B-spline. The other choices run SimpleITK's stages."
+            "affine -> B-spline. The other choices run SimpleITK's stages: deformable (B-spline) follows "
+            "the organs, rigid only moves the whole scan, none keeps the scanner coordinates."
         )
-        self.stages_combo.setToolTip("Deformable (B-spline) follows the organs; rigid only moves the whole scan")
         form.addRow("Registration:", self.stages_combo)
         lay.addLayout(form)
         row = QHBoxLayout()
