@@ -70,10 +70,14 @@ def run_fold(
     arch: str = "monai.UNet",
     encoder: str | None = "16-256-res2-batch",
     gate: float | None = None,
+    epochs: int | None = None,
 ) -> dict:
     """Train fold ``fold`` (``fold < 0``: every patient, registered as ``name``) and score
     its held-out series; returns the fold's record. ``base``: start from that registered
-    model (its frame and normalisation are kept, as in ``finetune``)."""
+    model (its frame and normalisation are kept, as in ``finetune``). ``epochs``: a fixed
+    budget of that many epochs (one-cycle over ``epochs x steps per epoch``, the same
+    steps whatever the machine's load) instead of ``minutes`` of wall clock; the run
+    resumes from its folder's ``checkpoint_last.pt`` when one is there."""
     from napari_gi_seg.training.trainer import TrainConfig, Trainer
 
     final = fold < 0
@@ -87,8 +91,9 @@ def run_fold(
         encoder=encoder,
         gate_threshold=gate,
         size=size,
-        epochs=100000,
-        budget_minutes=minutes,
+        epochs=epochs or 100000,
+        budget_minutes=None if epochs else minutes,
+        resume=bool(epochs),
         val_fraction=0.0 if final else 0.25,
         fold=max(fold, 0),
         seed=seed,
@@ -114,11 +119,12 @@ def run_fold(
         "lr": lr,
         "registered": res.spec.key if res.entry is not None else None,
         "fold": fold,
-        "minutes": minutes,
+        "minutes": None if epochs else minutes,
+        "budget_epochs": epochs,
         "size": size,
         "steps": int(getattr(t.sched, "last_epoch", 0)),
         "epochs": len(res.history),
-        "train_minutes": round(t.sched.elapsed_s / 60, 2),
+        "train_minutes": round(getattr(t.sched, "elapsed_s", sum(r.get("seconds", 0) for r in res.history)) / 60, 2),
         "wall_minutes": round((time.time() - t0) / 60, 2),
         "train_patients": t.train_groups,
         "val_patients": t.val_groups,
@@ -280,6 +286,12 @@ def main(argv=None) -> int:
     p.add_argument("--folds", default="0,1,2,3")
     p.add_argument("--minutes", type=float, default=9.0, help="training budget per fold")
     p.add_argument("--size", type=int, default=176)
+    p.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help="a fixed budget of epochs (same steps at any load) instead of --minutes",
+    )
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--work", default=None, help="run folders (default: next to --json)")
     p.add_argument("--json", default="chaos-cv.json")
@@ -342,6 +354,7 @@ def main(argv=None) -> int:
             lr=a.lr,
             name=a.final,
             description=a.description,
+            epochs=a.epochs,
             **_net_args(a),
         )
         _save(path, {"final": rec})
@@ -352,7 +365,7 @@ def main(argv=None) -> int:
     for fold in (int(f) for f in a.folds.split(",")):
         if fold in done:
             continue
-        rec = run_fold(root, fold, a.minutes, a.size, work, base=a.base, lr=a.lr, **_net_args(a))
+        rec = run_fold(root, fold, a.minutes, a.size, work, base=a.base, lr=a.lr, epochs=a.epochs, **_net_args(a))
         out["folds"].append(rec)
         _save(path, out)
         print(f"fold {fold}: {rec['steps']} steps; " + json.dumps(summarise(rec["per_case"])["all"]), flush=True)
