@@ -71,6 +71,7 @@ def run_fold(
     encoder: str | None = "16-256-res2-batch",
     gate: float | None = None,
     epochs: int | None = None,
+    invert: float = 0.0,
 ) -> dict:
     """Train fold ``fold`` (``fold < 0``: every patient, registered as ``name``) and score
     its held-out series; returns the fold's record. ``base``: start from that registered
@@ -105,6 +106,7 @@ def run_fold(
         single_component=list(CLASSES),
         flip_augment=True,
         flip_labels="keep",
+        invert_intensity=invert,
     )
     t = Trainer(cfg, init=_init(base))
     t0 = time.time()
@@ -121,6 +123,7 @@ def run_fold(
         "fold": fold,
         "minutes": None if epochs else minutes,
         "budget_epochs": epochs,
+        "invert_intensity": invert,
         "size": size,
         "steps": int(getattr(t.sched, "last_epoch", 0)),
         "epochs": len(res.history),
@@ -303,6 +306,9 @@ def main(argv=None) -> int:
     p.add_argument("--arch", default="monai.UNet", help="network (models.spec.ARCHITECTURES)")
     p.add_argument("--encoder", default=None, help="its encoder or preset (default: the bundled recipe's)")
     p.add_argument("--gate", type=float, default=None, metavar="T", help="add the empty-slice gate, threshold T")
+    p.add_argument(
+        "--invert", type=float, default=0.0, metavar="P", help="probability of an inverted-intensity training sample"
+    )
     p.add_argument("--summarise", default=None, help="print the tables of a results JSON and exit")
     p.add_argument(
         "--attach",
@@ -355,6 +361,7 @@ def main(argv=None) -> int:
             name=a.final,
             description=a.description,
             epochs=a.epochs,
+            invert=a.invert,
             **_net_args(a),
         )
         _save(path, {"final": rec})
@@ -365,7 +372,9 @@ def main(argv=None) -> int:
     for fold in (int(f) for f in a.folds.split(",")):
         if fold in done:
             continue
-        rec = run_fold(root, fold, a.minutes, a.size, work, base=a.base, lr=a.lr, epochs=a.epochs, **_net_args(a))
+        rec = run_fold(
+            root, fold, a.minutes, a.size, work, base=a.base, lr=a.lr, epochs=a.epochs, invert=a.invert, **_net_args(a)
+        )
         out["folds"].append(rec)
         _save(path, out)
         print(f"fold {fold}: {rec['steps']} steps; " + json.dumps(summarise(rec["per_case"])["all"]), flush=True)

@@ -20,7 +20,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 
-from ._cli_types import SEED_MAX, float_above, fraction, int_at_least
+from ._cli_types import SEED_MAX, float_above, fraction, int_at_least, probability
 from .constants import DEVICES
 from .models.spec import ARCHITECTURES, DEFAULT_ARCH, INPUT_SIZE_RANGE, MAX_CONTEXT, MAX_CONTEXT_OFFSET
 
@@ -199,6 +199,14 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
         "--no-flip-augment", dest="flip_augment", action="store_false", help="no left-right flips (--tta refused)"
     )
     p.add_argument(
+        "--invert-intensity",
+        type=probability,
+        default=0.0,
+        metavar="P",
+        help="probability of an inverted-intensity training sample (1 - x; T1 and T2 reverse the organs' order "
+        "of brightness), in [0, 1]; default 0",
+    )
+    p.add_argument(
         "--flip-labels",
         choices=["keep", "swap"],
         default="keep",
@@ -252,6 +260,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         single_component=args.single_component,
         flip_augment=args.flip_augment,
         flip_labels=args.flip_labels,
+        invert_intensity=args.invert_intensity,
     )
     with graceful_stop(args.stop_file) as cancel, TqdmProgress(disable=not sys.stderr.isatty()) as bar:
         res = train(cfg, progress=bar, cancel=cancel)

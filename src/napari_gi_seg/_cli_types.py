@@ -13,7 +13,7 @@ import argparse
 import math
 from collections.abc import Callable
 
-__all__ = ["int_at_least", "float_above", "float_at_least", "fraction", "SEED_MAX"]
+__all__ = ["int_at_least", "float_above", "float_at_least", "fraction", "probability", "SEED_MAX"]
 
 #: Largest seed numpy's and torch's generators accept (2**32 - 1).
 SEED_MAX = 2**32 - 1
@@ -70,6 +70,14 @@ def float_at_least(lo: float) -> Callable[[str], float]:
 
     parse.__name__ = f"number >= {lo:g}"
     return parse
+
+
+def probability(s: str) -> float:
+    """A probability: ``0 <= v <= 1``."""
+    v = _finite(s)
+    if not 0 <= v <= 1:
+        raise argparse.ArgumentTypeError(f"must be a probability in [0, 1], got {s}")
+    return v
 
 
 def fraction(allow_zero: bool = False) -> Callable[[str], float]:

@@ -51,6 +51,8 @@ class TrainConfig:
     val_every: int = 1
     normalisation: str = "percentile"
     augment: bool = True
+    # probability of an inverted-intensity training sample (training.data.invert_intensity); 0: never
+    invert_intensity: float = 0.0
     work_dir: str | None = None
     num_workers: int = 0
     half_weights: bool = True
@@ -109,6 +111,9 @@ class TrainConfig:
             v = getattr(self, name)
             if v is not None and not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
                 bad(name, "a number > 0 or None")
+        v = self.invert_intensity
+        if isinstance(v, bool) or not (isinstance(v, (int, float)) and 0 <= v <= 1):
+            bad("invert_intensity", "a probability in [0, 1]")
         if not (isinstance(self.stop_grace_s, (int, float)) and self.stop_grace_s >= 0):
             bad("stop_grace_s", "a number >= 0")
 

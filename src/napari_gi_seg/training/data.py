@@ -13,7 +13,7 @@ from ..engine.frame import case_to_model_frame
 from ..engine.preprocess import context_indices
 from ..models.spec import ModelSpec
 
-__all__ = ["SliceDataset", "seed_worker"]
+__all__ = ["SliceDataset", "invert_intensity", "seed_worker"]
 
 
 class SliceDataset(torch.utils.data.Dataset):
@@ -44,10 +44,14 @@ class SliceDataset(torch.utils.data.Dataset):
         MONAI augmentation (:meth:`_make_transform`).
     allow_flip : bool
         Left-right flips (p = 0.5) with the mirrored classes swapped (only with ``augment``).
+    invert : float
+        Probability of an inverted-intensity sample (only with ``augment``;
+        :func:`invert_intensity`), 0 = never.
     """
 
-    def __init__(self, cases: list[Case], spec: ModelSpec, augment: bool, allow_flip: bool):
+    def __init__(self, cases: list[Case], spec: ModelSpec, augment: bool, allow_flip: bool, invert: float = 0.0):
         self.spec = spec
+        self.invert = float(invert) if augment else 0.0
         # Left-right flips (p = 0.5) when allowed; for lateralised classes the flip also
         # swaps each class with its mirror (left kidney <-> right kidney) when
         # spec.flip_labels == "swap" (anatomical), and keeps them when "keep" (contextual):
@@ -139,6 +143,8 @@ class SliceDataset(torch.utils.data.Dataset):
             y = lab[0].round().long() if y.ndim == 2 else lab.round().float()
         else:
             y = y.long() if y.ndim == 2 else y.float()
+        if self.invert and torch.rand(()) < self.invert:
+            x = invert_intensity(x, self.spec.normalisation)
         u = self.not_annotated[ci]
         if self.flip and torch.rand(()) < 0.5:
             x, y = torch.flip(x, (-1,)), torch.flip(y, (-1,))
@@ -148,6 +154,26 @@ class SliceDataset(torch.utils.data.Dataset):
         if self.partial:
             return x.contiguous(), y.contiguous(), u
         return x.contiguous(), y.contiguous()
+
+
+def invert_intensity(x: torch.Tensor, normalisation: str) -> torch.Tensor:
+    """The image with its intensity order reversed, in the model's normalised scale:
+    ``1 - x`` after ``"percentile"`` (values in [0, 1]), ``-x`` after ``"zscore"``.
+
+    A contrast augmentation: T1 and T2 reverse the organs' order of brightness (kidney
+    darker than liver on T1, brighter on T2), and on some T1 scans the kidneys are as
+    bright as on T2 (CHAOS patient 36), so a network that learns brightness rules per
+    contrast misses them; inverted samples push it towards shape and context. The
+    background becomes bright too (the whole image is inverted).
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        ``(C, y, x)`` float, normalised as ``normalisation`` (ModelSpec).
+    normalisation : str
+        ``"percentile"`` or ``"zscore"``.
+    """
+    return -x if normalisation == "zscore" else 1.0 - x
 
 
 def seed_worker(worker_id: int) -> None:

@@ -243,7 +243,7 @@ class Trainer:
             cfg.flip_augment if cfg.flip_augment is not None else (spec.flip_augmented if self.init else not lateral)
         )
         spec.flip_augmented = bool(allow_flip and cfg.augment) or (self.init is not None and spec.flip_augmented)
-        tds = SliceDataset(train_cases, spec, augment=cfg.augment, allow_flip=allow_flip)
+        tds = SliceDataset(train_cases, spec, augment=cfg.augment, allow_flip=allow_flip, invert=cfg.invert_intensity)
         if tds.transform is not None:
             # MONAI's random transforms draw from their own generators, which no global seed
             # reaches: seed them here, and per DataLoader worker (seed_worker).
