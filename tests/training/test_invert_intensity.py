@@ -37,3 +37,12 @@ def test_inverted_samples_reverse_the_normalised_intensity(chaos3, monkeypatch):
 def test_invert_intensity_must_be_a_probability(p):
     with pytest.raises(UsageError, match="invert_intensity"):
         TrainConfig(dataset="d", name="n", invert_intensity=p).validate()
+
+
+def test_train_command_refuses_an_inversion_probability_outside_0_1(tmp_path, capsys):
+    from napari_gi_seg.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["train", str(tmp_path), "--name", "inv", "--invert-intensity", "1.5"])
+    assert e.value.code == 2
+    assert "--invert-intensity: must be a probability in [0, 1], got 1.5" in capsys.readouterr().err
