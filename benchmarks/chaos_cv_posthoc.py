@@ -7,10 +7,11 @@ Each ``--cv RESULTS_JSON WORK_DIR`` names a cross-validation run of ``chaos_cv.p
 results JSON and its ``--work`` folder, which holds ``fold<k>/checkpoint_last.pt``:
 tensors only, never unpickled). For every fold of the first run, its held-out series are
 segmented with the weights of each run that has that fold: ``cc`` (the spec's
-post-processing, the default), ``nocc`` (no largest-component step), ``cc_tta`` (flip
-TTA), and with two or more runs ``ensemble`` (class probabilities averaged over the runs,
-argmax, then the post-processing; cost: one inference per run). 3D Dice per organ at the
-native grid. The spec is the bundled default's (network, frame, classes)::
+post-processing, the default), ``nocc`` (no largest-component step; the same inference
+as ``cc``), ``cc_tta`` (flip TTA), and with two or more runs ``ensemble`` (class
+probabilities averaged over the runs, argmax, then the post-processing; cost: one
+inference per run). 3D Dice per organ at the native grid. The spec is the bundled
+default's (network, frame, classes)::
 
     OMP_NUM_THREADS=1 python benchmarks/chaos_cv_posthoc.py --cv runs/a.json runs/a-runs \\
         --cv runs/b.json runs/b-runs --json runs/posthoc.json
@@ -49,12 +50,9 @@ def posthoc(data: Path, runs: list[tuple[Path, Path]], model: str = "chaos-t2spi
     from napari_gi_seg.engine.postprocess import postprocess_labels
     from napari_gi_seg.models.network import build_network
     from napari_gi_seg.models.registry import get_entry
-    from napari_gi_seg.models.spec import ModelSpec
     from napari_gi_seg.training.checkpoint import load_checkpoint
 
     spec = get_entry(model).spec()
-    d = spec.to_dict()
-    no_cc = ModelSpec.from_dict({**d, "classes": [{**c, "single_component": False} for c in d["classes"]]})
     folds = [{f["fold"]: f for f in json.loads(Path(js).read_text())["folds"]} for js, _ in runs]
     ds = open_dataset(data, list(CLASSES))
     out: dict = {}
@@ -69,13 +67,12 @@ def posthoc(data: Path, runs: list[tuple[Path, Path]], model: str = "chaos-t2spi
             case, res, probs = ref.load(), {}, []
             for name, net in nets.items():
                 with torch.no_grad():
-                    r = segment_volume(case.image, spec, net, device="cpu", return_probs=True)
-                    plain = segment_volume(case.image, no_cc, net, device="cpu").labels
+                    r = segment_volume(case.image, spec, net, device="cpu", return_probs=True, postprocess=False)
                     tta = segment_volume(case.image, spec, net, device="cpu", tta=True).labels
                 probs.append(r.probs.astype(np.float32))
                 res[f"{name}:cc"], res[f"{name}:nocc"], res[f"{name}:cc_tta"] = (
+                    _dice(postprocess_labels(r.labels, spec), case.target),
                     _dice(r.labels, case.target),
-                    _dice(plain, case.target),
                     _dice(tta, case.target),
                 )
             if len(probs) > 1:
