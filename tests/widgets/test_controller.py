@@ -50,6 +50,29 @@ def test_write_model_output_one_undo_step_spares_edited_and_reviewed(case):
         ctl.write_model_output([1, 2], truth[:3])
 
 
+def test_write_model_voxels_per_voxel_values_spare_edited_slices(case):
+    """The post-processing's reassigned fragments: one label per voxel, one undo step,
+    the edited slice left as the clinician painted it."""
+    _, _, ctl, truth = case
+    layer = ctl.labels_layer
+    zs = [10, 11, 12]
+    ctl.write_model_output(zs, truth[zs])
+    layer.data_setitem((np.array([11]), np.array([5]), np.array([5])), 2)  # the clinician edits slice 11
+    before = np.array(layer.data)
+    idx = np.nonzero(truth[zs] == 1)
+    idx = (np.asarray(zs)[idx[0]], idx[1], idx[2])
+    values = np.where(idx[2] % 2 == 0, 2, 0).astype(np.uint8)  # liver voxels: half to kidney, half to background
+    n = ctl.write_model_voxels(idx, values)
+    on10 = idx[0] != 11
+    assert n == int(on10.sum()) > 0
+    after = np.asarray(layer.data)
+    np.testing.assert_array_equal(after[idx[0][on10], idx[1][on10], idx[2][on10]], values[on10])
+    np.testing.assert_array_equal(after[11], before[11])
+    np.testing.assert_array_equal(np.asarray(ctl.prediction_layer.data)[idx], values)  # the model's own record
+    layer.undo()
+    np.testing.assert_array_equal(np.asarray(layer.data), before)
+
+
 def test_show_case_active_segmentation_locked_prediction(case):
     viewer, image, ctl, truth = case
     ctl.write_model_output([0], truth[[0]])

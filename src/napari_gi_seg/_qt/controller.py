@@ -425,26 +425,29 @@ class CaseController:
         self.case.changed.emit()
         return written
 
-    def write_model_voxels(self, index: tuple, value: int = 0, *, overwrite: bool = False) -> int:
-        """Set voxels ``index`` (a ``(z, y, x)`` tuple of index arrays) to ``value`` as
-        the model (e.g. the post-processing's removed islands): in the prediction
-        layer, and in the labels outside the protected slices, as one undo step.
-        Returns the number of label voxels changed."""
+    def write_model_voxels(self, index: tuple, value=0, *, overwrite: bool = False) -> int:
+        """Set voxels ``index`` (a ``(z, y, x)`` tuple of index arrays) to ``value`` (one
+        label, or one per voxel) as the model (e.g. the post-processing's removed islands
+        and reassigned fragments): in the prediction layer, and in the labels outside the
+        protected slices, as one undo step. Returns the number of label voxels changed."""
         idx = tuple(np.asarray(a) for a in index)
         if idx[0].size == 0:
             return 0
+        val = np.asarray(value)
         pred = self.prediction_layer
         if pred is not None:
-            pred.data[idx] = value
+            pred.data[idx] = val
             if pred.visible:
                 pred.refresh()
         keep = self.protected_slices(overwrite)
         if keep:
             m = ~np.isin(idx[0], sorted(keep))
             idx = tuple(a[m] for a in idx)
+            if val.ndim:
+                val = val[m]
         if idx[0].size:
             with self.case.model_writing():
-                self.labels_layer.data_setitem(idx, value)
+                self.labels_layer.data_setitem(idx, val if val.ndim else int(val))
         self.case.changed.emit()
         return int(idx[0].size)
 

@@ -60,9 +60,11 @@ class SliceBatch:
 class PostProcessed:
     """The post-processing of a finished whole-stack run
     (:func:`napari_gi_seg.engine.postprocess.postprocess_labels`): the voxels it
-    sets to background, as a ``(z, y, x)`` index tuple."""
+    changes, as a ``(z, y, x)`` index tuple, and their new labels (uint8, one per
+    voxel: background for a removed island, an organ for a reassigned fragment)."""
 
-    removed: tuple
+    changed: tuple
+    values: np.ndarray
 
 
 def _run_model(
@@ -102,7 +104,8 @@ def _run_model(
         yield SliceBatch(z=np.asarray(b.z), labels=b.labels, uncertainty=unc, done=b.done, total=b.total)
     if full is not None and done == data.shape[0] and not (cancel is not None and cancel()):
         kept = postprocess_labels(full, spec)
-        yield PostProcessed(removed=np.nonzero(kept != full))
+        idx = np.nonzero(kept != full)
+        yield PostProcessed(changed=idx, values=kept[idx])
 
 
 class SegmentWidget(QWidget):
@@ -458,7 +461,7 @@ class SegmentWidget(QWidget):
         if ctl is None or ctl.labels_layer is None:
             return
         if isinstance(batch, PostProcessed):
-            ctl.write_model_voxels(batch.removed, 0, overwrite=self._overwrite)
+            ctl.write_model_voxels(batch.changed, batch.values, overwrite=self._overwrite)
             return
         z = [int(v) for v in batch.z]
         ctl.case.set_uncertainty(z, batch.uncertainty)

@@ -41,7 +41,7 @@ import torch
 
 from ..datasets import IGNORE_INDEX, Case
 from ..engine.inference import resolve_device, segment_volume
-from ..engine.postprocess import keep_largest_components
+from ..engine.postprocess import postprocess_labels
 from ..errors import InputError
 from ..evaluation.metrics import dice_per_class
 from ..io.volume import Volume
@@ -432,7 +432,7 @@ def resegment_except(
     """Re-segment every slice except ``keep`` (the edited or reviewed ones).
 
     The other slices are predicted with ``net``; the spec's single-component
-    post-processing (:func:`~napari_gi_seg.engine.postprocess.keep_largest_components`)
+    post-processing (:func:`~napari_gi_seg.engine.postprocess.postprocess_labels`)
     runs on the merged volume, so the kept slices anchor the 3D connectivity, but only
     the re-segmented slices take its result. ``labels`` is not modified.
 
@@ -486,7 +486,7 @@ def resegment_except(
     done = sorted(res.segmented)
     out[done] = res.labels[done]
     if not res.cancelled:
-        pp = keep_largest_components(out, spec)
+        pp = postprocess_labels(out, spec)
         out[done] = pp[done]
     return ResegmentResult(out, done, res.cancelled)
 
