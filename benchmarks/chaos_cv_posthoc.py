@@ -1,14 +1,17 @@
 """Inference-time options scored on the fold weights of :mod:`chaos_cv` runs, without
-training: the largest-component post-processing on and off, flip TTA, and an ensemble of
-two runs' weights of the same fold (the same 12 training patients, so the ensemble is
-cross-validated too).
+training: the post-processing (fragments reassigned, largest component only, none),
+flip TTA, and an ensemble of two runs' weights of the same fold (the same 12 training
+patients, so the ensemble is cross-validated too).
 
 Each ``--cv RESULTS_JSON WORK_DIR`` names a cross-validation run of ``chaos_cv.py`` (its
 results JSON and its ``--work`` folder, which holds ``fold<k>/checkpoint_last.pt``:
 tensors only, never unpickled). For every fold of the first run, its held-out series are
-segmented with the weights of each run that has that fold: ``cc`` (the spec's
-post-processing, the default), ``nocc`` (no largest-component step; the same inference
-as ``cc``), ``cc_tta`` (flip TTA), and with two or more runs ``ensemble`` (class
+segmented with the weights of each run that has that fold: ``pp`` (the project's
+post-processing, :func:`~napari_gi_seg.engine.postprocess.postprocess_labels`: largest
+component per organ, fragments reassigned to the organ around them), ``largest`` (the
+largest component only, fragments to background: the step before 2026-12-04; the
+``cc`` of the older reports), ``none`` (no post-processing; all three from one
+inference), ``pp_tta`` (flip TTA), and with two or more runs ``ensemble`` (class
 probabilities averaged over the runs, argmax, then the post-processing; cost: one
 inference per run). 3D Dice per organ at the native grid. The spec is the bundled
 default's (network, frame, classes)::
@@ -41,13 +44,13 @@ def _dice(labels, target) -> dict[str, float]:
 
 def posthoc(data: Path, runs: list[tuple[Path, Path]], model: str = "chaos-t2spir") -> dict:
     """``{case_id: {option: {organ: dice}}}`` for the held-out series of every fold of
-    ``runs[0]``; options ``<run>:cc``, ``<run>:nocc``, ``<run>:cc_tta`` per run that has
-    the fold, and ``ensemble`` when two or more do."""
+    ``runs[0]``; options ``<run>:pp``, ``<run>:largest``, ``<run>:none``, ``<run>:pp_tta``
+    per run that has the fold, and ``ensemble`` when two or more do."""
     import torch
 
     from napari_gi_seg.datasets import open_dataset
     from napari_gi_seg.engine.inference import segment_volume
-    from napari_gi_seg.engine.postprocess import postprocess_labels
+    from napari_gi_seg.engine.postprocess import keep_largest_components, postprocess_labels
     from napari_gi_seg.models.network import build_network
     from napari_gi_seg.models.registry import get_entry
     from napari_gi_seg.training.checkpoint import load_checkpoint
@@ -70,11 +73,10 @@ def posthoc(data: Path, runs: list[tuple[Path, Path]], model: str = "chaos-t2spi
                     r = segment_volume(case.image, spec, net, device="cpu", return_probs=True, postprocess=False)
                     tta = segment_volume(case.image, spec, net, device="cpu", tta=True).labels
                 probs.append(r.probs.astype(np.float32))
-                res[f"{name}:cc"], res[f"{name}:nocc"], res[f"{name}:cc_tta"] = (
-                    _dice(postprocess_labels(r.labels, spec), case.target),
-                    _dice(r.labels, case.target),
-                    _dice(tta, case.target),
-                )
+                res[f"{name}:pp"] = _dice(postprocess_labels(r.labels, spec), case.target)
+                res[f"{name}:largest"] = _dice(keep_largest_components(r.labels, spec), case.target)
+                res[f"{name}:none"] = _dice(r.labels, case.target)
+                res[f"{name}:pp_tta"] = _dice(tta, case.target)
             if len(probs) > 1:
                 lab = postprocess_labels(np.mean(probs, 0).argmax(0).astype(np.uint8), spec)
                 res["ensemble"] = _dice(lab, case.target)
