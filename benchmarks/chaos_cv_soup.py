@@ -44,13 +44,15 @@ def _net(spec, checkpoint: Path):
     return net.eval()
 
 
-def soup_cv(data: Path, runs: list[tuple[Path, Path]], model: str = "chaos-t2spir") -> dict:
+def soup_cv(data: Path, runs: list[tuple[Path, Path]], model: str = "chaos-t2spir", tta: bool = False) -> dict:
     """``{"folds": [...], "runs": [...]}`` in ``chaos_cv.py``'s results format; each fold's
     record has the runs' ``steps`` summed (the training cost of the soup) and
-    ``steps_per_run``."""
+    ``steps_per_run``; with ``tta`` also ``per_case_tta`` (flip TTA, same weights)."""
     import torch
 
     from napari_gi_seg.datasets import open_dataset
+    from napari_gi_seg.engine.inference import segment_volume
+    from napari_gi_seg.evaluation.metrics import dice_per_class
     from napari_gi_seg.models.registry import get_entry
     from napari_gi_seg.models.soup import average_weights
     from napari_gi_seg.training.validation import validate
@@ -83,6 +85,13 @@ def soup_cv(data: Path, runs: list[tuple[Path, Path]], model: str = "chaos-t2spi
             "train_minutes": round(sum(x["train_minutes"] for x in recs), 2),
             "per_case": {cid: {c: float(v[c]) for c in CLASSES} for cid, v in r["per_case"].items()},
         }
+        if tta:
+            rec["per_case_tta"] = {}
+            for c in cases:
+                with torch.no_grad():
+                    lab = segment_volume(c.image, spec, net, device="cpu", tta=True).labels
+                d = dice_per_class(lab, c.target, [1, 2, 3, 4])
+                rec["per_case_tta"][c.case_id] = {n: float(d[i + 1]) for i, n in enumerate(CLASSES)}
         out["folds"].append(rec)
         print(f"fold {k}:", {cid: round(sum(v.values()) / 4, 3) for cid, v in rec["per_case"].items()}, flush=True)
     return out
@@ -96,8 +105,12 @@ def register_soup(
     cv_json: Path | None,
     measured_on: str,
     description: str = "",
+    like: str | None = None,
 ):
-    """Average the final runs' weights and register them as ``name:version``."""
+    """Average the final runs' weights and register them as ``name:version``. ``like``:
+    a registered model trained on the same data whose frame ranges (the OOD warning's)
+    and dataset naming the new spec takes (a fine-tune's spec widens the ranges to its
+    base model's)."""
     import datetime as dt
 
     from chaos_cv import cross_validation_metrics
@@ -114,6 +127,14 @@ def register_soup(
     nets = [_net(spec, d / "checkpoint_last.pt") for d in run_dirs]
     soup = average_weights(nets, [str(d) for d in run_dirs])
     spec.name, spec.version = name, version
+    spec.training = {**spec.training, "config": {**spec.training.get("config", {}), "name": name}}
+    if like:
+        ref = get_entry(like).spec()
+        spec.frame = ref.frame
+        spec.training = {
+            **spec.training,
+            **{k: ref.training[k] for k in ("dataset", "layout", "train_patients") if k in ref.training},
+        }
     spec.description = description or spec.description
     spec.created = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     spec.training = {
@@ -148,6 +169,7 @@ def main(argv=None) -> int:
     p.add_argument("--cv", nargs=2, action="append", metavar=("RESULTS_JSON", "WORK_DIR"), default=None)
     p.add_argument("--model", default="chaos-t2spir", help="registered model whose spec the fold weights use")
     p.add_argument("--json", default="chaos-cv-soup.json")
+    p.add_argument("--tta", action="store_true", help="also score flip TTA on the averaged weights")
     p.add_argument("--final", nargs="+", default=None, metavar="RUN_DIR", help="final runs (trained on every patient)")
     p.add_argument("--register", default=None, metavar="NAME")
     p.add_argument("--version", type=int, default=None)
@@ -155,8 +177,20 @@ def main(argv=None) -> int:
     p.add_argument("--cv-json", default=None, help="with --final: the soup's cross-validation to attach")
     p.add_argument("--measured-on", default="")
     p.add_argument("--description", default="", help="with --final: the model's description")
+    p.add_argument("--like", default=None, help="with --final: take frame ranges and dataset naming from this model")
+    p.add_argument("--summarise", default=None, help="print the tables of a results JSON (plain, TTA) and exit")
     a = p.parse_args(argv)
     sys.path.insert(0, str(Path(__file__).resolve().parent))
+    if a.summarise:
+        from chaos_cv import markdown, summarise
+
+        out = json.loads(Path(a.summarise).read_text())
+        for key, title in (("per_case", "soup, contrast"), ("per_case_tta", "soup + flip TTA, contrast")):
+            cv = {k: v for f in out["folds"] for k, v in f.get(key, {}).items()}
+            if cv:
+                print(markdown(summarise(cv), title))
+        print("steps per fold:", [f["steps_per_run"] for f in out["folds"]])
+        return 0
     import torch
 
     torch.set_num_threads(1)
@@ -171,11 +205,12 @@ def main(argv=None) -> int:
             Path(a.cv_json) if a.cv_json else None,
             a.measured_on,
             a.description,
+            a.like,
         )
         return 0
     if not a.cv or len(a.cv) < 2:
         p.error("give two or more --cv RESULTS_JSON WORK_DIR")
-    out = soup_cv(Path(a.data).resolve(), [(Path(j), Path(w)) for j, w in a.cv], a.model)
+    out = soup_cv(Path(a.data).resolve(), [(Path(j), Path(w)) for j, w in a.cv], a.model, a.tta)
     Path(a.json).parent.mkdir(parents=True, exist_ok=True)
     Path(a.json).write_text(json.dumps(out, indent=1))
     return 0

@@ -358,7 +358,17 @@ def model_card(spec: ModelSpec, evaluations: Sequence[tuple[str, dict]] = ()) ->
         lines.append(f"- validation patients ({len(t['val_patients'])}): {', '.join(map(str, t['val_patients']))}")
     if spec.data_fingerprint:
         lines.append(f"- data fingerprint: {spec.data_fingerprint}")
-    if t.get("epochs_run") is not None:
+    if t.get("soup"):
+        runs = "; ".join(
+            f"{r.get('optimiser_steps')} steps, {r.get('minutes')} min"
+            + (f", inverted-intensity samples p {r['invert_intensity']}" if r.get("invert_intensity") else "")
+            for r in t["soup"]
+        )
+        lines.append(
+            f"- weights: the uniform average of {len(t['soup'])} runs from the same starting weights "
+            f"(a model soup, Wortsman et al., ICML 2022): {runs}; on {t.get('device')} ({t.get('host')})"
+        )
+    elif t.get("epochs_run") is not None:
         lines.append(
             f"- run: {t.get('epochs_run')} epochs, {t.get('minutes')} min on {t.get('device')} ({t.get('host')})"
         )
