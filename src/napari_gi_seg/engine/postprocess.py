@@ -82,8 +82,9 @@ def reassign_fragments(labels: np.ndarray, spec: ModelSpec, share: float = FRAGM
     a 2.5D network on a contrast it knows less well: part of an organ painted as its
     neighbour (on CHAOS T1: the lower spleen as liver, a kidney's pole as the other
     kidney), which plain largest-component removal would delete. Classes that are not
-    single-component (bowel) are neither changed nor given fragments. A final
-    :func:`keep_largest_components` guarantees one component per organ.
+    single-component (bowel) are neither changed nor given fragments. Every organ stays
+    one 3D component: a fragment given to B touches B's largest component. One
+    connected-component labelling per organ, as :func:`keep_largest_components`.
 
     Parameters
     ----------
@@ -101,27 +102,35 @@ def reassign_fragments(labels: np.ndarray, spec: ModelSpec, share: float = FRAGM
     from scipy import ndimage
 
     single = [c.index for c in spec.classes if c.single_component]
-    kept = keep_largest_components(labels, spec)
-    out = kept.copy()
-    donors = np.isin(kept, single)  # the largest components of the single-component organs
+    out = np.array(labels, copy=True)
+    frags = []  # (organ, padded bounding box, fragment mask inside it)
     for a in single:
         mask = labels == a
         if not mask.any():
             continue
         comp, n, big = _largest(mask)
-        if n < 2:
-            continue
-        for j, box in enumerate(ndimage.find_objects(comp), start=1):
+        del mask
+        for j, box in enumerate(ndimage.find_objects(comp) if n > 1 else [], start=1):
             if j == big or box is None:
                 continue
             sl = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in box)
             frag = comp[sl] == j
-            ring = ndimage.binary_dilation(frag, structure=_S26) & ~frag
-            nb = kept[sl][ring & donors[sl]]
-            nb = nb[nb != a]
-            if nb.size and nb.size > share * int(ring.sum()):
-                out[sl][frag] = np.bincount(nb).argmax()
-    return keep_largest_components(out, spec)
+            out[sl][frag] = 0
+            frags.append((a, sl, frag))
+        del comp
+    # ``out`` is now keep_largest_components(labels): decide every fragment on it, then write
+    moves = []
+    for a, sl, frag in frags:
+        ring = ndimage.binary_dilation(frag, structure=_S26) & ~frag
+        nb = out[sl][ring]
+        nb = nb[(nb != a) & np.isin(nb, single)]
+        if nb.size and nb.size > share * int(ring.sum()):
+            moves.append((sl, frag, int(np.bincount(nb).argmax())))
+    # a fragment given to B touches B's largest component (its boundary does), so every
+    # organ stays one 26-connected component
+    for sl, frag, b in moves:
+        out[sl][frag] = b
+    return out
 
 
 def postprocess_labels(labels: np.ndarray, spec: ModelSpec) -> np.ndarray:
