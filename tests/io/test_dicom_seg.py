@@ -28,7 +28,7 @@ def test_segment_dicom_seg_is_valid_and_read_back_by_highdicom(segmented_dicom):
     assert desc.algorithm_type.value == "AUTOMATIC"
     algo = desc.algorithm_identification[0]
     default = registry.get_entry(None)  # the fixture segmented with the default model
-    assert (algo.AlgorithmName, algo.AlgorithmVersion) == (default.name, str(default.version)) == ("chaos-t2spir", "4")
+    assert (algo.AlgorithmName, algo.AlgorithmVersion) == (default.name, str(default.version)) == ("chaos-t2spir", "5")
     assert desc.segmented_property_type.value == "10200004"  # SNOMED CT liver
     assert seg.PatientID == DICOM_PATIENT_ID and seg.FrameOfReferenceUID == image._dicom_ref.frame_of_reference_uid
     px = seg.get_pixels_by_source_instance(
